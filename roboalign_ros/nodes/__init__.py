@@ -1,0 +1,1 @@
+"""rclpy nodes: each parses parameters, builds core objects and wires topics to them."""

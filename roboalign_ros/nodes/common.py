@@ -1,0 +1,96 @@
+"""Small rclpy helpers shared by the nodes: parameters, clocks, QoS, diagnostics, main()."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+
+# Subscribers of camera / joint-state streams take the newest sample and accept both reliable
+# and best-effort publishers (realsense2_camera and ros2_control publish reliable).
+SENSOR_QOS = qos_profile_sensor_data
+# Publishers of large images keep few samples so a slow subscriber never backs up memory.
+IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
+                       history=HistoryPolicy.KEEP_LAST)
+# Commands are reliable with a short queue: an old command is worse than none.
+COMMAND_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+# Latched topics (instruction, robot description): late joiners get the last value.
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
+
+
+def declare_parameters(node: Node, defaults: Mapping[str, object],
+                       descriptions: Mapping[str, str] | None = None) -> dict[str, object]:
+    """Declare every parameter of ``defaults`` (dotted names) and return their values."""
+    descriptions = descriptions or {}
+    values = {}
+    for name, default in defaults.items():
+        descriptor = ParameterDescriptor(description=descriptions.get(name, ""))
+        values[name] = node.declare_parameter(name, default, descriptor).value
+    return values
+
+
+def now_seconds(node: Node) -> float:
+    """The node's clock (ROS time) in float seconds."""
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
+class Diagnostics:
+    """Publishes one DiagnosticStatus per call on /diagnostics (hardware_id = node name)."""
+
+    def __init__(self, node: Node, name: str):
+        self._node, self._name = node, name
+        self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def publish(self, level: int, message: str, values: Mapping[str, object]) -> None:
+        """Publish ``values`` (stringified) with a level and a one-line message."""
+        status = DiagnosticStatus(level=level, name=self._name, message=message,
+                                  hardware_id=self._node.get_name())
+        status.values = [KeyValue(key=k, value=f"{v:.4g}" if isinstance(v, float) else str(v))
+                         for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self._node.get_clock().now().to_msg()
+        self._pub.publish(array)
+
+
+def run_node(factory: Callable[[], Node], args=None, multithreaded: bool = False) -> int:
+    """Init rclpy, spin the node until Ctrl-C / shutdown, clean up; return an exit code."""
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = factory()
+        if multithreaded:
+            executor = MultiThreadedExecutor(num_threads=2)
+            executor.add_node(node)
+            executor.spin()
+        else:
+            rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:  # a node that cannot start says why and exits non-zero
+        print(f"[{getattr(node, 'get_name', lambda: 'roboalign')()}] fatal: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close is not None:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0

@@ -1,0 +1,239 @@
+"""sim_node: the MuJoCo arm behind the topics a real arm with ros2_control and a RealSense has.
+
+Publishes /joint_states (every control period), the scene camera in the realsense2_camera
+layout (color, aligned depth in mm, camera_info), the task status and, on reset, the task's
+instruction; takes joint trajectories (joint_trajectory_controller semantics), Servo twists and
+gripper commands; serves ``~/reset_task``. Physics and rendering run in their own threads.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from geometry_msgs.msg import TwistStamped
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory
+
+from roboalign_ros.conversions import numpy_to_image, seconds_to_stamp, stamp_to_seconds
+from roboalign_ros.msg import TaskStatus
+from roboalign_ros.nodes.common import (
+    COMMAND_QOS,
+    IMAGE_QOS,
+    LATCHED_QOS,
+    OK,
+    Diagnostics,
+    declare_parameters,
+    now_seconds,
+    run_node,
+)
+from roboalign_ros.sim.server import CommandRejected, SceneCamera, SimServer
+from roboalign_ros.srv import ResetTask
+
+PARAMETERS = {
+    "robot": "sim_arm",
+    "task": "pick_red_cube",
+    "seed": 0,
+    "control_period": 0.01,
+    "status_rate": 10.0,
+    "publish_instruction": True,
+    "instruction_topic": "/roboalign/instruction",
+    "camera.enabled": True,
+    "camera.rate": 15.0,
+    "camera.width": 640,
+    "camera.height": 480,
+    "camera.depth": True,
+    "camera.frame_id": "camera_color_optical_frame",
+    "camera.namespace": "/camera/camera",
+    "servo.timeout": 0.2,
+    "servo.max_linear": 0.25,
+    "servo.max_angular": 1.0,
+}
+
+
+class SimNode(Node):
+    """Wires :class:`~roboalign_ros.sim.server.SimServer` to ROS topics and services."""
+
+    def __init__(self, **overrides):
+        super().__init__("sim_node", **overrides)
+        p = declare_parameters(self, PARAMETERS)
+        if not 0 < p["camera.rate"] <= 60:
+            raise ValueError(f"camera.rate: {p['camera.rate']} Hz is not in (0, 60]")
+        self.p = p
+        self.server = SimServer(p["robot"], control_period=p["control_period"],
+                                servo_timeout=p["servo.timeout"],
+                                max_linear=p["servo.max_linear"],
+                                max_angular=p["servo.max_angular"])
+        robot = self.server.robot
+        topics = robot.topics
+        self.joint_pub = self.create_publisher(JointState, topics["joint_states"], 10)
+        self.status_pub = self.create_publisher(TaskStatus, "/roboalign/task_status", 10)
+        self.instruction_pub = self.create_publisher(String, p["instruction_topic"], LATCHED_QOS)
+        ns = p["camera.namespace"].rstrip("/")
+        self.color_pub = self.create_publisher(Image, f"{ns}/color/image_raw", IMAGE_QOS)
+        self.info_pub = self.create_publisher(CameraInfo, f"{ns}/color/camera_info", IMAGE_QOS)
+        self.depth_pub = self.create_publisher(
+            Image, f"{ns}/aligned_depth_to_color/image_raw", IMAGE_QOS)
+        self.depth_info_pub = self.create_publisher(
+            CameraInfo, f"{ns}/aligned_depth_to_color/camera_info", IMAGE_QOS)
+        self.create_subscription(JointTrajectory, topics["trajectory"], self.on_trajectory,
+                                 COMMAND_QOS)
+        self.create_subscription(TwistStamped, topics["servo"], self.on_twist, COMMAND_QOS)
+        self.create_subscription(Float64MultiArray, topics["gripper"], self.on_gripper,
+                                 COMMAND_QOS)
+        self.create_service(ResetTask, "~/reset_task", self.on_reset)
+        self.diagnostics = Diagnostics(self, "sim_node: physics")
+        self.rejected = 0
+        self._reset(p["task"], p["seed"])
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._physics_loop, daemon=True)]
+        if p["camera.enabled"]:
+            self._threads.append(threading.Thread(target=self._camera_loop, daemon=True))
+        for thread in self._threads:
+            thread.start()
+        self.get_logger().info(
+            f"sim ready: robot {robot.name}, task '{self.server.env.task.instruction}', "
+            f"{1 / self.server.control_period:.0f} Hz joint states, camera "
+            f"{p['camera.width']}x{p['camera.height']} @ {p['camera.rate']} Hz")
+
+    # ------------------------------------------------------------------ commands
+
+    def on_trajectory(self, msg: JointTrajectory) -> None:
+        """joint_trajectory_controller semantics; bad trajectories are refused whole."""
+        try:
+            self.server.command_trajectory(
+                list(msg.joint_names),
+                [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points],
+                [list(p.positions) for p in msg.points],
+                [list(p.velocities) for p in msg.points],
+                start_time=stamp_to_seconds(msg.header.stamp), now=now_seconds(self))
+        except CommandRejected as exc:
+            self._reject("joint_trajectory", exc)
+
+    def on_twist(self, msg: TwistStamped) -> None:
+        """MoveIt Servo semantics: base-frame twist, halts when commands stop."""
+        t, w = msg.twist.linear, msg.twist.angular
+        try:
+            self.server.command_twist([t.x, t.y, t.z, w.x, w.y, w.z],
+                                      stamp=stamp_to_seconds(msg.header.stamp),
+                                      now=now_seconds(self))
+        except CommandRejected as exc:
+            self._reject("twist", exc)
+
+    def on_gripper(self, msg: Float64MultiArray) -> None:
+        """Gripper opening in [0, 1]."""
+        try:
+            self.server.command_gripper(list(msg.data))
+        except CommandRejected as exc:
+            self._reject("gripper", exc)
+
+    def _reject(self, what: str, exc: Exception) -> None:
+        self.rejected += 1
+        self.get_logger().error(f"rejected {what} command: {exc}")
+
+    def on_reset(self, request, response):
+        """Reset to a task and seed."""
+        try:
+            response.instruction = self._reset(request.task, request.seed)
+            response.success, response.message = True, "reset"
+        except ValueError as exc:
+            response.success, response.message = False, str(exc)
+            self.get_logger().error(f"reset refused: {exc}")
+        return response
+
+    def _reset(self, task: str, seed: int) -> str:
+        instruction = self.server.reset(task, seed)
+        if self.p["publish_instruction"]:
+            self.instruction_pub.publish(String(data=instruction))
+        self.get_logger().info(f"reset: '{instruction}' (seed {seed})")
+        return instruction
+
+    # ------------------------------------------------------------------ loops
+
+    def _physics_loop(self) -> None:
+        period = self.server.control_period
+        status_every = max(1, int(round(1.0 / (self.p["status_rate"] * period))))
+        msg = JointState()
+        deadline, tick, late = time.perf_counter(), 0, 0
+        while not self._stop.is_set():
+            now = now_seconds(self)
+            sample = self.server.step(now)
+            msg.header.stamp = seconds_to_stamp(now, msg.header.stamp)
+            msg.name = list(sample.names)
+            msg.position, msg.velocity = sample.position.tolist(), sample.velocity.tolist()
+            msg.effort = sample.effort.tolist()
+            self.joint_pub.publish(msg)
+            tick += 1
+            if tick % status_every == 0:
+                self._publish_status(now, late)
+            deadline += period
+            delay = deadline - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -0.1:  # far behind (slow machine): resynchronise, count it
+                late += 1
+                deadline = time.perf_counter()
+
+    def _publish_status(self, now: float, late: int) -> None:
+        task, instruction, seed, elapsed, success = self.server.task_status()
+        status = TaskStatus(task=task, instruction=instruction, seed=seed, elapsed=elapsed,
+                            success=success)
+        seconds_to_stamp(now, status.header.stamp)
+        self.status_pub.publish(status)
+        self.diagnostics.publish(OK, "running", {"sim_time": elapsed, "resyncs": late,
+                                                "rejected_commands": self.rejected})
+
+    def _camera_loop(self) -> None:
+        p = self.p
+        camera = SceneCamera(self.server, p["camera.width"], p["camera.height"],
+                             depth=p["camera.depth"])
+        info = self._camera_info(camera)
+        period, deadline = 1.0 / p["camera.rate"], time.perf_counter()
+        try:
+            while not self._stop.is_set():
+                stamp = now_seconds(self)  # time of the state snapshot = observation time
+                frame = camera.render()
+                frame_id = p["camera.frame_id"]
+                self.color_pub.publish(numpy_to_image(frame.rgb, "rgb8", stamp=stamp,
+                                                      frame_id=frame_id))
+                seconds_to_stamp(stamp, info.header.stamp)
+                self.info_pub.publish(info)
+                if frame.depth_mm is not None:
+                    self.depth_pub.publish(numpy_to_image(frame.depth_mm, "16UC1", stamp=stamp,
+                                                          frame_id=frame_id))
+                    self.depth_info_pub.publish(info)
+                deadline += period
+                delay = deadline - time.perf_counter()
+                if delay > 0:
+                    self._stop.wait(delay)
+                else:
+                    deadline = time.perf_counter()  # rendering slower than the rate: no backlog
+        finally:
+            camera.close()
+
+    def _camera_info(self, camera: SceneCamera) -> CameraInfo:
+        fx, fy, cx, cy = camera.intrinsics
+        info = CameraInfo(width=camera.width, height=camera.height,
+                          distortion_model="plumb_bob", d=[0.0] * 5)
+        info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+        info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+        info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+        info.header.frame_id = self.p["camera.frame_id"]
+        return info
+
+    def close(self) -> None:
+        """Stop the loops."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=2.0)
+
+
+def main(args=None) -> int:
+    """Entry point of ``ros2 run roboalign_ros sim_node``."""
+    return run_node(SimNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

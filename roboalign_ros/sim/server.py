@@ -1,0 +1,176 @@
+"""SimServer: the simulated robot as a real one looks from outside (no rclpy).
+
+It owns a :class:`~roboalign_ros.sim.env.TabletopEnv` and the controller stand-ins, and offers
+what ``sim_node`` exposes as topics and services: joint trajectory, twist and gripper commands,
+reset to a task and seed, a physics step per control period, and camera frames rendered from a
+snapshot of the state so that rendering (tens of ms on a CPU) never stalls the physics loop.
+All public methods are thread-safe.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+from roboalign_ros.control.kinematics import Kinematics
+from roboalign_ros.sim.controllers import (
+    CommandRejected,
+    JointTrajectoryFollower,
+    TwistFollower,
+    validate_gripper_command,
+)
+from roboalign_ros.sim.env import TabletopEnv
+
+__all__ = ["CameraFrame", "CommandRejected", "JointStateSample", "SceneCamera", "SimServer"]
+
+
+@dataclass(frozen=True)
+class JointStateSample:
+    """One /joint_states sample."""
+
+    names: tuple[str, ...]
+    position: np.ndarray
+    velocity: np.ndarray
+    effort: np.ndarray
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    """One rendered frame: rgb uint8 [H, W, 3], depth uint16 millimetres [H, W] (0 = invalid)."""
+
+    rgb: np.ndarray
+    depth_mm: np.ndarray | None
+    intrinsics: tuple[float, float, float, float]  # fx, fy, cx, cy
+    sim_time: float
+
+
+class SimServer:
+    """The simulated arm behind the ROS interfaces (thread-safe)."""
+
+    def __init__(self, robot: str = "sim_arm", control_period: float = 0.01,
+                 servo_timeout: float = 0.2, max_linear: float = 0.25,
+                 max_angular: float = 1.0):
+        self.env = TabletopEnv(robot, control_period=control_period)
+        self.robot = self.env.robot
+        self.lock = threading.RLock()
+        spec = self.robot
+        self.trajectory = JointTrajectoryFollower(spec.arm_joints, spec.lower, spec.upper,
+                                                  spec.velocity)
+        self.twist = TwistFollower(Kinematics(spec), timeout=servo_timeout,
+                                   max_linear=max_linear, max_angular=max_angular)
+        self.trajectory.reset(self.env.arm_q())
+
+    @property
+    def control_period(self) -> float:
+        """Seconds of simulated time per :meth:`step`."""
+        return self.env.control_period
+
+    # ------------------------------------------------------------------ commands (thread-safe)
+
+    def command_trajectory(self, joint_names, times_from_start, positions, velocities=None, *,
+                           start_time: float, now: float) -> None:
+        """Accept a joint trajectory or raise :class:`CommandRejected` (no motion then)."""
+        with self.lock:
+            self.trajectory.command(joint_names, times_from_start, positions, velocities,
+                                    start_time=start_time, now=now, current=self.env.q_target)
+            self.twist.stop()  # the latest command source wins, as with controller switching
+
+    def command_twist(self, twist, *, stamp: float, now: float) -> None:
+        """Accept a Servo twist (base frame) or raise :class:`CommandRejected`."""
+        with self.lock:
+            self.twist.command(twist, stamp=stamp, now=now)
+            if self.twist.active:
+                self.trajectory.reset(self.env.q_target)
+
+    def command_gripper(self, values) -> None:
+        """Accept a gripper opening command ([value] in [0, 1]) or raise."""
+        opening = validate_gripper_command(values)
+        with self.lock:
+            self.env.set_joint_targets(self.env.q_target, opening)
+
+    def reset(self, task: str, seed: int) -> str:
+        """Reset to ``task`` (name or instruction; empty = current) and ``seed``; return the instruction."""
+        with self.lock:
+            name = task or (self.env.task.name if self.env.task else "")
+            if not name:
+                raise ValueError("task: no task given and none running")
+            self.env.reset(name, seed=int(seed))
+            self.trajectory.reset(self.env.arm_q())
+            self.twist.stop()
+            return self.env.task.instruction
+
+    # ------------------------------------------------------------------ stepping
+
+    def step(self, now: float) -> JointStateSample:
+        """Advance one control period with the active command; ``now`` is the command clock."""
+        with self.lock:
+            target = self.trajectory.sample(now)
+            if self.twist.active:
+                moved = self.twist.step(self.env.q_target, now, self.env.control_period)
+                if moved is not None:
+                    target = moved
+                else:  # commands stopped: halt where we are commanded to be
+                    self.twist.stop()
+                    self.trajectory.reset(self.env.q_target)
+                    target = None
+            self.env.step(target)
+            names, q, qd, effort = self.env.joint_state()
+            return JointStateSample(names, q, qd, effort)
+
+    def task_status(self) -> tuple[str, str, int, float, bool]:
+        """``(task name, instruction, seed, sim time, success)``."""
+        with self.lock:
+            instruction, success = self.env.task_status()
+            task = self.env.task.name if self.env.task else ""
+            return task, instruction, int(self.env.seed or 0), self.env.time, success
+
+
+class SceneCamera:
+    """Renders a camera from a snapshot of the sim state (call :meth:`render` from one thread).
+
+    The GL context belongs to the thread that first renders, so create and use one SceneCamera
+    per rendering thread; :meth:`render` holds the server lock only while copying the state.
+    """
+
+    def __init__(self, server: SimServer, width: int, height: int, camera: str = "scene",
+                 depth: bool = True, max_depth_m: float = 10.0):
+        self.server, self.camera, self.depth = server, camera, depth
+        self.width, self.height = int(width), int(height)
+        self.max_depth_m = max_depth_m
+        env = server.env
+        self._data = mujoco.MjData(env.model)
+        self._renderer: mujoco.Renderer | None = None
+        self.intrinsics = env.camera_intrinsics(self.width, self.height, camera)
+
+    def render(self) -> CameraFrame:
+        """Snapshot the state and render rgb (+ depth in mm)."""
+        env = self.server.env
+        with self.server.lock:
+            self._data.qpos[:] = env.data.qpos
+            self._data.qvel[:] = env.data.qvel
+            self._data.time = env.data.time
+        mujoco.mj_forward(env.model, self._data)
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(env.model, height=self.height, width=self.width)
+        r = self._renderer
+        r.update_scene(self._data, camera=self.camera)
+        rgb = r.render().copy()
+        depth_mm = None
+        if self.depth:
+            r.enable_depth_rendering()
+            try:
+                meters = r.render()
+            finally:
+                r.disable_depth_rendering()
+            meters = np.where(meters < self.max_depth_m, meters, 0.0)
+            depth_mm = np.round(meters * 1000.0).astype(np.uint16)
+        return CameraFrame(rgb, depth_mm, self.intrinsics, float(self._data.time))
+
+    def close(self) -> None:
+        """Free the GL context."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

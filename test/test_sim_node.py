@@ -1,0 +1,201 @@
+"""sim_node over real DDS: trajectories are followed, twists move the tool, bad commands don't."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import spin_until
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(scope="module")
+def sim_process(tmp_path_factory):
+    """One sim_node process (small camera) shared by the tests of this module."""
+    log = tmp_path_factory.mktemp("sim") / "sim_node.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "roboalign_ros.nodes.sim_node", "--ros-args",
+             "-p", "camera.width:=160", "-p", "camera.height:=120", "-p", "camera.rate:=5.0"],
+            stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    yield proc, Path(log)
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def probe(rclpy_context, sim_process):
+    """A node in the test process that talks to the sim, with the latest joint state."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+
+    from roboalign_ros.nodes.common import SENSOR_QOS
+    from roboalign_ros.robot import load_robot_config
+
+    class Probe:
+        pass
+
+    p = Probe()
+    p.robot = load_robot_config("sim_arm")
+    p.node = Node("sim_probe", context=rclpy_context)
+    p.state, p.images, p.infos = [], [], []
+    p.node.create_subscription(JointState, "/joint_states", p.state.append, SENSOR_QOS)
+    p.node.create_subscription(Image, "/camera/camera/color/image_raw", p.images.append,
+                               SENSOR_QOS)
+    p.node.create_subscription(CameraInfo, "/camera/camera/color/camera_info", p.infos.append,
+                               SENSOR_QOS)
+    p.executor = SingleThreadedExecutor(context=rclpy_context)
+    p.executor.add_node(p.node)
+    p.log = sim_process[1]
+    assert spin_until(p.executor, lambda: len(p.state) > 5, 60.0), "sim_node never came up"
+
+    def arm_q():
+        msg = p.state[-1]
+        index = {n: i for i, n in enumerate(msg.name)}
+        return np.array([msg.position[index[j]] for j in p.robot.arm_joints])
+
+    def wait(seconds):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            p.executor.spin_once(timeout_sec=0.02)
+
+    def reset(task="pick_red_cube", seed=0):
+        from roboalign_ros.srv import ResetTask
+
+        client = p.node.create_client(ResetTask, "/sim_node/reset_task")
+        assert client.wait_for_service(timeout_sec=20)
+        future = client.call_async(ResetTask.Request(task=task, seed=seed))
+        assert spin_until(p.executor, future.done, 20)
+        p.state.clear()
+        assert spin_until(p.executor, lambda: len(p.state) > 2, 10)
+        return future.result()
+
+    def publisher(msg_type, topic):
+        pub = p.node.create_publisher(msg_type, topic, 10)
+        # the first messages of a new publisher are lost until discovery has matched it
+        assert spin_until(p.executor, lambda: pub.get_subscription_count() > 0, 10)
+        return pub
+
+    p.arm_q, p.wait, p.reset, p.publisher = arm_q, wait, reset, publisher
+    yield p
+    p.executor.shutdown()
+    p.node.destroy_node()
+
+
+def trajectory(names, points, stamp=None):
+    from builtin_interfaces.msg import Duration
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    msg = JointTrajectory(joint_names=list(names))
+    if stamp is not None:
+        msg.header.stamp = stamp
+    for t, q in points:
+        msg.points.append(JointTrajectoryPoint(
+            positions=[float(v) for v in q],
+            time_from_start=Duration(sec=int(t), nanosec=int((t % 1) * 1e9))))
+    return msg
+
+
+def test_joint_trajectory_is_followed(probe):
+    from trajectory_msgs.msg import JointTrajectory
+
+    assert probe.reset().success
+    pub = probe.publisher(JointTrajectory, probe.robot.trajectory_topic)
+    start = probe.arm_q()
+    goal = start + np.array([0.3, -0.2, 0.2, 0.3, -0.2, 0.4])
+    # joints listed in reverse order: matching is by name
+    names = list(reversed(probe.robot.arm_joints))
+    pub.publish(trajectory(names, [(0.75, (start + goal)[::-1] / 2), (1.5, goal[::-1])]))
+    probe.wait(0.75)
+    midway = probe.arm_q()
+    assert np.all(np.abs(midway - start) > 0.02), "arm did not start moving"
+    probe.wait(2.0)  # 1.5 s trajectory + settling
+    np.testing.assert_allclose(probe.arm_q(), goal, atol=0.02)
+
+
+def test_twist_moves_tool_in_commanded_direction_and_halts(probe):
+    from geometry_msgs.msg import TwistStamped
+
+    from roboalign_ros.control.kinematics import Kinematics
+
+    assert probe.reset().success
+    kin = Kinematics(probe.robot)
+    pub = probe.publisher(TwistStamped, probe.robot.servo_topic)
+    before = kin.fk(probe.arm_q())[:3, 3]
+    for _ in range(20):  # 1 s of +y at 5 cm/s, at 20 Hz
+        msg = TwistStamped()
+        msg.header.frame_id = probe.robot.base_frame
+        msg.twist.linear.y = 0.05
+        pub.publish(msg)
+        probe.wait(0.05)
+    probe.wait(0.4)  # servo timeout (0.2 s) passes: the arm must halt
+    after = kin.fk(probe.arm_q())[:3, 3]
+    moved = after - before
+    assert moved[1] > 0.025, f"tool moved {moved} for a +y twist"
+    assert abs(moved[0]) < 0.3 * moved[1] and abs(moved[2]) < 0.3 * moved[1]
+    q_halt = probe.arm_q()
+    probe.wait(0.5)
+    np.testing.assert_allclose(probe.arm_q(), q_halt, atol=2e-3)
+
+
+def test_bad_commands_are_rejected_without_motion(probe):
+    from builtin_interfaces.msg import Time
+    from geometry_msgs.msg import TwistStamped
+    from std_msgs.msg import Float64MultiArray
+    from trajectory_msgs.msg import JointTrajectory
+
+    assert probe.reset().success
+    traj_pub = probe.publisher(JointTrajectory, probe.robot.trajectory_topic)
+    twist_pub = probe.publisher(TwistStamped, probe.robot.servo_topic)
+    grip_pub = probe.publisher(Float64MultiArray, probe.robot.gripper_topic)
+    names = list(probe.robot.arm_joints)
+    q0 = probe.arm_q()
+    far = q0.copy()
+    far[1] = probe.robot.upper[1] + 0.5
+    nan = q0 + 0.1
+    nan[2] = float("nan")
+    bad = {
+        "unknown joints": trajectory(names[:-1] + ["elbow_of_doom"], [(1.0, q0 + 0.1)]),
+        "wrong lengths": trajectory(names, [(1.0, (q0 + 0.1)[:4])]),
+        "NaN": trajectory(names, [(1.0, nan)]),
+        "beyond limits": trajectory(names, [(1.0, far)]),
+        "stamp in the past": trajectory(names, [(1.0, q0 + 0.1)], stamp=Time(sec=1000)),
+        "too fast": trajectory(names, [(0.01, q0 + np.array([0.5, 0, 0, 0, 0, 0]))]),
+    }
+    for msg in bad.values():
+        traj_pub.publish(msg)
+    nan_twist = TwistStamped()
+    nan_twist.twist.linear.x = float("inf")
+    twist_pub.publish(nan_twist)
+    grip_pub.publish(Float64MultiArray(data=[3.0]))
+    probe.wait(1.5)
+    np.testing.assert_allclose(probe.arm_q(), q0, atol=2e-3)
+    log = probe.log.read_text()
+    for reason in ("unknown joints", "each point needs 6 values", "NaN or inf",
+                   "outside its limits", "in the past", "velocity limit", "twist: NaN/inf",
+                   "gripper opening 3.0"):
+        assert reason in log, f"no clear rejection log for {reason!r}"
+
+
+def test_camera_topics_follow_realsense_layout(probe):
+    from roboalign_ros.conversions import image_to_numpy
+
+    assert spin_until(probe.executor, lambda: probe.images and probe.infos, 20)
+    image, info = probe.images[-1], probe.infos[-1]
+    assert (image.width, image.height, image.encoding) == (160, 120, "rgb8")
+    assert image.header.frame_id == "camera_color_optical_frame"
+    rgb = image_to_numpy(image)
+    assert rgb.std() > 5, "camera image is blank"
+    assert info.k[2] == pytest.approx(80.0) and info.k[5] == pytest.approx(60.0)
+
+
+def test_reset_service_reports_bad_task(probe):
+    result = probe.reset(task="fly to the moon")
+    assert not result.success and "unknown" in result.message
+    ok = probe.reset(task="push_green_block_left", seed=3)
+    assert ok.success and ok.instruction == "push the green block to the left"
