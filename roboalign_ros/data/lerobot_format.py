@@ -1,0 +1,419 @@
+"""The LeRobot v3.0 dataset layout: paths, feature schema, meta/info.json.
+
+Layout (one data file and one video file per episode: file index = episode index within
+its chunk; v3.0 allows files holding any number of episodes, so these load unchanged)::
+
+    meta/info.json  meta/stats.json  meta/tasks.parquet
+    meta/episodes/chunk-000/file-000.parquet     one row per episode (+ our metadata)
+    data/chunk-000/file-000.parquet              one row per frame
+    videos/observation.images.<cam>/chunk-000/file-000.mp4
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import DatasetFormatError
+
+CODEBASE_VERSION = "v3.0"
+DEFAULT_CHUNKS_SIZE = 1000
+
+INFO_PATH = "meta/info.json"
+STATS_PATH = "meta/stats.json"
+TASKS_PATH = "meta/tasks.parquet"
+CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
+EPISODES_PATH = "meta/episodes/" + CHUNK_FILE + ".parquet"
+DATA_PATH = "data/" + CHUNK_FILE + ".parquet"
+VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
+
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+IMAGE_PREFIX = "observation.images."
+CAPTURE_TIME_KEY = "capture_time"  # our extra column: the caller's capture stamp (s)
+SOURCES = ("teleop", "policy", "expert")
+
+INDEX_FEATURES = {
+    "timestamp": "float32",
+    "frame_index": "int64",
+    "episode_index": "int64",
+    "index": "int64",
+    "task_index": "int64",
+    CAPTURE_TIME_KEY: "float64",
+}
+
+_CAMERA_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def camera_key(camera: str) -> str:
+    """Return the feature key of a camera name (`scene` -> `observation.images.scene`)."""
+    return IMAGE_PREFIX + camera
+
+
+def chunk_and_file(episode_index: int, chunks_size: int) -> tuple[int, int]:
+    """Return (chunk_index, file_index) of the files holding episode `episode_index`."""
+    return divmod(episode_index, chunks_size)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one dataset root (one file per episode and per camera)."""
+
+    root: Path
+    chunks_size: int = DEFAULT_CHUNKS_SIZE
+
+    def _fmt(self, template: str, episode_index: int, **kw: str) -> Path:
+        c, f = chunk_and_file(episode_index, self.chunks_size)
+        return self.root / template.format(chunk_index=c, file_index=f, **kw)
+
+    @property
+    def info(self) -> Path:
+        """Path of meta/info.json."""
+        return self.root / INFO_PATH
+
+    @property
+    def stats(self) -> Path:
+        """Path of meta/stats.json."""
+        return self.root / STATS_PATH
+
+    @property
+    def tasks(self) -> Path:
+        """Path of meta/tasks.parquet."""
+        return self.root / TASKS_PATH
+
+    def data(self, episode_index: int) -> Path:
+        """Path of the frame table of an episode."""
+        return self._fmt(DATA_PATH, episode_index)
+
+    def episode_meta(self, episode_index: int) -> Path:
+        """Path of the episode-metadata table of an episode."""
+        return self._fmt(EPISODES_PATH, episode_index)
+
+    def video(self, camera: str, episode_index: int) -> Path:
+        """Path of the mp4 of one camera of an episode."""
+        return self._fmt(VIDEO_PATH, episode_index, video_key=camera_key(camera))
+
+
+# ---------------------------------------------------------------- features / info.json
+
+
+def make_features(
+    state_names: Sequence[str],
+    action_names: Sequence[str],
+    cameras: Mapping[str, tuple[int, int]],
+    fps: int,
+    video_codec: str,
+) -> dict[str, dict[str, Any]]:
+    """Build the `features` block of info.json (LeRobot v3.0 conventions)."""
+    if not state_names:
+        raise ValueError("state_names: need at least one state dimension")
+    if not action_names:
+        raise ValueError("action_names: need at least one action dimension")
+    features: dict[str, dict[str, Any]] = {
+        STATE_KEY: {"dtype": "float32", "shape": [len(state_names)], "names": list(state_names)},
+        ACTION_KEY: {"dtype": "float32", "shape": [len(action_names)], "names": list(action_names)},
+    }
+    for cam, hw in cameras.items():
+        if not _CAMERA_NAME.match(cam):
+            raise ValueError(f"cameras: bad camera name {cam!r} (letters, digits, _ and - only)")
+        h, w = (int(v) for v in hw)
+        if h <= 0 or w <= 0 or h % 2 or w % 2:
+            raise ValueError(f"cameras[{cam!r}]: height/width must be positive and even, got {hw}")
+        features[camera_key(cam)] = {
+            "dtype": "video",
+            "shape": [h, w, 3],
+            "names": ["height", "width", "channels"],
+            "info": {
+                "video.height": h,
+                "video.width": w,
+                "video.codec": video_codec,
+                "video.pix_fmt": "yuv420p",
+                "video.is_depth_map": False,
+                "video.fps": fps,
+                "video.channels": 3,
+                "has_audio": False,
+            },
+        }
+    for key, dtype in INDEX_FEATURES.items():
+        features[key] = {"dtype": dtype, "shape": [1], "names": None}
+    return features
+
+
+def make_info(
+    features: dict[str, dict[str, Any]],
+    fps: int,
+    robot_type: str,
+    chunks_size: int,
+    total_episodes: int = 0,
+    total_frames: int = 0,
+    total_tasks: int = 0,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build meta/info.json."""
+    info = {
+        "codebase_version": CODEBASE_VERSION,
+        "robot_type": robot_type,
+        "total_episodes": total_episodes,
+        "total_frames": total_frames,
+        "total_tasks": total_tasks,
+        "chunks_size": chunks_size,
+        "data_files_size_in_mb": 100,
+        "video_files_size_in_mb": 500,
+        "fps": fps,
+        "splits": {"train": f"0:{total_episodes}"} if total_episodes else {},
+        "data_path": DATA_PATH,
+        "video_path": VIDEO_PATH if any_video(features) else None,
+        "features": features,
+    }
+    if extra:
+        info["roboalign"] = dict(extra)
+    return info
+
+
+def any_video(features: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Return True if some feature is stored as video."""
+    return any(ft.get("dtype") == "video" for ft in features.values())
+
+
+def cameras_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Return camera name -> (height, width) for the video features."""
+    return {
+        key[len(IMAGE_PREFIX):]: (int(ft["shape"][0]), int(ft["shape"][1]))
+        for key, ft in features.items()
+        if ft.get("dtype") == "video" and key.startswith(IMAGE_PREFIX)
+    }
+
+
+def dumps_json(obj: Any) -> bytes:
+    """Serialize meta JSON the way LeRobot does (indent 4, UTF-8)."""
+    return (json.dumps(obj, indent=4, ensure_ascii=False) + "\n").encode()
+
+
+_REQUIRED_INFO = {
+    "codebase_version": str,
+    "fps": (int, float),
+    "features": dict,
+    "total_episodes": int,
+    "total_frames": int,
+    "chunks_size": int,
+    "data_path": str,
+}
+
+
+def load_info(root: Path) -> dict[str, Any]:
+    """Read and validate meta/info.json of a dataset root; raise `DatasetFormatError`."""
+    path = Path(root) / INFO_PATH
+    if not path.is_file():
+        raise DatasetFormatError(f"{path}: missing meta/info.json (not a LeRobot dataset)")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetFormatError(f"{path}: unreadable JSON ({exc})") from exc
+    if not isinstance(info, dict):
+        raise DatasetFormatError(f"{path}: expected a JSON object")
+    for key, typ in _REQUIRED_INFO.items():
+        if not isinstance(info.get(key), typ):
+            names = "/".join(t.__name__ for t in (typ if isinstance(typ, tuple) else (typ,)))
+            raise DatasetFormatError(f"{path}: field {key!r} missing or not {names}")
+    if info["codebase_version"] != CODEBASE_VERSION:
+        raise DatasetFormatError(
+            f"{path}: codebase_version is {info['codebase_version']!r}, "
+            f"this reader supports {CODEBASE_VERSION!r}"
+        )
+    if info["data_path"] != DATA_PATH or (
+        any_video(info["features"]) and info.get("video_path") != VIDEO_PATH
+    ):
+        raise DatasetFormatError(f"{path}: data_path/video_path templates are not the v3.0 ones")
+    feats = info["features"]
+    for key in (STATE_KEY, ACTION_KEY, *INDEX_FEATURES):
+        ft = feats.get(key)
+        if not isinstance(ft, dict) or "dtype" not in ft or "shape" not in ft:
+            raise DatasetFormatError(f"{path}: features[{key!r}] missing or lacks dtype/shape")
+    for key, ft in feats.items():
+        if ft.get("dtype") == "video" and (
+            len(ft.get("shape", [])) != 3 or not key.startswith(IMAGE_PREFIX)
+        ):
+            raise DatasetFormatError(f"{path}: features[{key!r}] is a bad video feature")
+    return info
+
+
+# ---------------------------------------------------------------- arrow schemas
+
+_ARROW = {"float32": pa.float32(), "float64": pa.float64(), "int64": pa.int64()}
+
+
+def data_schema(features: Mapping[str, Mapping[str, Any]]) -> pa.Schema:
+    """Arrow schema of a data/ parquet file (vectors are fixed-size lists, like HF `Sequence`)."""
+    fields = []
+    for key, ft in features.items():
+        if ft["dtype"] in ("video", "image"):
+            continue
+        typ = _ARROW.get(ft["dtype"])
+        if typ is None:
+            raise DatasetFormatError(f"features[{key!r}]: unsupported dtype {ft['dtype']!r}")
+        shape = list(ft["shape"])
+        fields.append(pa.field(key, typ if shape == [1] else pa.list_(typ, int(shape[0]))))
+    return pa.schema(fields)
+
+
+def read_parquet(path: Path, skip_prefix: str | None = None) -> pa.Table:
+    """Read one parquet file (faster than `pq.read_table` for many small files).
+
+    Columns whose name starts with `skip_prefix` (e.g. per-episode `stats/`) are not read.
+    """
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    cols = [n for n in names if not n.startswith(skip_prefix)] if skip_prefix else None
+    return pf.read(columns=cols)
+
+
+def tasks_table(tasks: Sequence[str]) -> pa.Table:
+    """meta/tasks.parquet: task_index column indexed by the task string (pandas layout).
+
+    LeRobot reads this file with pandas and looks tasks up by the index, so the pandas
+    metadata marks `task` as the index; pyarrow readers see two plain columns.
+    """
+    table = pa.table(
+        {
+            "task_index": pa.array(range(len(tasks)), pa.int64()),
+            "task": pa.array(tasks, pa.string()),
+        }
+    )
+    pandas_meta = {
+        "index_columns": ["task"],
+        "column_indexes": [],
+        "columns": [
+            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
+             "numpy_type": "int64", "metadata": None},
+            {"name": "task", "field_name": "task", "pandas_type": "unicode",
+             "numpy_type": "object", "metadata": None},
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.0",
+    }
+    return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
+
+
+# ---------------------------------------------------------------- episode metadata rows
+
+
+@dataclass(frozen=True)
+class EpisodeInfo:
+    """One saved episode, as listed in meta/episodes (plus our recording metadata)."""
+
+    index: int
+    length: int
+    task: str
+    task_index: int
+    success: bool | None
+    operator: str
+    source: str
+    start_time: float  # capture time of the first frame (s, caller's clock)
+    dataset_from_index: int
+
+    @property
+    def dataset_to_index(self) -> int:
+        """One past the global `index` of the episode's last frame."""
+        return self.dataset_from_index + self.length
+
+
+def episode_row(
+    ep: EpisodeInfo,
+    cameras: Sequence[str],
+    fps: int,
+    chunks_size: int,
+    stats: Mapping[str, Mapping[str, Any]],
+) -> dict[str, Any]:
+    """Build the meta/episodes row of an episode (v3.0 columns, ours, per-episode stats)."""
+    c, f = chunk_and_file(ep.index, chunks_size)
+    row: dict[str, Any] = {
+        "episode_index": ep.index,
+        "tasks": [ep.task],
+        "length": ep.length,
+        "data/chunk_index": c,
+        "data/file_index": f,
+        "dataset_from_index": ep.dataset_from_index,
+        "dataset_to_index": ep.dataset_to_index,
+    }
+    for cam in cameras:
+        key = camera_key(cam)
+        row[f"videos/{key}/chunk_index"] = c
+        row[f"videos/{key}/file_index"] = f
+        row[f"videos/{key}/from_timestamp"] = 0.0
+        row[f"videos/{key}/to_timestamp"] = ep.length / fps
+    row["meta/episodes/chunk_index"] = c
+    row["meta/episodes/file_index"] = f
+    row["success"] = ep.success
+    row["operator"] = ep.operator
+    row["source"] = ep.source
+    row["start_time"] = ep.start_time
+    for feat, st in stats.items():
+        for name, value in st.items():
+            row[f"stats/{feat}/{name}"] = value
+    return row
+
+
+def episode_row_table(row: Mapping[str, Any]) -> pa.Table:
+    """One-row arrow table of an episode row (fixed column types for the known columns)."""
+    types = {"success": pa.bool_(), "operator": pa.string(), "source": pa.string(),
+             "tasks": pa.list_(pa.string()), "start_time": pa.float64()}
+    cols = {}
+    for key, value in row.items():
+        if key in types:
+            cols[key] = pa.array([value], types[key])
+        elif key.endswith(("_index", "length")) and not key.startswith("stats/"):
+            cols[key] = pa.array([value], pa.int64())
+        else:
+            cols[key] = pa.array([value])
+    return pa.table(cols)
+
+
+def parse_episode_row(
+    row: Mapping[str, Any], chunks_size: int, cameras: Sequence[str], where: str
+) -> tuple[EpisodeInfo, dict[str, dict[str, Any]]]:
+    """Parse and check a meta/episodes row; return (EpisodeInfo, per-episode stats)."""
+    try:
+        idx = int(row["episode_index"])
+        tasks = list(row["tasks"])
+        ep = EpisodeInfo(
+            index=idx,
+            length=int(row["length"]),
+            task=str(tasks[0]) if tasks else "",
+            task_index=-1,
+            success=None if row.get("success") is None else bool(row["success"]),
+            operator=str(row.get("operator") or ""),
+            source=str(row.get("source") or ""),
+            start_time=float(row.get("start_time") or 0.0),
+            dataset_from_index=int(row["dataset_from_index"]),
+        )
+        if int(row["dataset_to_index"]) != ep.dataset_to_index or ep.length <= 0:
+            raise DatasetFormatError(f"{where}: inconsistent length/dataset_to_index")
+        c, f = chunk_and_file(idx, chunks_size)
+        if (int(row["data/chunk_index"]), int(row["data/file_index"])) != (c, f):
+            raise DatasetFormatError(
+                f"{where}: episode {idx} data file is not chunk-{c:03d}/file-{f:03d} "
+                "(multi-episode files are not supported by this reader)"
+            )
+        for cam in cameras:
+            key = camera_key(cam)
+            if float(row[f"videos/{key}/from_timestamp"]) != 0.0:
+                raise DatasetFormatError(f"{where}: {key} video does not start at 0")
+    except KeyError as exc:
+        raise DatasetFormatError(f"{where}: column {exc.args[0]!r} missing") from exc
+    except (TypeError, ValueError, IndexError) as exc:
+        if isinstance(exc, DatasetFormatError):
+            raise
+        raise DatasetFormatError(f"{where}: bad episode row ({exc})") from exc
+    stats: dict[str, dict[str, Any]] = {}
+    for key, value in row.items():
+        if key.startswith("stats/"):
+            _, feat, name = key.split("/", 2)
+            stats.setdefault(feat, {})[name] = value
+    return ep, stats

@@ -1,0 +1,299 @@
+"""Read a LeRobot v3.0 dataset written by `DatasetWriter` (one episode per file).
+
+`DatasetReader(root)` validates the dataset when opened (meta files, schema, every episode's
+files and frame counts) and raises `DatasetFormatError` naming the damaged file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import lerobot_format as fmt
+from . import stats as st
+from . import video
+from .errors import DatasetFormatError
+from .lerobot_format import EpisodeInfo
+
+__all__ = ["DatasetReader", "Episode", "EpisodeInfo", "TrainingSample"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """One episode loaded in memory."""
+
+    info: EpisodeInfo
+    states: np.ndarray  # (T, state_dim) float32
+    actions: np.ndarray  # (T, action_dim) float32
+    timestamps: np.ndarray  # (T,) float32, frame_index / fps (video time)
+    capture_times: np.ndarray  # (T,) float64, the recorder's stamps
+    frames: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8 RGB ({} if not decoded)
+
+    @property
+    def task(self) -> str:
+        """The episode's instruction."""
+        return self.info.task
+
+    def __len__(self) -> int:
+        return self.info.length
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSample:
+    """One training example: observation at a frame and the action chunk from it on."""
+
+    images: dict[str, np.ndarray]  # camera -> (H, W, 3) uint8
+    state: np.ndarray  # (state_dim,) float32
+    actions: np.ndarray  # (horizon, action_dim) float32, padded with the last action
+    action_is_pad: np.ndarray  # (horizon,) bool, True where padded
+    instruction: str
+    episode_index: int
+    frame_index: int
+
+
+class DatasetReader:
+    """LeRobotDataset-like access to a v3.0 dataset on disk."""
+
+    def __init__(self, root: str | Path, verify: bool = True) -> None:
+        """Open `root`; `verify` checks every episode's files, schema and frame counts."""
+        self.root = Path(root)
+        self.info: dict[str, Any] = fmt.load_info(self.root)
+        self.fps = int(self.info["fps"])
+        self.layout = fmt.Layout(self.root, int(self.info["chunks_size"]))
+        feats = self.info["features"]
+        self.features = feats
+        self.cameras = fmt.cameras_of(feats)
+        self.state_names = list(feats[fmt.STATE_KEY].get("names") or [])
+        self.action_names = list(feats[fmt.ACTION_KEY].get("names") or [])
+        self.robot_type = self.info.get("robot_type")
+        try:
+            self._schema = fmt.data_schema(feats)
+        except DatasetFormatError as exc:
+            raise DatasetFormatError(f"{self.layout.info}: {exc}") from exc
+        self.tasks = self._load_tasks()
+        self.episodes = self._load_episodes()
+        self.stats = self._load_stats()
+        if verify:
+            for ep in self.episodes:
+                self._verify_files(ep)
+
+    # ------------------------------------------------------------ meta
+
+    def _load_tasks(self) -> list[str]:
+        path = self.layout.tasks
+        if not path.is_file():
+            raise DatasetFormatError(f"{path}: missing meta/tasks.parquet")
+        try:
+            rows = fmt.read_parquet(path).to_pylist()
+            tasks = {int(r["task_index"]): str(r["task"]) for r in rows}
+        except Exception as exc:
+            raise DatasetFormatError(f"{path}: unreadable tasks table ({exc})") from exc
+        if sorted(tasks) != list(range(len(tasks))):
+            raise DatasetFormatError(f"{path}: task_index values are not 0..{len(tasks) - 1}")
+        return [tasks[i] for i in range(len(tasks))]
+
+    def _load_episodes(self) -> list[EpisodeInfo]:
+        total = int(self.info["total_episodes"])
+        episodes, frames = [], 0
+        for i in range(total):
+            path = self.layout.episode_meta(i)
+            if not path.is_file():
+                raise DatasetFormatError(f"{path}: missing metadata of episode {i}")
+            try:
+                rows = fmt.read_parquet(path, skip_prefix="stats/").to_pylist()
+            except Exception as exc:
+                raise DatasetFormatError(f"{path}: unreadable episode metadata ({exc})") from exc
+            if len(rows) != 1:
+                raise DatasetFormatError(f"{path}: expected one episode row, found {len(rows)}")
+            ep, _ = fmt.parse_episode_row(rows[0], self.layout.chunks_size, list(self.cameras),
+                                          str(path))
+            if ep.index != i or ep.dataset_from_index != frames:
+                raise DatasetFormatError(f"{path}: episode_index/dataset_from_index out of order")
+            if ep.task not in self.tasks:
+                raise DatasetFormatError(f"{path}: task {ep.task!r} not in meta/tasks.parquet")
+            episodes.append(dataclasses.replace(ep, task_index=self.tasks.index(ep.task)))
+            frames += ep.length
+        if frames != int(self.info["total_frames"]):
+            raise DatasetFormatError(
+                f"{self.layout.info}: total_frames is {self.info['total_frames']} but episodes "
+                f"hold {frames}"
+            )
+        if self.layout.episode_meta(total).is_file():
+            log.warning(
+                "%s: episode %d was committed after info.json was last written (interrupted "
+                "save); it is ignored until DatasetWriter.open(%s) adopts it",
+                self.root, total, self.root,
+            )
+        return episodes
+
+    def _load_stats(self) -> dict[str, st.Stats]:
+        path = self.layout.stats
+        if not path.is_file():
+            raise DatasetFormatError(f"{path}: missing meta/stats.json")
+        try:
+            return st.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, AttributeError) as exc:
+            raise DatasetFormatError(f"{path}: unreadable stats ({exc})") from exc
+
+    def _verify_files(self, ep: EpisodeInfo) -> None:
+        path = self.layout.data(ep.index)
+        if not path.is_file():
+            raise DatasetFormatError(f"{path}: missing data file of episode {ep.index}")
+        try:
+            meta = pq.read_metadata(path)
+        except Exception as exc:
+            raise DatasetFormatError(f"{path}: unreadable parquet ({exc})") from exc
+        self._check_schema(meta.schema.to_arrow_schema(), path)
+        if meta.num_rows != ep.length:
+            raise DatasetFormatError(
+                f"{path}: {meta.num_rows} rows but episode {ep.index} has length {ep.length}"
+            )
+        for cam in self.cameras:
+            vpath = self.layout.video(cam, ep.index)
+            if not vpath.is_file():
+                raise DatasetFormatError(f"{vpath}: missing video of camera {cam!r}")
+            try:
+                count = video.probe_frame_count(vpath)
+            except Exception as exc:
+                raise DatasetFormatError(f"{vpath}: unreadable video ({exc})") from exc
+            if count != ep.length:
+                raise DatasetFormatError(
+                    f"{vpath}: frame count mismatch: video has {count} frames, parquet has "
+                    f"{ep.length}"
+                )
+
+    def _check_schema(self, schema: pa.Schema, path: Path) -> None:
+        for field in self._schema:
+            if field.name not in schema.names:
+                raise DatasetFormatError(f"{path}: bad schema: column {field.name!r} missing")
+            got = schema.field(field.name).type
+            if got != field.type:
+                raise DatasetFormatError(
+                    f"{path}: bad schema: column {field.name!r} is {got}, expected {field.type}"
+                )
+
+    # ------------------------------------------------------------ access
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def num_frames(self) -> int:
+        """Total number of frames."""
+        return int(self.info["total_frames"])
+
+    def episode(self, index: int, decode_video: bool = True) -> Episode:
+        """Load one episode (states, actions, stamps and, by default, decoded frames)."""
+        if not 0 <= index < len(self.episodes):
+            raise IndexError(f"episode index {index} out of range 0..{len(self.episodes) - 1}")
+        ep = self.episodes[index]
+        self._verify_files(ep)
+        path = self.layout.data(ep.index)
+        try:
+            table = fmt.read_parquet(path)
+        except Exception as exc:
+            raise DatasetFormatError(f"{path}: unreadable parquet ({exc})") from exc
+        self._check_schema(table.schema, path)
+
+        def col(name: str, dtype: Any) -> np.ndarray:
+            c = table.column(name).combine_chunks()
+            if pa.types.is_fixed_size_list(c.type):
+                return c.flatten().to_numpy().astype(dtype).reshape(len(c), c.type.list_size)
+            return c.to_numpy().astype(dtype)
+
+        if not np.array_equal(col("frame_index", np.int64), np.arange(ep.length)) or np.any(
+            col("episode_index", np.int64) != ep.index
+        ):
+            raise DatasetFormatError(f"{path}: frame_index/episode_index columns are inconsistent")
+        frames = {}
+        if decode_video:
+            for cam in self.cameras:
+                vpath = self.layout.video(cam, ep.index)
+                try:
+                    frames[cam] = video.decode_video(vpath)
+                except Exception as exc:
+                    raise DatasetFormatError(f"{vpath}: cannot decode video ({exc})") from exc
+                if len(frames[cam]) != ep.length:
+                    raise DatasetFormatError(
+                        f"{vpath}: frame count mismatch: decoded {len(frames[cam])} frames, "
+                        f"parquet has {ep.length}"
+                    )
+        return Episode(
+            info=ep,
+            states=col(fmt.STATE_KEY, np.float32).reshape(ep.length, -1),
+            actions=col(fmt.ACTION_KEY, np.float32).reshape(ep.length, -1),
+            timestamps=col("timestamp", np.float32),
+            capture_times=col(fmt.CAPTURE_TIME_KEY, np.float64),
+            frames=frames,
+        )
+
+    def iter_frames(
+        self,
+        horizon: int = 1,
+        episodes: Sequence[int] | None = None,
+        shuffle: bool = False,
+        seed: int | None = None,
+        shuffle_buffer: int = 256,
+    ) -> Iterator[TrainingSample]:
+        """Yield training samples, streaming the videos (memory stays bounded).
+
+        Each sample holds the images and state at a frame and the `horizon` actions from that
+        frame on; past the episode's end the last action is repeated (`action_is_pad`).
+        `shuffle` permutes the episode order and mixes samples through a buffer of
+        `shuffle_buffer` samples (across episode boundaries).
+        """
+        if horizon < 1:
+            raise ValueError(f"horizon: must be >= 1, got {horizon}")
+        order = list(range(len(self.episodes)) if episodes is None else episodes)
+        rng = np.random.default_rng(seed)
+        if shuffle:
+            rng.shuffle(order)
+        buffer: list[TrainingSample] = []
+        for i in order:
+            for sample in self._episode_samples(i, horizon):
+                if not shuffle:
+                    yield sample
+                    continue
+                buffer.append(sample)
+                if len(buffer) >= shuffle_buffer:
+                    j = int(rng.integers(len(buffer)))
+                    buffer[j], buffer[-1] = buffer[-1], buffer[j]
+                    yield buffer.pop()
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _episode_samples(self, i: int, horizon: int) -> Iterator[TrainingSample]:
+        ep = self.episode(i, decode_video=False)
+        n, steps = len(ep), np.arange(horizon)
+        paths = {cam: self.layout.video(cam, i) for cam in self.cameras}
+        streams = {cam: video.iter_video(p) for cam, p in paths.items()}
+        for t in range(n):
+            images = {}
+            for cam, frames in streams.items():
+                frame = next(frames, None)
+                if frame is None:
+                    raise DatasetFormatError(
+                        f"{paths[cam]}: frame count mismatch: decoded {t} frames, parquet has {n}"
+                    )
+                images[cam] = frame
+            idx = t + steps
+            yield TrainingSample(
+                images=images,
+                state=ep.states[t],
+                actions=ep.actions[np.minimum(idx, n - 1)],
+                action_is_pad=idx >= n,
+                instruction=ep.task,
+                episode_index=i,
+                frame_index=t,
+            )
+

@@ -1,0 +1,148 @@
+"""Camera streams to mp4 with PyAV: incremental encoding and whole-episode decoding.
+
+Default codec: H.264 (libx264, yuv420p, CRF 23, preset veryfast, GOP 10 frames, no
+B-frames): cheap enough to encode two 640x480 streams live on two CPU cores, plays in every
+browser (HF hub viewer) and decodes in LeRobot (torchcodec / PyAV). `libsvtav1` (LeRobot's own
+default) can be chosen instead when the CPU allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from . import storage
+
+DEFAULT_CODEC = "libx264"
+# encoder name -> (codec name written to info.json, default options)
+_CODECS: dict[str, tuple[str, dict[str, str]]] = {
+    "libx264": ("h264", {"crf": "23", "preset": "veryfast", "bf": "0"}),
+    "libsvtav1": ("av1", {"crf": "30", "preset": "10"}),
+    "libx265": ("hevc", {"crf": "26", "preset": "veryfast"}),
+}
+
+
+def codec_name(encoder: str) -> str:
+    """Return the codec name recorded in info.json (`video.codec`) for an encoder."""
+    if encoder not in _CODECS:
+        raise ValueError(f"video codec: unsupported encoder {encoder!r}; choose {sorted(_CODECS)}")
+    if encoder not in av.codecs_available:
+        raise ValueError(f"video codec: encoder {encoder!r} is not in this PyAV build")
+    return _CODECS[encoder][0]
+
+
+def encoder_for(codec: str) -> str:
+    """Return the encoder to append with, given info.json's `video.codec`."""
+    for enc, (name, _) in _CODECS.items():
+        if name == codec and enc in av.codecs_available:
+            return enc
+    raise ValueError(f"video codec: no encoder available for {codec!r}")
+
+
+class VideoEncoder:
+    """Encode HxWx3 uint8 RGB frames into an mp4 as they arrive (nothing is buffered).
+
+    Frame i gets pts i in time base 1/fps, so its timestamp is exactly i / fps, which is
+    what LeRobot expects (`from_timestamp + timestamp`). The file is written through
+    `storage.open_for_write` and fsynced on `close`.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        fps: int,
+        height: int,
+        width: int,
+        encoder: str = DEFAULT_CODEC,
+        gop: int = 10,
+        crf: int | None = None,
+        threads: int = 1,
+    ) -> None:
+        codec_name(encoder)
+        self.path = Path(path)
+        self.height, self.width = height, width
+        self.frames = 0
+        self._file = storage.open_for_write(self.path)
+        try:
+            self._container = av.open(self._file, mode="w", format="mp4")
+            stream = self._container.add_stream(encoder, rate=Fraction(fps))
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.time_base = Fraction(1, fps)
+            opts = dict(_CODECS[encoder][1], g=str(gop))
+            if crf is not None:
+                opts["crf"] = str(crf)
+            stream.options = opts
+            stream.codec_context.thread_count = threads
+            self._stream = stream
+        except BaseException:
+            self._file.close()
+            raise
+
+    def encode(self, rgb: np.ndarray) -> None:
+        """Encode one frame (HxWx3 uint8, RGB)."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        frame.pts = self.frames
+        self._container.mux(self._stream.encode(frame))
+        self.frames += 1
+
+    def close(self) -> None:
+        """Flush the encoder, write the mp4 index and fsync the file."""
+        try:
+            self._container.mux(self._stream.encode(None))
+            self._container.close()
+        except BaseException:
+            self._file.close()
+            raise
+        storage.close_synced(self._file)
+
+    def abort(self) -> None:
+        """Drop the file being written (best effort, never raises)."""
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - the stream may be half written
+            pass
+        try:
+            self._file.close()
+        except Exception:  # noqa: BLE001
+            pass
+        storage.remove_quietly(self.path)
+
+
+def probe_frame_count(path: Path) -> int:
+    """Count the video frames of an mp4 from its index (cheap; demuxes when unknown)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        if stream.frames:
+            return int(stream.frames)
+        return sum(1 for _ in container.demux(stream) if _.size)
+
+
+def iter_video(path: Path) -> Iterator[np.ndarray]:
+    """Yield the frames of an mp4 one by one as HxWx3 uint8 RGB arrays (streaming)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            yield frame.to_ndarray(format="rgb24")
+
+
+def decode_video(path: Path) -> np.ndarray:
+    """Decode every frame of an mp4 into a (frames, H, W, 3) uint8 RGB array."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        out = np.empty((int(stream.frames), stream.height, stream.width, 3), np.uint8)
+        extra = []
+        n = 0
+        for frame in container.decode(stream):
+            rgb = frame.to_ndarray(format="rgb24")
+            if n < len(out):
+                out[n] = rgb
+            else:
+                extra.append(rgb)
+            n += 1
+    return np.concatenate([out[:n], np.stack(extra)]) if extra else out[:n]
