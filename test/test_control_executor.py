@@ -1,0 +1,250 @@
+"""ChunkExecutor: submit/tick, watchdog, e-stop latch, instruction flush, envelope property."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from roboalign_ros.control.chunk import Chunk
+from roboalign_ros.control.executor import ChunkExecutor, ExecutorConfig
+from roboalign_ros.control.safety import SafetyEnvelope, SafetyLimits
+
+JOINTS = ('a', 'b')
+NAMES = JOINTS + ('gripper',)
+PERIOD = 0.01
+
+
+def planar_fk(q):
+    return np.array([0.5 * np.cos(q[0]) + 0.5 * np.cos(q[0] + q[1]),
+                     0.5 * np.sin(q[0]) + 0.5 * np.sin(q[0] + q[1]), 0.0])
+
+
+LIMITS = dict(lower=[-2.0, -2.0], upper=[2.0, 2.0], vel_max=[2.0, 2.0], joint_names=JOINTS,
+              margin=0.05, velocity_scale=0.5, max_step=0.05)
+
+
+def make_exec(blend='latest', fk=None, box=None, **cfg):
+    lim = SafetyLimits(**LIMITS, **(box or {}))
+    config = ExecutorConfig(NAMES, rate_hz=1 / PERIOD, blend=blend, **cfg)
+    return ChunkExecutor(config, SafetyEnvelope(lim, PERIOD), fk=fk)
+
+
+def ramp_chunk(stamp, seq, start=0.0, slope=0.5, h=20, dt=0.05, grip=0.5):
+    t = np.arange(h) * dt
+    arm = start + slope * t
+    a = np.stack([arm, -arm, np.full(h, grip)], axis=1)
+    return Chunk(stamp, dt, a, NAMES, sequence=seq)
+
+
+Q0 = np.zeros(2)
+
+
+def test_hold_at_measured_before_any_chunk_then_track():
+    ex = make_exec()
+    cmd = ex.tick(0.0, np.array([0.1, -0.1]))
+    assert cmd.kind == 'hold' and cmd.gripper is None
+    np.testing.assert_allclose(cmd.arm, [0.1, -0.1])
+    ok, why = ex.submit(ramp_chunk(0.0, 1, start=0.1, slope=0.1), now=0.05)
+    assert ok, why
+    cmd = ex.tick(0.1, Q0)
+    assert cmd.kind == 'track' and cmd.gripper == pytest.approx(0.5)
+    np.testing.assert_allclose(cmd.arm, [0.11, -0.11], atol=1e-6)  # delay compensated
+
+
+def test_rejections_counted_with_reason():
+    ex = make_exec(max_horizon=30)
+    bad = np.zeros((5, 3), np.float32)
+    ok, why = ex.submit(ramp_chunk(0.0, 1, h=31, dt=0.01), now=0.0)
+    assert not ok and 'max_horizon' in why
+    ok, why = ex.submit(ramp_chunk(-5.0, 2), now=0.0)
+    assert not ok and why.startswith('stamp')
+    ok, why = ex.submit(Chunk(0.0, 0.1, bad, ('x', 'y', 'gripper'), sequence=3), now=0.0)
+    assert not ok and why.startswith('dimension_names')
+    assert ex.submit(ramp_chunk(0.0, 4), now=0.0)[0]
+    ok, why = ex.submit(ramp_chunk(0.0, 4), now=0.0)
+    assert not ok and why.startswith('sequence')
+    c = ex.status().counters
+    assert c['rejected_oversized'] == c['rejected_stale'] == c['rejected_out_of_order'] == 1
+    assert c['accepted'] == 1
+
+
+def test_watchdog_holds_after_chunk_runs_out_and_after_timeout():
+    ex = make_exec(watchdog_timeout=10.0)
+    ex.tick(0.0, Q0)
+    ex.submit(ramp_chunk(0.0, 1, slope=0.2, h=5, dt=0.05), now=0.0)   # ends at 0.2
+    t, last_track = 0.0, None
+    while t < 0.3:
+        cmd = ex.tick(t, Q0)
+        if cmd.kind == 'track':
+            last_track = cmd.arm
+        t += PERIOD
+    assert cmd.kind == 'hold' and 'no chunk covers now' in cmd.reasons[0]
+    np.testing.assert_allclose(cmd.arm, last_track)      # held the last safe command
+    # timeout: a long chunk still covers now, but the policy went silent
+    ex = make_exec(watchdog_timeout=0.2)
+    ex.tick(0.0, Q0)
+    ex.submit(ramp_chunk(0.0, 1, slope=0.1, h=100, dt=0.05), now=0.0)
+    assert ex.tick(0.19, Q0).kind == 'track'
+    cmd = ex.tick(0.21, Q0)
+    assert cmd.kind == 'hold' and cmd.reasons[0].startswith('watchdog')
+    assert ex.status().counters['watchdog_trips'] == 1
+
+
+def test_ee_delta_hold_is_zero_twist():
+    names = ('vx', 'vy', 'vz', 'wx', 'wy', 'wz', 'gripper')
+    lim = SafetyLimits(**LIMITS)
+    ex = ChunkExecutor(ExecutorConfig(names, action_space='ee_delta', rate_hz=100),
+                       SafetyEnvelope(lim, PERIOD))
+    a = np.tile(np.array([0.1, 0, 0, 0, 0, 0, 1.0], np.float32), (5, 1))
+    assert ex.submit(Chunk(0.0, 0.05, a, names, 'ee_delta', 1), 0.0)[0]
+    cmd = ex.tick(0.1, Q0)
+    assert cmd.kind == 'track' and cmd.arm[0] == pytest.approx(0.1)
+    cmd = ex.tick(0.5, Q0)
+    assert cmd.kind == 'hold' and np.all(cmd.arm == 0) and cmd.arm.shape == (6,)
+
+
+def test_estop_next_tick_latched_and_release_needs_new_chunk():
+    ex = make_exec(watchdog_timeout=10.0)
+    ex.tick(0.0, Q0)
+    ex.submit(ramp_chunk(0.0, 1, slope=0.5, h=100), now=0.0)
+    t = 0.0
+    for _ in range(10):
+        assert ex.tick(t, Q0).kind == 'track'
+        t += PERIOD
+    measured = np.array([0.03, -0.03])
+    ex.estop(True)
+    cmd = ex.tick(t, measured)                       # the very next tick: within one period
+    assert cmd.kind == 'estop'
+    np.testing.assert_allclose(cmd.arm, measured)
+    for _ in range(50):                              # latched, frozen, even if the arm drifts
+        t += PERIOD
+        cmd = ex.tick(t, measured + 0.01)
+        assert cmd.kind == 'estop'
+        np.testing.assert_allclose(cmd.arm, measured)
+    assert not ex.submit(ramp_chunk(t, 2), now=t)[0]  # refused while engaged
+    ex.estop(False, now=t)
+    t += PERIOD
+    cmd = ex.tick(t, measured)                       # old chunk flushed: hold, not track
+    assert cmd.kind == 'hold'
+    np.testing.assert_allclose(cmd.arm, measured)
+    ok, why = ex.submit(ramp_chunk(t - 0.05, 3), now=t)   # observed before release
+    assert not ok and 'flush' in why
+    assert ex.submit(ramp_chunk(t, 4, start=0.5), now=t)[0]
+    cmd = ex.tick(t + PERIOD, measured)
+    assert cmd.kind == 'track'
+    assert np.max(np.abs(cmd.arm - measured)) <= 0.01 + 1e-9   # resumes velocity-limited
+
+
+def test_instruction_change_flushes():
+    ex = make_exec(watchdog_timeout=10.0)
+    ex.tick(0.0, Q0)
+    ex.submit(ramp_chunk(0.0, 1, h=100), now=0.0)
+    assert ex.tick(0.1, Q0).kind == 'track'
+    ex.set_instruction_changed(now=0.1)
+    assert ex.tick(0.11, Q0).kind == 'hold'
+    assert not ex.submit(ramp_chunk(0.05, 2, h=100), now=0.12)[0]   # planned for the old one
+    assert ex.submit(ramp_chunk(0.11, 3, h=100), now=0.12)[0]
+    assert ex.tick(0.13, Q0).kind == 'track'
+
+
+def test_rtc_executor_is_continuous_across_switches():
+    ex = make_exec('rtc', rtc_blend_s=0.2, watchdog_timeout=10.0)
+    ex.envelope.limits.velocity_scale = 1.0
+    ex.tick(0.0, Q0)
+    prev, t, seq, jumps = None, 0.0, 0, []
+    rng = np.random.default_rng(0)
+    while t < 2.0:
+        if abs(t / 0.1 - round(t / 0.1)) < 1e-6:      # a new, disagreeing plan every 100 ms
+            seq += 1
+            assert ex.submit(ramp_chunk(t - 0.05, seq, start=0.1 * t + rng.uniform(-0.01, 0.01),
+                                        slope=0.1), now=t)[0]
+        cmd = ex.tick(t, Q0)
+        if prev is not None:
+            jumps.append(np.max(np.abs(cmd.arm - prev)))
+        prev = cmd.arm
+        t = round(t + PERIOD, 9)
+    assert max(jumps) < 0.004   # far below the 0.02 plan disagreement
+
+
+# -- property: no command ever leaves the envelope ---------------------------------------
+
+BOX = dict(workspace_min=[0.4, -0.9, -0.1], workspace_max=[1.1, 0.9, 0.1])
+row = st.lists(st.floats(-10, 10), min_size=3, max_size=3)
+chunk_st = st.tuples(st.lists(row, min_size=1, max_size=30), st.floats(0.005, 0.2),
+                     st.floats(-0.3, 0.05))
+
+
+@settings(max_examples=150, deadline=None)
+@given(chunks=st.lists(chunk_st, min_size=1, max_size=6),
+       blend=st.sampled_from(['latest', 'temporal_ensemble', 'rtc']),
+       mode=st.sampled_from(['hold', 'project']),
+       q0=st.tuples(st.floats(-0.5, 0.5), st.floats(0.3, 1.5)))
+def test_no_command_ever_leaves_the_envelope(chunks, blend, mode, q0):
+    ex = make_exec(blend, fk=planar_fk, box=dict(BOX, workspace_mode=mode), ensemble_k=2.0)
+    env = ex.envelope
+    q = np.array(q0)
+    if env.box_violation(planar_fk(q)) > 0:
+        return  # property is about starting inside the envelope
+    step = np.minimum(env.limits.vel_max * env.limits.velocity_scale * PERIOD,
+                      env.limits.max_step)
+    last, t, seq = q.copy(), 0.0, 0
+    for rows, dt, lag in chunks:
+        seq += 1
+        ex.submit(Chunk(t + lag, dt, np.array(rows, np.float32), NAMES, sequence=seq), now=t)
+        for _ in range(15):
+            cmd = ex.tick(t, q)
+            assert cmd.kind in ('track', 'hold')
+            assert env.joint_within(cmd.arm)
+            assert np.all(np.abs(cmd.arm - last) <= step + 1e-9)
+            assert env.box_violation(planar_fk(cmd.arm)) <= 1e-9
+            assert cmd.gripper is None or 0.0 <= cmd.gripper <= 1.0
+            last = cmd.arm
+            t += PERIOD
+
+
+def test_with_the_packaged_robot_and_pinocchio_fk():
+    pytest.importorskip('pinocchio')
+    from roboalign_ros.control.kinematics import Kinematics
+    from roboalign_ros.robot import load_robot_config
+    try:
+        spec = load_robot_config('sim_arm')
+    except Exception as exc:  # xacro missing, etc.
+        pytest.skip(f'robot config unavailable: {exc}')
+    kin = Kinematics(spec)
+    env = SafetyEnvelope.from_robot(spec, PERIOD, fk=kin.fk_position)
+    names = tuple(spec.arm_joints) + ('gripper',)
+    ex = ChunkExecutor(ExecutorConfig(names, blend='rtc'), env)
+    q = np.asarray(spec.home, float)
+    assert env.box_violation(kin.fk_position(q)) == 0
+    h = 30
+    a = np.hstack([q + np.linspace(0, 3.0, h)[:, None], np.ones((h, 1))])  # runs into limits
+    assert ex.submit(Chunk(0.0, 0.05, a, names, sequence=1), now=0.0)[0]
+    t = 0.0
+    for _ in range(150):
+        cmd = ex.tick(t, q)
+        assert env.joint_within(cmd.arm)
+        assert env.box_violation(kin.fk_position(cmd.arm)) <= 1e-9
+        q = cmd.arm
+        t += PERIOD
+    assert sum(env.counters.values()) > 0
+
+
+def test_repeated_estop_false_is_a_noop_and_policy_restart_accepted():
+    ex = make_exec(watchdog_timeout=10.0)
+    ex.tick(0.0, Q0)
+    assert ex.submit(ramp_chunk(0.0, 5, h=100), now=0.0)[0]
+    ex.estop(False, now=0.05)               # heartbeat "not engaged": must not flush
+    assert ex.tick(0.1, Q0).kind == 'track'
+    assert ex.submit(ramp_chunk(0.1, 1, h=100), now=0.1)[0]   # restarted policy, newer stamp
+    assert ex.status().counters['sequence_resets'] == 1
+
+
+def test_clock_jump_back_starts_over():
+    ex = make_exec(watchdog_timeout=10.0)
+    ex.tick(100.0, Q0)
+    assert ex.submit(ramp_chunk(100.0, 7, h=100), now=100.0)[0]
+    cmd = ex.tick(0.01, Q0)                 # sim restarted
+    assert cmd.kind == 'hold'
+    assert ex.submit(ramp_chunk(0.0, 1, h=100), now=0.02)[0]
+    assert ex.tick(0.03, Q0).kind == 'track'
+    assert ex.status().counters['clock_jumps_back'] == 1
