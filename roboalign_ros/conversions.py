@@ -262,3 +262,42 @@ def numpy_to_action_chunk(actions: np.ndarray, *, stamp: float, dt: float, actio
     msg.actions = values
     seconds_to_duration(max(0.0, float(inference_time)), msg.inference_time)
     return msg
+
+
+# --------------------------------------------------------------------------- joint states
+
+
+class JointStateMapper:
+    """``sensor_msgs/JointState`` -> the policy's state vector (arm joints + gripper opening).
+
+    Joints are matched by name (any order, extra joints ignored); the gripper opening in [0, 1]
+    comes from the first gripper joint through ``robot.joint_to_gripper``. The name lookup is
+    cached and rebuilt only when the message's joint list changes.
+    """
+
+    def __init__(self, robot):
+        self.robot = robot
+        self._names: tuple[str, ...] | None = None
+        self._index: np.ndarray | None = None
+
+    def __call__(self, msg) -> np.ndarray:
+        """Return float32 [len(arm_joints) + 1] (or raise ConversionError naming the joint)."""
+        names = tuple(msg.name)
+        if names != self._names:
+            wanted = list(self.robot.arm_joints) + list(self.robot.gripper_joints[:1])
+            position = {n: i for i, n in enumerate(names)}
+            missing = [n for n in wanted if n not in position]
+            if missing:
+                raise ConversionError(f"name: joint_states lacks {missing}")
+            self._names, self._index = names, np.array([position[n] for n in wanted])
+        positions = np.asarray(msg.position, dtype=np.float64)
+        if positions.size != len(names):
+            raise ConversionError(f"position: {positions.size} values for {len(names)} names")
+        q = positions[self._index]
+        if not np.isfinite(q).all():
+            raise ConversionError("position: NaN or inf")
+        n_arm = len(self.robot.arm_joints)
+        state = np.empty(n_arm + 1, np.float32)
+        state[:n_arm] = q[:n_arm]
+        state[n_arm] = self.robot.joint_to_gripper(q[n_arm]) if len(q) > n_arm else 0.0
+        return state

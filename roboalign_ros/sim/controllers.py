@@ -4,7 +4,8 @@ They give the simulated arm the command semantics a real arm has, so the executo
 talk to the sim exactly as they would to hardware:
 
 - :class:`JointTrajectoryFollower`: time_from_start interpolation from the header stamp
-  (0 = now), replacement of the running trajectory, joint matching by name in any order.
+  (0 = now), replacement of the running trajectory, joint matching by name in any order, an
+  empty trajectory stops and holds.
 - :class:`TwistFollower`: a base-frame twist turned into joint motion by damped-least-squares
   differential IK, halting when commands stop arriving.
 
@@ -68,6 +69,10 @@ class JointTrajectoryFollower:
         ``start_time`` is the header stamp in seconds (0 means now), ``current`` the position
         the arm is commanded to now. Raises :class:`CommandRejected` naming what is wrong.
         """
+        if not positions:  # JTC: an empty trajectory stops the motion and holds position
+            held = self.sample(now) if self.active else np.asarray(current, float)
+            self.reset(held)
+            return
         names = list(joint_names)
         unknown = [n for n in names if n not in self._index]
         if unknown:
@@ -78,8 +83,6 @@ class JointTrajectoryFollower:
         missing = [n for n in self.joint_names if n not in names]
         if missing:
             raise CommandRejected(f"joint_names: missing {missing} (partial goals are refused)")
-        if not positions:
-            raise CommandRejected("points: empty trajectory")
         order = [names.index(n) for n in self.joint_names]
         times = np.asarray(times_from_start, float)
         try:

@@ -74,8 +74,11 @@ class SimServer:
                            start_time: float, now: float) -> None:
         """Accept a joint trajectory or raise :class:`CommandRejected` (no motion then)."""
         with self.lock:
+            # new trajectories start from the commanded position (continuity); a stop (empty
+            # trajectory) holds where the arm actually is
+            current = self.env.q_target if len(positions) else self.env.arm_q()
             self.trajectory.command(joint_names, times_from_start, positions, velocities,
-                                    start_time=start_time, now=now, current=self.env.q_target)
+                                    start_time=start_time, now=now, current=current)
             self.twist.stop()  # the latest command source wins, as with controller switching
 
     def command_twist(self, twist, *, stamp: float, now: float) -> None:

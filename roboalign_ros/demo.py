@@ -1,0 +1,240 @@
+"""The main job: the simulated closed loop, sim -> policy -> executor -> sim, on a CPU.
+
+``roboalign demo`` starts the three nodes as separate processes with the package's parameter
+files (what ``ros2 launch roboalign_ros sim.launch.py`` starts), watches the graph from a
+monitor node, prints what happens (chunk rate, latency, reasoning, commands, task status) and
+stops by itself after ``--duration`` seconds or when the task succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class LoopStats:
+    """What the monitor saw (also the closed-loop benchmark's figures)."""
+
+    chunk_times: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    observation_ages: list[float] = field(default_factory=list)
+    commands: int = 0
+    command_times: deque = field(default_factory=lambda: deque(maxlen=500))
+    reasoning: str = ""
+    status: str = ""
+    success: bool = False
+    instruction: str = ""
+    q_first: np.ndarray | None = None
+    q_last: np.ndarray | None = None
+    limit_violations: int = 0
+    first_chunk_at: float | None = None
+
+    def chunk_rate(self, window: float = 10.0) -> float:
+        """Chunks per second over the last ``window`` seconds."""
+        if len(self.chunk_times) < 2:
+            return 0.0
+        t = np.asarray(self.chunk_times)
+        t = t[t >= t[-1] - window]
+        return (len(t) - 1) / (t[-1] - t[0]) if t[-1] > t[0] else 0.0
+
+
+def _start(node: str, params: list[str], overrides: dict[str, object], log_dir: str):
+    from roboalign_ros.robot import package_path
+
+    cmd = [sys.executable, "-m", f"roboalign_ros.nodes.{node}", "--ros-args"]
+    for name in params:
+        cmd += ["--params-file", str(package_path("config", name))]
+    for key, value in overrides.items():
+        cmd += ["-p", f"{key}:={value}"]
+    log = open(os.path.join(log_dir, f"{node}.log"), "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def run_closed_loop(duration: float, task: str, seed: int, model: str, device: str,
+                    camera_size: tuple[int, int], camera_rate: float, log_dir: str,
+                    stop_on_success: bool = True, quiet: bool = False) -> LoopStats:
+    """Run sim + policy + executor for ``duration`` s and return what the monitor measured."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
+    from trajectory_msgs.msg import JointTrajectory
+
+    from roboalign_ros.conversions import action_chunk_to_numpy, stamp_to_seconds
+    from roboalign_ros.msg import ActionChunk, PolicyStatus, TaskStatus
+    from roboalign_ros.nodes.common import SENSOR_QOS
+    from roboalign_ros.robot import load_robot_config
+
+    from rich.console import Console
+
+    console = Console(quiet=quiet, highlight=False)
+    os.makedirs(log_dir, exist_ok=True)
+    robot = load_robot_config("sim_arm")
+    procs = [
+        _start("sim_node", ["sim.yaml"], {"task": task, "seed": seed,
+                                          "camera.width": camera_size[0],
+                                          "camera.height": camera_size[1],
+                                          "camera.rate": camera_rate}, log_dir),
+        _start("executor_node", ["executor.yaml"], {}, log_dir),
+        _start("policy_node", ["policy.yaml"], {"model_path": model, "device": device},
+               log_dir),
+    ]
+    stats = LoopStats()
+    state_names = {v: k[len("STATE_"):].lower() for k, v in vars(PolicyStatus).items()
+                   if k.startswith("STATE_")}
+    rclpy.init()
+    node = Node("roboalign_demo_monitor")
+    index: dict[str, int] = {}
+
+    def on_chunk(msg):
+        now = node.get_clock().now().nanoseconds * 1e-9
+        fields = action_chunk_to_numpy(msg)
+        stats.chunk_times.append(time.monotonic())
+        stats.latencies.append(fields.inference_time)
+        stats.observation_ages.append(now - fields.stamp)
+        if stats.first_chunk_at is None:
+            stats.first_chunk_at = time.monotonic()
+            console.print(f"[green]first chunk[/] {fields.actions.shape[0]}x"
+                          f"{fields.actions.shape[1]} {fields.action_space}, inference "
+                          f"{fields.inference_time * 1e3:.0f} ms")
+
+    def on_joint_state(msg):
+        if not index:
+            index.update({n: i for i, n in enumerate(msg.name)})
+        q = np.array([msg.position[index[j]] for j in robot.arm_joints])
+        if stats.q_first is None:
+            stats.q_first = q
+        stats.q_last = q
+        stats.limit_violations += int(np.any(q < robot.lower - 1e-3) or
+                                      np.any(q > robot.upper + 1e-3))
+
+    def on_command(msg):
+        stats.commands += 1
+        stats.command_times.append(time.monotonic())
+
+    def on_reasoning(msg):
+        stats.reasoning = msg.data
+        console.print(f"[magenta]reasoning[/] {msg.data[:160]!r}")
+
+    def on_status(msg):
+        text = f"{state_names.get(msg.state, msg.state)}: {msg.message}"
+        if text != stats.status:
+            console.print(f"[cyan]policy[/] {text}")
+        stats.status = text
+
+    def on_task(msg):
+        stats.instruction, stats.success = msg.instruction, msg.success
+
+    node.create_subscription(ActionChunk, "/roboalign/action_chunk", on_chunk, 10)
+    node.create_subscription(JointState, "/joint_states", on_joint_state, SENSOR_QOS)
+    node.create_subscription(JointTrajectory, robot.trajectory_topic, on_command, 50)
+    node.create_subscription(String, "/roboalign/reasoning", on_reasoning, 10)
+    node.create_subscription(PolicyStatus, "/roboalign/status", on_status, 10)
+    node.create_subscription(TaskStatus, "/roboalign/task_status", on_task, 10)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    console.print(f"[bold]roboalign demo[/]: sim + policy ({model}) + executor for "
+                  f"{duration:.0f} s; logs in {log_dir}")
+    start, next_report = time.monotonic(), time.monotonic() + 5.0
+    try:
+        while time.monotonic() - start < duration:
+            executor.spin_once(timeout_sec=0.05)
+            if any(p.poll() is not None for p, _ in procs):
+                dead = [p.args[2] for p, _ in procs if p.poll() is not None]
+                console.print(f"[red]node exited early: {dead}[/] (see {log_dir})")
+                break
+            if time.monotonic() >= next_report:
+                next_report += 5.0
+                cmd_t = stats.command_times
+                cmd_rate = ((len(cmd_t) - 1) / (cmd_t[-1] - cmd_t[0])
+                            if len(cmd_t) > 1 and cmd_t[-1] > cmd_t[0] else 0.0)
+                moved = (0.0 if stats.q_first is None
+                         else float(np.max(np.abs(stats.q_last - stats.q_first))))
+                lat = np.median(stats.latencies[-20:]) * 1e3 if stats.latencies else 0.0
+                console.print(
+                    f"t={time.monotonic() - start:5.1f}s  chunks {len(stats.chunk_times):3d} "
+                    f"({stats.chunk_rate():.2f}/s, latency p50 {lat:.0f} ms)  commands "
+                    f"{stats.commands} ({cmd_rate:.0f}/s)  arm moved {moved:.3f} rad  "
+                    f"task '{stats.instruction}' success={stats.success}")
+            if stop_on_success and stats.success:
+                console.print("[bold green]task succeeded[/]")
+                break
+    finally:
+        for proc, log in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc, log in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return stats
+
+
+def _summary(stats: LoopStats) -> str:
+    lat = np.asarray(stats.latencies) * 1e3
+    age = np.asarray(stats.observation_ages) * 1e3
+    moved = 0.0 if stats.q_first is None else float(np.max(np.abs(stats.q_last -
+                                                                  stats.q_first)))
+    lines = [
+        f"chunks published      {len(stats.chunk_times)}",
+        f"closed-loop chunk rate {stats.chunk_rate(1e9):.2f} chunks/s",
+        f"policy latency        p50 {np.percentile(lat, 50):.0f} ms, p90 "
+        f"{np.percentile(lat, 90):.0f} ms" if lat.size else "policy latency        -",
+        f"observation age at executor  p50 {np.percentile(age, 50):.0f} ms" if age.size else "",
+        f"trajectory commands   {stats.commands}",
+        f"arm moved (max joint) {moved:.3f} rad",
+        f"joint limit violations {stats.limit_violations}",
+        f"task success          {stats.success} ('{stats.instruction}')",
+    ]
+    return "\n".join(line for line in lines if line)
+
+
+def _parser(prog: str, duration: float) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=float, default=duration, help="seconds (default %(default)s)")
+    p.add_argument("--task", default="pick_red_cube")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="tiny", help="checkpoint dir or 'tiny' (random policy)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--camera-size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
+    p.add_argument("--camera-rate", type=float, default=10.0)
+    p.add_argument("--log-dir", default="log/demo")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``roboalign demo``: run the simulated closed loop and print what happens."""
+    a = _parser("roboalign demo", 40.0).parse_args(argv)
+    stats = run_closed_loop(a.duration, a.task, a.seed, a.model, a.device,
+                            tuple(a.camera_size), a.camera_rate, a.log_dir)
+    print("\n" + _summary(stats))
+    ok = len(stats.chunk_times) > 0 and stats.commands > 0 and stats.limit_violations == 0
+    if not ok:
+        print(f"the loop did not close (no chunks or no commands): see {a.log_dir}/*.log")
+    return 0 if ok else 1
+
+
+def bench_main(argv: list[str] | None = None) -> int:
+    """``roboalign bench closed-loop``: chunk rate and latency of the loop on this machine."""
+    a = _parser("roboalign bench closed-loop", 60.0).parse_args(argv)
+    stats = run_closed_loop(a.duration, a.task, a.seed, a.model, a.device,
+                            tuple(a.camera_size), a.camera_rate, a.log_dir,
+                            stop_on_success=False, quiet=True)
+    print(f"closed loop, {a.duration:.0f} s, model {a.model} on {a.device}, camera "
+          f"{a.camera_size[0]}x{a.camera_size[1]} @ {a.camera_rate} Hz, {os.cpu_count()} cores")
+    print(_summary(stats))
+    return 0

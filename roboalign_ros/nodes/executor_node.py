@@ -1,0 +1,261 @@
+"""executor_node: action chunks in, a safe command stream to the arm out.
+
+Wiring: /roboalign/action_chunk -> ChunkExecutor.submit; a control thread at ``rate`` Hz ->
+ChunkExecutor.tick -> backend (joint_trajectory / servo); /roboalign/estop -> e-stop (the hold
+is sent from the callback itself, within the current control period); /roboalign/instruction
+-> flush; ``~/go_home`` -> a slow trajectory home (or MoveItPy plan/execute). Delay
+compensation, blending, watchdog and the safety envelope live in roboalign_ros.control.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import Trigger
+
+from roboalign_ros.control.chunk import Chunk, ChunkError
+from roboalign_ros.control.executor import ChunkExecutor, ExecutorConfig
+from roboalign_ros.control.kinematics import Kinematics
+from roboalign_ros.control.safety import SafetyEnvelope
+from roboalign_ros.conversions import ConversionError, action_chunk_to_numpy
+from roboalign_ros.msg import ActionChunk
+from roboalign_ros.nodes.backends import (
+    GripperPublisher,
+    JointTrajectoryBackend,
+    MoveItPyBackend,
+    make_backend,
+)
+from roboalign_ros.nodes.common import (
+    COMMAND_QOS,
+    ERROR,
+    LATCHED_QOS,
+    OK,
+    SENSOR_QOS,
+    WARN,
+    Diagnostics,
+    declare_parameters,
+    now_seconds,
+    run_node,
+)
+from roboalign_ros.robot import load_robot_config
+
+PARAMETERS = {
+    "robot": "sim_arm",
+    "action_space": "joint_position",
+    "backend": "joint_trajectory",
+    "home_backend": "joint_trajectory",
+    "planning_group": "arm",
+    "rate": 100.0,
+    "lead_time": 0.02,
+    "blend": "rtc",
+    "rtc_blend": 0.2,
+    "ensemble_k": 0.0,
+    "watchdog_timeout": 0.5,
+    "max_chunk_age": 1.0,
+    "home_speed": 0.3,
+    "chunk_topic": "/roboalign/action_chunk",
+    "estop_topic": "/roboalign/estop",
+    "instruction_topic": "/roboalign/instruction",
+    "safety.velocity_scale": 0.5,
+    "safety.max_step": 0.05,
+    "safety.margin": 0.02,
+    "safety.workspace": True,
+    "safety.workspace_mode": "hold",
+}
+
+_SPACE_BACKEND = {"joint_position": "joint_trajectory", "ee_delta": "servo"}
+
+
+class ExecutorNode(Node):
+    """Wires :class:`~roboalign_ros.control.executor.ChunkExecutor` to topics and a backend."""
+
+    def __init__(self, **overrides):
+        super().__init__("executor_node", **overrides)
+        p = declare_parameters(self, PARAMETERS)
+        self.p = p
+        robot = load_robot_config(p["robot"])
+        self.robot = robot
+        space = p["action_space"]
+        if _SPACE_BACKEND.get(space) != p["backend"]:
+            raise ValueError(f"backend: action_space {space!r} is executed by "
+                             f"{_SPACE_BACKEND.get(space, 'no backend')!r}, not {p['backend']!r}")
+        names = (robot.arm_joints if space == "joint_position"
+                 else ("vx", "vy", "vz", "wx", "wy", "wz")) + ("gripper",)
+        config = ExecutorConfig(dimension_names=names, action_space=space, rate_hz=p["rate"],
+                                blend=p["blend"], ensemble_k=p["ensemble_k"],
+                                rtc_blend_s=p["rtc_blend"],
+                                watchdog_timeout=p["watchdog_timeout"],
+                                max_age=p["max_chunk_age"])
+        kinematics = Kinematics(robot)
+        overrides_ = {"velocity_scale": p["safety.velocity_scale"],
+                      "max_step": p["safety.max_step"], "margin": p["safety.margin"],
+                      "workspace_mode": p["safety.workspace_mode"]}
+        if not p["safety.workspace"]:
+            overrides_.update(workspace_min=None, workspace_max=None)
+            self.get_logger().warn("safety.workspace is off: the tool box is not enforced")
+        envelope = SafetyEnvelope.from_robot(robot, config.period, overrides_,
+                                             fk=kinematics.fk_position)
+        self.chunk_executor = ChunkExecutor(config, envelope)
+        self.backend = make_backend(p["backend"], self, robot, p["lead_time"])
+        self.gripper = GripperPublisher(self, robot.gripper_topic)
+        self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"])
+                             if p["home_backend"] == "moveit_py" else None)
+        self._joint_index: dict[str, int] | None = None
+        self.measured_q: np.ndarray | None = None
+        self.create_subscription(ActionChunk, p["chunk_topic"], self.on_chunk, COMMAND_QOS)
+        self.create_subscription(JointState, robot.topics["joint_states"], self.on_joint_state,
+                                 SENSOR_QOS)
+        self.create_subscription(Bool, p["estop_topic"], self.on_estop, LATCHED_QOS)
+        self.create_subscription(String, p["instruction_topic"], self.on_instruction,
+                                 LATCHED_QOS)
+        self.create_service(Trigger, "~/go_home", self.on_go_home)
+        self.diagnostics = Diagnostics(self, "executor_node: command stream")
+        self.create_timer(1.0, self.publish_diagnostics)
+        self._periods: deque[float] = deque(maxlen=500)
+        self._paused_until = 0.0  # while going home, chunks are not streamed
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._control_loop, daemon=True)
+        self._thread.start()
+        self.get_logger().info(
+            f"executing {space} chunks on {robot.name} via {p['backend']} at {p['rate']:.0f} Hz "
+            f"(blend {p['blend']}, safety envelope on: velocity x{p['safety.velocity_scale']}, "
+            f"max step {p['safety.max_step']} rad, workspace {p['safety.workspace']})")
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_chunk(self, msg: ActionChunk) -> None:
+        """Validate and queue a chunk; refusals are logged (throttled) and counted."""
+        now = now_seconds(self)
+        try:
+            f = action_chunk_to_numpy(msg)
+            chunk = Chunk(f.stamp, f.dt, f.actions, f.dimension_names, f.action_space,
+                          f.sequence)
+        except (ConversionError, ChunkError) as exc:
+            self.get_logger().error(f"chunk rejected: {exc}", throttle_duration_sec=1.0)
+            self.chunk_executor.counters["rejected_malformed"] += 1
+            return
+        accepted, reason = self.chunk_executor.submit(chunk, now)
+        if not accepted:
+            self.get_logger().warn(f"chunk {f.sequence} rejected: {reason}",
+                                   throttle_duration_sec=1.0)
+
+    def on_joint_state(self, msg: JointState) -> None:
+        """Keep the latest measured arm position (joints matched by name)."""
+        if self._joint_index is None or len(msg.name) != len(self._joint_index):
+            index = {n: i for i, n in enumerate(msg.name)}
+            if not all(j in index for j in self.robot.arm_joints):
+                return  # another robot's or a partial joint state
+            self._joint_index = index
+        idx = self._joint_index
+        try:
+            self.measured_q = np.array([msg.position[idx[j]] for j in self.robot.arm_joints])
+        except (IndexError, KeyError):
+            self._joint_index = None
+
+    def on_estop(self, msg: Bool) -> None:
+        """Engage (hold now, from this callback) or release the latched e-stop."""
+        now = now_seconds(self)
+        self.chunk_executor.estop(bool(msg.data), now)
+        if msg.data:
+            self.backend.stop()
+            self.get_logger().error("E-STOP engaged: holding position until released")
+        else:
+            self.get_logger().warn("e-stop released: waiting for new chunks")
+
+    def on_instruction(self, msg: String) -> None:
+        """A new instruction: drop the chunks planned for the old one."""
+        self.chunk_executor.set_instruction_changed(now_seconds(self))
+        self.get_logger().info(f"instruction: '{msg.data}' (pending chunks flushed)")
+
+    def on_go_home(self, request, response):
+        """Move to the robot's home pose slowly, with streaming paused meanwhile."""
+        if self.chunk_executor.engaged:
+            response.success, response.message = False, "e-stop engaged"
+            return response
+        if self.measured_q is None:
+            response.success, response.message = False, "no joint state yet"
+            return response
+        self.chunk_executor.set_instruction_changed(now_seconds(self))
+        if self.home_backend is not None:
+            response.success = self.home_backend.move_to(self.robot.home)
+            response.message = "MoveItPy plan/execute " + ("done" if response.success else
+                                                           "failed")
+            return response
+        distance = np.abs(self.robot.home - self.measured_q)
+        duration = float(max(0.5, np.max(distance / (self.robot.velocity *
+                                                      self.p["home_speed"]))))
+        self._paused_until = time.monotonic() + duration
+        home = JointTrajectoryBackend(self, self.robot, duration)
+        home.send(_Hold(self.robot.home))
+        response.success, response.message = True, f"going home in {duration:.1f} s"
+        return response
+
+    # ------------------------------------------------------------------ control loop
+
+    def _control_loop(self) -> None:
+        period = self.chunk_executor.config.period
+        deadline, last = time.perf_counter(), None
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            if last is not None:
+                self._periods.append(start - last)
+            last = start
+            if time.monotonic() >= self._paused_until:
+                self._tick()
+            deadline += period
+            delay = deadline - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                deadline = time.perf_counter()  # overrun: no burst of catch-up ticks
+
+    def _tick(self) -> None:
+        now = now_seconds(self)
+        command = self.chunk_executor.tick(now, self.measured_q)
+        if np.isnan(command.arm).any():
+            return  # no joint state yet: nothing safe to send
+        self.backend.send(command)
+        self.gripper.send(command.gripper, now)
+
+    def publish_diagnostics(self) -> None:
+        """Counters, state and command-period jitter on /diagnostics."""
+        status = self.chunk_executor.status(now_seconds(self))
+        periods = np.asarray(self._periods) * 1e3
+        values = {"state": status.last_kind, "estop": status.estop,
+                  "active_chunks": status.active_chunks,
+                  "seconds_since_chunk": status.seconds_since_chunk or -1.0}
+        if periods.size:
+            values.update(period_p50_ms=float(np.percentile(periods, 50)),
+                          period_p99_ms=float(np.percentile(periods, 99)))
+        values.update(status.counters)
+        values.update({f"safety_{k}": v for k, v in status.safety_counters.items()})
+        level = ERROR if status.estop else (OK if status.last_kind == "track" else WARN)
+        self.diagnostics.publish(level, "e-stop" if status.estop else status.last_kind, values)
+
+    def close(self) -> None:
+        """Stop the control thread and leave the arm holding."""
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self.backend.stop()
+
+
+class _Hold:
+    kind = "hold"
+
+    def __init__(self, q):
+        self.arm = np.asarray(q, float)
+
+
+def main(args=None) -> int:
+    """Entry point of ``ros2 run roboalign_ros executor_node``."""
+    return run_node(ExecutorNode, args, multithreaded=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""policy_node: camera + joint states + instruction in, ActionChunks and reasoning out.
+
+Wiring: image / joint-state / instruction callbacks only store the newest sample in a
+:class:`~roboalign_ros.policy_runtime.PolicyWorker`; the worker thread runs the VLA and this
+node publishes each chunk stamped with the observation time it used, the reasoning when it is
+fresh, a PolicyStatus per decision (with the reason when it refuses to act) and diagnostics.
+The model loads in the background so the node is up (status LOADING) at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from roboalign_ros.conversions import (
+    ConversionError,
+    JointStateMapper,
+    image_to_numpy,
+    numpy_to_action_chunk,
+    seconds_to_stamp,
+    stamp_to_seconds,
+)
+from roboalign_ros.msg import ActionChunk, PolicyStatus
+from roboalign_ros.nodes.common import (
+    ERROR,
+    LATCHED_QOS,
+    OK,
+    SENSOR_QOS,
+    WARN,
+    Diagnostics,
+    declare_parameters,
+    now_seconds,
+    run_node,
+)
+from roboalign_ros.policy_runtime import (
+    Decision,
+    GateLimits,
+    ObservationGate,
+    PolicyWorker,
+    Snapshot,
+    load_policy,
+)
+from roboalign_ros.robot import load_robot_config
+
+PARAMETERS = {
+    "robot": "sim_arm",
+    "model_path": "",
+    "device": "auto",
+    "camera": "scene",
+    "color_topic": "",  # empty: the robot config's color topic
+    "instruction_topic": "/roboalign/instruction",
+    "chunk_topic": "/roboalign/action_chunk",
+    "reasoning_topic": "/roboalign/reasoning",
+    "status_topic": "/roboalign/status",
+    "max_image_age": 0.5,
+    "max_state_skew": 0.1,
+    "max_rate": 0.0,  # Hz; 0 = as fast as the model goes
+    "reasoning_every": -1,  # -1: the checkpoint's setting; 0: off; N: every N chunks
+}
+
+_RGB_FROM = {"rgb8": lambda a: a, "bgr8": lambda a: a[..., ::-1],
+             "rgba8": lambda a: a[..., :3]}
+
+
+class PolicyNode(Node):
+    """Wires a :class:`~roboalign_ros.model.VLAPolicy` to the ROS graph."""
+
+    def __init__(self, **overrides):
+        super().__init__("policy_node", **overrides)
+        p = declare_parameters(self, PARAMETERS)
+        self.p = p
+        self.robot = load_robot_config(p["robot"])
+        self.gate = ObservationGate(GateLimits(p["max_image_age"], p["max_state_skew"]))
+        self.state_of = JointStateMapper(self.robot)
+        self.chunk_pub = self.create_publisher(ActionChunk, p["chunk_topic"], 10)
+        self.reasoning_pub = self.create_publisher(String, p["reasoning_topic"], 10)
+        self.status_pub = self.create_publisher(PolicyStatus, p["status_topic"], 10)
+        self.diagnostics = Diagnostics(self, "policy_node: inference")
+        self.policy = None
+        self.worker: PolicyWorker | None = None
+        self.state, self.message = PolicyStatus.STATE_LOADING, f"loading {p['model_path']}"
+        self.sequence = self.published = self.rejected = 0
+        self.latencies: deque[float] = deque(maxlen=100)
+        self.publish_times: deque[float] = deque(maxlen=20)
+        self.last_age = 0.0
+        self.create_subscription(Image, p["color_topic"] or self.robot.color_topic,
+                                 self.on_image, SENSOR_QOS)
+        self.create_subscription(JointState, self.robot.topics["joint_states"],
+                                 self.on_joint_state, SENSOR_QOS)
+        self.create_subscription(String, p["instruction_topic"], self.on_instruction,
+                                 LATCHED_QOS)
+        self.create_timer(1.0, self.publish_diagnostics)
+        self._pending_instruction = ""
+        threading.Thread(target=self._load, daemon=True).start()
+
+    def _load(self) -> None:
+        p = self.p
+        try:
+            t0 = time.perf_counter()
+            self.policy = load_policy(p["model_path"], self.robot, p["device"],
+                                      p["reasoning_every"])
+            cfg = self.policy.config
+            expected = list(self.robot.arm_joints) + ["gripper"]
+            if cfg.action_space == "joint_position" and list(cfg.dimension_names) != expected:
+                raise ValueError(f"model dimension_names {cfg.dimension_names} do not match "
+                                 f"robot {self.robot.name}: {expected}")
+        except Exception as exc:  # the node stays up and says why in its status
+            self._set_state(PolicyStatus.STATE_ERROR, f"model failed to load: {exc}")
+            self.get_logger().error(f"model failed to load: {exc}")
+            return
+        self.worker = PolicyWorker(self.policy.predict, self._observation, self.gate,
+                                   self.on_decision, lambda: now_seconds(self),
+                                   1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0)
+        self.worker.set_instruction(self._pending_instruction)
+        self.worker.start()
+        self._set_state(PolicyStatus.STATE_WAITING, "model ready")
+        self.get_logger().info(
+            f"policy ready in {time.perf_counter() - t0:.1f} s on {self.policy.device}: "
+            f"{cfg.action_space} chunks {cfg.horizon}x{cfg.action_dim} @ dt {cfg.dt} s, "
+            f"reasoning every {cfg.reasoning_every or 'never'}")
+
+    # ------------------------------------------------------------------ inputs (never block)
+
+    def on_image(self, msg: Image) -> None:
+        """Keep the newest image as a zero-copy view (RGB)."""
+        if self.worker is None:
+            return
+        try:
+            to_rgb = _RGB_FROM.get(msg.encoding)
+            if to_rgb is None:
+                raise ConversionError(f"encoding: the policy needs colour images "
+                                      f"(rgb8/bgr8/rgba8), got {msg.encoding!r}")
+            image = to_rgb(image_to_numpy(msg))
+        except ConversionError as exc:
+            self.rejected += 1
+            self.get_logger().error(f"image rejected: {exc}", throttle_duration_sec=2.0)
+            return
+        self.worker.update_image(image, stamp_to_seconds(msg.header.stamp))
+
+    def on_joint_state(self, msg: JointState) -> None:
+        """Keep the newest proprioceptive state (arm joints + gripper opening)."""
+        if self.worker is None:
+            return
+        try:
+            state = self.state_of(msg)
+        except ConversionError as exc:
+            self.get_logger().error(f"joint state rejected: {exc}", throttle_duration_sec=2.0)
+            return
+        self.worker.update_state(state, stamp_to_seconds(msg.header.stamp))
+
+    def on_instruction(self, msg: String) -> None:
+        """Switch task; reasoning is regenerated for the new instruction."""
+        self.get_logger().info(f"instruction: '{msg.data}'")
+        self._pending_instruction = msg.data
+        if self.worker is not None:
+            self.worker.set_instruction(msg.data)
+
+    def _observation(self, snap: Snapshot):
+        from roboalign_ros.model import Observation
+
+        images = {self.p["camera"]: np.ascontiguousarray(snap.image), **snap.extra_images}
+        return Observation(images=images, state=snap.state, instruction=snap.instruction)
+
+    # ------------------------------------------------------------------ outputs
+
+    def on_decision(self, decision: Decision) -> None:
+        """Publish a chunk (+ reasoning) or say why the policy did not act."""
+        if decision.blocked:
+            self.rejected += decision.snapshot.image is not None
+            self._set_state(PolicyStatus.STATE_BLOCKED, decision.blocked)
+            return
+        if decision.error:
+            self._set_state(PolicyStatus.STATE_ERROR, f"inference failed: {decision.error}")
+            self.get_logger().error(f"inference failed: {decision.error}",
+                                    throttle_duration_sec=2.0)
+            return
+        out, snap, cfg = decision.output, decision.snapshot, self.policy.config
+        self.sequence += 1
+        latency = out.timings.get("total", 0.0)
+        msg = numpy_to_action_chunk(
+            out.chunk, stamp=snap.image_stamp, dt=cfg.dt, action_space=cfg.action_space,
+            dimension_names=cfg.dimension_names, sequence=self.sequence,
+            instruction=snap.instruction,
+            reasoning=(out.reasoning or "") if out.reasoning_fresh else "",
+            inference_time=latency, frame_id=self.robot.base_frame)
+        self.chunk_pub.publish(msg)
+        if out.reasoning_fresh and out.reasoning:
+            self.reasoning_pub.publish(String(data=out.reasoning))
+        self.published += 1
+        self.latencies.append(latency)
+        self.publish_times.append(time.monotonic())
+        self.last_age = decision.observation_age
+        self._set_state(PolicyStatus.STATE_ACTING,
+                        "; ".join(out.problems) if out.problems else "acting")
+
+    def _rate(self) -> float:
+        t = self.publish_times
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+
+    def _set_state(self, state: int, message: str) -> None:
+        self.state, self.message = state, message
+        status = PolicyStatus(state=state, message=message, model=self.p["model_path"],
+                              device=str(getattr(self.policy, "device", self.p["device"])),
+                              instruction=self._pending_instruction,
+                              observation_age=float(self.last_age),
+                              latency=float(self.latencies[-1]) if self.latencies else 0.0,
+                              chunk_rate=self._rate(), chunks_published=self.published,
+                              observations_rejected=self.rejected)
+        seconds_to_stamp(now_seconds(self), status.header.stamp)
+        self.status_pub.publish(status)
+
+    def publish_diagnostics(self) -> None:
+        """Latency, observation age and chunk rate on /diagnostics."""
+        lat = np.asarray(self.latencies) * 1e3
+        values = {"state": self.state, "message": self.message,
+                  "chunks_published": self.published, "observations_rejected": self.rejected,
+                  "chunk_rate_hz": self._rate(), "observation_age_s": float(self.last_age)}
+        if lat.size:
+            values.update(latency_p50_ms=float(np.percentile(lat, 50)),
+                          latency_p90_ms=float(np.percentile(lat, 90)))
+        level = {PolicyStatus.STATE_ACTING: OK, PolicyStatus.STATE_ERROR: ERROR}.get(
+            self.state, WARN)
+        self.diagnostics.publish(level, self.message, values)
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        if self.worker is not None:
+            self.worker.stop()
+
+
+def main(args=None) -> int:
+    """Entry point of ``ros2 run roboalign_ros policy_node``."""
+    return run_node(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""recorder_node: cameras + joint states + commands -> LeRobot v3 episodes (teleop, rollouts).
+
+Wiring: subscriptions push stamped samples into a
+:class:`~roboalign_ros.recording.session.RecordingSession`; a timer at the dataset fps samples
+the grid (nearest stamp, max skew; missing/skewed frames are dropped and counted); a worker
+thread in the session encodes and writes. Services ``~/start_episode``, ``~/stop_episode``,
+``~/get_status``; status on ``/roboalign/recorder_status`` and ``/diagnostics``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from geometry_msgs.msg import TwistStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory
+
+from roboalign_ros.conversions import (
+    JointStateMapper,
+    action_chunk_to_numpy,
+    image_to_numpy,
+    seconds_to_stamp,
+    stamp_to_seconds,
+)
+from roboalign_ros.msg import ActionChunk, RecorderStatus
+from roboalign_ros.nodes.common import (
+    ERROR,
+    LATCHED_QOS,
+    OK,
+    SENSOR_QOS,
+    WARN,
+    Diagnostics,
+    declare_parameters,
+    now_seconds,
+    run_node,
+)
+from roboalign_ros.recording import actions as act
+from roboalign_ros.recording.session import RecorderState, RecordingSession, SessionConfig
+from roboalign_ros.robot import load_robot_config
+from roboalign_ros.srv import GetRecorderStatus, StartEpisode, StopEpisode
+
+PARAMETERS = {
+    "robot": "sim_arm",
+    "dataset_root": "~/roboalign_datasets/demos",
+    "fps": 15,
+    "max_skew": 0.05,
+    "sample_delay": -1.0,  # < 0: max_skew + 1/fps
+    "cameras": ["scene"],
+    "camera_topics": [""],  # "" = the robot config's color topic
+    "action_source": "joint_trajectory",
+    "action_chunk_topic": "/roboalign/action_chunk",
+    "instruction_topic": "/roboalign/instruction",
+    "status_topic": "/roboalign/recorder_status",
+    "status_rate": 2.0,
+    "gripper_fallback": "state",
+    "servo_timeout": 0.2,
+    "action_max_age": 0.5,
+    "queue_seconds": 2.0,
+    "default_operator": "",
+    "video.codec": "libx264",
+    "video.crf": -1,  # < 0: the codec's default
+    "video.gop": 10,
+    "video.threads": 1,
+}
+DESCRIPTIONS = {
+    "dataset_root": "LeRobot v3 dataset directory (created on the first episode, else appended)",
+    "max_skew": "largest |input stamp - frame time| (s) before a frame is dropped",
+    "cameras": "camera names (feature observation.images.<name>), one per camera_topics entry",
+    "action_source": "joint_trajectory | servo | action_chunk",
+    "gripper_fallback": "state: measured opening until a gripper command arrives | drop",
+}
+COMMAND_SUB_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+OUTCOMES = {StopEpisode.Request.OUTCOME_SUCCESS: True, StopEpisode.Request.OUTCOME_FAILURE: False}
+
+
+class RecorderNode(Node):
+    """Wires :class:`RecordingSession` to ROS topics and services."""
+
+    def __init__(self, **overrides):
+        super().__init__("recorder_node", **overrides)
+        p = declare_parameters(self, PARAMETERS, DESCRIPTIONS)
+        robot = load_robot_config(p["robot"])
+        cameras, topics = list(p["cameras"]), list(p["camera_topics"])
+        if len(topics) != len(cameras):
+            raise ValueError(f"camera_topics: {len(topics)} topics for cameras {cameras}")
+        topics = [t or robot.color_topic for t in topics]
+        source = act.check_action_source(p["action_source"])
+        self.session = RecordingSession(SessionConfig(
+            root=Path(p["dataset_root"]).expanduser(), fps=int(p["fps"]),
+            arm_joints=robot.arm_joints, cameras=cameras, robot_type=robot.name,
+            action_source=source, max_skew=p["max_skew"],
+            delay=None if p["sample_delay"] < 0 else p["sample_delay"],
+            gripper_fallback=p["gripper_fallback"], servo_timeout=p["servo_timeout"],
+            action_max_age=p["action_max_age"], queue_seconds=p["queue_seconds"],
+            codec=p["video.codec"], crf=None if p["video.crf"] < 0 else p["video.crf"],
+            gop=p["video.gop"], encoder_threads=p["video.threads"]),
+            clock=lambda: now_seconds(self), on_error=self._on_error)
+        self.p, self.robot = p, robot
+        self.joint_mapper = JointStateMapper(robot)
+        self.trajectory_parser = act.TrajectoryParser(robot.arm_joints)
+        self.bad_inputs = 0
+
+        for cam, topic in zip(cameras, topics):
+            self.create_subscription(Image, topic, lambda m, c=cam: self.on_image(c, m),
+                                     SENSOR_QOS)
+        self.create_subscription(JointState, robot.topics["joint_states"], self.on_joint_state,
+                                 SENSOR_QOS)
+        if source == "joint_trajectory":
+            self.create_subscription(JointTrajectory, robot.trajectory_topic,
+                                     self.on_trajectory, COMMAND_SUB_QOS)
+        elif source == "servo":
+            self.create_subscription(TwistStamped, robot.servo_topic, self.on_twist,
+                                     COMMAND_SUB_QOS)
+        else:
+            self.create_subscription(ActionChunk, p["action_chunk_topic"], self.on_chunk,
+                                     COMMAND_SUB_QOS)
+        if source != "action_chunk":
+            self.create_subscription(Float64MultiArray, robot.gripper_topic, self.on_gripper,
+                                     COMMAND_SUB_QOS)
+        self.create_subscription(String, p["instruction_topic"],
+                                 lambda m: self.session.set_instruction(m.data), LATCHED_QOS)
+        self.create_timer(1.0 / p["fps"], self.session.tick)
+
+        services = MutuallyExclusiveCallbackGroup()  # may block on saving: own thread
+        self.create_service(StartEpisode, "~/start_episode", self.on_start,
+                            callback_group=services)
+        self.create_service(StopEpisode, "~/stop_episode", self.on_stop, callback_group=services)
+        self.create_service(GetRecorderStatus, "~/get_status", self.on_get_status)
+        self.status_pub = self.create_publisher(RecorderStatus, p["status_topic"], LATCHED_QOS)
+        self.diagnostics = Diagnostics(self, "recorder_node: recording")
+        self.create_timer(1.0 / p["status_rate"], self.publish_status)
+        self.get_logger().info(
+            f"recorder ready: {self.session.config.root} at {p['fps']} fps, cameras "
+            f"{dict(zip(cameras, topics))}, action from {source}, max skew {p['max_skew']} s")
+        self.publish_status()
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_image(self, camera: str, msg: Image) -> None:
+        """Camera frame -> session (zero-copy view; converted in the writer thread)."""
+        try:
+            self.session.push_image(camera, stamp_to_seconds(msg.header.stamp),
+                                    image_to_numpy(msg), msg.encoding)
+        except ValueError as exc:
+            self._bad_input(f"image from camera {camera!r}", exc)
+
+    def on_joint_state(self, msg: JointState) -> None:
+        """Joint states -> state vector (arm joints + gripper opening)."""
+        try:
+            self.session.push_state(stamp_to_seconds(msg.header.stamp), self.joint_mapper(msg))
+        except ValueError as exc:
+            self._bad_input("joint_states", exc)
+
+    def on_trajectory(self, msg: JointTrajectory) -> None:
+        """Commanded joint trajectory (keyed by receive time; stamp 0 = now)."""
+        now = now_seconds(self)
+        start = stamp_to_seconds(msg.header.stamp) or now
+        try:
+            target = self.trajectory_parser(
+                msg.joint_names, [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9
+                                  for p in msg.points], [p.positions for p in msg.points], start)
+        except ValueError as exc:
+            self._bad_input("joint_trajectory", exc)
+            return
+        if target is not None:
+            self.session.push_command(now, target)
+
+    def on_twist(self, msg: TwistStamped) -> None:
+        """Servo twist command."""
+        try:
+            self.session.push_command(now_seconds(self),
+                                      act.twist_vector(msg.twist.linear, msg.twist.angular))
+        except ValueError as exc:
+            self._bad_input("servo twist", exc)
+
+    def on_gripper(self, msg: Float64MultiArray) -> None:
+        """Gripper opening command."""
+        try:
+            self.session.push_gripper(now_seconds(self), act.gripper_value(msg.data))
+        except ValueError as exc:
+            self._bad_input("gripper command", exc)
+
+    def on_chunk(self, msg: ActionChunk) -> None:
+        """Policy action chunk (joint_position space, arm joints + gripper)."""
+        try:
+            chunk = action_chunk_to_numpy(msg)
+            names = self.session.config.action_names
+            if chunk.action_space != "joint_position" or list(chunk.dimension_names) != names:
+                raise ValueError(f"action_space/dimension_names: need joint_position {names}, "
+                                 f"got {chunk.action_space} {list(chunk.dimension_names)}")
+        except ValueError as exc:
+            self._bad_input("action chunk", exc)
+            return
+        self.session.push_command(now_seconds(self), act.ChunkTarget(
+            chunk.stamp, chunk.dt, chunk.actions.copy(), self.p["action_max_age"]))
+
+    def _bad_input(self, what: str, exc: Exception) -> None:
+        self.bad_inputs += 1
+        self.get_logger().warn(f"ignored {what}: {exc}", throttle_duration_sec=2.0)
+
+    # ------------------------------------------------------------------ services
+
+    def on_start(self, request, response):
+        """Start an episode (task empty: the latest instruction)."""
+        r = self.session.start_episode(request.task, request.operator_name
+                                       or self.p["default_operator"], request.source or "teleop")
+        response.success, response.message, response.episode_index = r.success, r.message, \
+            r.episode_index
+        self._log_result("start_episode", r)
+        return response
+
+    def on_stop(self, request, response):
+        """Stop the episode: save (with outcome) or discard."""
+        r = self.session.stop_episode(bool(request.save), OUTCOMES.get(request.outcome))
+        response.success, response.message = r.success, r.message
+        response.episode_index, response.frames, response.path = r.episode_index, r.frames, \
+            r.path
+        if request.notes:
+            self.get_logger().info(f"episode {r.episode_index} notes: {request.notes}")
+        self._log_result("stop_episode", r)
+        self.publish_status()
+        return response
+
+    def on_get_status(self, request, response):
+        """Return the current status."""
+        response.status = self._status_msg()
+        return response
+
+    def _log_result(self, what: str, r) -> None:
+        log = self.get_logger()
+        (log.info if r.success else log.error)(f"{what}: {r.message}")
+
+    def _on_error(self, message: str) -> None:
+        self.get_logger().error(message)
+
+    # ------------------------------------------------------------------ status
+
+    def _status_msg(self) -> RecorderStatus:
+        s = self.session.status()
+        msg = RecorderStatus(state=int(s.state), message=s.message, dataset_root=s.dataset_root,
+                             task=s.task, episode_index=s.episode_index,
+                             episodes_saved=s.episodes_saved, frames=s.frames,
+                             frames_dropped=s.frames_dropped, max_skew=float(s.max_skew))
+        seconds_to_stamp(now_seconds(self), msg.header.stamp)
+        return msg
+
+    def publish_status(self) -> None:
+        """Publish RecorderStatus and the drop/skew counters on /diagnostics."""
+        self.status_pub.publish(self._status_msg())
+        s = self.session.status()
+        level = ERROR if s.state == RecorderState.ERROR else WARN if s.drops else OK
+        self.diagnostics.publish(level, s.message, {
+            "state": s.state.name, "episode_index": s.episode_index, "frames": s.frames,
+            "frames_dropped_total": s.frames_dropped, "max_skew": s.max_skew,
+            "writer_queue": s.queued, "bad_inputs": self.bad_inputs,
+            **{f"dropped.{k}": v for k, v in s.drops.items()}})
+
+    def close(self) -> None:
+        """Discard an unsaved episode and stop the writer thread."""
+        if self.session.state == RecorderState.RECORDING:
+            self.get_logger().warn("shutting down mid-episode: the episode is discarded")
+        self.session.close()
+
+
+def main(args=None) -> int:
+    """Entry point of ``ros2 run roboalign_ros recorder_node``."""
+    return run_node(RecorderNode, args, multithreaded=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
