@@ -106,9 +106,8 @@ def image_to_numpy(msg) -> np.ndarray:
     big_endian = bool(msg.is_bigendian) and dtype.itemsize > 1
     view_dtype = dtype.newbyteorder(">") if big_endian else dtype
     shape = (height, width, channels) if channels > 1 else (height, width)
-    strides = (
-        (step, channels * dtype.itemsize, dtype.itemsize) if channels > 1 else (step, dtype.itemsize)
-    )
+    pixel = channels * dtype.itemsize
+    strides = (step, pixel, dtype.itemsize) if channels > 1 else (step, dtype.itemsize)
     image = np.ndarray(shape, dtype=view_dtype, buffer=buffer, strides=strides)
     if big_endian != _HOST_BIG_ENDIAN and dtype.itemsize > 1:
         image = image.astype(dtype)  # native byte order for downstream code (copies)
@@ -135,7 +134,7 @@ def numpy_to_image(image: np.ndarray, encoding: str, *, stamp: float | None = No
     if channels == 1 and image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim != expected_ndim or (channels > 1 and image.shape[2] != channels):
-        want = "(H, W, %d)" % channels if channels > 1 else "(H, W)"
+        want = f"(H, W, {channels})" if channels > 1 else "(H, W)"
         raise ConversionError(f"shape: {encoding} needs {want}, got {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ConversionError(f"shape: empty image {image.shape}")
@@ -149,7 +148,8 @@ def numpy_to_image(image: np.ndarray, encoding: str, *, stamp: float | None = No
     msg.is_bigendian = _HOST_BIG_ENDIAN
     msg.step = int(image.shape[1] * channels * dtype.itemsize)
     data = array.array("B")
-    data.frombytes(contiguous.reshape(-1).view(np.uint8).data)  # one memcpy; the message setter would copy per element
+    # one memcpy; the message setter would convert element by element
+    data.frombytes(contiguous.reshape(-1).view(np.uint8).data)
     msg.data = data
     if stamp is not None:
         seconds_to_stamp(stamp, msg.header.stamp)
@@ -231,7 +231,8 @@ def numpy_to_action_chunk(actions: np.ndarray, *, stamp: float, dt: float, actio
     """
     actions = np.asarray(actions)
     if actions.ndim != 2:
-        raise ConversionError(f"actions: expected [horizon, action_dim], got shape {actions.shape}")
+        raise ConversionError(
+            f"actions: expected [horizon, action_dim], got shape {actions.shape}")
     if not np.issubdtype(actions.dtype, np.floating):
         raise ConversionError(f"actions: expected a float array, got {actions.dtype}")
     horizon, action_dim = actions.shape
@@ -258,7 +259,8 @@ def numpy_to_action_chunk(actions: np.ndarray, *, stamp: float, dt: float, actio
     msg.horizon, msg.action_dim = int(horizon), int(action_dim)
     msg.dt = float(dt)
     values = array.array("f")
-    values.frombytes(np.ascontiguousarray(actions, dtype=np.float32).reshape(-1).view(np.uint8).data)
+    flat = np.ascontiguousarray(actions, dtype=np.float32).reshape(-1)
+    values.frombytes(flat.view(np.uint8).data)
     msg.actions = values
     seconds_to_duration(max(0.0, float(inference_time)), msg.inference_time)
     return msg

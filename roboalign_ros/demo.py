@@ -29,6 +29,7 @@ class LoopStats:
     observation_ages: list[float] = field(default_factory=list)
     commands: int = 0
     command_times: deque = field(default_factory=lambda: deque(maxlen=500))
+    command_positions: list[np.ndarray] = field(default_factory=list)  # streamed arm targets
     reasoning: str = ""
     status: str = ""
     success: bool = False
@@ -66,16 +67,15 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
+    from rich.console import Console
     from sensor_msgs.msg import JointState
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from roboalign_ros.conversions import action_chunk_to_numpy, stamp_to_seconds
+    from roboalign_ros.conversions import action_chunk_to_numpy
     from roboalign_ros.msg import ActionChunk, PolicyStatus, TaskStatus
     from roboalign_ros.nodes.common import SENSOR_QOS
     from roboalign_ros.robot import load_robot_config
-
-    from rich.console import Console
 
     console = Console(quiet=quiet, highlight=False)
     os.makedirs(log_dir, exist_ok=True)
@@ -121,6 +121,8 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
     def on_command(msg):
         stats.commands += 1
         stats.command_times.append(time.monotonic())
+        if msg.points:
+            stats.command_positions.append(np.array(msg.points[0].positions))
 
     def on_reasoning(msg):
         stats.reasoning = msg.data
@@ -170,7 +172,7 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
                 console.print("[bold green]task succeeded[/]")
                 break
     finally:
-        for proc, log in procs:
+        for proc, _ in procs:
             proc.send_signal(signal.SIGINT)
         for proc, log in procs:
             try:

@@ -35,7 +35,8 @@ def main() -> int:
         chunk_pub.publish(numpy_to_action_chunk(
             expected_chunk(), stamp=STAMP, dt=0.1, action_space="joint_position",
             dimension_names=names, sequence=sequence, instruction="pick up the red cube",
-            reasoning="<think>the cube is left</think>", inference_time=0.042, frame_id="base_link"))
+            reasoning="<think>the cube is left</think>", inference_time=0.042,
+            frame_id="base_link"))
         image_pub.publish(numpy_to_image(expected_image(), "rgb8", stamp=STAMP,
                                          frame_id="camera_color_optical_frame"))
 

@@ -47,7 +47,8 @@ def test_image_with_row_padding_is_a_strided_view():
     original = sample("rgb8", height=4, width=3)
     padded = np.zeros((4, 16), np.uint8)  # 9 bytes of pixels + 7 bytes of padding per row
     padded[:, :9] = original.reshape(4, 9)
-    msg = Image(height=4, width=3, encoding="rgb8", step=16, data=array.array("B", padded.tobytes()))
+    msg = Image(height=4, width=3, encoding="rgb8", step=16,
+                data=array.array("B", padded.tobytes()))
     view = image_to_numpy(msg)
     np.testing.assert_array_equal(view, original)
     assert np.shares_memory(view, np.frombuffer(msg.data, np.uint8))

@@ -125,6 +125,7 @@ class MoveItPyBackend:
         return True
 
     def send(self, command) -> None:  # pragma: no cover - guarded by the node
+        """Not supported: MoveItPy plans whole motions."""
         raise RuntimeError("moveit_py plans and executes; it does not stream chunk commands")
 
     def stop(self) -> None:

@@ -25,7 +25,9 @@ IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                        history=HistoryPolicy.KEEP_LAST)
 # Commands are reliable with a short queue: an old command is worse than none.
 COMMAND_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
-# Latched topics (instruction, robot description): late joiners get the last value.
+# Latched publishers (instruction): late joiners that ask for it get the last value.
+# Subscribers use COMMAND_QOS (volatile) instead: a transient-local subscriber would not match
+# a plain `ros2 topic pub` publisher, and an e-stop must be heard from any publisher.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 

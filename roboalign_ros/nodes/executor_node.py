@@ -34,7 +34,6 @@ from roboalign_ros.nodes.backends import (
 from roboalign_ros.nodes.common import (
     COMMAND_QOS,
     ERROR,
-    LATCHED_QOS,
     OK,
     SENSOR_QOS,
     WARN,
@@ -107,13 +106,14 @@ class ExecutorNode(Node):
         self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"])
                              if p["home_backend"] == "moveit_py" else None)
         self._joint_index: dict[str, int] | None = None
+        self._instruction: str | None = None
         self.measured_q: np.ndarray | None = None
         self.create_subscription(ActionChunk, p["chunk_topic"], self.on_chunk, COMMAND_QOS)
         self.create_subscription(JointState, robot.topics["joint_states"], self.on_joint_state,
                                  SENSOR_QOS)
-        self.create_subscription(Bool, p["estop_topic"], self.on_estop, LATCHED_QOS)
+        self.create_subscription(Bool, p["estop_topic"], self.on_estop, COMMAND_QOS)
         self.create_subscription(String, p["instruction_topic"], self.on_instruction,
-                                 LATCHED_QOS)
+                                 COMMAND_QOS)
         self.create_service(Trigger, "~/go_home", self.on_go_home)
         self.diagnostics = Diagnostics(self, "executor_node: command stream")
         self.create_timer(1.0, self.publish_diagnostics)
@@ -170,6 +170,9 @@ class ExecutorNode(Node):
 
     def on_instruction(self, msg: String) -> None:
         """A new instruction: drop the chunks planned for the old one."""
+        if msg.data == self._instruction:
+            return  # republished (the sim repeats it for late joiners)
+        self._instruction = msg.data
         self.chunk_executor.set_instruction_changed(now_seconds(self))
         self.get_logger().info(f"instruction: '{msg.data}' (pending chunks flushed)")
 

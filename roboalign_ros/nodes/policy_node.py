@@ -28,8 +28,8 @@ from roboalign_ros.conversions import (
 )
 from roboalign_ros.msg import ActionChunk, PolicyStatus
 from roboalign_ros.nodes.common import (
+    COMMAND_QOS,
     ERROR,
-    LATCHED_QOS,
     OK,
     SENSOR_QOS,
     WARN,
@@ -94,7 +94,7 @@ class PolicyNode(Node):
         self.create_subscription(JointState, self.robot.topics["joint_states"],
                                  self.on_joint_state, SENSOR_QOS)
         self.create_subscription(String, p["instruction_topic"], self.on_instruction,
-                                 LATCHED_QOS)
+                                 COMMAND_QOS)
         self.create_timer(1.0, self.publish_diagnostics)
         self._pending_instruction = ""
         threading.Thread(target=self._load, daemon=True).start()
@@ -156,6 +156,8 @@ class PolicyNode(Node):
 
     def on_instruction(self, msg: String) -> None:
         """Switch task; reasoning is regenerated for the new instruction."""
+        if msg.data == self._pending_instruction:
+            return  # republished (the sim repeats it for late joiners)
         self.get_logger().info(f"instruction: '{msg.data}'")
         self._pending_instruction = msg.data
         if self.worker is not None:

@@ -86,6 +86,7 @@ class SimNode(Node):
         self.create_service(ResetTask, "~/reset_task", self.on_reset)
         self.diagnostics = Diagnostics(self, "sim_node: physics")
         self.rejected = 0
+        self._status_count = 0
         self._reset(p["task"], p["seed"])
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._physics_loop, daemon=True)]
@@ -178,6 +179,10 @@ class SimNode(Node):
 
     def _publish_status(self, now: float, late: int) -> None:
         task, instruction, seed, elapsed, success = self.server.task_status()
+        self._status_count += 1
+        if self.p["publish_instruction"] and self._status_count % 10 == 0:
+            # repeated: volatile subscribers that start late (e.g. while a model loads) get it
+            self.instruction_pub.publish(String(data=instruction))
         status = TaskStatus(task=task, instruction=instruction, seed=seed, elapsed=elapsed,
                             success=success)
         seconds_to_stamp(now, status.header.stamp)

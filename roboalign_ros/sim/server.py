@@ -95,7 +95,10 @@ class SimServer:
             self.env.set_joint_targets(self.env.q_target, opening)
 
     def reset(self, task: str, seed: int) -> str:
-        """Reset to ``task`` (name or instruction; empty = current) and ``seed``; return the instruction."""
+        """Reset to ``task`` (name or instruction; empty: current) and ``seed``.
+
+        Returns the task's instruction.
+        """
         with self.lock:
             name = task or (self.env.task.name if self.env.task else "")
             if not name:
@@ -134,8 +137,8 @@ class SimServer:
 class SceneCamera:
     """Renders a camera from a snapshot of the sim state (call :meth:`render` from one thread).
 
-    The GL context belongs to the thread that first renders, so create and use one SceneCamera
-    per rendering thread; :meth:`render` holds the server lock only while copying the state.
+    The env's GL contexts belong to the thread that first renders, so render from one thread
+    only; :meth:`render` holds the server lock only while copying the state.
     """
 
     def __init__(self, server: SimServer, width: int, height: int, camera: str = "scene",
@@ -145,7 +148,6 @@ class SceneCamera:
         self.max_depth_m = max_depth_m
         env = server.env
         self._data = mujoco.MjData(env.model)
-        self._renderer: mujoco.Renderer | None = None
         self.intrinsics = env.camera_intrinsics(self.width, self.height, camera)
 
     def render(self) -> CameraFrame:
@@ -156,24 +158,14 @@ class SceneCamera:
             self._data.qvel[:] = env.data.qvel
             self._data.time = env.data.time
         mujoco.mj_forward(env.model, self._data)
-        if self._renderer is None:
-            self._renderer = mujoco.Renderer(env.model, height=self.height, width=self.width)
-        r = self._renderer
-        r.update_scene(self._data, camera=self.camera)
-        rgb = r.render().copy()
+        rgb, meters = env.render(self.width, self.height, self.camera, self.depth,
+                                 data=self._data)
         depth_mm = None
-        if self.depth:
-            r.enable_depth_rendering()
-            try:
-                meters = r.render()
-            finally:
-                r.disable_depth_rendering()
+        if meters is not None:
             meters = np.where(meters < self.max_depth_m, meters, 0.0)
             depth_mm = np.round(meters * 1000.0).astype(np.uint16)
         return CameraFrame(rgb, depth_mm, self.intrinsics, float(self._data.time))
 
     def close(self) -> None:
-        """Free the GL context."""
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        """Free the GL contexts (they belong to this camera's thread)."""
+        self.server.env.close()

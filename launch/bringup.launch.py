@@ -1,0 +1,78 @@
+"""A real arm: camera + VLA policy + executor (+ MoveIt for homing), one robot config each.
+
+    ros2 launch roboalign_ros bringup.launch.py robot:=fr3 model_path:=/models/roboalign \
+        [device:=cuda] [backend:=joint_trajectory] [camera:=realsense2_camera|camera_node|none] \
+        [moveit:=false]
+
+The arm's own bringup (ros2_control with a joint_trajectory_controller, or MoveIt Servo for
+backend:=servo) runs separately, as the robot vendor ships it; config/robots/<robot>.yaml
+names its controller topics, joints and limits. Safety limits are on (config/executor.yaml).
+"""
+
+import os
+
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from launch.substitutions import LaunchConfiguration, PythonExpression
+from launch_ros.actions import Node
+
+ARGUMENTS = {
+    "robot": ("sim_arm", "robot config in config/robots/ (sim_arm, fr3, ur5e) or a YAML path"),
+    "model_path": ("", "policy checkpoint directory (save_pretrained layout)"),
+    "device": ("cuda", "policy device: cuda, cuda:N, cpu or auto"),
+    "backend": ("joint_trajectory", "joint_trajectory (ros2_control JTC) or servo (MoveIt Servo)"),
+    "action_space": ("joint_position", "joint_position (with joint_trajectory) or ee_delta"),
+    "camera": ("realsense2_camera", "realsense2_camera, camera_node (pyrealsense2) or none"),
+    "moveit": ("false", "use MoveItPy (moveit_py) for ~/go_home"),
+}
+
+
+def camera_driver(context, config):
+    """The camera chosen by camera:=..., resolved at launch time (realsense2_camera is optional)."""
+    choice = LaunchConfiguration("camera").perform(context)
+    if choice == "none":
+        return []
+    if choice == "camera_node":
+        return [Node(package="roboalign_ros", executable="camera_node", name="camera_node",
+                     output="screen", parameters=[os.path.join(config, "camera.yaml")])]
+    if choice == "realsense2_camera":
+        try:
+            share = get_package_share_directory("realsense2_camera")
+        except PackageNotFoundError:
+            raise RuntimeError(
+                "camera:=realsense2_camera needs the realsense2_camera package "
+                "(apt install ros-$ROS_DISTRO-realsense2-camera); camera:=camera_node uses "
+                "pyrealsense2 instead") from None
+        return [IncludeLaunchDescription(
+            PythonLaunchDescriptionSource(os.path.join(share, "launch", "rs_launch.py")),
+            launch_arguments={"align_depth.enable": "true"}.items())]
+    raise RuntimeError(f"camera:={choice} is not one of realsense2_camera, camera_node, none")
+
+
+def generate_launch_description():
+    """Camera driver + policy_node + executor_node for one robot."""
+    share = get_package_share_directory("roboalign_ros")
+    config = os.path.join(share, "config")
+    arg = LaunchConfiguration
+    home_backend = PythonExpression(
+        ["'moveit_py' if '", arg("moveit"), "' == 'true' else 'joint_trajectory'"])
+
+    actions = [DeclareLaunchArgument(name, default_value=default, description=text)
+               for name, (default, text) in ARGUMENTS.items()]
+    actions.append(OpaqueFunction(function=camera_driver, args=[config]))
+    actions += [
+        Node(package="roboalign_ros", executable="policy_node", name="policy_node",
+             output="screen",
+             parameters=[os.path.join(config, "policy.yaml"),
+                         {"robot": arg("robot"), "model_path": arg("model_path"),
+                          "device": arg("device")}]),
+        Node(package="roboalign_ros", executable="executor_node", name="executor_node",
+             output="screen",
+             parameters=[os.path.join(config, "executor.yaml"),
+                         {"robot": arg("robot"), "backend": arg("backend"),
+                          "action_space": arg("action_space"),
+                          "home_backend": home_backend}]),
+    ]
+    return LaunchDescription(actions)
