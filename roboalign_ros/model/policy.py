@@ -1,0 +1,425 @@
+"""The VLA policy: backbone + action tokenizer + reasoning format + flow-matching head.
+
+Inference: ``VLAPolicy.from_pretrained(dir).predict(Observation(...)) -> PolicyOutput``.
+
+What training uses (all documented on the methods):
+
+* ``policy.backbone`` / ``policy.processor`` / ``policy.tokenizer`` / ``policy.head`` /
+  ``policy.action_tokenizer`` / ``policy.normalizer`` / ``policy.token_ids``;
+* ``policy.encode_observation(obs_or_list, suffix)`` -> processor inputs on the device;
+* ``policy.format_target(reasoning, chunk=..., action_token_ids=...)`` -> SFT target text,
+  ``policy.sft_inputs(obs, reasoning, chunk)`` -> inputs with ``labels`` (prompt masked);
+* ``policy.backbone_features(inputs)`` -> (hidden states of the feature layer, mask);
+* ``policy.head.loss(features, state_normalized, chunk_normalized, feature_mask)``.
+
+Checkpoint directory layout (``save_pretrained``)::
+
+    vla_config.json  normalization.json  head.safetensors
+    action_tokenizer/{action_tokenizer.json, tokenizer.json}
+    backbone/{config.json, model*.safetensors, tokenizer + processor files}
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from . import backbone as bb
+from .action_tokenizer import ActionTokenizer, load_action_tokenizer
+from .config import CheckpointError, VLAConfig, default_feature_layer
+from .head import FlowMatchingHead
+from .normalization import Normalizer
+from .reasoning import (
+    ANSWER_END,
+    ANSWER_START,
+    THINK_END,
+    THINK_START,
+    ParsedGeneration,
+    parse_generation,
+)
+from .reasoning import format_target as _format_target
+
+HEAD_WEIGHTS = "head.safetensors"
+BACKBONE_DIR = "backbone"
+ACTION_TOKENIZER_DIR = "action_tokenizer"
+
+
+@dataclass
+class Observation:
+    """One policy input: camera images (name -> HxWx3 uint8), proprioception, instruction."""
+
+    images: dict[str, np.ndarray]
+    state: np.ndarray | None
+    instruction: str
+
+
+@dataclass
+class PolicyOutput:
+    """One policy output.
+
+    ``chunk``: float32 [horizon, action_dim] in robot units. ``reasoning``: latest reasoning
+    text (possibly cached from an earlier call, see ``reasoning_fresh``), None when reasoning is
+    off. ``action_tokens``: local action-token indices of the latest generation. ``problems``:
+    everything the parser / decoder had to repair. ``timings``: seconds per stage + "total".
+    """
+
+    chunk: np.ndarray
+    reasoning: str | None = None
+    action_tokens: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    reasoning_fresh: bool = False
+    generated_text: str | None = None
+
+
+class VLAPolicy:
+    """Reasoning VLA policy. Build with :meth:`build` or :meth:`from_pretrained`."""
+
+    def __init__(self, config: VLAConfig, backbone, processor, head: FlowMatchingHead,
+                 action_tokenizer: ActionTokenizer, normalizer: Normalizer):
+        self.config = config
+        self.backbone, self.processor, self.head = backbone, processor, head
+        self.tokenizer = processor.tokenizer
+        self.action_tokenizer, self.normalizer = action_tokenizer, normalizer
+        self.device = next(backbone.parameters()).device
+        self.dtype = next(backbone.parameters()).dtype
+        self.token_ids = bb.add_action_tokens(backbone, self.tokenizer, action_tokenizer.vocab_size)
+        num_layers = bb.text_config(backbone).num_hidden_layers
+        self.feature_layer = config.feature_layer or default_feature_layer(num_layers)
+        if self.feature_layer > num_layers:
+            raise ValueError(f"VLAConfig.feature_layer {self.feature_layer} > backbone layers "
+                             f"{num_layers}")
+        self._generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self._calls = 0
+        self._cache: tuple[str, ParsedGeneration, str] | None = None  # instruction, parse, text
+        if self.device.type == "cuda" and config.compile_head:
+            self.head.compile_sampler(mode="reduce-overhead")
+
+    # ------------------------------------------------------------------ construction / IO
+    @classmethod
+    def build(cls, config: VLAConfig, backbone, processor, action_tokenizer: ActionTokenizer,
+              normalizer: Normalizer | None = None) -> VLAPolicy:
+        """A policy with a freshly initialised head (seeded by ``config.seed``)."""
+        if (action_tokenizer.horizon, action_tokenizer.action_dim) != (config.horizon,
+                                                                       config.action_dim):
+            raise ValueError("action tokenizer (horizon, action_dim) differs from VLAConfig")
+        torch.manual_seed(config.seed)
+        params = next(backbone.parameters())
+        head = FlowMatchingHead(config.head, config.horizon, config.action_dim, config.state_dim,
+                                bb.text_config(backbone).hidden_size)
+        head.to(device=params.device, dtype=params.dtype).eval()
+        return cls(config, backbone, processor, head, action_tokenizer, normalizer or Normalizer())
+
+    def save_pretrained(self, directory: str | Path, save_backbone: bool = True) -> Path:
+        """Write the checkpoint (safetensors + JSON only).
+
+        ``save_backbone=False`` stores only the head, tokenizers and stats; the backbone is
+        then found via ``config.backbone`` (or ``from_pretrained(..., backbone=...)``).
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.config.save(directory)
+        self.normalizer.save(directory)
+        self.action_tokenizer.save_pretrained(directory / ACTION_TOKENIZER_DIR)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        save_file(state, directory / HEAD_WEIGHTS, metadata={"format": "pt"})
+        if save_backbone:
+            self.backbone.save_pretrained(directory / BACKBONE_DIR)
+            self.processor.save_pretrained(directory / BACKBONE_DIR)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None,
+                        backbone: str | Path | None = None) -> VLAPolicy:
+        """Load a checkpoint directory written by :meth:`save_pretrained`.
+
+        ``device``: default CUDA when available. ``dtype``: default ``config.dtype`` ("auto":
+        bf16 on CUDA, float32 on CPU). ``backbone``: override where the backbone is loaded from
+        (default ``DIR/backbone`` if present, else ``config.backbone``). Missing or bad files
+        raise :class:`CheckpointError` naming the file; a backbone that is nowhere on this
+        machine raises :class:`BackboneNotFoundError`.
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise CheckpointError(f"checkpoint directory does not exist: {directory}")
+        config = VLAConfig.load(directory)
+        normalizer = Normalizer.load(directory)
+        action_tokenizer = load_action_tokenizer(directory / ACTION_TOKENIZER_DIR)
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = bb.resolve_dtype(dtype or config.dtype, device)
+        source = backbone or (directory / BACKBONE_DIR if (directory / BACKBONE_DIR).is_dir()
+                              else config.backbone)
+        model, processor = bb.load_backbone(source, device, dtype, config.attn_implementation,
+                                            config.trust_remote_code)
+        head_file = directory / HEAD_WEIGHTS
+        if not head_file.is_file():
+            raise CheckpointError(f"missing head weights file: {head_file}")
+        try:
+            state = load_file(head_file)
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"bad head weights file {head_file}: {exc}") from exc
+        head = FlowMatchingHead(config.head, config.horizon, config.action_dim, config.state_dim,
+                                bb.text_config(model).hidden_size)
+        try:
+            head.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"head weights in {head_file} do not match the config: "
+                                  f"{str(exc)[:300]}") from exc
+        head.to(device=device, dtype=dtype).eval()
+        return cls(config, model, processor, head, action_tokenizer, normalizer)
+
+    # ------------------------------------------------------------------ training interface
+    def prompt_messages(self, instruction: str) -> list[dict]:
+        """Chat messages of the user turn: one image entry per camera, then the prompt text."""
+        content = [{"type": "image"} for _ in self.config.camera_names]
+        content.append({"type": "text",
+                        "text": self.config.prompt_template.format(instruction=instruction)})
+        return [{"role": "user", "content": content}]
+
+    def prompt_text(self, instruction: str) -> str:
+        """Chat-formatted prompt up to and including the assistant's opening ``<think>``."""
+        return self.processor.apply_chat_template(
+            self.prompt_messages(instruction), tokenize=False, add_generation_prompt=True
+        ) + THINK_START
+
+    def _images(self, obs: Observation) -> list[np.ndarray]:
+        images = []
+        for name in self.config.camera_names:
+            img = obs.images[name]
+            if self.config.image_size and img.shape[:2] != self.config.image_size:
+                from PIL import Image
+
+                h, w = self.config.image_size
+                img = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR))
+            images.append(img)
+        return images
+
+    def encode_observation(self, obs: Observation | list[Observation],
+                           suffix: str | list[str] = ""):
+        """Processor inputs (on the policy device) for one observation or a batch.
+
+        The sequence is the tokenized ``prompt_text(instruction)`` (ending in ``<think>``)
+        followed by the separately tokenized ``suffix`` (so a generation prompt is always an
+        exact token prefix of the training sequence that continues it): ``suffix=""`` is the
+        generation prompt, ``feature_suffix(reasoning)`` the head's conditioning context, and
+        an SFT target minus its leading ``<think>`` a training sequence (see :meth:`sft_inputs`).
+        Batches are padded on the right.
+        """
+        return self._encode(obs, suffix)[0]
+
+    def _encode(self, obs, suffix):
+        batch = obs if isinstance(obs, list) else [obs]
+        suffixes = suffix if isinstance(suffix, list) else [suffix] * len(batch)
+        if len(suffixes) != len(batch):
+            raise ValueError("suffix list length differs from the observation list")
+        for o in batch:
+            self.check_observation(o)
+        texts = [self.prompt_text(o.instruction) for o in batch]
+        images = [img for o in batch for img in self._images(o)]
+        self.tokenizer.padding_side = "right"
+        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        mask = inputs["attention_mask"]
+        lengths = mask.sum(dim=1).tolist()
+        if any(suffixes):
+            extra = [self.tokenizer(s, add_special_tokens=False)["input_ids"] if s else []
+                     for s in suffixes]
+            total = max(n + len(e) for n, e in zip(lengths, extra))
+            for key, value in list(inputs.items()):
+                if not (torch.is_tensor(value) and value.shape[:2] == mask.shape):
+                    continue
+                fill = self.tokenizer.pad_token_id if key == "input_ids" else 0
+                new = value.new_full((len(batch), total), fill)
+                for i, (n, e) in enumerate(zip(lengths, extra)):
+                    new[i, :n] = value[i, :n]
+                    if key == "input_ids":
+                        new[i, n:n + len(e)] = torch.tensor(e, dtype=value.dtype)
+                    elif key == "attention_mask":
+                        new[i, n:n + len(e)] = 1
+                inputs[key] = new
+        return inputs.to(self.device), lengths
+
+    @staticmethod
+    def feature_suffix(reasoning: str | None) -> str:
+        """Text appended to the prompt for the head's context: ``{reasoning}</think><answer>``."""
+        return f"{(reasoning or '').strip()}{THINK_END}{ANSWER_START}"
+
+    def format_target(self, reasoning: str | None, chunk: np.ndarray | None = None,
+                      action_token_ids=None) -> str:
+        """SFT target text ``<think>r</think><answer><ACTION_START>..<ACTION_END></answer>``.
+
+        Give either ``chunk`` (robot units [H, D]; normalized and tokenized here) or the local
+        ``action_token_ids`` directly.
+        """
+        if action_token_ids is None:
+            if chunk is None:
+                raise ValueError("format_target needs chunk or action_token_ids")
+            action_token_ids = self.tokenize_chunk(chunk)
+        return _format_target(reasoning, action_token_ids)
+
+    def tokenize_chunk(self, chunk: np.ndarray) -> list[int]:
+        """Robot-unit chunk [H, D] -> local action-token indices."""
+        return self.action_tokenizer.encode(self.normalizer.normalize("action", chunk))
+
+    def sft_inputs(self, obs: Observation | list[Observation], reasoning, chunk):
+        """Model inputs with ``labels`` for SFT: loss only on the assistant answer.
+
+        ``reasoning`` / ``chunk`` are single values or lists matching ``obs``. The labels
+        cover the reasoning, the action tokens, the closing tags and the end-of-turn token.
+        (A training loop can split reasoning / action losses by checking
+        ``labels`` against ``policy.token_ids["actions"]``.)
+        """
+        batch = obs if isinstance(obs, list) else [obs]
+        reasonings = reasoning if isinstance(reasoning, list) else [reasoning] * len(batch)
+        chunks = chunk if isinstance(chunk, list) else [chunk]
+        if not len(batch) == len(reasonings) == len(chunks):
+            raise ValueError("sft_inputs: obs, reasoning and chunk lists differ in length")
+        eos = self.tokenizer.eos_token or ""
+        suffixes = [self.format_target(r, c)[len(THINK_START):] + eos
+                    for r, c in zip(reasonings, chunks)]
+        inputs, prompt_lengths = self._encode(batch, suffixes)
+        labels = inputs["input_ids"].clone()
+        labels[inputs["attention_mask"] == 0] = -100
+        for i, n in enumerate(prompt_lengths):
+            labels[i, :n] = -100
+        inputs["labels"] = labels
+        return inputs
+
+    @torch.no_grad()
+    def backbone_features(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states of ``self.feature_layer`` for processor inputs.
+
+        Returns ``(features [B, T, hidden], mask [B, T])``. The backbone runs only up to that
+        layer. Feed them to ``head.loss`` / ``head.sample`` with ``feature_mask=mask``.
+        """
+        model_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        hidden = bb.layer_hidden_states(self.backbone, model_inputs, self.feature_layer)
+        return hidden, inputs["attention_mask"]
+
+    # ------------------------------------------------------------------ inference
+    def check_observation(self, obs: Observation) -> None:
+        """Raise ValueError naming the bad field of ``obs``."""
+        if not isinstance(obs.instruction, str) or not obs.instruction.strip():
+            raise ValueError("Observation.instruction must be a non-empty string")
+        for name in self.config.camera_names:
+            img = obs.images.get(name) if isinstance(obs.images, dict) else None
+            if img is None:
+                raise ValueError(f"Observation.images is missing camera {name!r}")
+            if not (isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3
+                    and img.shape[2] == 3):
+                raise ValueError(f"Observation.images[{name!r}] must be HxWx3 uint8, got "
+                                 f"{getattr(img, 'dtype', type(img))} {getattr(img, 'shape', '')}")
+        if self.config.state_dim:
+            state = None if obs.state is None else np.asarray(obs.state)
+            if state is None or state.shape != (self.config.state_dim,) or \
+                    not np.all(np.isfinite(state)):
+                raise ValueError(f"Observation.state must be finite with shape "
+                                 f"({self.config.state_dim},), got {getattr(state, 'shape', None)}")
+
+    @torch.no_grad()
+    def generate(self, inputs, max_new_tokens: int | None = None) -> tuple[ParsedGeneration, str]:
+        """Greedy generation of reasoning + action tokens from ``encode_observation`` inputs.
+
+        Returns the parse and the generated text (starting with ``<think>``).
+        """
+        ends = [self.token_ids["action_end"]]
+        eos = self.backbone.generation_config.eos_token_id
+        ends += list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+        kwargs = {}
+        if self.device.type == "cuda" and self.config.static_cache:
+            kwargs["cache_implementation"] = "static"
+        out = self.backbone.generate(
+            **inputs, max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+            do_sample=False, eos_token_id=ends, pad_token_id=self.tokenizer.pad_token_id,
+            **kwargs)
+        new = out[0, inputs["input_ids"].shape[1]:].tolist()
+        stripped = [t for t in new if t not in ends[1:] and t != self.tokenizer.pad_token_id]
+        text = THINK_START + self.tokenizer.decode(stripped, skip_special_tokens=False)
+        if new and new[-1] == self.token_ids["action_end"]:
+            text += ANSWER_END  # stopped on <ACTION_END>: the closing tag is implied
+        return parse_generation(text, self.action_tokenizer.vocab_size), text
+
+    def warmup(self, calls: int = 2) -> None:
+        """Run ``predict`` on a blank observation (compiles / captures CUDA graphs), then reset."""
+        h, w = self.config.image_size or (224, 224)
+        obs = Observation({n: np.zeros((h, w, 3), np.uint8) for n in self.config.camera_names},
+                          np.zeros(self.config.state_dim, np.float32), "warm up")
+        for _ in range(calls):
+            self.predict(obs, seed=0)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the cached reasoning and the call counter (e.g. at a new episode)."""
+        self._calls, self._cache = 0, None
+
+    @torch.no_grad()
+    def predict(self, observation: Observation, seed: int | None = None) -> PolicyOutput:
+        """Run the policy on one observation.
+
+        Reasoning is generated on calls ``0, N, 2N, ...`` (``config.reasoning_every = N``) or
+        when the instruction changes, and reused in between; 0 disables it. ``seed`` makes the
+        head's noise (and thus the chunk) reproducible; otherwise the policy's generator runs on.
+        """
+        cfg, timings = self.config, {}
+        t_start = time.perf_counter()
+
+        @contextmanager
+        def timed(name):
+            t0 = time.perf_counter()
+            yield
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+        self.check_observation(observation)
+        fresh = False
+        due = cfg.reasoning_every and (self._calls % cfg.reasoning_every == 0 or self._cache is
+                                       None or self._cache[0] != observation.instruction)
+        if due:
+            with timed("preprocess"):
+                gen_inputs = self.encode_observation(observation)
+            with timed("generate"):
+                parsed, text = self.generate(gen_inputs)
+            self._cache, fresh = (observation.instruction, parsed, text), True
+        self._calls += 1
+        parsed, text = (self._cache[1], self._cache[2]) if cfg.reasoning_every else (None, None)
+        reasoning = parsed.reasoning if parsed else None
+        problems = list(parsed.problems) if parsed and fresh else []
+
+        if cfg.action_source == "tokens":
+            with timed("decode_tokens"):
+                result = self.action_tokenizer.decode(parsed.action_tokens if parsed else [])
+                chunk_n, problems = result.chunk, problems + result.problems
+        else:
+            with timed("preprocess"):
+                inputs = self.encode_observation(observation, self.feature_suffix(reasoning))
+            with timed("features"):
+                features, mask = self.backbone_features(inputs)
+                if self.head._compiled is not None:  # few distinct shapes -> few CUDA graphs
+                    pad = -features.shape[1] % 64
+                    features = torch.nn.functional.pad(features, (0, 0, 0, pad))
+                    mask = torch.nn.functional.pad(mask, (0, pad))
+            with timed("head"):
+                state = None
+                if cfg.state_dim:
+                    state = torch.as_tensor(self.normalizer.normalize("state", observation.state),
+                                            device=self.device)[None]
+                gen = self._generator if seed is None else \
+                    torch.Generator(device=self.device).manual_seed(seed)
+                chunk_n = self.head.sample(features, state, mask, generator=gen)[0]
+                chunk_n = chunk_n.float().cpu().numpy()
+        chunk = self.normalizer.unnormalize("action", chunk_n).astype(np.float32)
+        if not np.all(np.isfinite(chunk)):
+            problems.append("chunk has non-finite values")
+        timings["total"] = time.perf_counter() - t_start
+        return PolicyOutput(chunk=chunk, reasoning=reasoning,
+                            action_tokens=list(parsed.action_tokens) if parsed else [],
+                            problems=problems, timings=timings, reasoning_fresh=fresh,
+                            generated_text=text)
