@@ -62,7 +62,8 @@ def _start(node: str, params: list[str], overrides: dict[str, object], log_dir: 
 
 def run_closed_loop(duration: float, task: str, seed: int, model: str, device: str,
                     camera_size: tuple[int, int], camera_rate: float, log_dir: str,
-                    stop_on_success: bool = True, quiet: bool = False) -> LoopStats:
+                    stop_on_success: bool = True, quiet: bool = False,
+                    reasoning_every: int = 5) -> LoopStats:
     """Run sim + policy + executor for ``duration`` s and return what the monitor measured."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -86,8 +87,9 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
                                           "camera.height": camera_size[1],
                                           "camera.rate": camera_rate}, log_dir),
         _start("executor_node", ["executor.yaml"], {}, log_dir),
-        _start("policy_node", ["policy.yaml"], {"model_path": model, "device": device},
-               log_dir),
+        _start("policy_node", ["policy.yaml"],
+               {"model_path": model, "device": device, "reasoning_every": reasoning_every,
+                "torch_threads": 1 if device == "cpu" else 0}, log_dir),
     ]
     stats = LoopStats()
     state_names = {v: k[len("STATE_"):].lower() for k, v in vars(PolicyStatus).items()
@@ -214,6 +216,8 @@ def _parser(prog: str, duration: float) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--camera-size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
     p.add_argument("--camera-rate", type=float, default=10.0)
+    p.add_argument("--reasoning-every", type=int, default=5,
+                   help="reason every N chunks (0 = off, -1 = the checkpoint's setting)")
     p.add_argument("--log-dir", default="log/demo")
     return p
 
@@ -222,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     """``roboalign demo``: run the simulated closed loop and print what happens."""
     a = _parser("roboalign demo", 40.0).parse_args(argv)
     stats = run_closed_loop(a.duration, a.task, a.seed, a.model, a.device,
-                            tuple(a.camera_size), a.camera_rate, a.log_dir)
+                            tuple(a.camera_size), a.camera_rate, a.log_dir,
+                            reasoning_every=a.reasoning_every)
     print("\n" + _summary(stats))
     ok = len(stats.chunk_times) > 0 and stats.commands > 0 and stats.limit_violations == 0
     if not ok:
@@ -235,7 +240,8 @@ def bench_main(argv: list[str] | None = None) -> int:
     a = _parser("roboalign bench closed-loop", 60.0).parse_args(argv)
     stats = run_closed_loop(a.duration, a.task, a.seed, a.model, a.device,
                             tuple(a.camera_size), a.camera_rate, a.log_dir,
-                            stop_on_success=False, quiet=True)
+                            stop_on_success=False, quiet=True,
+                            reasoning_every=a.reasoning_every)
     print(f"closed loop, {a.duration:.0f} s, model {a.model} on {a.device}, camera "
           f"{a.camera_size[0]}x{a.camera_size[1]} @ {a.camera_rate} Hz, {os.cpu_count()} cores")
     print(_summary(stats))

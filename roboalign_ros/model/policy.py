@@ -97,6 +97,10 @@ class VLAPolicy:
             raise ValueError(f"VLAConfig.feature_layer {self.feature_layer} > backbone layers "
                              f"{num_layers}")
         self._generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self._special_texts = sorted(
+            {t for t in self.tokenizer.all_special_tokens
+             + [a.content for a in self.tokenizer.added_tokens_decoder.values()]
+             if t.startswith("<|")}, key=len, reverse=True)
         self._calls = 0
         self._cache: tuple[str, ParsedGeneration, str] | None = None  # instruction, parse, text
         if self.device.type == "cuda" and config.compile_head:
@@ -246,10 +250,17 @@ class VLAPolicy:
                 inputs[key] = new
         return inputs.to(self.device), lengths
 
-    @staticmethod
-    def feature_suffix(reasoning: str | None) -> str:
-        """Text appended to the prompt for the head's context: ``{reasoning}</think><answer>``."""
-        return f"{(reasoning or '').strip()}{THINK_END}{ANSWER_START}"
+    def feature_suffix(self, reasoning: str | None) -> str:
+        """Text appended to the prompt for the head's context: ``{reasoning}</think><answer>``.
+
+        Special tokens a (badly trained) model may have written into its reasoning, such as
+        ``<|image_pad|>``, are removed: re-tokenized, they would claim image features that the
+        prompt does not have.
+        """
+        text = (reasoning or "").strip()
+        for token in self._special_texts:
+            text = text.replace(token, "")
+        return f"{text}{THINK_END}{ANSWER_START}"
 
     def format_target(self, reasoning: str | None, chunk: np.ndarray | None = None,
                       action_token_ids=None) -> str:

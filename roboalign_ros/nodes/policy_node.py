@@ -62,6 +62,7 @@ PARAMETERS = {
     "max_state_skew": 0.1,
     "max_rate": 0.0,  # Hz; 0 = as fast as the model goes
     "reasoning_every": -1,  # -1: the checkpoint's setting; 0: off; N: every N chunks
+    "torch_threads": 0,  # CPU inference threads; 0 = torch's default
 }
 
 _RGB_FROM = {"rgb8": lambda a: a, "bgr8": lambda a: a[..., ::-1],
@@ -103,6 +104,10 @@ class PolicyNode(Node):
         p = self.p
         try:
             t0 = time.perf_counter()
+            if p["torch_threads"] > 0:
+                import torch
+
+                torch.set_num_threads(p["torch_threads"])
             self.policy = load_policy(p["model_path"], self.robot, p["device"],
                                       p["reasoning_every"])
             cfg = self.policy.config
