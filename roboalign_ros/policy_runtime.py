@@ -90,8 +90,8 @@ class PolicyWorker:
     ``on_decision(decision)`` receives every result (called from the worker thread), ``clock``
     gives the time stamps are compared with. Each new image triggers at most one decision;
     ``min_period`` caps the decision rate. Joint states are kept for ``state_history`` samples
-and each image is paired with the one nearest its stamp, so the skew the gate checks is the
-real one, not the inference delay.
+    and each image is paired with the one nearest its stamp, so the skew the gate checks is the
+    real one, not the inference delay.
     """
 
     def __init__(self, predict: Callable, make_observation: Callable[[Snapshot], object],
