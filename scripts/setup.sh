@@ -57,7 +57,7 @@ fi
 # 4. colcon build (symlink install: Python edits are live). Rebuild only when the interfaces,
 #    the build files or the set of installed files change.
 build_hash="$(cd "$ROOT" && { cat package.xml CMakeLists.txt msg/* srv/*;
-  find roboalign_ros launch config urdf -type f -not -path '*/__pycache__/*' | sort; } | sha256sum | cut -d' ' -f1)"
+  find roboalign_ros launch config urdf scripts -type f -not -path '*/__pycache__/*' | sort; } | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$ROOT/install/.build.sha256" 2>/dev/null)" != "$build_hash" ]; then
   log "colcon build"
   (

@@ -37,3 +37,23 @@ def test_every_installed_node_has_a_main():
         source = ROOT / "roboalign_ros" / "nodes" / f"{node}.py"
         assert source.exists(), f"{node} is installed but {source} is missing"
         assert re.search(r"^def main\(", source.read_text(), re.M), f"{source} has no main()"
+
+
+def test_installed_launchers_are_executable_like_ros2_run_needs():
+    import os
+    import subprocess
+
+    from ament_index_python.packages import get_package_prefix
+
+    prefix = Path(get_package_prefix("roboalign_ros"))
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    nodes = re.search(r"set\(ROBOALIGN_NODES\s+([^)]*)\)", cmake).group(1).split()
+    for node in nodes:
+        launcher = prefix / "lib" / "roboalign_ros" / node
+        assert launcher.exists() and os.access(launcher, os.X_OK), f"{launcher} not executable"
+    cli = prefix / "bin" / "roboalign"
+    result = subprocess.run([str(cli), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "roboalign demo" in result.stdout
+    bad = subprocess.run([str(cli), "node", "no_such_node"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "unknown node" in bad.stderr
