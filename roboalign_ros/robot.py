@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,9 @@ def package_path(*parts: str) -> Path:
             return candidate
     except Exception:  # noqa: BLE001 - not installed / no ament index: use the source tree
         pass
+    pip_share = Path(sys.prefix) / 'share' / PACKAGE_NAME  # `pip install .` (setup.py data_files)
+    if pip_share.is_dir():
+        return pip_share.joinpath(*parts)
     return Path(__file__).resolve().parent.parent.joinpath(*parts)
 
 
