@@ -23,6 +23,18 @@ def requirements() -> list[str]:
     return reqs
 
 
+def share_files() -> list[tuple[str, list[str]]]:
+    """config/, urdf/, launch/ and scripts/ files grouped by folder under share/roboalign_ros."""
+    groups: dict[str, list[str]] = {}
+    for folder in ("config", "urdf", "launch", "scripts"):
+        for path in sorted((here / folder).rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts:
+                relative = path.relative_to(here)
+                groups.setdefault(f"share/roboalign_ros/{relative.parent}", []).append(
+                    str(relative))
+    return sorted(groups.items())
+
+
 setup(
     name="roboalign_ros",
     version="0.1.0",
@@ -32,12 +44,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["roboalign_ros", "roboalign_ros.*"]),
-    # launch/config/urdf go where ament_index would put them, so robot configs resolve the same
-    # way with or without ROS (roboalign_ros.robot.package_path).
-    data_files=[
-        (f"share/roboalign_ros/{d}", [str(p) for p in sorted((here / d).rglob("*")) if p.is_file()])
-        for d in ("config", "urdf", "launch")
-    ],
+    # launch/config/urdf go where ament_index would put them (sub-folders kept), so robot
+    # configs resolve the same way with or without ROS (roboalign_ros.robot.package_path).
+    data_files=share_files(),
     install_requires=requirements(),
     entry_points={"console_scripts": ["roboalign = roboalign_ros.cli:main"]},
 )
