@@ -5,6 +5,11 @@ import random
 
 import pytest
 
+try:  # before anything imports pyrealsense2: its bundled Fast-DDS crashes the process at exit
+    import rclpy  # noqa: F401  when loaded ahead of rclpy's
+except ImportError:  # pip-only installs run the ROS-free tests
+    pass
+
 # Set before any rclpy import in this process or its children, so the DDS traffic of this run
 # stays on loopback and cannot meet another run's (or another developer's) nodes.
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random(os.getpid()).randint(1, 100)))

@@ -1,0 +1,163 @@
+"""teleop_node over DDS: Joy in, TwistStamped / gripper out; keyboard mode in a pty."""
+
+import os
+import pty
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import spin_until
+
+pytestmark = pytest.mark.ros
+
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "teleop.yaml"
+LAUNCH = [sys.executable, "-c",
+          "from roboalign_ros.nodes.teleop_node import main; raise SystemExit(main())"]
+
+
+def xbox_joy(ly=0.0, lb=0, a=0):
+    from sensor_msgs.msg import Joy
+
+    buttons = [0] * 11
+    buttons[4], buttons[0] = lb, a
+    return Joy(axes=[0.0, ly, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0], buttons=buttons)
+
+
+def test_joy_to_twist_deadman_stale_and_gripper(rclpy_context):
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Joy
+    from std_msgs.msg import Float64MultiArray
+
+    from roboalign_ros.nodes.teleop_node import TeleopNode
+
+    teleop = TeleopNode(context=rclpy_context, parameter_overrides=[
+        Parameter("profile", value="xbox"), Parameter("stale_timeout", value=0.3),
+        Parameter("max_linear", value=0.4), Parameter("speed_scale", value=0.5)])
+    tester = Node("teleop_tester", context=rclpy_context)
+    joy_pub = tester.create_publisher(Joy, "/joy", 10)
+    twists, grippers = [], []
+    tester.create_subscription(TwistStamped, "/servo_node/delta_twist_cmds", twists.append, 100)
+    tester.create_subscription(Float64MultiArray, "/gripper_controller/commands",
+                               grippers.append, 10)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(teleop)
+    executor.add_node(tester)
+
+    def pump(msg, seconds):
+        """Publish ``msg`` at 20 Hz for ``seconds`` while spinning."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            msg.header.stamp = tester.get_clock().now().to_msg()
+            joy_pub.publish(msg)
+            spin_until(executor, lambda: False, 0.05)
+
+    try:
+        assert spin_until(executor, lambda: joy_pub.get_subscription_count() > 0, 10.0)
+        pump(xbox_joy(ly=1.0), 0.3)  # stick without the dead-man: nothing
+        assert twists == []
+        pump(xbox_joy(ly=1.0, lb=1), 0.4)
+        moving = list(twists)
+        assert len(moving) >= 5
+        last = moving[-1]
+        assert last.header.frame_id == "base_link"
+        assert last.twist.linear.x == pytest.approx(0.2)  # 0.4 m/s * 0.5
+        assert (last.twist.linear.y, last.twist.angular.z) == (0.0, 0.0)
+
+        pump(xbox_joy(ly=1.0), 0.3)  # released: exactly one zero twist, then silence
+        after = twists[len(moving):]
+        assert len(after) >= 1 and after[-1].twist.linear.x == 0.0
+        assert sum(t.twist.linear.x == 0.0 for t in after) == 1
+        assert all(t.twist.linear.x in (0.0, pytest.approx(0.2)) for t in after)
+
+        count = len(twists)
+        pump(xbox_joy(ly=1.0, lb=1), 0.2)
+        assert len(twists) > count and twists[-1].twist.linear.x == pytest.approx(0.2)
+        count = len(twists)
+        spin_until(executor, lambda: False, 0.6)  # Joy goes stale (> 0.3 s): zero, then silence
+        stale = twists[count:]
+        assert stale and stale[-1].twist.linear.x == 0.0
+        assert sum(t.twist.linear.x == 0.0 for t in stale) == 1
+
+        pump(xbox_joy(lb=1), 0.1)
+        pump(xbox_joy(lb=1, a=1), 0.1)  # A with the dead-man: toggle (open -> closed)
+        assert spin_until(executor, lambda: grippers, 2.0)
+        assert list(grippers[-1].data) == [0.0] and len(grippers) == 1
+    finally:
+        executor.shutdown()
+        teleop.close()
+        teleop.destroy_node()
+        tester.destroy_node()
+
+
+def test_keyboard_mode_without_a_tty_fails_clearly():
+    proc = subprocess.run(LAUNCH + ["--keyboard"], stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=30, env=os.environ.copy(),
+                          cwd=Path(__file__).parent)
+    assert proc.returncode == 1
+    assert "stdin is not a TTY" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_keyboard_mode_in_a_terminal(rclpy_context):
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(LAUNCH + ["--keyboard", "--ros-args", "--params-file", str(CONFIG),
+                                      "-p", "key_hold:=0.3",
+                                      "-p", "speed_scale:=1.0", "-p", "max_angular:=0.5"],
+                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=os.environ.copy(), cwd=Path(__file__).parent)
+    node = Node("keyboard_tester", context=rclpy_context)
+    twists = []
+    sub = node.create_subscription(TwistStamped, "/servo_node/delta_twist_cmds",
+                                   twists.append, 100)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    try:
+        assert spin_until(executor, lambda: sub.get_publisher_count() > 0, 15.0)
+        time.sleep(0.3)  # the reader thread is up once the publisher is
+        os.write(master, b"l")  # yaw right
+        assert spin_until(executor, lambda: any(t.twist.angular.z < 0 for t in twists), 5.0)
+        assert min(t.twist.angular.z for t in twists) == pytest.approx(-0.5)
+        assert spin_until(executor, lambda: twists[-1].twist.angular.z == 0.0, 3.0)
+        os.write(master, b"q")
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+        executor.shutdown()
+        node.destroy_node()
+
+
+def test_params_file_sets_only_declared_parameters():
+    import yaml
+
+    from roboalign_ros.nodes.teleop_node import PARAMETERS, profile_parameters
+    from roboalign_ros.teleop import BUILTIN_PROFILES
+
+    params = yaml.safe_load(CONFIG.read_text())["teleop_node"]["ros__parameters"]
+    flat = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    declared = dict(PARAMETERS)
+    for profile in BUILTIN_PROFILES.values():
+        declared.update(profile_parameters(profile))
+    assert set(flat) == set(declared)
+    # same types (rclpy refuses an int where a float was declared) and the built-in defaults
+    assert flat == declared
+    assert {k: type(v) for k, v in flat.items()} == {k: type(v) for k, v in declared.items()}
+    for key, value in flat.items():
+        if isinstance(value, list):
+            assert [type(x) for x in value] == [type(x) for x in declared[key]], key
