@@ -64,7 +64,7 @@ def generate_launch_description():
     actions.append(OpaqueFunction(function=camera_driver, args=[config]))
     actions += [
         Node(package="roboalign_ros", executable="policy_node", name="policy_node",
-             output="screen",
+             output="screen", sigterm_timeout="15",  # let a running inference finish
              parameters=[os.path.join(config, "policy.yaml"),
                          {"robot": arg("robot"), "model_path": arg("model_path"),
                           "device": arg("device")}]),

@@ -1,19 +1,18 @@
 """The simulated closed loop: MuJoCo arm + VLA policy + executor (CPU is enough).
 
     ros2 launch roboalign_ros sim.launch.py [model_path:=tiny] [device:=cpu] \
-        [task:=pick_red_cube] [seed:=0] [robot_state_publisher:=true]
+        [task:=pick_red_cube] [seed:=0] [reasoning_every:=5] [robot_state_publisher:=auto]
 
 Parameters come from config/sim.yaml, config/policy.yaml and config/executor.yaml; the
-arguments only override a few of them. `roboalign demo` starts the same three nodes without
-the ros2 CLI.
+arguments below override those keys (edit the files for everything else). `roboalign demo`
+starts the same three nodes without the ros2 CLI.
 """
 
 import os
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
 from launch.substitutions import Command, FindExecutable, LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
@@ -24,8 +23,34 @@ ARGUMENTS = {
     "task": ("pick_red_cube", "sim task name or instruction"),
     "seed": ("0", "seed of the task's object layout"),
     "camera_rate": ("10.0", "Hz of the simulated camera"),
-    "robot_state_publisher": ("true", "publish TF from /joint_states and the URDF"),
+    "reasoning_every": ("5", "reason every N chunks (0 = off, -1 = the checkpoint's setting)"),
+    "torch_threads": ("1", "CPU inference threads (0 = torch default)"),
+    "robot_state_publisher": ("auto", "publish TF from /joint_states and the URDF: true, "
+                              "false or auto (when the package is installed)"),
 }
+
+
+def state_publisher(context, share):
+    """robot_state_publisher, resolved before any node starts (it is not on PyPI)."""
+    choice = LaunchConfiguration("robot_state_publisher").perform(context).strip().lower()
+    if choice in ("false", "0", "no", "off"):
+        return []
+    try:
+        get_package_share_directory("robot_state_publisher")
+    except PackageNotFoundError:
+        if choice == "auto":
+            return [LogInfo(msg="robot_state_publisher is not installed: no TF from the URDF "
+                                "(robot_state_publisher:=false hides this message)")]
+        raise RuntimeError(
+            "robot_state_publisher:=true needs the robot_state_publisher package "
+            "(apt install ros-$ROS_DISTRO-robot-state-publisher); use "
+            "robot_state_publisher:=false or auto without it") from None
+    robot_description = ParameterValue(
+        Command([FindExecutable(name="xacro"), " ",
+                 os.path.join(share, "urdf", "sim_arm.urdf.xacro"), " hardware:=mock"]),
+        value_type=str)
+    return [Node(package="robot_state_publisher", executable="robot_state_publisher",
+                 output="screen", parameters=[{"robot_description": robot_description}])]
 
 
 def generate_launch_description():
@@ -33,25 +58,23 @@ def generate_launch_description():
     share = get_package_share_directory("roboalign_ros")
     config = os.path.join(share, "config")
     arg = LaunchConfiguration
-    robot_description = ParameterValue(
-        Command([FindExecutable(name="xacro"), " ",
-                 os.path.join(share, "urdf", "sim_arm.urdf.xacro"), " hardware:=mock"]),
-        value_type=str)
     return LaunchDescription([
         *[DeclareLaunchArgument(name, default_value=default, description=text)
           for name, (default, text) in ARGUMENTS.items()],
+        OpaqueFunction(function=state_publisher, args=[share]),
         Node(package="roboalign_ros", executable="sim_node", name="sim_node", output="screen",
              parameters=[os.path.join(config, "sim.yaml"),
                          {"task": arg("task"),
                           "seed": ParameterValue(arg("seed"), value_type=int),
                           "camera.rate": ParameterValue(arg("camera_rate"), value_type=float)}]),
         Node(package="roboalign_ros", executable="policy_node", name="policy_node",
-             output="screen",
+             output="screen", sigterm_timeout="15",  # a CPU inference can outlast the 5 s
              parameters=[os.path.join(config, "policy.yaml"),
-                         {"model_path": arg("model_path"), "device": arg("device")}]),
+                         {"model_path": arg("model_path"), "device": arg("device"),
+                          "reasoning_every": ParameterValue(arg("reasoning_every"),
+                                                            value_type=int),
+                          "torch_threads": ParameterValue(arg("torch_threads"),
+                                                          value_type=int)}]),
         Node(package="roboalign_ros", executable="executor_node", name="executor_node",
              output="screen", parameters=[os.path.join(config, "executor.yaml")]),
-        Node(package="robot_state_publisher", executable="robot_state_publisher",
-             output="screen", condition=IfCondition(arg("robot_state_publisher")),
-             parameters=[{"robot_description": robot_description}]),
     ])

@@ -142,8 +142,8 @@ class PolicyWorker:
         self._thread = threading.Thread(target=self._run, name="policy_worker", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the current inference."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current inference (a CPU inference with reasoning takes seconds)."""
         self._stop.set()
         self._new_image.set()
         if self._thread is not None:

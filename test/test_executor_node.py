@@ -29,62 +29,67 @@ def rig(rclpy_context, tmp_path):
                              "--ros-args", "-p", "watchdog_timeout:=0.3"],
                             stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
 
-    class Rig:
-        pass
+    try:
+        class Rig:
+            pass
 
-    r = Rig()
-    r.robot = load_robot_config("sim_arm")
-    r.node = Node("executor_probe", context=rclpy_context)
-    r.commands = []  # (receive time, JointTrajectory)
+        r = Rig()
+        r.robot = load_robot_config("sim_arm")
+        r.node = Node("executor_probe", context=rclpy_context)
+        r.commands = []  # (receive time, JointTrajectory)
 
-    def on_command(msg):
-        r.commands.append((time.monotonic(), msg))
-        if msg.points:  # a perfectly tracking fake arm
-            r.q = np.array(msg.points[0].positions)
+        def on_command(msg):
+            r.commands.append((time.monotonic(), msg))
+            if msg.points:  # a perfectly tracking fake arm
+                r.q = np.array(msg.points[0].positions)
 
-    r.node.create_subscription(JointTrajectory, r.robot.trajectory_topic, on_command, 100)
-    js_pub = r.node.create_publisher(JointState, "/joint_states", 10)
-    r.chunk_pub = r.node.create_publisher(ActionChunk, "/roboalign/action_chunk", 10)
-    r.estop_pub = r.node.create_publisher(Bool, "/roboalign/estop", 10)
-    r.instruction_pub = r.node.create_publisher(String, "/roboalign/instruction", 10)
-    r.q = r.robot.home.copy()
+        r.node.create_subscription(JointTrajectory, r.robot.trajectory_topic, on_command, 100)
+        js_pub = r.node.create_publisher(JointState, "/joint_states", 10)
+        r.chunk_pub = r.node.create_publisher(ActionChunk, "/roboalign/action_chunk", 10)
+        r.estop_pub = r.node.create_publisher(Bool, "/roboalign/estop", 10)
+        r.instruction_pub = r.node.create_publisher(String, "/roboalign/instruction", 10)
+        r.q = r.robot.home.copy()
 
-    def publish_state():
-        msg = JointState(name=list(r.robot.joint_names),
-                         position=[*map(float, r.q), 0.04, 0.04])
-        msg.header.stamp = r.node.get_clock().now().to_msg()
-        js_pub.publish(msg)
+        def publish_state():
+            msg = JointState(name=list(r.robot.joint_names),
+                             position=[*map(float, r.q), 0.04, 0.04])
+            msg.header.stamp = r.node.get_clock().now().to_msg()
+            js_pub.publish(msg)
 
-    r.node.create_timer(0.01, publish_state)
-    r.executor = SingleThreadedExecutor(context=rclpy_context)
-    r.executor.add_node(r.node)
-    r.log = tmp_path / "executor.log"
+        r.node.create_timer(0.01, publish_state)
+        r.executor = SingleThreadedExecutor(context=rclpy_context)
+        r.executor.add_node(r.node)
+        r.log = tmp_path / "executor.log"
 
-    def now():
-        return r.node.get_clock().now().nanoseconds * 1e-9
+        def now():
+            return r.node.get_clock().now().nanoseconds * 1e-9
 
-    def wait(seconds):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            r.executor.spin_once(timeout_sec=0.005)
+        def wait(seconds):
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                r.executor.spin_once(timeout_sec=0.005)
 
-    def chunk(target, horizon=20, dt=0.1, stamp=None, actions=None):
-        from roboalign_ros.conversions import numpy_to_action_chunk
+        def chunk(target, horizon=20, dt=0.1, stamp=None, actions=None):
+            from roboalign_ros.conversions import numpy_to_action_chunk
 
-        if actions is None:
-            actions = np.tile(np.append(target, 1.0), (horizon, 1)).astype(np.float32)
-        return numpy_to_action_chunk(actions, stamp=stamp or now(), dt=dt,
-                                     action_space="joint_position",
-                                     dimension_names=[*r.robot.arm_joints, "gripper"])
+            if actions is None:
+                actions = np.tile(np.append(target, 1.0), (horizon, 1)).astype(np.float32)
+            return numpy_to_action_chunk(actions, stamp=stamp or now(), dt=dt,
+                                         action_space="joint_position",
+                                         dimension_names=[*r.robot.arm_joints, "gripper"])
 
-    r.now, r.wait, r.chunk = now, wait, chunk
-    assert spin_until(r.executor, lambda: r.chunk_pub.get_subscription_count() > 0 and
-                      r.estop_pub.get_subscription_count() > 0, 30), "executor_node not up"
-    assert spin_until(r.executor, lambda: len(r.commands) > 5, 30), "no hold commands"
-    yield r
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+        r.now, r.wait, r.chunk = now, wait, chunk
+        assert spin_until(r.executor, lambda: r.chunk_pub.get_subscription_count() > 0 and
+                          r.estop_pub.get_subscription_count() > 0, 30), "executor_node not up"
+        assert spin_until(r.executor, lambda: len(r.commands) > 5, 30), "no hold commands"
+        yield r
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
     r.executor.shutdown()
     r.node.destroy_node()
 

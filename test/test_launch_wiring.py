@@ -42,7 +42,7 @@ def _classes(module_name, names):
 def _share(package):
     if package == "roboalign_ros":
         return str(ROOT)
-    if package == "realsense2_camera":  # optional: its absence must give a clear error
+    if package in ("realsense2_camera", "robot_state_publisher"):  # optional: checked below
         raise PackageNotFoundError(package)
     return f"/opt/ros/share/{package}"  # other packages of a full ROS install
 
@@ -54,7 +54,7 @@ def fake_launch(monkeypatch):
         "launch": _classes("launch", ["LaunchDescription"]),
         "launch.actions": _classes("launch.actions", [
             "DeclareLaunchArgument", "IncludeLaunchDescription", "OpaqueFunction",
-            "RegisterEventHandler", "GroupAction", "TimerAction"]),
+            "RegisterEventHandler", "GroupAction", "TimerAction", "LogInfo"]),
         "launch.conditions": _classes("launch.conditions", [
             "IfCondition", "UnlessCondition", "LaunchConfigurationEquals"]),
         "launch.substitutions": _classes("launch.substitutions", [
@@ -185,3 +185,16 @@ def test_bringup_refuses_unknown_camera_and_explains_missing_realsense(fake_laun
         function(Context({"camera": "realsense2_camera"}), *args)
     with pytest.raises(RuntimeError, match="not one of"):
         function(Context({"camera": "webcam"}), *args)
+
+
+def test_sim_launch_without_robot_state_publisher(fake_launch, monkeypatch):
+    monkeypatch.setattr(fake_launch["launch.substitutions"].LaunchConfiguration, "perform",
+                        _perform, raising=False)
+    description = load_description(ROOT / "launch" / "sim.launch.py")
+    opaque = [a for a in walk(description.args, None) if type(a).__name__ == "OpaqueFunction"]
+    function, args = opaque[0].kwargs["function"], opaque[0].kwargs["args"]
+    assert function(Context({"robot_state_publisher": "false"}), *args) == []
+    info = function(Context({"robot_state_publisher": "auto"}), *args)
+    assert type(info[0]).__name__ == "LogInfo" and "not installed" in info[0].kwargs["msg"]
+    with pytest.raises(RuntimeError, match="robot_state_publisher package"):
+        function(Context({"robot_state_publisher": "true"}), *args)

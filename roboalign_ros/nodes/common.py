@@ -70,18 +70,28 @@ class Diagnostics:
 
 def run_node(factory: Callable[[], Node], args=None, multithreaded: bool = False) -> int:
     """Init rclpy, spin the node until Ctrl-C / shutdown, clean up; return an exit code."""
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    import signal
 
-    rclpy.init(args=args)
+    from rclpy.executors import (
+        ExternalShutdownException,
+        MultiThreadedExecutor,
+        SingleThreadedExecutor,
+    )
+    from rclpy.signals import SignalHandlerOptions
+
+    # Keep the context valid until close() has run (so a node can still send its last "hold"):
+    # SIGINT/SIGTERM raise KeyboardInterrupt in the main thread instead of rclpy shutting the
+    # context down under the node's worker threads.
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     node = None
     try:
         node = factory()
-        if multithreaded:
-            executor = MultiThreadedExecutor(num_threads=2)
-            executor.add_node(node)
-            executor.spin()
-        else:
-            rclpy.spin(node)
+        executor = MultiThreadedExecutor(num_threads=2) if multithreaded else \
+            SingleThreadedExecutor()
+        executor.add_node(node)
+        while rclpy.ok():  # short waits, so the signal handlers above get to run
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # a node that cannot start says why and exits non-zero
