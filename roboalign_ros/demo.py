@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from roboalign_ros.node_processes import NodeProcesses
 
 
 @dataclass
@@ -48,18 +47,6 @@ class LoopStats:
         return (len(t) - 1) / (t[-1] - t[0]) if t[-1] > t[0] else 0.0
 
 
-def _start(node: str, params: list[str], overrides: dict[str, object], log_dir: str):
-    from roboalign_ros.robot import package_path
-
-    cmd = [sys.executable, "-m", f"roboalign_ros.nodes.{node}", "--ros-args"]
-    for name in params:
-        cmd += ["--params-file", str(package_path("config", name))]
-    for key, value in overrides.items():
-        cmd += ["-p", f"{key}:={value}"]
-    log = open(os.path.join(log_dir, f"{node}.log"), "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
-
-
 def run_closed_loop(duration: float, task: str, seed: int, model: str, device: str,
                     camera_size: tuple[int, int], camera_rate: float, log_dir: str,
                     stop_on_success: bool = True, quiet: bool = False,
@@ -79,18 +66,16 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
     from roboalign_ros.robot import load_robot_config
 
     console = Console(quiet=quiet, highlight=False)
-    os.makedirs(log_dir, exist_ok=True)
     robot = load_robot_config("sim_arm")
-    procs = [
-        _start("sim_node", ["sim.yaml"], {"task": task, "seed": seed,
-                                          "camera.width": camera_size[0],
-                                          "camera.height": camera_size[1],
-                                          "camera.rate": camera_rate}, log_dir),
-        _start("executor_node", ["executor.yaml"], {}, log_dir),
-        _start("policy_node", ["policy.yaml"],
-               {"model_path": model, "device": device, "reasoning_every": reasoning_every,
-                "torch_threads": 1 if device == "cpu" else 0}, log_dir),
-    ]
+    nodes = NodeProcesses(log_dir)
+    nodes.start("sim_node", "sim.yaml", {"task": task, "seed": seed,
+                                         "camera.width": camera_size[0],
+                                         "camera.height": camera_size[1],
+                                         "camera.rate": camera_rate})
+    nodes.start("executor_node", "executor.yaml")
+    nodes.start("policy_node", "policy.yaml",
+                {"model_path": model, "device": device, "reasoning_every": reasoning_every,
+                 "torch_threads": 1 if device == "cpu" else 0})
     stats = LoopStats()
     state_names = {v: k[len("STATE_"):].lower() for k, v in vars(PolicyStatus).items()
                    if k.startswith("STATE_")}
@@ -153,9 +138,8 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
     try:
         while time.monotonic() - start < duration:
             executor.spin_once(timeout_sec=0.05)
-            if any(p.poll() is not None for p, _ in procs):
-                dead = [p.args[2] for p, _ in procs if p.poll() is not None]
-                console.print(f"[red]node exited early: {dead}[/] (see {log_dir})")
+            if nodes.exited():
+                console.print(f"[red]node exited early: {nodes.exited()}[/] (see {log_dir})")
                 break
             if time.monotonic() >= next_report:
                 next_report += 5.0
@@ -174,14 +158,7 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
                 console.print("[bold green]task succeeded[/]")
                 break
     finally:
-        for proc, _ in procs:
-            proc.send_signal(signal.SIGINT)
-        for proc, log in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+        nodes.stop()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

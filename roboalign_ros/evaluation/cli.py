@@ -14,22 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def _start(node: str, params_file: str, overrides: dict[str, object], log_dir: Path):
-    from roboalign_ros.robot import package_path
-
-    cmd = [sys.executable, "-m", f"roboalign_ros.nodes.{node}", "--ros-args",
-           "--params-file", str(package_path("config", params_file))]
-    for key, value in overrides.items():
-        cmd += ["-p", f"{key}:={value}"]
-    log = open(log_dir / f"{node}.log", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log
+from roboalign_ros.node_processes import NodeProcesses
 
 
 def run(a: argparse.Namespace) -> int:
@@ -51,16 +40,15 @@ def run(a: argparse.Namespace) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     limit = a.duration_per_trial or max(t.time_limit for t in plan.tasks)
     budget = a.startup_timeout + plan.total * (limit + 15.0)
-    procs = [
-        _start("sim_node", "sim.yaml", {"task": plan.tasks[0].task, "publish_instruction": False,
-                                        "camera.width": a.camera_size[0],
-                                        "camera.height": a.camera_size[1],
-                                        "camera.rate": a.camera_rate}, log_dir),
-        _start("executor_node", "executor.yaml", {}, log_dir),
-        _start("policy_node", "policy.yaml",
-               {"model_path": a.model, "device": a.device, "reasoning_every": a.reasoning_every,
-                "torch_threads": 1 if a.device == "cpu" else 0}, log_dir),
-    ]
+    nodes = NodeProcesses(log_dir)
+    nodes.start("sim_node", "sim.yaml", {"task": plan.tasks[0].task, "publish_instruction": False,
+                                         "camera.width": a.camera_size[0],
+                                         "camera.height": a.camera_size[1],
+                                         "camera.rate": a.camera_rate})
+    nodes.start("executor_node", "executor.yaml")
+    nodes.start("policy_node", "policy.yaml",
+                {"model_path": a.model, "device": a.device, "reasoning_every": a.reasoning_every,
+                 "torch_threads": 1 if a.device == "cpu" else 0})
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -83,7 +71,7 @@ def run(a: argparse.Namespace) -> int:
         deadline = time.monotonic() + budget
         while not node.session.finished:
             executor.spin_once(timeout_sec=0.05)
-            dead = [p.args[2] for p, _ in procs if p.poll() is not None]
+            dead = nodes.exited()
             if dead:
                 print(f"node exited early: {dead} (see {log_dir})", file=sys.stderr)
                 break
@@ -96,14 +84,7 @@ def run(a: argparse.Namespace) -> int:
     finally:
         if node is not None:
             node.close()
-        for proc, _ in procs:
-            proc.send_signal(signal.SIGINT)
-        for proc, log in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
+        nodes.stop()
         if executor is not None:
             executor.shutdown()
         if node is not None:
