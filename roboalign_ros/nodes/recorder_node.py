@@ -288,8 +288,10 @@ class RecorderNode(Node):
 def main(args=None) -> int:
     """Entry point of ``ros2 run roboalign_ros recorder_node``.
 
-    Single-threaded on purpose: rclpy's MultiThreadedExecutor costs more CPU per callback
-    than the whole recording at 500 Hz joint states; encoding runs in the session's worker.
+    Single-threaded on purpose (encoding runs in the session's worker thread): at 500 Hz
+    joint states rclpy's MultiThreadedExecutor alone costs more CPU than the recording.
+    (rclpy.experimental.EventsExecutor would be cheaper still, but in the Kilted wheels tried
+    here it served neither services nor timers.)
     """
     return run_node(RecorderNode, args)
 

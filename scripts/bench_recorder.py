@@ -1,0 +1,238 @@
+#!/usr/bin/env python3
+"""Benchmark recorder_node: two 640x480 cameras at 30 fps + joint states at 500 Hz.
+
+A publisher process plays the robot (two synthetic cameras, /joint_states at 500 Hz,
+50 Hz joint trajectory commands, a gripper command); recorder_node runs in its own process
+and records one episode of ``--seconds`` at 30 fps through its services. Prints frames
+recorded and dropped (with reasons), the CPU use of each process (fraction of one core), the
+save time and the dataset size.
+
+    python scripts/bench_recorder.py [--seconds 120] [--fps 30] [--width 640 --height 480]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+CAM_TOPICS = ["/bench/cam0/color/image_raw", "/bench/cam1/color/image_raw"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def publisher(args) -> None:
+    """The synthetic robot (runs in its own process)."""
+    import numpy as np
+    import rclpy
+    from rclpy.node import Node
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from roboalign_ros.conversions import numpy_to_image, seconds_to_stamp
+    from roboalign_ros.data.synthetic import synthetic_image
+    from roboalign_ros.nodes.common import COMMAND_QOS, IMAGE_QOS
+    from roboalign_ros.robot import load_robot_config
+
+    robot = load_robot_config("sim_arm")
+    rclpy.init()
+    node = Node("bench_robot")
+    cams = [node.create_publisher(type(numpy_to_image(np.zeros((2, 2, 3), np.uint8), "rgb8")),
+                                  t, IMAGE_QOS) for t in CAM_TOPICS]
+    joints = node.create_publisher(JointState, robot.topics["joint_states"], 10)
+    traj = node.create_publisher(JointTrajectory, robot.trajectory_topic, COMMAND_QOS)
+    grip = node.create_publisher(Float64MultiArray, robot.gripper_topic, COMMAND_QOS)
+    # pre-rendered frames (rendering 640x480 costs more than publishing it)
+    frames = [[numpy_to_image(synthetic_image(k, args.height, args.width, seed=c), "rgb8")
+               for k in range(0, 90, 3)] for c in range(2)]
+    names = list(robot.arm_joints) + list(robot.gripper_joints)
+    js = JointState(name=names)
+    print("READY", flush=True)
+    start = time.time()
+    next_img = next_joint = next_cmd = start
+    k = 0
+    def publish(pub, msg):  # a failed publish (DDS error) is counted, not fatal
+        try:
+            pub.publish(msg)
+        except Exception:  # noqa: BLE001 - rclpy raises RCLError
+            sent["publish_errors"] += 1
+
+    sent = {"images": 0, "joint_states": 0, "commands": 0, "images_late_10ms": 0,
+            "publish_errors": 0,
+            "image_max_late_ms": 0.0, "joint_max_gap_ms": 0.0}
+    last_js, next_report = start, start + 1.0
+    while time.time() - start < args.seconds + 30:
+        now = time.time()
+        if now >= next_report:  # what was really sent, for the driver's report
+            next_report += 1.0
+            print("STATS " + json.dumps(sent), flush=True)
+        if now >= next_joint:
+            next_joint += 1 / 500
+            seconds_to_stamp(now, js.header.stamp)
+            js.position = [0.3 * np.sin(0.5 * now + i) for i in range(6)] + [0.02, 0.02]
+            publish(joints, js)
+            sent["joint_states"] += 1
+            sent["joint_max_gap_ms"] = max(sent["joint_max_gap_ms"], 1e3 * (now - last_js))
+            last_js = now
+        if now >= next_cmd:
+            next_cmd += 1 / 50
+            point = JointTrajectoryPoint(positions=[0.3 * np.sin(0.5 * now + i) for i in range(6)])
+            point.time_from_start.nanosec = 40_000_000
+            publish(traj, JointTrajectory(joint_names=list(robot.arm_joints), points=[point]))
+            if sent["commands"] % 50 == 0:
+                publish(grip, Float64MultiArray(data=[0.5]))
+            sent["commands"] += 1
+        if now >= next_img:
+            late = now - next_img  # stamps are taken now: lateness is camera jitter
+            sent["images_late_10ms"] += late > 0.010
+            sent["image_max_late_ms"] = max(sent["image_max_late_ms"], round(1e3 * late, 1))
+            next_img += 1 / args.camera_rate
+            for c in range(2):
+                msg = frames[c][k % len(frames[c])]
+                seconds_to_stamp(now, msg.header.stamp)
+                publish(cams[c], msg)
+            sent["images"] += 1
+            k += 1
+        wait = min(next_img, next_joint, next_cmd) - time.time()
+        if wait > 0:
+            time.sleep(wait)
+
+
+def main() -> int:
+    """Run the benchmark and print the numbers."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=120.0)
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--camera-rate", type=float, default=30.0)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--max-skew", type=float, default=0.025)
+    ap.add_argument("--keep", help="write the dataset here instead of a temp dir")
+    ap.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(101, 200)))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if args.publisher:
+        publisher(args)
+        return 0
+
+    import rclpy
+    from rclpy.node import Node
+
+    from roboalign_ros.data import DatasetReader
+    from roboalign_ros.srv import StartEpisode, StopEpisode
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_recorder_"))
+    root = Path(args.keep) if args.keep else tmp / "ds"
+    env = dict(os.environ)
+    pub = subprocess.Popen([sys.executable, __file__, "--publisher", "--seconds",
+                            str(args.seconds), "--camera-rate", str(args.camera_rate),
+                            "--width", str(args.width), "--height", str(args.height)],
+                           stdout=subprocess.PIPE, text=True, env=env)
+    rec_log = open(tmp / "recorder.log", "w")  # noqa: SIM115
+    rec = subprocess.Popen(
+        [sys.executable, "-m", "roboalign_ros.nodes.recorder_node", "--ros-args",
+         "-p", f"dataset_root:={root}", "-p", f"fps:={args.fps}",
+         "-p", f"max_skew:={args.max_skew}", "-p", "cameras:=[cam0,cam1]",
+         "-p", f"camera_topics:=[{CAM_TOPICS[0]},{CAM_TOPICS[1]}]"],
+        stdout=rec_log, stderr=subprocess.STDOUT, env=env)
+    rclpy.init()
+    node = Node("bench_driver")
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    diag: dict[str, str] = {}
+    node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diag.update(
+        {kv.key: kv.value for s in m.status if "recorder" in s.name for kv in s.values}), 10)
+    pub_stats: list[dict] = [{}]
+
+    def read_stats():
+        for line in pub.stdout:
+            if line.startswith("STATS "):
+                pub_stats[0] = json.loads(line[6:])
+
+    try:
+        assert pub.stdout.readline().strip() == "READY", "publisher failed"
+        threading.Thread(target=read_stats, daemon=True).start()
+        start_c = node.create_client(StartEpisode, "/recorder_node/start_episode")
+        stop_c = node.create_client(StopEpisode, "/recorder_node/stop_episode")
+        assert start_c.wait_for_service(timeout_sec=60), "recorder_node did not come up"
+
+        def call(client, request, timeout=120):
+            future = client.call_async(request)
+            rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
+            assert future.done(), "service call timed out"
+            return future.result()
+
+        for _ in range(100):  # until the recorder has seen every stream
+            r = call(start_c, StartEpisode.Request(task="bench", source="teleop"))
+            if r.success:
+                break
+            time.sleep(0.2)
+        assert r.success, r.message
+        c0 = {p.pid: cpu_seconds(p.pid) for p in (rec, pub)}
+        sent0 = dict(pub_stats[0])
+        t0 = time.perf_counter()
+        load0 = os.getloadavg()[0]
+        while time.perf_counter() - t0 < args.seconds:
+            rclpy.spin_once(node, timeout_sec=0.5)
+        sent1 = dict(pub_stats[0])
+        wall = time.perf_counter() - t0
+        c1 = {p.pid: cpu_seconds(p.pid) for p in (rec, pub)}
+        t_save = time.perf_counter()
+        stop = call(stop_c, StopEpisode.Request(save=True, outcome=1))
+        save_s = time.perf_counter() - t_save
+        c2 = cpu_seconds(rec.pid)
+        assert stop.success, stop.message
+        ep = DatasetReader(root).episodes[stop.episode_index]
+        expected = int(args.seconds * args.fps)
+        dropped = stop.message.rsplit("dropped", 1)[-1].strip()
+        size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        result = {
+            "seconds": round(wall, 1), "fps": args.fps, "cameras": f"2 x {args.width}x"
+            f"{args.height} @ {args.camera_rate} Hz", "joint_states_hz": 500,
+            "frames_recorded": ep.length, "frames_expected": expected,
+            "dropped": dropped,  # reasons: skew:<stream> = no sample within max_skew
+            "recorder_cpu_cores": round((c1[rec.pid] - c0[rec.pid]) / wall, 3),
+            "publisher_cpu_cores": round((c1[pub.pid] - c0[pub.pid]) / wall, 3),
+            "machine_cores": os.cpu_count(),
+            "loadavg_1min_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
+            "save_seconds": round(save_s, 2), "save_cpu_seconds": round(c2 - c1[rec.pid], 2),
+            "dataset_mb": round(size / 1e6, 1),
+            "publisher_during_episode": {
+                k: sent1.get(k, 0) - sent0.get(k, 0) for k in (
+                    "images", "joint_states", "images_late_10ms", "publish_errors")},
+            "publisher_worst": {k: sent1.get(k) for k in ("image_max_late_ms",
+                                                          "joint_max_gap_ms")},
+            "recorder_received_total": {k: v for k, v in diag.items()
+                                        if k.startswith("received.")},
+        }
+        print(json.dumps(result, indent=1))
+        return 0
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+        for p in (rec, pub):
+            p.terminate()
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

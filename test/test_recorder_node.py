@@ -1,0 +1,347 @@
+"""recorder_node over real DDS: round trip through the node, services, drops, bad parameters.
+
+The recorder runs as a subprocess; this process plays the robot (synthetic camera, joint
+states, trajectory and gripper commands, instruction) through a `Feeder`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import spin_until
+
+pytestmark = pytest.mark.ros
+
+H, W = 96, 128
+ARM = ["joint1", "joint2", "joint3", "joint4", "joint5", "joint6"]
+GRIPPER_CMD = 0.3
+INSTRUCTION = "stack the green block on the red cube"
+# codec tolerance of the data module (test_data_roundtrip: libx264 CRF 23, 8-bit levels)
+MEAN_ABS_TOL, P99_ABS_TOL = 3.0, 12
+
+
+def joint_positions(stamp: float) -> list[float]:
+    """Smooth arm joints + both fingers (0.02 m = opening 0.5 +- 0.25) at `stamp`."""
+    arm = [0.5 * np.sin(0.7 * stamp + i) for i in range(6)]
+    finger = 0.02 + 0.01 * np.sin(1.3 * stamp)
+    return arm + [finger, finger]
+
+
+def command_at(t: float) -> np.ndarray:
+    """The arm target the feeder commands at time `t`."""
+    return np.array([0.3 * np.cos(0.4 * t + i) for i in range(6)])
+
+
+def start_recorder(root: Path, log: Path, **params) -> subprocess.Popen:
+    """Launch recorder_node in a subprocess with `params` (-p name:=value)."""
+    args = [sys.executable, "-m", "roboalign_ros.nodes.recorder_node", "--ros-args",
+            "-p", f"dataset_root:={root}", "-p", "fps:=10", "-p", "status_rate:=5.0"]
+    for k, v in params.items():
+        args += ["-p", f"{k}:={v}"]
+    out = open(log, "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+
+
+class Feeder:
+    """Synthetic robot in the test process: publishes from a thread, calls services."""
+
+    def __init__(self, context, recorder: str = "/recorder_node"):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Float64MultiArray, String
+        from trajectory_msgs.msg import JointTrajectory
+
+        from roboalign_ros.msg import RecorderStatus
+        from roboalign_ros.nodes.common import COMMAND_QOS, IMAGE_QOS, LATCHED_QOS
+
+        self.node = Node("recorder_feeder", context=context)
+        self.recorder = recorder
+        self.image_pub = self.node.create_publisher(Image, "/camera/camera/color/image_raw",
+                                                    IMAGE_QOS)
+        self.joint_pub = self.node.create_publisher(JointState, "/joint_states", 10)
+        self.traj_pub = self.node.create_publisher(JointTrajectory,
+                                                   "/arm_controller/joint_trajectory", COMMAND_QOS)
+        self.grip_pub = self.node.create_publisher(Float64MultiArray,
+                                                   "/gripper_controller/commands", COMMAND_QOS)
+        self.instr_pub = self.node.create_publisher(String, "/roboalign/instruction", LATCHED_QOS)
+        self.statuses, self.diagnostics = [], []
+        self.node.create_subscription(RecorderStatus, "/roboalign/recorder_status",
+                                      self.statuses.append, LATCHED_QOS)
+        self.node.create_subscription(
+            DiagnosticArray, "/diagnostics",
+            lambda m: self.diagnostics.extend(s for s in m.status if "recorder" in s.name), 10)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.lock = threading.Lock()
+        self.images: list[tuple[float, int]] = []  # (stamp, frame number)
+        self.joints: list[float] = []
+        self.commands: list[tuple[float, np.ndarray]] = []
+        self.pause_joints = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._clients: dict[str, object] = {}
+
+    # ---------------------------------------------------------------- publishing
+
+    def wait_matched(self, timeout: float = 30.0) -> None:
+        """Wait until the recorder subscribed to every stream (first messages are lost before)."""
+        pubs = [self.image_pub, self.joint_pub, self.traj_pub, self.grip_pub]
+        assert spin_until(self.executor, lambda: all(p.get_subscription_count() for p in pubs),
+                          timeout), "recorder_node never subscribed"
+
+    def start(self) -> None:
+        """Publish the instruction and the gripper command, then stream from a thread."""
+        from std_msgs.msg import Float64MultiArray, String
+
+        self.instr_pub.publish(String(data=INSTRUCTION))
+        self.grip_pub.publish(Float64MultiArray(data=[GRIPPER_CMD]))
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from sensor_msgs.msg import JointState
+        from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+        from roboalign_ros.conversions import numpy_to_image, seconds_to_stamp, stamp_to_seconds
+        from roboalign_ros.data.synthetic import synthetic_image
+
+        names = ARM + ["finger_left_joint", "finger_right_joint"]
+        next_img = next_joint = next_cmd = time.time()
+        k = 0
+        while not self._stop.is_set():
+            now = time.time()
+            if now >= next_joint:
+                next_joint += 0.01  # 100 Hz
+                if not self.pause_joints:
+                    msg = JointState(name=names)
+                    seconds_to_stamp(now, msg.header.stamp)
+                    stamp = stamp_to_seconds(msg.header.stamp)
+                    msg.position = joint_positions(stamp)
+                    self.joint_pub.publish(msg)
+                    with self.lock:
+                        self.joints.append(stamp)
+            if now >= next_cmd:
+                next_cmd += 0.02  # 50 Hz single-point trajectories
+                q = command_at(now)
+                msg = JointTrajectory(joint_names=ARM)
+                point = JointTrajectoryPoint(positions=q.tolist())
+                point.time_from_start.nanosec = 40_000_000
+                msg.points = [point]
+                with self.lock:
+                    self.commands.append((now, q))
+                self.traj_pub.publish(msg)
+            if now >= next_img:
+                next_img += 1 / 30  # 30 Hz camera
+                img = numpy_to_image(synthetic_image(k, H, W), "rgb8", stamp=now,
+                                     frame_id="camera_color_optical_frame")
+                with self.lock:
+                    self.images.append((stamp_to_seconds(img.header.stamp), k))
+                self.image_pub.publish(img)
+                k += 1
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        """Stop publishing and destroy the node."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+    def wait_for_recorder(self, since: float, timeout: float = 30.0) -> None:
+        """Wait for a RecorderStatus stamped after `since` (a restarted recorder is matched)."""
+        from roboalign_ros.conversions import stamp_to_seconds
+
+        assert spin_until(self.executor, lambda: any(
+            stamp_to_seconds(m.header.stamp) > since for m in self.statuses), timeout), \
+            "no status from the recorder"
+
+    # ---------------------------------------------------------------- services
+
+    def call(self, name: str, request, timeout: float = 30.0):
+        """Call ``<recorder>/<name>`` and return the response."""
+        from roboalign_ros.srv import GetRecorderStatus, StartEpisode, StopEpisode
+
+        srv = {"start_episode": StartEpisode, "stop_episode": StopEpisode,
+               "get_status": GetRecorderStatus}[name]
+        if name not in self._clients:
+            client = self.node.create_client(srv, f"{self.recorder}/{name}")
+            assert client.wait_for_service(timeout_sec=30), f"no service {name}"
+            self._clients[name] = client
+        future = self._clients[name].call_async(request)
+        assert spin_until(self.executor, future.done, timeout), f"{name} timed out"
+        return future.result()
+
+    def start_episode(self, task="pick up the red cube", operator="tester", source="teleop"):
+        """StartEpisode."""
+        from roboalign_ros.srv import StartEpisode
+
+        return self.call("start_episode", StartEpisode.Request(
+            task=task, operator_name=operator, source=source))
+
+    def stop_episode(self, save=True, outcome=1, notes=""):
+        """StopEpisode (outcome 1 = success)."""
+        from roboalign_ros.srv import StopEpisode
+
+        return self.call("stop_episode", StopEpisode.Request(save=save, outcome=outcome,
+                                                             notes=notes))
+
+    def status(self):
+        """GetRecorderStatus -> RecorderStatus."""
+        from roboalign_ros.srv import GetRecorderStatus
+
+        return self.call("get_status", GetRecorderStatus.Request()).status
+
+    def wait(self, seconds: float) -> None:
+        """Spin for `seconds`."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.02)
+
+
+def check_episode_matches_feed(feeder: Feeder, episode, max_skew: float = 0.05) -> None:
+    """Every stored frame equals what was published nearest its time (codec tolerance)."""
+    from roboalign_ros.data.synthetic import synthetic_image
+    from roboalign_ros.robot import load_robot_config
+
+    robot = load_robot_config("sim_arm")
+    with feeder.lock:
+        img_stamps = np.array([s for s, _ in feeder.images])
+        img_index = [k for _, k in feeder.images]
+        joint_stamps = np.array(feeder.joints)
+        cmd_times = np.array([t for t, _ in feeder.commands])
+        cmds = [q for _, q in feeder.commands]
+    diffs = []
+    for i, t in enumerate(episode.capture_times):
+        # the stored state is exactly one published within max_skew of the frame time (the
+        # nearest one unless DDS lost it: sensor topics are best effort)
+        near = np.nonzero(np.abs(joint_stamps - t) <= max_skew)[0]
+        states = [joint_positions(joint_stamps[j]) for j in near]
+        states = [np.array(q[:6] + [robot.joint_to_gripper(q[6])], np.float32) for q in states]
+        assert any(np.array_equal(episode.states[i], q) for q in states), f"frame {i}: state"
+        near = np.nonzero(np.abs(img_stamps - t) <= max_skew)[0]
+        assert len(near), f"frame {i}: no image published within max_skew"
+        frame = episode.frames["scene"][i].astype(int)
+        diffs.append(min((np.abs(frame - synthetic_image(img_index[c], H, W).astype(int))
+                          for c in near), key=np.mean))
+        # the action is a command published shortly before the frame time (receive order)
+        recent = np.nonzero((cmd_times <= t + 0.005) & (cmd_times >= t - 0.2))[0]
+        assert any(np.allclose(episode.actions[i][:6], cmds[r], atol=1e-6) for r in recent), \
+            f"frame {i}: action {episode.actions[i]} is not a recent command"
+        assert episode.actions[i][6] == pytest.approx(GRIPPER_CMD)
+    d = np.stack(diffs)
+    assert d.mean() <= MEAN_ABS_TOL and np.percentile(d, 99) <= P99_ABS_TOL, \
+        (d.mean(), np.percentile(d, 99))
+
+
+@pytest.fixture(scope="module")
+def recorder(tmp_path_factory):
+    """One recorder_node process for the module, writing to a fresh dataset."""
+    tmp = tmp_path_factory.mktemp("rec")
+    proc = start_recorder(tmp / "ds", tmp / "recorder.log")
+    yield proc, tmp / "ds", tmp / "recorder.log"
+    proc.terminate()
+    proc.wait(timeout=15)
+
+
+@pytest.fixture
+def feeder(rclpy_context, recorder):
+    """A running Feeder matched with the recorder."""
+    f = Feeder(rclpy_context)
+    f.wait_matched()
+    f.start()
+    f.wait(0.5)
+    yield f
+    f.close()
+
+
+def test_round_trip_through_the_node(feeder, recorder):
+    from roboalign_ros.data import DatasetReader
+    from roboalign_ros.msg import RecorderStatus
+
+    _, root, log = recorder
+    start = feeder.start_episode()
+    assert start.success, start.message + "\n" + log.read_text()[-2000:]
+    assert start.episode_index == 0
+    feeder.wait(2.0)
+    recording = feeder.status()
+    assert recording.state == RecorderStatus.STATE_RECORDING and recording.frames >= 10
+    stop = feeder.stop_episode(save=True, outcome=1, notes="round trip")
+    assert stop.success, stop.message
+    assert stop.path == str(root) and 18 <= stop.frames <= 23
+    reader = DatasetReader(root)
+    assert len(reader) == 1
+    ep = reader.episode(0)
+    assert len(ep) == stop.frames and ep.task == "pick up the red cube"
+    assert ep.info.success is True and ep.info.operator == "tester" and ep.info.source == "teleop"
+    assert reader.action_names == ARM + ["gripper"] and reader.state_names == ARM + ["gripper"]
+    np.testing.assert_allclose(np.diff(ep.capture_times), 0.1, atol=1e-6)  # the fps grid
+    check_episode_matches_feed(feeder, ep)
+    status = feeder.status()
+    assert status.state == RecorderStatus.STATE_IDLE and status.episodes_saved == 1
+    assert status.frames_dropped == 0 and status.max_skew <= 0.05
+
+
+def test_services_refuse_bad_requests_and_discard(feeder, recorder):
+    from roboalign_ros.msg import RecorderStatus
+
+    _, root, _ = recorder
+    saved = feeder.status().episodes_saved
+    stop = feeder.stop_episode()
+    assert not stop.success and "no episode is being recorded" in stop.message
+    bad = feeder.start_episode(source="dream")
+    assert not bad.success and "source" in bad.message and "teleop" in bad.message
+    start = feeder.start_episode(task="")  # empty task: the latched instruction
+    assert start.success, start.message
+    again = feeder.start_episode()
+    assert not again.success and "already being recorded" in again.message
+    feeder.wait(0.5)
+    status = feeder.status()
+    assert status.state == RecorderStatus.STATE_RECORDING and status.task == INSTRUCTION
+    discard = feeder.stop_episode(save=False)
+    assert discard.success and "discarded" in discard.message and discard.path == ""
+    assert feeder.status().episodes_saved == saved
+    assert not list(Path(root).rglob("*.tmp")), "discarded episode left temp files"
+    assert spin_until(feeder.executor, lambda: feeder.statuses, 5)  # latched status topic
+
+
+def test_missing_inputs_drop_frames_and_are_counted(feeder, recorder):
+    from roboalign_ros.data import DatasetReader
+
+    _, root, _ = recorder
+    before = feeder.status().frames_dropped
+    assert feeder.start_episode(source="policy").success
+    feeder.wait(1.0)
+    feeder.pause_joints = True  # joint states stop for 1 s: those frames must not be invented
+    feeder.wait(1.0)
+    feeder.pause_joints = False
+    feeder.wait(1.0)
+    stop = feeder.stop_episode(save=True, outcome=2)
+    assert stop.success, stop.message
+    dropped = feeder.status().frames_dropped - before
+    assert 7 <= dropped <= 12, dropped
+    assert 26 <= stop.frames + dropped <= 33
+    ep = DatasetReader(root).episode(stop.episode_index)
+    assert ep.info.success is False and ep.info.source == "policy"
+    gaps = np.diff(ep.capture_times)
+    assert gaps.max() >= 0.7  # the hole is in the data, not filled in
+    assert spin_until(feeder.executor, lambda: any(
+        kv.key.startswith("dropped.") for s in feeder.diagnostics for kv in s.values), 5)
+
+
+def test_bad_parameters_stop_the_node_with_a_clear_error(tmp_path):
+    for param, needle in (("action_source:=telepathy", "action_source"),
+                          ("camera_topics:=[a,b]", "camera_topics")):
+        name, value = param.split(":=")
+        proc = start_recorder(tmp_path / "ds", tmp_path / "bad.log", **{name: value})
+        assert proc.wait(timeout=30) == 1
+        assert needle in (tmp_path / "bad.log").read_text()
