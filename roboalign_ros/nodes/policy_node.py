@@ -31,12 +31,12 @@ from roboalign_ros.nodes.common import (
     COMMAND_QOS,
     ERROR,
     OK,
-    SENSOR_QOS,
     WARN,
     Diagnostics,
     declare_parameters,
     now_seconds,
     run_node,
+    sensor_qos_for,
 )
 from roboalign_ros.policy_runtime import (
     Decision,
@@ -63,6 +63,7 @@ PARAMETERS = {
     "max_rate": 0.0,  # Hz; 0 = as fast as the model goes
     "reasoning_every": -1,  # -1: the checkpoint's setting; 0: off; N: every N chunks
     "torch_threads": 0,  # CPU inference threads; 0 = torch's default
+    "sensor_reliability": "reliable",  # camera/joint-state QoS: reliable | best_effort
 }
 
 _RGB_FROM = {"rgb8": lambda a: a, "bgr8": lambda a: a[..., ::-1],
@@ -91,9 +92,10 @@ class PolicyNode(Node):
         self.publish_times: deque[float] = deque(maxlen=20)
         self.last_age = 0.0
         self.create_subscription(Image, p["color_topic"] or self.robot.color_topic,
-                                 self.on_image, SENSOR_QOS)
+                                 self.on_image, sensor_qos_for(p["sensor_reliability"], 2))
         self.create_subscription(JointState, self.robot.topics["joint_states"],
-                                 self.on_joint_state, SENSOR_QOS)
+                                 self.on_joint_state,
+                                 sensor_qos_for(p["sensor_reliability"], 50))
         self.create_subscription(String, p["instruction_topic"], self.on_instruction,
                                  COMMAND_QOS)
         self.create_timer(1.0, self.publish_diagnostics)
