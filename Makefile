@@ -16,7 +16,7 @@ demo: setup
 
 lint: setup
 	@$(ENV) && ruff check roboalign_ros test scripts launch setup.py \
-	  && xmllint --noout package.xml $$(ls urdf/*.xacro urdf/*.urdf 2>/dev/null)
+	  && xmllint --noout package.xml config/fastdds.xml $$(ls urdf/*.xacro urdf/*.urdf 2>/dev/null)
 
 test: lint
 	@$(ENV) && python -m pytest -p no:cacheprovider $(PYTEST_ARGS)

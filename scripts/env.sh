@@ -11,5 +11,7 @@ source "$_roboalign_root/install/setup.bash"
 export MUJOCO_GL="${MUJOCO_GL:-osmesa}"   # CPU rendering; EGL also works where available
 export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-$MUJOCO_GL}"
 export HF_HUB_OFFLINE=1                   # models come from local directories only
+# large images between local processes through shared memory (see the file's comment)
+export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$_roboalign_root/config/fastdds.xml}"
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 unset _roboalign_root _roboalign_venv
