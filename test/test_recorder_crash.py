@@ -114,7 +114,7 @@ def test_disk_full_sets_error_state_and_keeps_saved_episodes(rclpy_context, tmp_
         start = feeder.start_episode()
         if start.success:  # the disk fills while frames are encoded
             assert spin_until(feeder.executor, lambda: feeder.status().state
-                              == RecorderStatus.STATE_ERROR, 15), "no error state"
+                              == RecorderStatus.STATE_ERROR, 45), "no error state"
         status = feeder.status()
         assert status.state == RecorderStatus.STATE_ERROR
         assert "disk full" in status.message and "earlier episodes are intact" in status.message
