@@ -1,6 +1,7 @@
 """executor_node over DDS: tracking, malformed chunks, watchdog hold, e-stop, instruction change."""
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -98,21 +99,40 @@ def last_positions(rig):
     return np.array(rig.commands[-1][1].points[0].positions)
 
 
+def streamed(rig):
+    """Arm targets of the streamed commands, in the order the executor sent them."""
+    return np.array([m.points[0].positions for _, m in rig.commands if m.points])
+
+
+def diagnostics(rig):
+    """The tail of the executor log, for failure messages."""
+    return {"log": rig.log.read_text()[-600:]}
+
+
+def settled(rig, n=20):
+    """True when the last ``n`` commands are identical (holding)."""
+    points = [tuple(m.points[0].positions) for _, m in rig.commands[-n:] if m.points]
+    return len(points) == n and len(set(points)) == 1
+
+
+# Receive times at the probe lag behind on a loaded machine, so the checks below use the
+# order of the command stream and wait for conditions instead of fixed sleeps.
+
+
 def test_tracks_chunks_within_the_velocity_clamp_then_watchdog_holds(rig):
     target = rig.robot.home + np.array([1.5, 0.0, 0.0, 0.0, 0.0, 0.0])
-    for _ in range(4):  # chunks keep arriving for ~0.4 s
+    for _ in range(8):  # chunks keep arriving for ~0.8 s
         rig.chunk_pub.publish(rig.chunk(target))
         rig.wait(0.1)
-    positions = np.array([m.points[0].positions for _, m in rig.commands if m.points])
-    moved = positions[-1] - rig.robot.home
-    assert moved[0] > 0.1, f"joint1 did not move towards the chunk: {moved}"
+    assert spin_until(rig.executor, lambda: last_positions(rig)[0] - rig.robot.home[0] > 0.1,
+                      10), (f"joint1 did not move towards the chunk: {last_positions(rig)}, "
+                            f"{len(rig.commands)} commands, {diagnostics(rig)}")
+    # no chunk for > watchdog_timeout (0.3 s): hold
+    assert spin_until(rig.executor, lambda: settled(rig), 10), "did not hold"
+    positions = streamed(rig)
     assert np.all(np.abs(np.diff(positions, axis=0)) <=
                   0.5 * rig.robot.velocity * 0.01 + 1e-6), "velocity clamp exceeded"
-    rig.wait(0.6)  # no chunk for > watchdog_timeout (0.3 s): hold
-    held = last_positions(rig)
-    rig.wait(0.3)
-    np.testing.assert_allclose(last_positions(rig), held, atol=1e-9)
-    assert not np.allclose(held, target), "should hold where it was, not jump to the target"
+    assert not np.allclose(last_positions(rig), target), "should hold, not jump to the target"
 
 
 def test_nan_and_oversized_chunks_are_rejected(rig):
@@ -121,15 +141,14 @@ def test_nan_and_oversized_chunks_are_rejected(rig):
     bad = rig.chunk(rig.robot.home, horizon=10)
     bad.actions = array.array("f", [float("nan")] * 70)  # a malformed sender, past our checks
     huge = rig.chunk(rig.robot.home, horizon=500)
-    before = last_positions(rig)
     for _ in range(3):
         rig.chunk_pub.publish(bad)
         rig.chunk_pub.publish(huge)
         rig.wait(0.2)
-    np.testing.assert_allclose(last_positions(rig), before, atol=1e-9)
-    log = rig.log.read_text()
-    assert "chunk rejected: actions: NaN" in log
-    assert "max_horizon" in log or "horizon" in log
+    assert spin_until(rig.executor, lambda: "chunk rejected: actions: NaN" in
+                      rig.log.read_text() and "max_horizon" in rig.log.read_text(), 10)
+    np.testing.assert_allclose(streamed(rig), np.tile(rig.robot.home, (len(streamed(rig)), 1)),
+                               atol=1e-9)
 
 
 def test_estop_stops_within_one_period_and_latches(rig):
@@ -139,25 +158,25 @@ def test_estop_stops_within_one_period_and_latches(rig):
     for _ in range(3):
         rig.chunk_pub.publish(rig.chunk(target))
         rig.wait(0.1)
-    sent = time.monotonic()
+    assert spin_until(rig.executor, lambda: last_positions(rig)[2] - rig.robot.home[2] > 0.05,
+                      10), "the arm was not moving before the e-stop"
+    rig.chunk_pub.publish(rig.chunk(target))  # keep it moving while the e-stop comes
     rig.estop_pub.publish(Bool(data=True))
-    assert spin_until(rig.executor, lambda: any(t > sent and not m.points
-                                                for t, m in rig.commands), 2.0)
-    stop_at = min(t for t, m in rig.commands if t > sent and not m.points)
-    # the stop (empty trajectory = hold) is sent from the e-stop callback itself; the bound
-    # adds DDS delivery both ways on a loaded CI machine to the 10 ms control period
-    assert stop_at - sent < 0.1, f"stop took {stop_at - sent:.3f} s"
+    assert spin_until(rig.executor, lambda: "E-STOP engaged" in rig.log.read_text(), 10)
+    # the node's own reaction (message arrival -> stop sent, from the e-stop callback) must be
+    # within one 10 ms control period; DDS delivery comes on top (see bench_executor_node.py)
+    reaction = float(re.search(r"stop sent ([0-9.]+) ms after", rig.log.read_text()).group(1))
+    assert reaction < 10.0, f"the executor took {reaction} ms to react"
+    assert spin_until(rig.executor, lambda: any(not m.points for _, m in rig.commands), 10)
     rig.chunk_pub.publish(rig.chunk(target))  # refused while engaged
-    rig.wait(0.4)
-    after = [np.array(m.points[0].positions) for t, m in rig.commands if t > stop_at + 0.02
-             and m.points]
-    moving = np.array([m.points[0].positions for t, m in rig.commands if t < sent and m.points])
-    assert moving[-1][2] - moving[0][2] > 0.1, "the arm was not moving before the e-stop"
-    assert after and all(np.allclose(p, after[0], atol=1e-9) for p in after), \
-        f"commands moved after the e-stop: {after[0]} ... {after[-1]}"
-    # frozen where the arm was when the e-stop came (within one tick of motion)
-    assert np.all(np.abs(after[0] - moving[-1]) <= 0.5 * rig.robot.velocity * 0.01 * 2 + 1e-6)
-    assert "E-STOP engaged" in rig.log.read_text()
+    assert spin_until(rig.executor, lambda: "rejected: estop" in rig.log.read_text(), 10)
+    stop = next(i for i, (_, m) in enumerate(rig.commands) if not m.points)
+    assert spin_until(rig.executor, lambda: len(rig.commands) > stop + 30, 10)
+    after = np.array([m.points[0].positions for _, m in rig.commands[stop + 1:] if m.points])
+    before = np.array([m.points[0].positions for _, m in rig.commands[:stop] if m.points])
+    assert np.all(after == after[0]), f"commands moved after the e-stop: {after[0]} {after[-1]}"
+    # frozen at the measured position: between the start and the last commanded target
+    assert rig.robot.home[2] <= after[0][2] <= before[-1][2] + 1e-9
 
 
 def test_instruction_change_flushes_pending_chunks(rig):
@@ -165,9 +184,8 @@ def test_instruction_change_flushes_pending_chunks(rig):
 
     target = rig.robot.home + np.array([-0.3, 0.0, 0.0, 0.0, 0.0, 0.0])
     rig.chunk_pub.publish(rig.chunk(target, horizon=40))
-    rig.wait(0.1)
+    assert spin_until(rig.executor, lambda: last_positions(rig)[0] < rig.robot.home[0] - 0.01,
+                      10), "did not start tracking"
     rig.instruction_pub.publish(String(data="push the green block to the left"))
-    rig.wait(0.1)
-    flushed_at = last_positions(rig)
-    rig.wait(0.3)
-    np.testing.assert_allclose(last_positions(rig), flushed_at, atol=1e-9)
+    assert spin_until(rig.executor, lambda: settled(rig), 10), "kept tracking the old chunk"
+    assert last_positions(rig)[0] > target[0] + 0.05, "the flushed chunk was followed to its end"

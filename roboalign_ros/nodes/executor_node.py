@@ -97,7 +97,7 @@ class ExecutorNode(Node):
                       "workspace_mode": p["safety.workspace_mode"]}
         if not p["safety.workspace"]:
             overrides_.update(workspace_min=None, workspace_max=None)
-            self.get_logger().warn("safety.workspace is off: the tool box is not enforced")
+            self.get_logger().warning("safety.workspace is off: the tool box is not enforced")
         envelope = SafetyEnvelope.from_robot(robot, config.period, overrides_,
                                              fk=kinematics.fk_position)
         self.chunk_executor = ChunkExecutor(config, envelope)
@@ -142,7 +142,7 @@ class ExecutorNode(Node):
             return
         accepted, reason = self.chunk_executor.submit(chunk, now)
         if not accepted:
-            self.get_logger().warn(f"chunk {f.sequence} rejected: {reason}",
+            self.get_logger().warning(f"chunk {f.sequence} rejected: {reason}",
                                    throttle_duration_sec=1.0)
 
     def on_joint_state(self, msg: JointState) -> None:
@@ -158,15 +158,19 @@ class ExecutorNode(Node):
         except (IndexError, KeyError):
             self._joint_index = None
 
-    def on_estop(self, msg: Bool) -> None:
+    def on_estop(self, msg: Bool, info=None) -> None:
         """Engage (hold now, from this callback) or release the latched e-stop."""
         now = now_seconds(self)
         self.chunk_executor.estop(bool(msg.data), now)
         if msg.data:
             self.backend.stop()
-            self.get_logger().error("E-STOP engaged: holding position until released")
+            # reaction time of this node: from the message reaching its DDS reader to the stop
+            received = info["received_timestamp"] * 1e-9 if info else time.time()
+            self.get_logger().error(
+                f"E-STOP engaged: holding position until released (stop sent "
+                f"{(time.time() - received) * 1e3:.1f} ms after the message arrived)")
         else:
-            self.get_logger().warn("e-stop released: waiting for new chunks")
+            self.get_logger().warning("e-stop released: waiting for new chunks")
 
     def on_instruction(self, msg: String) -> None:
         """A new instruction: drop the chunks planned for the old one."""
@@ -257,7 +261,7 @@ class _Hold:
 
 def main(args=None) -> int:
     """Entry point of ``ros2 run roboalign_ros executor_node``."""
-    return run_node(ExecutorNode, args, multithreaded=True)
+    return run_node(ExecutorNode, args)
 
 
 if __name__ == "__main__":

@@ -204,7 +204,7 @@ class RecorderNode(Node):
 
     def _bad_input(self, what: str, exc: Exception) -> None:
         self.bad_inputs += 1
-        self.get_logger().warn(f"ignored {what}: {exc}", throttle_duration_sec=2.0)
+        self.get_logger().warning(f"ignored {what}: {exc}", throttle_duration_sec=2.0)
 
     # ------------------------------------------------------------------ services
 
@@ -269,7 +269,7 @@ class RecorderNode(Node):
     def close(self) -> None:
         """Discard an unsaved episode and stop the writer thread."""
         if self.session.state == RecorderState.RECORDING:
-            self.get_logger().warn("shutting down mid-episode: the episode is discarded")
+            self.get_logger().warning("shutting down mid-episode: the episode is discarded")
         self.session.close()
 
 
