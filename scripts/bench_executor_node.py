@@ -18,6 +18,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool
 from trajectory_msgs.msg import JointTrajectory
 
 from roboalign_ros.conversions import numpy_to_action_chunk
@@ -35,9 +36,14 @@ def main():
     rclpy.init()
     node = Node("bench_executor")
     robot = load_robot_config("sim_arm")
-    arrivals, reported = [], {}
-    node.create_subscription(JointTrajectory, robot.trajectory_topic,
-                             lambda m: arrivals.append(time.perf_counter()), 100)
+    arrivals, reported, stops = [], {}, []
+
+    def on_command(msg):
+        arrivals.append(time.perf_counter())
+        if not msg.points:  # the e-stop's stop (empty trajectory = hold)
+            stops.append(time.perf_counter())
+
+    node.create_subscription(JointTrajectory, robot.trajectory_topic, on_command, 100)
 
     def on_diag(msg):
         for status in msg.status:
@@ -72,9 +78,17 @@ def main():
         rclpy.spin_once(node, timeout_sec=0.01)
         if time.monotonic() < warmup:
             arrivals.clear()
+    periods = np.diff(arrivals) * 1e3
+    # e-stop, end to end: publish -> the stop command arrives back at this subscriber
+    estop = node.create_publisher(Bool, "/roboalign/estop", 10)
+    while estop.get_subscription_count() == 0:
+        rclpy.spin_once(node, timeout_sec=0.01)
+    sent = time.perf_counter()
+    estop.publish(Bool(data=True))
+    while not stops and time.perf_counter() - sent < 5:
+        rclpy.spin_once(node, timeout_sec=0.001)
     proc.terminate()
     proc.wait(timeout=10)
-    periods = np.diff(arrivals) * 1e3
     print(f"executor_node at 100 Hz for {args.seconds:.0f} s on {os.cpu_count()} cores:")
     print(f"  node-side command period      p50 {reported.get('period_p50_ms', '?')} ms, "
           f"p99 {reported.get('period_p99_ms', '?')} ms (last 500 ticks, /diagnostics)")
@@ -82,6 +96,10 @@ def main():
           f"p99 {np.percentile(periods, 99):.2f} ms, {len(arrivals)} commands")
     print(f"  jitter |period - 10 ms|       p50 {np.percentile(abs(periods - 10), 50):.2f} ms, "
           f"p99 {np.percentile(abs(periods - 10), 99):.2f} ms")
+    if stops:
+        latency = 1e3 * (stops[0] - sent)
+        print(f"  e-stop round trip (publish -> stop command received) {latency:.1f} ms "
+              "(includes DDS both ways)")
     node.destroy_node()
     rclpy.shutdown()
 
