@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             module, function = DELEGATES[key]
             args = rest[1:] if key[1] is not None else rest
             result = getattr(importlib.import_module(module), function)(args)
-            return int(result or 0)
+            return result if isinstance(result, int) else 0  # some mains return their results
     known = sorted({c if s is None else f"{c} {s}" for c, s in [*DELEGATES, *SCRIPTS]} |
                    {"sim", "node"})
     print(f"roboalign: unknown command {' '.join(argv[:2])!r}; known: {', '.join(known)}",
