@@ -38,10 +38,11 @@ def rig(rclpy_context, tmp_path):
         r.robot = load_robot_config("sim_arm")
         r.node = Node("executor_probe", context=rclpy_context)
         r.commands = []  # (receive time, JointTrajectory)
+        r.follow = True
 
         def on_command(msg):
             r.commands.append((time.monotonic(), msg))
-            if msg.points:  # a perfectly tracking fake arm
+            if msg.points and r.follow:  # a perfectly tracking fake arm
                 r.q = np.array(msg.points[0].positions)
 
         r.node.create_subscription(JointTrajectory, r.robot.trajectory_topic, on_command, 100)
@@ -189,3 +190,31 @@ def test_instruction_change_flushes_pending_chunks(rig):
     rig.instruction_pub.publish(String(data="push the green block to the left"))
     assert spin_until(rig.executor, lambda: settled(rig), 10), "kept tracking the old chunk"
     assert last_positions(rig)[0] > target[0] + 0.05, "the flushed chunk was followed to its end"
+
+
+def test_go_home_sends_one_slow_trajectory_and_refuses_under_estop(rig):
+    from std_msgs.msg import Bool
+    from std_srvs.srv import Trigger
+
+    rig.follow = False
+    rig.q = rig.robot.home + np.array([0.6, 0.0, 0.0, 0.0, 0.0, 0.0])  # the arm is away
+    rig.wait(0.2)
+    client = rig.node.create_client(Trigger, "/executor_node/go_home")
+    assert client.wait_for_service(timeout_sec=10)
+
+    def call():
+        future = client.call_async(Trigger.Request())
+        assert spin_until(rig.executor, future.done, 10)
+        return future.result()
+
+    result = call()
+    assert result.success and "going home" in result.message
+    # 0.6 rad at home_speed 0.3 of joint1's 2 rad/s limit: 1.0 s
+    assert spin_until(rig.executor, lambda: any(
+        m.points and m.points[0].time_from_start.sec == 1 for _, m in rig.commands), 5)
+    home = next(m for _, m in rig.commands if m.points and m.points[0].time_from_start.sec == 1)
+    np.testing.assert_allclose(home.points[0].positions, rig.robot.home, atol=1e-9)
+    rig.estop_pub.publish(Bool(data=True))
+    assert spin_until(rig.executor, lambda: "E-STOP engaged" in rig.log.read_text(), 10)
+    refused = call()
+    assert not refused.success and "e-stop" in refused.message

@@ -9,19 +9,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import TwistStamped
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from roboalign_ros.conversions import seconds_to_duration
 from roboalign_ros.nodes.common import COMMAND_QOS
 
 BACKENDS = ("joint_trajectory", "servo", "moveit_py")
-
-
-def _duration(seconds: float) -> Duration:
-    sec = int(seconds)
-    return Duration(sec=sec, nanosec=int(round((seconds - sec) * 1e9)))
 
 
 class GripperPublisher:
@@ -48,12 +43,22 @@ class JointTrajectoryBackend:
 
     def __init__(self, node, robot, lead_time: float):
         self.joint_names = list(robot.arm_joints)
-        self.lead = _duration(lead_time)
+        self.lead = seconds_to_duration(lead_time)
         self._pub = node.create_publisher(JointTrajectory, robot.trajectory_topic, COMMAND_QOS)
 
     def send(self, command) -> None:
         """Track (or hold) ``command.arm`` reached ``lead_time`` from now."""
-        point = JointTrajectoryPoint(positions=command.arm.tolist(), time_from_start=self.lead)
+        self.move_to(command.arm, self.lead)
+
+    def move_to(self, positions, duration) -> None:
+        """One-point trajectory to ``positions`` (arm joints in config order) in ``duration``.
+
+        ``duration``: a builtin_interfaces/Duration or seconds.
+        """
+        if isinstance(duration, (int, float)):
+            duration = seconds_to_duration(duration)
+        point = JointTrajectoryPoint(positions=[float(q) for q in positions],
+                                     time_from_start=duration)
         self._pub.publish(JointTrajectory(joint_names=self.joint_names, points=[point]))
 
     def stop(self) -> None:
@@ -73,24 +78,19 @@ class ServoBackend:
 
     def send(self, command) -> None:
         """Publish ``command.arm`` as [vx, vy, vz, wx, wy, wz] (zeros when holding)."""
-        msg = TwistStamped()
-        msg.header.stamp = self._node.get_clock().now().to_msg()
-        msg.header.frame_id = self.frame_id
-        v = command.arm if command.kind == "track" else np.zeros(6)
-        (msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z,
-         msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z) = (float(x) for x in v)
-        self._pub.publish(msg)
+        self._publish(command.arm if command.kind == "track" else np.zeros(6))
 
     def stop(self) -> None:
         """A zero twist."""
-        self.send(_ZERO)
+        self._publish(np.zeros(6))
 
-
-class _Zero:
-    kind, arm = "hold", np.zeros(6)
-
-
-_ZERO = _Zero()
+    def _publish(self, twist) -> None:
+        msg = TwistStamped()
+        msg.header.stamp = self._node.get_clock().now().to_msg()
+        msg.header.frame_id = self.frame_id
+        (msg.twist.linear.x, msg.twist.linear.y, msg.twist.linear.z,
+         msg.twist.angular.x, msg.twist.angular.y, msg.twist.angular.z) = map(float, twist)
+        self._pub.publish(msg)
 
 
 class MoveItPyBackend:

@@ -105,6 +105,8 @@ class ExecutorNode(Node):
         self.gripper = GripperPublisher(self, robot.gripper_topic)
         self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"])
                              if p["home_backend"] == "moveit_py" else None)
+        self.home_trajectory = (self.backend if isinstance(self.backend, JointTrajectoryBackend)
+                                else JointTrajectoryBackend(self, robot, p["lead_time"]))
         self._joint_index: dict[str, int] | None = None
         self._instruction: str | None = None
         self.measured_q: np.ndarray | None = None
@@ -194,13 +196,12 @@ class ExecutorNode(Node):
             response.message = "MoveItPy plan/execute " + ("done" if response.success else
                                                            "failed")
             return response
+        # slow and straight in joint space: the slowest joint takes home_speed of its limit
         distance = np.abs(self.robot.home - self.measured_q)
-        duration = float(max(0.5, np.max(distance / (self.robot.velocity *
-                                                      self.p["home_speed"]))))
-        self._paused_until = time.monotonic() + duration
-        home = JointTrajectoryBackend(self, self.robot, duration)
-        home.send(_Hold(self.robot.home))
-        response.success, response.message = True, f"going home in {duration:.1f} s"
+        seconds = float(max(0.5, np.max(distance / (self.robot.velocity * self.p["home_speed"]))))
+        self._paused_until = time.monotonic() + seconds
+        self.home_trajectory.move_to(self.robot.home, seconds)
+        response.success, response.message = True, f"going home in {seconds:.1f} s"
         return response
 
     # ------------------------------------------------------------------ control loop
@@ -250,13 +251,6 @@ class ExecutorNode(Node):
         self._stop.set()
         self._thread.join(timeout=1.0)
         self.backend.stop()
-
-
-class _Hold:
-    kind = "hold"
-
-    def __init__(self, q):
-        self.arm = np.asarray(q, float)
 
 
 def main(args=None) -> int:
