@@ -97,7 +97,8 @@ def test_disk_full_sets_error_state_and_keeps_saved_episodes(rclpy_context, tmp_
 
     root = tmp_path / "ds"
     node = RecorderNode(context=rclpy_context, parameter_overrides=[
-        Parameter("dataset_root", value=str(root)), Parameter("fps", value=10)])
+        Parameter("dataset_root", value=str(root)), Parameter("fps", value=10),
+        Parameter("max_skew", value=0.2)])  # a loaded CI machine delays the feeder
     executor = MultiThreadedExecutor(num_threads=3, context=rclpy_context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
