@@ -25,6 +25,8 @@ ARGUMENTS = {
     "camera_rate": ("10.0", "Hz of the simulated camera"),
     "reasoning_every": ("5", "reason every N chunks (0 = off, -1 = the checkpoint's setting)"),
     "torch_threads": ("1", "CPU inference threads (0 = torch default)"),
+    "publish_instruction": ("true", "the sim publishes its task's instruction (false when "
+                            "eval.launch.py or a person sends instructions)"),
     "robot_state_publisher": ("auto", "publish TF from /joint_states and the URDF: true, "
                               "false or auto (when the package is installed)"),
 }
@@ -65,6 +67,8 @@ def generate_launch_description():
         Node(package="roboalign_ros", executable="sim_node", name="sim_node", output="screen",
              parameters=[os.path.join(config, "sim.yaml"),
                          {"task": arg("task"),
+                          "publish_instruction": ParameterValue(arg("publish_instruction"),
+                                                                value_type=bool),
                           "seed": ParameterValue(arg("seed"), value_type=int),
                           "camera.rate": ParameterValue(arg("camera_rate"), value_type=float)}]),
         Node(package="roboalign_ros", executable="policy_node", name="policy_node",
