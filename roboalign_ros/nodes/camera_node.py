@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 import time
 
-import rclpy
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -32,7 +31,15 @@ from roboalign_ros.camera.realsense import (
     UnsupportedProfileError,
 )
 from roboalign_ros.conversions import numpy_to_image, seconds_to_stamp
-from roboalign_ros.nodes.common import ERROR, IMAGE_QOS, OK, WARN, Diagnostics, declare_parameters
+from roboalign_ros.nodes.common import (
+    ERROR,
+    IMAGE_QOS,
+    OK,
+    WARN,
+    Diagnostics,
+    declare_parameters,
+    run_node,
+)
 
 PARAMETERS = {
     "serial_no": "",
@@ -240,43 +247,15 @@ class CameraNode(Node):
         self.camera.stop()
 
 
-def _init(args) -> None:
-    """rclpy.init with Ctrl-C / SIGTERM as KeyboardInterrupt, so cleanup runs on a live context."""
-    import signal
-
-    from rclpy.signals import SignalHandlerOptions
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
+def _started_camera_node() -> CameraNode:
+    node = CameraNode(autostart=False)
+    node.start()
+    return node
 
 
 def main(args=None) -> int:
     """Entry point of ``ros2 run roboalign_ros camera_node``: spin until Ctrl-C or give-up."""
-    from rclpy.exceptions import ParameterException
-    from rclpy.executors import ExternalShutdownException
-
-    _init(args)
-    node = None
-    try:
-        node = CameraNode(autostart=False)
-        node.start()  # a Ctrl-C from here on still reaches node.close()
-        while rclpy.ok() and not node.finished:
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, ParameterException, CameraError) as exc:  # bad parameters
-        print(f"[camera_node] fatal: {exc}", flush=True)
-        return 1
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return node.exit_code if node is not None else 1
+    return run_node(_started_camera_node, args)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,9 @@ class Diagnostics:
 def run_node(factory: Callable[[], Node], args=None) -> int:
     """Init rclpy, spin the node until Ctrl-C / shutdown, clean up; return an exit code.
 
+    A node may end itself by setting ``finished`` (and ``exit_code``); its ``close()`` runs
+    before the context goes down. A node that cannot start prints why and returns 1.
+
     Single-threaded on purpose: the nodes' callbacks are short and their loops run in their own
     threads, while rclpy's MultiThreadedExecutor with the default (mutually exclusive) callback
     group busy-waits and starves those threads (seen: 20 instead of 100 commands/s).
@@ -102,18 +105,20 @@ def run_node(factory: Callable[[], Node], args=None) -> int:
     # SIGINT/SIGTERM raise KeyboardInterrupt in the main thread instead of rclpy shutting the
     # context down under the node's worker threads.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     node = None
     try:
         node = factory()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        while rclpy.ok():  # short waits, so the signal handlers above get to run
-            executor.spin_once(timeout_sec=0.1)
+        while rclpy.ok() and not getattr(node, "finished", False):
+            executor.spin_once(timeout_sec=0.1)  # short waits: the signal handlers get to run
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # a node that cannot start says why and exits non-zero
-        print(f"[{getattr(node, 'get_name', lambda: 'roboalign')()}] fatal: {exc}", file=sys.stderr)
+        name = node.get_name() if node is not None else getattr(factory, "__name__", "node")
+        print(f"[{name}] fatal: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
         if node is not None:
@@ -121,6 +126,5 @@ def run_node(factory: Callable[[], Node], args=None) -> int:
             if close is not None:
                 close()
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+        rclpy.try_shutdown()
+    return int(getattr(node, "exit_code", 0) or 0) if node is not None else 1

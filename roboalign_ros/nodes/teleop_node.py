@@ -14,14 +14,13 @@ from __future__ import annotations
 import sys
 import threading
 
-import rclpy
 from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
 from sensor_msgs.msg import Joy
 from std_msgs.msg import Float64MultiArray
 
 from roboalign_ros.conversions import stamp_to_seconds
-from roboalign_ros.nodes.common import COMMAND_QOS, declare_parameters, now_seconds
+from roboalign_ros.nodes.common import COMMAND_QOS, declare_parameters, now_seconds, run_node
 from roboalign_ros.teleop import (
     BUILTIN_PROFILES,
     BUTTON_FIELDS,
@@ -29,7 +28,6 @@ from roboalign_ros.teleop import (
     JoyMappingError,
     JoyProfile,
     KeyboardReader,
-    NotATerminalError,
     TeleopConfig,
     TeleopCore,
 )
@@ -174,45 +172,13 @@ class TeleopNode(Node):
             self._publish_twist(zero)
 
 
-def _init(args) -> None:
-    """rclpy.init with Ctrl-C / SIGTERM as KeyboardInterrupt, so cleanup runs on a live context."""
-    import signal
-
-    from rclpy.signals import SignalHandlerOptions
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 def main(args=None) -> int:
     """Entry point of ``ros2 run roboalign_ros teleop_node [--keyboard]``."""
-    from rclpy.exceptions import ParameterException
-    from rclpy.executors import ExternalShutdownException
     from rclpy.utilities import remove_ros_args
 
     argv = sys.argv if args is None else args
     keyboard = "--keyboard" in remove_ros_args(argv)[1:]
-    _init(argv)
-    node = None
-    try:
-        node = TeleopNode(keyboard=keyboard)
-        while rclpy.ok() and not node.finished:
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except (ValueError, ParameterException, NotATerminalError) as exc:
-        print(f"[teleop_node] fatal: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(lambda: TeleopNode(keyboard=keyboard), argv)
 
 
 if __name__ == "__main__":
