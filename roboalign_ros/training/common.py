@@ -94,6 +94,29 @@ def mark_complete(path: Path, info: dict | None = None) -> None:
     (path / "COMPLETE").write_text(json.dumps(info or {}))
 
 
+def write_checkpoint(out_dir: Path, step: int, save, accelerator, stage: str,
+                     keep: int) -> Path:
+    """Write ``checkpoint-<step>``: the policy (``save(path)``), the accelerate state, the step.
+
+    Marked complete last, so resuming never picks a half-written checkpoint.
+    """
+    path = Path(out_dir) / f"checkpoint-{step}"
+    save(path)
+    accelerator.save_state(str(path / TRAINER_STATE))
+    if accelerator.is_main_process:
+        (path / TRAINER_STATE / "step.json").write_text(json.dumps({"step": step}))
+        mark_complete(path, {"stage": stage, "step": step})
+        rotate_checkpoints(out_dir, keep)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def read_checkpoint_step(accelerator, resume: Path) -> int:
+    """Restore the accelerate state of a checkpoint and return its step."""
+    accelerator.load_state(str(resume / TRAINER_STATE))
+    return json.loads((resume / TRAINER_STATE / "step.json").read_text())["step"]
+
+
 def save_policy(policy, directory: str | Path, accelerator=None, model=None) -> Path:
     """Write ``policy`` in the ``VLAPolicy.save_pretrained`` layout.
 

@@ -37,15 +37,14 @@ import torch
 from .build import PolicyInitConfig, load_or_build_policy
 from .common import (
     FINAL_DIR,
-    TRAINER_STATE,
-    mark_complete,
     mixed_precision,
     progress,
+    read_checkpoint_step,
     resolve_resume,
-    rotate_checkpoints,
     seed_everything,
     stage_arg_parser,
     summary_writer,
+    write_checkpoint,
 )
 from .config import ConfigError, DataConfig, RunConfig, check, load_config
 from .samples import FrameSamples, check_compatible, open_datasets, split_episodes
@@ -318,8 +317,7 @@ def run_head(config, overrides=()) -> Path:
     step = 0
     resume = resolve_resume(cfg.run)
     if resume is not None:
-        acc.load_state(str(resume / TRAINER_STATE))
-        step = json.loads((resume / TRAINER_STATE / "step.json").read_text())["step"]
+        step = read_checkpoint_step(acc, resume)
 
     def save(path: Path):
         if acc.is_main_process:
@@ -329,14 +327,7 @@ def run_head(config, overrides=()) -> Path:
         acc.wait_for_everyone()
 
     def checkpoint():
-        path = out_dir / f"checkpoint-{step}"
-        save(path)
-        acc.save_state(str(path / TRAINER_STATE))
-        if acc.is_main_process:
-            (path / TRAINER_STATE / "step.json").write_text(json.dumps({"step": step}))
-            mark_complete(path, {"stage": "head", "step": step})
-            rotate_checkpoints(out_dir, cfg.run.keep_checkpoints)
-        acc.wait_for_everyone()
+        write_checkpoint(out_dir, step, save, acc, "head", cfg.run.keep_checkpoints)
 
     tb = summary_writer(cfg.run, acc.is_main_process)
     bar = progress(total=total, desc="head", enable=cfg.run.progress, initial=step)

@@ -33,16 +33,15 @@ import torch.nn.functional as F
 from .build import PolicyInitConfig, load_or_build_policy
 from .common import (
     FINAL_DIR,
-    TRAINER_STATE,
-    mark_complete,
     mixed_precision,
     progress,
+    read_checkpoint_step,
     resolve_resume,
-    rotate_checkpoints,
     save_policy,
     seed_everything,
     stage_arg_parser,
     summary_writer,
+    write_checkpoint,
 )
 from .config import DataConfig, RunConfig, check, load_config
 from .samples import (
@@ -292,8 +291,7 @@ def run_sft(config, overrides=()) -> Path:
 
     step = 0
     if resume is not None:
-        acc.load_state(str(resume / TRAINER_STATE))
-        step = json.loads((resume / TRAINER_STATE / "step.json").read_text())["step"]
+        step = read_checkpoint_step(acc, resume)
         log.info("sft: resumed from %s at step %d", resume, step)
 
     def save(path: Path):
@@ -307,14 +305,7 @@ def run_sft(config, overrides=()) -> Path:
             save_policy(policy, path, acc, model)
 
     def checkpoint():
-        path = out_dir / f"checkpoint-{step}"
-        save(path)
-        acc.save_state(str(path / TRAINER_STATE))
-        if acc.is_main_process:
-            (path / TRAINER_STATE / "step.json").write_text(json.dumps({"step": step}))
-            mark_complete(path, {"stage": "sft", "step": step})
-            rotate_checkpoints(out_dir, cfg.run.keep_checkpoints)
-        acc.wait_for_everyone()
+        write_checkpoint(out_dir, step, save, acc, "sft", cfg.run.keep_checkpoints)
 
     tb = summary_writer(cfg.run, acc.is_main_process)
     bar = progress(total=total, desc="sft", enable=cfg.run.progress, initial=step)
