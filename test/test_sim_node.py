@@ -171,8 +171,9 @@ def test_bad_commands_are_rejected_without_motion(probe):
     nan_twist.twist.linear.x = float("inf")
     # a few rounds: the very first message after discovery can still miss the reader
     for _ in range(3):
-        for msg in bad.values():
+        for msg in bad.values():  # spaced: a burst would overflow the 5-deep command queue
             traj_pub.publish(msg)
+            probe.wait(0.03)
         twist_pub.publish(nan_twist)
         grip_pub.publish(Float64MultiArray(data=[3.0]))
         probe.wait(0.3)
