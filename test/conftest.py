@@ -39,3 +39,11 @@ def spin_until(executor, predicate, timeout: float) -> bool:
             return True
         executor.spin_once(timeout_sec=0.05)
     return predicate()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests across real DDS processes get one retry: on a loaded 2-core CI machine discovery
+    and scheduling delays can exceed a bound once; a real fault fails both runs."""
+    for item in items:
+        if item.get_closest_marker("ros") and not item.get_closest_marker("flaky"):
+            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
