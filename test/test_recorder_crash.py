@@ -88,7 +88,7 @@ class _FullDisk:
 
 def test_disk_full_sets_error_state_and_keeps_saved_episodes(rclpy_context, tmp_path,
                                                              monkeypatch):
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
     from roboalign_ros.data import DatasetReader, storage
@@ -99,7 +99,7 @@ def test_disk_full_sets_error_state_and_keeps_saved_episodes(rclpy_context, tmp_
     node = RecorderNode(context=rclpy_context, parameter_overrides=[
         Parameter("dataset_root", value=str(root)), Parameter("fps", value=10),
         Parameter("max_skew", value=0.2)])  # a loaded CI machine delays the feeder
-    executor = MultiThreadedExecutor(num_threads=3, context=rclpy_context)
+    executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from tqdm import tqdm
 
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             Parameter("camera.rate", value=float(args.camera_rate)),
             Parameter("camera.depth", value=False)])
         driver = _Driver(context, sim.server.robot)
-        executor = MultiThreadedExecutor(num_threads=2, context=context)
+        executor = SingleThreadedExecutor(context=context)  # see nodes/common.run_node
         executor.add_node(sim)
         executor.add_node(driver.node)
         threading.Thread(target=executor.spin, daemon=True).start()
