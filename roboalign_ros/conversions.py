@@ -274,19 +274,22 @@ class JointStateMapper:
 
     Joints are matched by name (any order, extra joints ignored); the gripper opening in [0, 1]
     comes from the first gripper joint through ``robot.joint_to_gripper``. The name lookup is
-    cached and rebuilt only when the message's joint list changes.
+    cached and rebuilt only when the message's joint list changes. ``with_gripper=False``
+    returns the arm joints only (float64), for users that command the arm alone.
     """
 
-    def __init__(self, robot):
-        self.robot = robot
+    def __init__(self, robot, with_gripper: bool = True):
+        self.robot, self.with_gripper = robot, with_gripper
         self._names: tuple[str, ...] | None = None
         self._index: np.ndarray | None = None
 
     def __call__(self, msg) -> np.ndarray:
-        """Return float32 [len(arm_joints) + 1] (or raise ConversionError naming the joint)."""
+        """Return the state vector (or raise ConversionError naming the missing joint)."""
         names = tuple(msg.name)
         if names != self._names:
-            wanted = list(self.robot.arm_joints) + list(self.robot.gripper_joints[:1])
+            wanted = list(self.robot.arm_joints)
+            if self.with_gripper:
+                wanted += list(self.robot.gripper_joints[:1])
             position = {n: i for i, n in enumerate(names)}
             missing = [n for n in wanted if n not in position]
             if missing:
@@ -298,6 +301,8 @@ class JointStateMapper:
         q = positions[self._index]
         if not np.isfinite(q).all():
             raise ConversionError("position: NaN or inf")
+        if not self.with_gripper:
+            return q
         n_arm = len(self.robot.arm_joints)
         state = np.empty(n_arm + 1, np.float32)
         state[:n_arm] = q[:n_arm]

@@ -60,7 +60,7 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
     from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
-    from roboalign_ros.conversions import action_chunk_to_numpy
+    from roboalign_ros.conversions import JointStateMapper, action_chunk_to_numpy
     from roboalign_ros.msg import ActionChunk, PolicyStatus, TaskStatus
     from roboalign_ros.nodes.common import SENSOR_QOS
     from roboalign_ros.robot import load_robot_config
@@ -81,7 +81,7 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
                    if k.startswith("STATE_")}
     rclpy.init()
     node = Node("roboalign_demo_monitor")
-    index: dict[str, int] = {}
+    arm_positions = JointStateMapper(robot, with_gripper=False)
 
     def on_chunk(msg):
         now = node.get_clock().now().nanoseconds * 1e-9
@@ -96,9 +96,7 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
                           f"{fields.inference_time * 1e3:.0f} ms")
 
     def on_joint_state(msg):
-        if not index:
-            index.update({n: i for i, n in enumerate(msg.name)})
-        q = np.array([msg.position[index[j]] for j in robot.arm_joints])
+        q = arm_positions(msg)
         if stats.q_first is None:
             stats.q_first = q
         stats.q_last = q

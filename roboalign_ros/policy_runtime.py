@@ -130,11 +130,6 @@ class PolicyWorker:
         with self._lock:
             self._snap.instruction = text
 
-    @property
-    def instruction(self) -> str:
-        """The current instruction."""
-        return self._snap.instruction
-
     # lifecycle
     def start(self) -> None:
         """Start the worker thread."""

@@ -163,3 +163,24 @@ def test_stamp_rounding_carries_into_seconds():
     stamp = seconds_to_stamp(1.9999999999)
     assert (stamp.sec, stamp.nanosec) == (2, 0)
     assert isinstance(ActionChunk().header.stamp, type(stamp))
+
+
+def test_joint_state_mapper_matches_by_name_with_or_without_gripper():
+    from sensor_msgs.msg import JointState
+
+    from roboalign_ros.conversions import JointStateMapper
+    from roboalign_ros.robot import load_robot_config
+
+    robot = load_robot_config("sim_arm")
+    names = list(reversed(robot.joint_names))  # any order
+    values = {n: 0.1 * i for i, n in enumerate(robot.joint_names)}
+    msg = JointState(name=names, position=[values[n] for n in names])
+    arm = JointStateMapper(robot, with_gripper=False)(msg)
+    np.testing.assert_allclose(arm, [values[j] for j in robot.arm_joints])
+    state = JointStateMapper(robot)(msg)
+    assert state.shape == (len(robot.arm_joints) + 1,)
+    assert state[-1] == pytest.approx(robot.joint_to_gripper(values[robot.gripper_joints[0]]))
+    arm_only = JointState(name=list(robot.arm_joints), position=[0.0] * len(robot.arm_joints))
+    with pytest.raises(ConversionError, match="lacks"):
+        JointStateMapper(robot)(arm_only)
+    assert JointStateMapper(robot, with_gripper=False)(arm_only).shape == (6,)

@@ -23,7 +23,7 @@ from roboalign_ros.control.chunk import Chunk, ChunkError
 from roboalign_ros.control.executor import ChunkExecutor, ExecutorConfig
 from roboalign_ros.control.kinematics import Kinematics
 from roboalign_ros.control.safety import SafetyEnvelope
-from roboalign_ros.conversions import ConversionError, action_chunk_to_numpy
+from roboalign_ros.conversions import ConversionError, JointStateMapper, action_chunk_to_numpy
 from roboalign_ros.msg import ActionChunk
 from roboalign_ros.nodes.backends import (
     GripperPublisher,
@@ -107,7 +107,7 @@ class ExecutorNode(Node):
                              if p["home_backend"] == "moveit_py" else None)
         self.home_trajectory = (self.backend if isinstance(self.backend, JointTrajectoryBackend)
                                 else JointTrajectoryBackend(self, robot, p["lead_time"]))
-        self._joint_index: dict[str, int] | None = None
+        self.arm_positions = JointStateMapper(robot, with_gripper=False)
         self._instruction: str | None = None
         self.measured_q: np.ndarray | None = None
         self.create_subscription(ActionChunk, p["chunk_topic"], self.on_chunk, COMMAND_QOS)
@@ -149,16 +149,10 @@ class ExecutorNode(Node):
 
     def on_joint_state(self, msg: JointState) -> None:
         """Keep the latest measured arm position (joints matched by name)."""
-        if self._joint_index is None or len(msg.name) != len(self._joint_index):
-            index = {n: i for i, n in enumerate(msg.name)}
-            if not all(j in index for j in self.robot.arm_joints):
-                return  # another robot's or a partial joint state
-            self._joint_index = index
-        idx = self._joint_index
         try:
-            self.measured_q = np.array([msg.position[idx[j]] for j in self.robot.arm_joints])
-        except (IndexError, KeyError):
-            self._joint_index = None
+            self.measured_q = self.arm_positions(msg)
+        except ConversionError:
+            pass  # another robot's, a partial (e.g. gripper-only) or a broken joint state
 
     def on_estop(self, msg: Bool, info=None) -> None:
         """Engage (hold now, from this callback) or release the latched e-stop."""

@@ -121,6 +121,7 @@ class PolicyNode(Node):
             self._set_state(PolicyStatus.STATE_ERROR, f"model failed to load: {exc}")
             self.get_logger().error(f"model failed to load: {exc}")
             return
+        self.gate.needs_state = bool(cfg.state_dim)  # a model without proprioception
         self.worker = PolicyWorker(self.policy.predict, self._observation, self.gate,
                                    self.on_decision, lambda: now_seconds(self),
                                    1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0)

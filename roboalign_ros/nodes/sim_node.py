@@ -156,13 +156,12 @@ class SimNode(Node):
     def _physics_loop(self) -> None:
         period = self.server.control_period
         status_every = max(1, int(round(1.0 / (self.p["status_rate"] * period))))
-        msg = JointState()
+        msg = JointState(name=list(self.server.robot.joint_names))
         deadline, tick, late = time.perf_counter(), 0, 0
         while not self._stop.is_set():
             now = now_seconds(self)
             sample = self.server.step(now)
             msg.header.stamp = seconds_to_stamp(now, msg.header.stamp)
-            msg.name = list(sample.names)
             msg.position, msg.velocity = sample.position.tolist(), sample.velocity.tolist()
             msg.effort = sample.effort.tolist()
             self.joint_pub.publish(msg)
