@@ -39,16 +39,32 @@ def ramp_chunk(stamp, seq, start=0.0, slope=0.5, h=20, dt=0.05, grip=0.5):
 Q0 = np.zeros(2)
 
 
-def test_hold_at_measured_before_any_chunk_then_track():
+def test_hold_is_the_controllers_stop_before_any_chunk_then_track_from_measured():
     ex = make_exec()
-    cmd = ex.tick(0.0, np.array([0.1, -0.1]))
-    assert cmd.kind == 'hold' and cmd.gripper is None
-    np.testing.assert_allclose(cmd.arm, [0.1, -0.1])
+    measured = np.array([0.1, -0.1])
+    cmd = ex.tick(0.0, measured)
+    assert cmd.kind == 'hold' and cmd.stop and cmd.gripper is None
+    np.testing.assert_allclose(cmd.arm, measured)       # informational: where the arm is
+    cmd = ex.tick(0.01, measured)
+    assert cmd.kind == 'hold' and not cmd.stop           # the stop is sent once
     ok, why = ex.submit(ramp_chunk(0.0, 1, start=0.1, slope=0.1), now=0.05)
     assert ok, why
-    cmd = ex.tick(0.1, Q0)
+    t = 0.1
+    cmd = ex.tick(t, measured)
     assert cmd.kind == 'track' and cmd.gripper == pytest.approx(0.5)
-    np.testing.assert_allclose(cmd.arm, [0.11, -0.11], atol=1e-6)  # delay compensated
+    assert 0.1 < cmd.arm[0] < 0.11                      # starts from rest (acceleration)
+    assert cmd.duration >= ex.config.lead_time
+    for _ in range(20):
+        t += PERIOD
+        cmd = ex.tick(t, measured)
+    np.testing.assert_allclose(cmd.arm, [0.1 + 0.1 * t, -0.1 - 0.1 * t], atol=1e-3)
+
+
+def test_no_joint_state_is_no_state_not_a_hold():
+    ex = make_exec()
+    cmd = ex.tick(0.0, None)
+    assert cmd.kind == 'no_state' and np.isnan(cmd.arm).all()
+    assert cmd.reasons == ('no joint state',)
 
 
 def test_rejections_counted_with_reason():
@@ -72,21 +88,21 @@ def test_watchdog_holds_after_chunk_runs_out_and_after_timeout():
     ex = make_exec(watchdog_timeout=10.0)
     ex.tick(0.0, Q0)
     ex.submit(ramp_chunk(0.0, 1, slope=0.2, h=5, dt=0.05), now=0.0)   # ends at 0.2
-    t, last_track = 0.0, None
+    t, kinds = 0.0, []
     while t < 0.3:
         cmd = ex.tick(t, Q0)
-        if cmd.kind == 'track':
-            last_track = cmd.arm
+        kinds.append((cmd.kind, cmd.stop))
         t += PERIOD
     assert cmd.kind == 'hold' and 'no chunk covers now' in cmd.reasons[0]
-    np.testing.assert_allclose(cmd.arm, last_track)      # held the last safe command
+    holds = kinds[kinds.index(('hold', True)):]
+    assert holds[0] == ('hold', True) and all(k == ('hold', False) for k in holds[1:])
     # timeout: a long chunk still covers now, but the policy went silent
     ex = make_exec(watchdog_timeout=0.2)
     ex.tick(0.0, Q0)
     ex.submit(ramp_chunk(0.0, 1, slope=0.1, h=100, dt=0.05), now=0.0)
     assert ex.tick(0.19, Q0).kind == 'track'
     cmd = ex.tick(0.21, Q0)
-    assert cmd.kind == 'hold' and cmd.reasons[0].startswith('watchdog')
+    assert cmd.kind == 'hold' and cmd.stop and cmd.reasons[0].startswith('watchdog')
     assert ex.status().counters['watchdog_trips'] == 1
 
 
@@ -103,7 +119,7 @@ def test_ee_delta_hold_is_zero_twist():
     assert cmd.kind == 'hold' and np.all(cmd.arm == 0) and cmd.arm.shape == (6,)
 
 
-def test_estop_next_tick_latched_and_release_needs_new_chunk():
+def test_estop_stops_latched_and_release_resumes_from_where_the_arm_is():
     ex = make_exec(watchdog_timeout=10.0)
     ex.tick(0.0, Q0)
     ex.submit(ramp_chunk(0.0, 1, slope=0.5, h=100), now=0.0)
@@ -111,28 +127,29 @@ def test_estop_next_tick_latched_and_release_needs_new_chunk():
     for _ in range(10):
         assert ex.tick(t, Q0).kind == 'track'
         t += PERIOD
-    measured = np.array([0.03, -0.03])
-    ex.estop(True)
-    cmd = ex.tick(t, measured)                       # the very next tick: within one period
-    assert cmd.kind == 'estop'
-    np.testing.assert_allclose(cmd.arm, measured)
-    for _ in range(50):                              # latched, frozen, even if the arm drifts
+    assert ex.estop(True) is True
+    assert ex.estop(True) is False                   # repeated: no change
+    cmd = ex.tick(t, Q0 + 0.03)                      # the very next tick: within one period
+    assert cmd.kind == 'estop' and cmd.stop
+    for _ in range(50):                              # latched: nothing streamed, no re-stop
         t += PERIOD
-        cmd = ex.tick(t, measured + 0.01)
-        assert cmd.kind == 'estop'
-        np.testing.assert_allclose(cmd.arm, measured)
+        cmd = ex.tick(t, Q0 + 0.01)
+        assert cmd.kind == 'estop' and not cmd.stop
     assert not ex.submit(ramp_chunk(t, 2), now=t)[0]  # refused while engaged
-    ex.estop(False, now=t)
+    assert ex.estop(False, now=t) is True
+    assert ex.estop(False, now=t) is False            # release without an engaged e-stop
     t += PERIOD
+    measured = np.array([0.06, -0.06])                # where the controller really stopped
     cmd = ex.tick(t, measured)                       # old chunk flushed: hold, not track
     assert cmd.kind == 'hold'
-    np.testing.assert_allclose(cmd.arm, measured)
     ok, why = ex.submit(ramp_chunk(t - 0.05, 3), now=t)   # observed before release
     assert not ok and 'flush' in why
     assert ex.submit(ramp_chunk(t, 4, start=0.5), now=t)[0]
     cmd = ex.tick(t + PERIOD, measured)
     assert cmd.kind == 'track'
-    assert np.max(np.abs(cmd.arm - measured)) <= 0.01 + 1e-9   # resumes velocity-limited
+    step = np.abs(cmd.arm - measured)                 # from the measured state, at rest
+    assert np.max(step) <= 0.01 + 1e-9
+    assert np.all(step / cmd.duration <= np.asarray(LIMITS['vel_max']) + 1e-9)
 
 
 def test_instruction_change_flushes():
@@ -178,28 +195,119 @@ chunk_st = st.tuples(st.lists(row, min_size=1, max_size=30), st.floats(0.005, 0.
 @given(chunks=st.lists(chunk_st, min_size=1, max_size=6),
        blend=st.sampled_from(['latest', 'temporal_ensemble', 'rtc']),
        mode=st.sampled_from(['hold', 'project']),
-       q0=st.tuples(st.floats(-0.5, 0.5), st.floats(0.3, 1.5)))
-def test_no_command_ever_leaves_the_envelope(chunks, blend, mode, q0):
+       q0=st.tuples(st.floats(-0.5, 0.5), st.floats(0.3, 1.5)),
+       gaps=st.lists(st.floats(0.001, 0.3), min_size=15, max_size=15),
+       lag=st.floats(0.0, 0.2))
+def test_every_command_is_feasible_and_inside_the_envelope(chunks, blend, mode, q0, gaps, lag):
+    """Whatever the tick timing (late ticks up to 0.3 s) and however far the arm lags."""
     ex = make_exec(blend, fk=planar_fk, box=dict(BOX, workspace_mode=mode), ensemble_k=2.0)
-    env = ex.envelope
+    env, lim, cfg = ex.envelope, ex.envelope.limits, ex.config
     q = np.array(q0)
     if env.box_violation(planar_fk(q)) > 0:
         return  # property is about starting inside the envelope
-    step = np.minimum(env.limits.vel_max * env.limits.velocity_scale * PERIOD,
-                      env.limits.max_step)
-    last, t, seq = q.copy(), 0.0, 0
-    for rows, dt, lag in chunks:
+    v_hw = lim.vel_max
+    prev, prev_t, v_prev, t, seq = None, None, np.zeros(2), 0.0, 0
+    for rows, dt, chunk_lag in chunks:
         seq += 1
-        ex.submit(Chunk(t + lag, dt, np.array(rows, np.float32), NAMES, sequence=seq), now=t)
-        for _ in range(15):
-            cmd = ex.tick(t, q)
+        ex.submit(Chunk(t + chunk_lag, dt, np.array(rows, np.float32), NAMES, sequence=seq),
+                  now=t)
+        for gap in gaps:
+            measured = q if prev is None else prev + lag * (q - prev)  # somewhere behind
+            cmd = ex.tick(t, measured)
             assert cmd.kind in ('track', 'hold')
-            assert env.joint_within(cmd.arm)
-            assert np.all(np.abs(cmd.arm - last) <= step + 1e-9)
-            assert env.box_violation(planar_fk(cmd.arm)) <= 1e-9
+            if cmd.kind == 'track':
+                ref = measured if prev is None else prev
+                elapsed = PERIOD if prev is None else min(t - prev_t, lim.max_tick_dt)
+                assert env.joint_within(cmd.arm)
+                assert np.all(np.abs(cmd.arm - ref) <= v_hw * lim.velocity_scale * elapsed
+                              + 1e-9)
+                assert np.all(np.abs(cmd.arm - ref) <= lim.max_step + 1e-9)
+                # reachable in its duration from the previous command and from the arm
+                for frm in (ref, measured):
+                    assert np.all(np.abs(cmd.arm - frm) / cmd.duration
+                                  <= v_hw * cfg.duration_margin + 1e-9)
+                assert env.box_violation(planar_fk(cmd.arm)) <= 1e-9
+                if prev is not None:
+                    v = (cmd.arm - prev) / elapsed
+                    within_acc = np.abs(v - v_prev) <= lim.acc_max * elapsed + 1e-6
+                    at_limit = ~env.joint_within(cmd.arm + 1e-6 * np.sign(v)) | (v == 0)
+                    assert np.all(within_acc | at_limit) or env.counters['workspace']
+                    v_prev = v
+                q = prev = cmd.arm
+                prev_t = t
+            else:
+                prev, v_prev = None, np.zeros(2)   # after a stop: from the measured state
             assert cmd.gripper is None or 0.0 <= cmd.gripper <= 1.0
-            last = cmd.arm
-            t += PERIOD
+            t += gap
+
+
+def test_late_ticks_take_longer_steps_with_longer_durations_not_faster_moves():
+    ex = make_exec(watchdog_timeout=10.0)
+    ex.tick(0.0, Q0)
+    assert ex.submit(ramp_chunk(0.0, 1, start=0.0, slope=5.0, h=40, dt=0.05), now=0.0)[0]
+    t, prev = 0.0, Q0.copy()
+    speeds = []
+    for gap in [0.01] * 30 + [0.09, 0.01, 0.2, 0.01, 0.04]:
+        t += gap
+        cmd = ex.tick(t, prev)
+        assert cmd.kind == 'track'
+        speeds.append(np.max(np.abs(cmd.arm - prev)) / cmd.duration)
+        prev = cmd.arm
+    # the envelope allows 1 rad/s (0.5 x 2.0): no command asks for more than the duration
+    # margin of the hardware limit, even after the 90 ms and 200 ms gaps
+    assert max(speeds) <= 2.0 * ex.config.duration_margin + 1e-9
+    assert ex.envelope.counters['velocity_limit'] > 0
+
+
+def test_state_watchdog_stops_and_resumes_only_from_a_fresh_state():
+    ex = make_exec(watchdog_timeout=10.0, state_timeout=0.1)
+    ex.tick(0.0, Q0, state_stamp=0.0)
+    assert ex.submit(ramp_chunk(0.0, 1, slope=0.5, h=100), now=0.0)[0]
+    assert ex.tick(0.05, Q0, state_stamp=0.04).kind == 'track'
+    cmd = ex.tick(0.2, Q0, state_stamp=0.04)          # the driver went silent
+    assert cmd.kind == 'no_state' and cmd.stop and 'watchdog' in cmd.reasons[0]
+    assert not ex.tick(0.21, Q0, state_stamp=0.04).stop
+    assert ex.status().counters['state_losses'] == 1
+    new = np.array([0.2, -0.1])                        # the restarted driver's arm is here
+    cmd = ex.tick(0.5, new, state_stamp=0.5)
+    assert cmd.kind == 'hold'                          # plans from before the loss flushed
+    assert not ex.submit(ramp_chunk(0.15, 2, slope=0.5, h=100), now=0.5)[0]  # before the loss
+    assert ex.submit(ramp_chunk(0.5, 3, start=0.2, slope=0.5, h=100), now=0.5)[0]
+    cmd = ex.tick(0.51, new, state_stamp=0.51)
+    assert cmd.kind == 'track' and np.max(np.abs(cmd.arm - new)) <= 0.01 + 1e-9
+
+
+def test_a_jump_in_the_joint_state_flushes_and_resumes_from_the_new_state():
+    ex = make_exec(watchdog_timeout=10.0)
+    ex.tick(0.0, Q0, state_stamp=0.0)
+    assert ex.submit(ramp_chunk(0.0, 1, slope=0.2, h=100), now=0.0)[0]
+    assert ex.tick(0.01, Q0, state_stamp=0.01).kind == 'track'
+    reset = np.array([0.8, -0.4])                      # the sim was reset: 0.8 rad in 10 ms
+    cmd = ex.tick(0.02, reset, state_stamp=0.02)
+    assert cmd.kind == 'no_state' and cmd.stop and 'jumped' in cmd.reasons[0]
+    assert ex.tick(0.03, reset, state_stamp=0.03).kind == 'hold'   # old plan gone
+    assert ex.status().counters['state_jumps'] == 1
+    assert ex.submit(ramp_chunk(0.03, 2, start=0.8, slope=0.0, h=100), now=0.03)[0]
+    cmd = ex.tick(0.04, reset, state_stamp=0.04)
+    assert cmd.kind == 'track' and np.max(np.abs(cmd.arm - reset)) <= 0.01 + 1e-9
+
+
+def test_pause_for_homing_then_hold_until_a_chunk_observed_after_it():
+    ex = make_exec(watchdog_timeout=10.0)
+    ex.tick(0.0, Q0)
+    assert ex.submit(ramp_chunk(0.0, 1, slope=0.5, h=100), now=0.0)[0]
+    assert ex.tick(0.1, Q0).kind == 'track'
+    ex.pause(0.1, 2.1)
+    cmd = ex.tick(0.2, Q0)
+    assert cmd.kind == 'paused' and not cmd.stop       # the home trajectory owns the arm
+    assert not ex.submit(ramp_chunk(1.0, 2, h=100), now=1.0)[0]   # observed while homing
+    home = np.array([0.3, 0.3])
+    cmd = ex.tick(2.2, home)
+    assert cmd.kind == 'hold'                          # not the pre-home pose
+    assert not ex.submit(ramp_chunk(2.05, 3, h=100), now=2.2)[0]
+    assert ex.submit(ramp_chunk(2.2, 4, start=0.3, slope=0.0, h=100), now=2.2)[0]
+    cmd = ex.tick(2.21, home)
+    assert cmd.kind == 'track' and np.max(np.abs(cmd.arm - home)) <= 0.01 + 1e-9
 
 
 def test_with_the_packaged_robot_and_pinocchio_fk():

@@ -1,18 +1,32 @@
-"""The executor core: chunks in, one safe command per control tick out (no rclpy).
+"""The executor core: chunks in, one safe, feasible command per control tick out (no rclpy).
 
 ``executor_node`` wraps this: the chunk subscription calls :meth:`ChunkExecutor.submit`,
-a timer at the controller rate calls :meth:`ChunkExecutor.tick`, the e-stop topic calls
-:meth:`ChunkExecutor.estop`. Every call is guarded by one lock, so the node may use a
-multi-threaded executor and an e-stop callback takes effect on the very next tick.
+a thread at the controller rate calls :meth:`ChunkExecutor.tick` with the newest joint state,
+the e-stop topic calls :meth:`ChunkExecutor.estop`. Every call is guarded by one lock, so an
+e-stop callback takes effect on the very next tick.
 
-Tick priority: e-stop > watchdog hold > track. ``Command.kind`` says which:
+**The feasibility rule.** Every command the executor sends is reachable from the arm's
+measured state and from the previous command within the joint velocity and acceleration limits,
+given the time that *really* elapsed since the previous command (not the nominal tick): the
+envelope limits the step by that time, and :attr:`Command.duration` (the trajectory point's
+``time_from_start``) is computed from the distance to both, never a fixed lead. Holds are never
+a streamed position: they are the controller's own stop (``Command.stop``: an empty trajectory,
+the controller holds where the arm is), after which streaming resumes from a fresh measured
+state.
 
-- ``estop``: joints frozen at the measured position of the first e-stop tick (zero twist
-  for ``ee_delta``); latched until ``estop(False)``, which also flushes every chunk and
-  refuses chunks observed before the release.
+Tick priority: e-stop > paused (going home) > no joint state > watchdog hold > track.
+``Command.kind`` says which:
+
+- ``estop``: stop sent on the first e-stop tick (the node also sends it from the callback);
+  latched until ``estop(False)``, which also flushes every chunk and refuses chunks observed
+  before the release.
+- ``paused``: another motion owns the arm (``go_home``); chunks observed before it ends are
+  refused; afterwards the arm holds there until a newer chunk arrives.
+- ``no_state``: no fresh joint state for ``state_timeout`` s, or the measured state jumped
+  (a sim reset, a restarted driver): stop; resume only from a fresh state; on a jump, chunks
+  planned before it are flushed.
 - ``hold``: nothing valid covers ``now`` (no chunk yet, last one ran out, instruction
-  changed) or no chunk arrived for ``watchdog_timeout`` s: last safe command held (zero
-  twist for ``ee_delta``).
+  changed) or no chunk arrived for ``watchdog_timeout`` s.
 - ``track``: blended target passed through the :class:`SafetyEnvelope`.
 """
 
@@ -50,6 +64,10 @@ class ExecutorConfig:
     max_future: float = 0.05
     max_age: float = 1.0
     gripper_name: str = 'gripper'
+    lead_time: float = 0.02              # s, the shortest duration of a command
+    duration_margin: float = 0.8         # commands move at most this fraction of vel_max
+    state_timeout: float = 0.25          # s without a joint state -> stop (no_state)
+    jump_slack: float = 0.02             # rad a state may move beyond vel_max * elapsed
 
     @property
     def period(self) -> float:
@@ -66,17 +84,20 @@ class ExecutorConfig:
 class Command:
     """One control tick's output.
 
-    ``arm``: joint positions (rad) for ``joint_position``, twist for ``ee_delta`` (a fresh
-    array each tick: the caller may keep it). It is all-NaN only if no joint state was ever
-    given (publish nothing then). For ``estop`` the node should send the frozen position with
-    zero velocity (or zero twist). ``gripper``: opening in [0, 1], or None when nothing has
-    commanded the gripper yet (do not publish it).
+    ``kind == 'track'``: send ``arm`` (joint positions in rad for ``joint_position``, a twist
+    for ``ee_delta``; a fresh array each tick) to be reached in ``duration`` s. Any other kind:
+    send no position; if ``stop`` is set, send the controller's stop (an empty trajectory, a
+    zero twist) now; ``ee_delta`` holds send zero twists every tick (``arm`` is zeros).
+    ``arm`` is all-NaN when nothing is known about the arm. ``gripper``: opening in [0, 1], or
+    None when nothing has commanded the gripper yet (do not publish it).
     """
 
-    kind: str                      # 'track' | 'hold' | 'estop'
+    kind: str                      # 'track' | 'hold' | 'no_state' | 'paused' | 'estop'
     arm: np.ndarray
     gripper: float | None
     reasons: tuple[str, ...] = ()
+    duration: float = 0.0          # s for the controller to reach ``arm`` (track)
+    stop: bool = False             # send the controller's stop now
 
 
 @dataclass
@@ -90,10 +111,11 @@ class ExecutorStatus:
     seconds_since_chunk: float | None
     counters: dict[str, int] = field(default_factory=dict)
     safety_counters: dict[str, int] = field(default_factory=dict)
+    reason: str = ''
 
 
 class ChunkExecutor:
-    """Delay compensation + blending + watchdog + e-stop + safety envelope."""
+    """Delay compensation + blending + watchdogs + e-stop + safety envelope + feasibility."""
 
     CLOCK_JUMP_TOLERANCE = 0.5  # s; threads may present slightly out-of-order ``now`` values
 
@@ -117,8 +139,11 @@ class ChunkExecutor:
                                  f'+ gripper, got {list(names)}')
         else:
             raise ValueError(f'action_space: unknown {config.action_space!r}')
-        if not config.rate_hz > 0 or not config.watchdog_timeout > 0:
-            raise ValueError('rate_hz / watchdog_timeout: must be > 0')
+        for name in ('rate_hz', 'watchdog_timeout', 'state_timeout', 'lead_time'):
+            if not getattr(config, name) > 0:
+                raise ValueError(f'{name}: must be > 0, got {getattr(config, name)}')
+        if not 0 < config.duration_margin <= 1:
+            raise ValueError(f'duration_margin: must be in (0, 1], got {config.duration_margin}')
         if fk is not None:  # convenience: same as SafetyEnvelope(..., fk=fk)
             envelope.fk = fk
             envelope.has_workspace = envelope.limits.workspace_min is not None
@@ -132,15 +157,22 @@ class ChunkExecutor:
         self._lock = threading.RLock()
         self._target = np.empty(len(names))    # blended sample scratch
         self._cmd = np.empty(arm_dim)          # filtered command scratch
-        self._last: np.ndarray | None = None   # last safe joint command (joint space)
+        self._last: np.ndarray | None = None   # last streamed joint command; None after a stop
+        self._last_t = -math.inf               # when it was sent
+        self._v = np.zeros(arm_dim)            # its velocity (for the acceleration limit)
         self._gripper: float | None = None
         self._estop = False
-        self._estop_q: np.ndarray | None = None
+        self._paused_until = -math.inf
+        self._pause_reason = ''
         self._not_before = -math.inf           # refuse chunks observed before this time
         self._last_seq: int | None = None
         self._last_stamp = -math.inf
         self._last_submit: float | None = None
         self._last_kind = 'hold'
+        self._last_reason = ''
+        self._stopped = False                  # the controller's stop was sent since tracking
+        self._state_q: np.ndarray | None = None  # previous joint state, to notice jumps
+        self._state_t = -math.inf
         self._clock = -math.inf                # latest ``now`` seen, to notice clock resets
 
     # -- inputs ----------------------------------------------------------------------------
@@ -153,8 +185,9 @@ class ChunkExecutor:
                 if self._estop:
                     raise ChunkError('estop', 'e-stop engaged', code='estop')
                 if chunk.stamp < self._not_before:
-                    raise ChunkError('stamp', 'observed before the last flush (e-stop release '
-                                     'or instruction change)', code='flushed')
+                    raise ChunkError('stamp', 'observed before the last flush (e-stop release, '
+                                     'instruction change, going home or a state jump)',
+                                     code='flushed')
                 # Order is by stamp; a lower sequence with a newer stamp is a restarted policy.
                 if chunk.stamp < self._last_stamp:
                     raise ChunkError('stamp', 'older than the last accepted chunk',
@@ -176,27 +209,27 @@ class ChunkExecutor:
                 self.counters['sequence_resets'] += 1
             return True, 'ok'
 
-    def estop(self, engaged: bool, now: float | None = None) -> None:
-        """Latch (True) or release (False) the e-stop. Both flush every chunk.
+    def estop(self, engaged: bool, now: float | None = None) -> bool:
+        """Latch (True) or release (False) the e-stop; True if that changed the state.
 
-        After release only chunks stamped at or after ``now`` are taken (pass the node's
-        clock; without it any newer chunk is taken).
+        Both flush every chunk. After release only chunks stamped at or after ``now`` are
+        taken (pass the node's clock; without it any newer chunk is taken), and streaming
+        resumes from the measured state.
         """
         with self._lock:
             if engaged == self._estop:
-                return  # repeated messages (a latched topic, a 10 Hz heartbeat) are no-ops
+                return False  # repeated messages (a latched topic, a 10 Hz heartbeat)
             if engaged:
                 self.counters['estop_engaged'] += 1
+                self._stopped = False  # the next tick sends the stop (again)
             else:
                 self.counters['estop_released'] += 1
                 if now is not None:
                     self._not_before = max(self._not_before, now)
-                if self._estop_q is not None:
-                    # The arm stopped there; resume (velocity-limited) from it.
-                    self._last = self._estop_q.copy()
-                self._estop_q = None
             self._estop = engaged
+            self._last = None
             self.blender.clear()
+            return True
 
     def set_instruction_changed(self, now: float | None = None) -> None:
         """Flush pending chunks: they were planned for the old instruction.
@@ -209,24 +242,54 @@ class ChunkExecutor:
             if now is not None:
                 self._not_before = max(self._not_before, now)
 
+    def pause(self, now: float, until: float, reason: str = 'going home') -> None:
+        """Another motion owns the arm until ``until``: stream nothing, flush every chunk.
+
+        Chunks observed before ``until`` are refused; afterwards the executor holds (the
+        other motion's end) until a newer chunk arrives, and resumes from the measured state.
+        ``until = inf`` pauses until :meth:`resume`.
+        """
+        with self._lock:
+            self.blender.clear()
+            self.counters['pauses'] += 1
+            self._paused_until = until
+            self._pause_reason = reason
+            self._not_before = max(self._not_before, min(until, now + 3600.0))
+            self._last = None
+
+    def resume(self, now: float) -> None:
+        """End a pause early (the other motion finished at ``now``)."""
+        with self._lock:
+            self._paused_until = -math.inf
+            self._not_before = max(self._not_before, now)
+
     # -- the control tick ------------------------------------------------------------------
 
-    def tick(self, now: float, measured_q: np.ndarray | None) -> Command:
+    def tick(self, now: float, measured_q: np.ndarray | None,
+             state_stamp: float | None = None, state_age: float | None = None) -> Command:
         """One control period: the command to send at ``now``.
 
-        ``measured_q``: current arm joint positions (needed for e-stop, the first hold, and
-        the workspace check in ``ee_delta``).
+        ``measured_q``: the newest arm joint positions; ``state_stamp``: when they were
+        measured (the joint state's header stamp; used to notice jumps); ``state_age``: how
+        long ago they arrived (default ``now - state_stamp``). Without either the state counts
+        as fresh (tests, simulations in lock-step).
         """
         with self._lock:
             env = self.envelope
             env.reasons.clear()
             self._check_clock(now)
             if self._estop:
-                return self._estop_command(measured_q)
-            if self.joint_space and self._last is None:
-                if measured_q is None:
-                    return self._finish('hold', np.full(env.n, np.nan), ('no joint state',))
-                self._last = np.array(measured_q, dtype=float)
+                return self._stop_tick('estop', measured_q, 'estop: engaged')
+            if now < self._paused_until:
+                return self._stop_tick('paused', measured_q, self._pause_reason, stop=False)
+            why = self._state_problem(now, measured_q, state_stamp, state_age)
+            if why:
+                if self._last_kind != 'no_state' and measured_q is not None:
+                    # plans paired with a state we stopped seeing: wait for newer ones
+                    self.blender.clear()
+                    self.counters['state_losses'] += 1
+                    self._not_before = max(self._not_before, now)
+                return self._stop_tick('no_state', measured_q, why)
             stale = (self._last_submit is None
                      or now - self._last_submit > self.config.watchdog_timeout)
             target = None if stale else self.blender.sample(now, self._target)
@@ -238,15 +301,74 @@ class ChunkExecutor:
                     why = f'watchdog: no chunk for {now - self._last_submit:.3f} s'
                 else:
                     why = 'no chunk covers now'
-                arm = self._last.copy() if self.joint_space else np.zeros(TWIST_DIM)
-                return self._finish('hold', arm, (why,))
-            if self.joint_space:
-                cmd = env.filter_joint(target[:-1], self._last, self._cmd)
-                self._last[:] = cmd
-            else:
-                cmd = env.filter_twist(target[:-1], measured_q, self._cmd)
+                return self._stop_tick('hold', measured_q, why)
             self._gripper = env.filter_gripper(float(target[-1]))
-            return self._finish('track', cmd.copy(), tuple(env.reasons))
+            if not self.joint_space:
+                cmd = env.filter_twist(target[:-1], measured_q, self._cmd)
+                return self._finish('track', cmd.copy(), tuple(env.reasons),
+                                    duration=self.config.period)
+            q = np.asarray(measured_q, dtype=float)
+            if self._last is None:   # resume from where the arm IS, at rest
+                self._last, self._last_t = q.copy(), now - self.config.period
+                self._v[:] = 0.0
+            dt = now - self._last_t
+            cmd = env.filter_joint(target[:-1], self._last, self._cmd, dt=dt, v_prev=self._v)
+            duration = self._duration(cmd, q)
+            self._v[:] = (cmd - self._last) / max(min(dt, env.limits.max_tick_dt), 1e-9)
+            self._last[:] = cmd
+            self._last_t = now
+            return self._finish('track', cmd.copy(), tuple(env.reasons), duration=duration)
+
+    def _duration(self, cmd: np.ndarray, measured: np.ndarray) -> float:
+        """Time to reach ``cmd`` from both the previous command and the measured state."""
+        lim = self.envelope.limits
+        distance = np.maximum(np.abs(cmd - self._last), np.abs(cmd - measured))
+        seconds = distance / (lim.vel_max * self.config.duration_margin)
+        return float(max(self.config.lead_time, np.max(seconds)))
+
+    def _state_problem(self, now: float, q: np.ndarray | None, stamp: float | None,
+                       age: float | None) -> str:
+        """Why the joint state cannot be acted on ('' if it can); notices jumps."""
+        if q is None:
+            return 'no joint state'
+        if not np.all(np.isfinite(q)):
+            return 'joint state is not finite'
+        if age is None and stamp is not None:
+            age = now - stamp
+        if age is not None and age > self.config.state_timeout:
+            return (f'joint state watchdog: no joint state for {age:.3f} s '
+                    f'(> {self.config.state_timeout} s)')
+        if stamp is not None and stamp > self._state_t:
+            prev, prev_t = self._state_q, self._state_t
+            self._state_q, self._state_t = np.array(q, dtype=float), stamp
+            if prev is not None:
+                bound = (self.envelope.limits.vel_max * (stamp - prev_t) * 1.5
+                         + self.config.jump_slack)
+                moved = np.abs(self._state_q - prev)
+                if np.any(moved > bound):
+                    # the world was reset under us: plans from before are for another scene
+                    j = int(np.argmax(moved - bound))
+                    self.counters['state_jumps'] += 1
+                    self.blender.clear()
+                    self._not_before = max(self._not_before, now)
+                    return (f'joint state jumped: {self.envelope.limits.joint_names[j]} moved '
+                            f'{moved[j]:.3f} rad in {stamp - prev_t:.3f} s (reset or restart); '
+                            'resuming from the new state')
+        return ''
+
+    def _stop_tick(self, kind: str, measured_q: np.ndarray | None, why: str,
+                   stop: bool = True) -> Command:
+        """A tick that streams nothing: the controller's stop once, then silence."""
+        send_stop = stop and not self._stopped
+        if stop:
+            self._stopped = True
+        self._last = None
+        if self.joint_space:
+            arm = (np.full(self.envelope.n, np.nan) if measured_q is None
+                   else np.array(measured_q, dtype=float))
+        else:
+            arm = np.zeros(TWIST_DIM)
+        return self._finish(kind, arm, (why,), stop=send_stop)
 
     def _check_clock(self, now: float) -> None:
         # A clock that jumps back (sim or bag restart, /clock reset) would make every new
@@ -256,25 +378,22 @@ class ChunkExecutor:
             self.blender.clear()
             self._last_seq, self._last_stamp, self._last_submit = None, -math.inf, None
             self._not_before = -math.inf
+            self._paused_until = -math.inf
+            self._state_q, self._state_t = None, -math.inf
+            self._last = None
         if now > self._clock or now < self._clock - self.CLOCK_JUMP_TOLERANCE:
             self._clock = now
 
-    def _estop_command(self, measured_q: np.ndarray | None) -> Command:
-        if self.joint_space:
-            if self._estop_q is None:
-                src = measured_q if measured_q is not None else self._last
-                if src is not None:
-                    self._estop_q = np.array(src, dtype=float)
-            arm = (self._estop_q.copy() if self._estop_q is not None
-                   else np.full(self.envelope.n, np.nan))
-        else:
-            arm = np.zeros(TWIST_DIM)
-        return self._finish('estop', arm, ('estop: engaged',))
-
-    def _finish(self, kind: str, arm: np.ndarray, reasons: tuple[str, ...]) -> Command:
+    def _finish(self, kind: str, arm: np.ndarray, reasons: tuple[str, ...],
+                duration: float = 0.0, stop: bool = False) -> Command:
         self.counters[f'ticks_{kind}'] += 1
+        if kind == 'track':
+            self._stopped = False
+        if stop:
+            self.counters['stops_sent'] += 1
         self._last_kind = kind
-        return Command(kind, arm, self._gripper, reasons)
+        self._last_reason = reasons[0] if reasons else ''
+        return Command(kind, arm, self._gripper, reasons, duration, stop)
 
     # -- diagnostics -----------------------------------------------------------------------
 
@@ -290,4 +409,4 @@ class ChunkExecutor:
                      else now - self._last_submit)
             return ExecutorStatus(self._estop, self._last_kind, len(self.blender),
                                   self._last_seq, since, dict(self.counters),
-                                  dict(self.envelope.counters))
+                                  dict(self.envelope.counters), self._last_reason)

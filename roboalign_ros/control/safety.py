@@ -5,14 +5,18 @@ Joint targets (``filter_joint``), in this order:
 1. position limits: clamp into ``[lower + margin, upper - margin]``;
 2. velocity and per-step limits: the step from the previous command is scaled *uniformly*
    (all joints by the same factor, so the direction of motion, and hence the tool path,
-   is kept) until ``|dq_j| <= min(vel_max_j * velocity_scale * period, max_step)``;
-3. workspace box: the tool position ``fk(q)`` must stay in ``[workspace_min, workspace_max]``.
+   is kept) until ``|dq_j| <= min(vel_max_j * velocity_scale * dt, max_step)``, where ``dt``
+   is the time that really elapsed since the previous command (a late tick may take a
+   longer step, never a faster one; capped at ``max_tick_dt``);
+3. acceleration: given the previous command's velocity, each joint's velocity change is
+   kept within ``acc_max_j * dt`` (then 1-2 again: position and step limits win);
+4. workspace box: the tool position ``fk(q)`` must stay in ``[workspace_min, workspace_max]``.
    ``workspace_mode='hold'`` (default) rejects the step and holds the previous safe command;
    ``'project'`` bisects along the step for the furthest safe point. If the previous command
    is itself outside the box (e.g. the arm started there), steps that do not increase the
    violation are allowed, so the arm can always move back in.
 
-Because the limit box is convex and the previous command is inside it, steps 2-3 never
+Because the limit box is convex and the previous command is inside it, steps 2-4 never
 leave it again. Twists (``filter_twist``) get linear / angular speed caps (vector norm,
 direction kept) and lose any component that would carry the tool out of the box within
 one period. Every intervention bumps ``counters[name]`` and appends a reason string to
@@ -57,6 +61,8 @@ class SafetyLimits:
     margin: float | np.ndarray = 0.02             # rad kept away from the URDF limits
     velocity_scale: float = 0.5                   # fraction of vel_max a policy may use
     max_step: float | np.ndarray = 0.05           # rad per tick
+    acc_max: float | np.ndarray = 8.0             # rad/s^2 per joint (URDFs rarely give one)
+    max_tick_dt: float = 0.05                     # s; a longer gap still allows one such step
     workspace_min: np.ndarray | None = None       # (3,) m, tool position in base_link
     workspace_max: np.ndarray | None = None
     workspace_mode: Literal['hold', 'project'] = 'hold'
@@ -74,14 +80,17 @@ class SafetyLimits:
         self.vel_max = _arr(self.vel_max, n, 'vel_max', allow_inf=True)
         self.margin = _arr(self.margin, n, 'margin')
         self.max_step = _arr(self.max_step, n, 'max_step')
+        self.acc_max = _arr(self.acc_max, n, 'acc_max', allow_inf=True)
         if not self.joint_names:
             self.joint_names = tuple(f'joint{i}' for i in range(n))
         if len(self.joint_names) != n:
             raise ValueError(f'joint_names: {len(self.joint_names)} names for {n} joints')
         if np.any(self.lower + self.margin > self.upper - self.margin):
             raise ValueError('margin: lower + margin > upper - margin for some joint')
-        if np.any(self.vel_max <= 0) or np.any(self.max_step <= 0):
-            raise ValueError('vel_max / max_step: must be > 0')
+        if np.any(self.vel_max <= 0) or np.any(self.max_step <= 0) or np.any(self.acc_max <= 0):
+            raise ValueError('vel_max / max_step / acc_max: must be > 0')
+        if not self.max_tick_dt > 0:
+            raise ValueError(f'max_tick_dt: must be > 0, got {self.max_tick_dt}')
         if not 0 < self.velocity_scale <= 1:
             raise ValueError(f'velocity_scale: must be in (0, 1], got {self.velocity_scale}')
         if (self.workspace_min is None) != (self.workspace_max is None):
@@ -177,11 +186,22 @@ class SafetyEnvelope:
 
     # -- filters ---------------------------------------------------------------------------
 
-    def filter_joint(self, target: np.ndarray, last: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def step_limit(self, dt: float) -> np.ndarray:
+        """Largest per-joint step (rad) allowed ``dt`` seconds after the previous command."""
+        dt = min(max(dt, 0.0), self.limits.max_tick_dt)
+        return np.minimum(self.limits.vel_max * self.limits.velocity_scale * dt,
+                          self.limits.max_step)
+
+    def filter_joint(self, target: np.ndarray, last: np.ndarray, out: np.ndarray,
+                     dt: float | None = None, v_prev: np.ndarray | None = None) -> np.ndarray:
         """Safe joint command for ``target`` given the previous command ``last``, into ``out``.
 
+        ``dt``: seconds since ``last`` was commanded (default: the nominal period);
+        ``v_prev``: the velocity ``last`` was commanded with (None: no acceleration limit).
         ``out`` may alias ``target`` but not ``last``.
         """
+        dt = self.period if dt is None else float(dt)
+        step_max = self._step_max if dt == self.period else self.step_limit(dt)
         lim = self.limits
         if not np.all(np.isfinite(target)):  # defensive: chunks are validated upstream
             self._flag('nonfinite', 'non-finite target, holding')
@@ -194,9 +214,13 @@ class SafetyEnvelope:
             self._flag('position_limit', f'{lim.joint_names[j]} {target[j]:.4f} -> '
                                          f'{out[j]:.4f} rad')
         # 2. velocity / per-step limit, uniform scaling of the step
+        target_c = out.copy() if v_prev is not None else out
         step = np.subtract(out, last, out=self._step)
         ratio = np.abs(step, out=self._tmp)
-        ratio /= self._step_max
+        with np.errstate(divide='ignore', invalid='ignore'):
+            ratio /= step_max
+        ratio[~np.isfinite(ratio)] = np.inf  # dt = 0: no step at all
+        ratio[step == 0.0] = 0.0
         j = int(np.argmax(ratio))
         worst = ratio[j]
         if worst > 1.0:
@@ -204,7 +228,23 @@ class SafetyEnvelope:
             np.add(last, step, out=out)
             kind = 'velocity_limit' if self._vel_binds[j] else 'step_limit'
             self._flag(kind, f'{lim.joint_names[j]} step scaled by {1.0 / worst:.3f}')
-        # 3. workspace box
+        # 3. acceleration: per joint, no faster than it can still brake to the target, and
+        #    the velocity change within acc_max * dt (no overshoot, no instant start)
+        if v_prev is not None and dt > 0:
+            tdt = min(dt, lim.max_tick_dt)
+            v = step / tdt
+            brake = np.sqrt(2.0 * lim.acc_max * np.abs(target_c - last))
+            v_ok = np.clip(np.clip(v, -brake, brake), v_prev - lim.acc_max * tdt,
+                           v_prev + lim.acc_max * tdt)
+            if not np.allclose(v_ok, v, rtol=0.0, atol=1e-9):
+                j = int(np.argmax(np.abs(v_ok - v)))
+                self._flag('acceleration_limit', f'{lim.joint_names[j]} velocity '
+                                                 f'{v[j]:.3f} -> {v_ok[j]:.3f} rad/s')
+                np.multiply(v_ok, tdt, out=step)
+                np.clip(step, -step_max, step_max, out=step)
+                np.add(last, step, out=out)
+                np.clip(out, self._lo, self._hi, out=out)
+        # 4. workspace box
         if self.has_workspace:
             v_new = self.box_violation(self.tool_position(out))
             if v_new > 0.0:

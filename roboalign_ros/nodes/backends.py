@@ -43,17 +43,25 @@ class JointTrajectoryBackend:
 
     def __init__(self, node, robot, lead_time: float):
         self.joint_names = list(robot.arm_joints)
-        self.lead = seconds_to_duration(lead_time)
+        self.lead_seconds = float(lead_time)
         self._pub = node.create_publisher(JointTrajectory, robot.trajectory_topic, COMMAND_QOS)
 
     def send(self, command) -> None:
-        """Track (or hold) ``command.arm`` reached ``lead_time`` from now."""
-        self.move_to(command.arm, self.lead)
+        """Track ``command.arm`` in ``command.duration``; otherwise stop once when asked.
+
+        Holds are never streamed positions: after the controller's stop the controller holds
+        where the arm is (a position behind it would be a jump back).
+        """
+        if command.kind == "track":
+            self.move_to(command.arm, max(command.duration, self.lead_seconds))
+        elif command.stop:
+            self.stop()
 
     def move_to(self, positions, duration) -> None:
         """One-point trajectory to ``positions`` (arm joints in config order) in ``duration``.
 
-        ``duration``: a builtin_interfaces/Duration or seconds.
+        ``duration``: a builtin_interfaces/Duration or seconds. The header stamp stays 0
+        ("start on arrival"): a message delayed in transport then still takes ``duration``.
         """
         if isinstance(duration, (int, float)):
             duration = seconds_to_duration(duration)

@@ -1,20 +1,28 @@
 """executor_node: action chunks in, a safe command stream to the arm out.
 
 Wiring: /roboalign/action_chunk -> ChunkExecutor.submit; a control thread at ``rate`` Hz ->
-ChunkExecutor.tick -> backend (joint_trajectory / servo); /roboalign/estop -> e-stop (the hold
-is sent from the callback itself, within the current control period); /roboalign/instruction
--> flush; ``~/go_home`` -> a slow trajectory home (or MoveItPy plan/execute). Delay
-compensation, blending, watchdog and the safety envelope live in roboalign_ros.control.
+ChunkExecutor.tick (with the newest joint state and its age) -> backend (joint_trajectory /
+servo); /roboalign/estop -> e-stop (the controller's stop is sent from the callback itself);
+/roboalign/instruction -> flush; ``~/go_home`` -> a slow trajectory home (or MoveItPy
+plan/execute), then hold there until a chunk observed after homing arrives. Delay
+compensation, blending, the watchdogs, the feasibility rule and the safety envelope live in
+roboalign_ros.control.
+
+The e-stop is subscribed twice, reliable and best effort, so that any publisher is heard
+(a best-effort subscription alone would lose a reliable publisher's retransmissions; a
+reliable one alone does not match a best-effort publisher at all). A message heard on both
+is taken once.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 import numpy as np
 from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -23,7 +31,12 @@ from roboalign_ros.control.chunk import Chunk, ChunkError
 from roboalign_ros.control.executor import ChunkExecutor, ExecutorConfig
 from roboalign_ros.control.kinematics import Kinematics
 from roboalign_ros.control.safety import SafetyEnvelope
-from roboalign_ros.conversions import ConversionError, JointStateMapper, action_chunk_to_numpy
+from roboalign_ros.conversions import (
+    ConversionError,
+    JointStateMapper,
+    action_chunk_to_numpy,
+    stamp_to_seconds,
+)
 from roboalign_ros.msg import ActionChunk
 from roboalign_ros.nodes.backends import (
     GripperPublisher,
@@ -52,6 +65,8 @@ PARAMETERS = {
     "planning_group": "arm",
     "rate": 100.0,
     "lead_time": 0.02,
+    "duration_margin": 0.8,
+    "state_timeout": 0.25,
     "blend": "rtc",
     "rtc_blend": 0.2,
     "ensemble_k": 0.0,
@@ -63,12 +78,17 @@ PARAMETERS = {
     "instruction_topic": "/roboalign/instruction",
     "safety.velocity_scale": 0.5,
     "safety.max_step": 0.05,
+    "safety.acc_max": 8.0,
     "safety.margin": 0.02,
     "safety.workspace": True,
     "safety.workspace_mode": "hold",
 }
 
 _SPACE_BACKEND = {"joint_position": "joint_trajectory", "ee_delta": "servo"}
+# The second e-stop subscription: matches best-effort publishers (reliable ones match both).
+ESTOP_BEST_EFFORT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+# Kinds that mean "the arm is not moving under our control"; diagnostics level for each.
+_LEVEL = {"track": OK, "hold": WARN, "paused": WARN, "no_state": ERROR, "estop": ERROR}
 
 
 class ExecutorNode(Node):
@@ -90,10 +110,13 @@ class ExecutorNode(Node):
                                 blend=p["blend"], ensemble_k=p["ensemble_k"],
                                 rtc_blend_s=p["rtc_blend"],
                                 watchdog_timeout=p["watchdog_timeout"],
-                                max_age=p["max_chunk_age"])
+                                max_age=p["max_chunk_age"], lead_time=p["lead_time"],
+                                duration_margin=p["duration_margin"],
+                                state_timeout=p["state_timeout"])
         kinematics = Kinematics(robot)
         overrides_ = {"velocity_scale": p["safety.velocity_scale"],
                       "max_step": p["safety.max_step"], "margin": p["safety.margin"],
+                      "acc_max": p["safety.acc_max"],
                       "workspace_mode": p["safety.workspace_mode"]}
         if not p["safety.workspace"]:
             overrides_.update(workspace_min=None, workspace_max=None)
@@ -110,24 +133,29 @@ class ExecutorNode(Node):
         self.arm_positions = JointStateMapper(robot, with_gripper=False)
         self._instruction: str | None = None
         self.measured_q: np.ndarray | None = None
+        self._state_stamp: float | None = None   # header stamp of the newest joint state
+        self._state_arrival = -np.inf            # when it arrived (monotonic)
+        self._estop_seen: OrderedDict[tuple, None] = OrderedDict()
         self.create_subscription(ActionChunk, p["chunk_topic"], self.on_chunk, COMMAND_QOS)
         self.create_subscription(JointState, robot.topics["joint_states"], self.on_joint_state,
                                  SENSOR_QOS)
-        self.create_subscription(Bool, p["estop_topic"], self.on_estop, COMMAND_QOS)
+        for qos in (COMMAND_QOS, ESTOP_BEST_EFFORT_QOS):
+            self.create_subscription(Bool, p["estop_topic"], self.on_estop, qos)
         self.create_subscription(String, p["instruction_topic"], self.on_instruction,
                                  COMMAND_QOS)
         self.create_service(Trigger, "~/go_home", self.on_go_home)
         self.diagnostics = Diagnostics(self, "executor_node: command stream")
         self.create_timer(1.0, self.publish_diagnostics)
         self._periods: deque[float] = deque(maxlen=500)
-        self._paused_until = 0.0  # while going home, chunks are not streamed
+        self._reported_kind = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._control_loop, daemon=True)
         self._thread.start()
         self.get_logger().info(
             f"executing {space} chunks on {robot.name} via {p['backend']} at {p['rate']:.0f} Hz "
             f"(blend {p['blend']}, safety envelope on: velocity x{p['safety.velocity_scale']}, "
-            f"max step {p['safety.max_step']} rad, workspace {p['safety.workspace']})")
+            f"max step {p['safety.max_step']} rad, acceleration {p['safety.acc_max']} rad/s^2, "
+            f"workspace {p['safety.workspace']}; joint-state watchdog {p['state_timeout']} s)")
 
     # ------------------------------------------------------------------ inputs
 
@@ -148,25 +176,41 @@ class ExecutorNode(Node):
                                    throttle_duration_sec=1.0)
 
     def on_joint_state(self, msg: JointState) -> None:
-        """Keep the latest measured arm position (joints matched by name)."""
+        """Keep the latest measured arm position (joints matched by name) and its times."""
         try:
-            self.measured_q = self.arm_positions(msg)
+            q = self.arm_positions(msg)
         except ConversionError:
-            pass  # another robot's, a partial (e.g. gripper-only) or a broken joint state
+            return  # another robot's, a partial (e.g. gripper-only) or a broken joint state
+        stamp = stamp_to_seconds(msg.header.stamp)
+        self.measured_q, self._state_arrival = q, time.monotonic()
+        self._state_stamp = stamp if stamp > 0 else now_seconds(self)
 
     def on_estop(self, msg: Bool, info=None) -> None:
-        """Engage (hold now, from this callback) or release the latched e-stop."""
+        """Engage (stop now, from this callback) or release the latched e-stop."""
+        if info is not None:  # the same message heard on both subscriptions counts once
+            key = (info.get("source_timestamp"), info.get("publication_sequence_number"),
+                   bool(msg.data))
+            if key in self._estop_seen:
+                return
+            self._estop_seen[key] = None
+            if len(self._estop_seen) > 64:
+                self._estop_seen.popitem(last=False)
         now = now_seconds(self)
-        self.chunk_executor.estop(bool(msg.data), now)
+        changed = self.chunk_executor.estop(bool(msg.data), now)
         if msg.data:
-            self.backend.stop()
+            self.backend.stop()  # the controller stops where the arm is, now
             # reaction time of this node: from the message reaching its DDS reader to the stop
             received = info["received_timestamp"] * 1e-9 if info else time.time()
-            self.get_logger().error(
-                f"E-STOP engaged: holding position until released (stop sent "
-                f"{(time.time() - received) * 1e3:.1f} ms after the message arrived)")
+            if changed:
+                self.get_logger().error(
+                    f"E-STOP engaged: arm stopped, holding until released (stop sent "
+                    f"{(time.time() - received) * 1e3:.1f} ms after the message arrived)")
+        elif changed:
+            self.get_logger().warning("e-stop released: waiting for chunks observed from now "
+                                      "on; streaming resumes from the measured position")
         else:
-            self.get_logger().warning("e-stop released: waiting for new chunks")
+            self.get_logger().warning("e-stop release ignored: no e-stop was engaged",
+                                      throttle_duration_sec=5.0)
 
     def on_instruction(self, msg: String) -> None:
         """A new instruction: drop the chunks planned for the old one."""
@@ -184,16 +228,22 @@ class ExecutorNode(Node):
         if self.measured_q is None:
             response.success, response.message = False, "no joint state yet"
             return response
-        self.chunk_executor.set_instruction_changed(now_seconds(self))
+        now = now_seconds(self)
         if self.home_backend is not None:
-            response.success = self.home_backend.move_to(self.robot.home)
+            self.chunk_executor.pause(now, float("inf"), "going home (MoveItPy)")
+            try:
+                response.success = self.home_backend.move_to(self.robot.home)
+            finally:
+                self.chunk_executor.resume(now_seconds(self))
             response.message = "MoveItPy plan/execute " + ("done" if response.success else
                                                            "failed")
             return response
         # slow and straight in joint space: the slowest joint takes home_speed of its limit
         distance = np.abs(self.robot.home - self.measured_q)
         seconds = float(max(0.5, np.max(distance / (self.robot.velocity * self.p["home_speed"]))))
-        self._paused_until = time.monotonic() + seconds
+        # streaming pauses for the move; afterwards the arm holds home (no stale pose comes
+        # back) until a chunk observed after the move arrives
+        self.chunk_executor.pause(now, now + seconds, "going home")
         self.home_trajectory.move_to(self.robot.home, seconds)
         response.success, response.message = True, f"going home in {seconds:.1f} s"
         return response
@@ -208,8 +258,7 @@ class ExecutorNode(Node):
             if last is not None:
                 self._periods.append(start - last)
             last = start
-            if time.monotonic() >= self._paused_until:
-                self._tick()
+            self._tick()
             deadline += period
             delay = deadline - time.perf_counter()
             if delay > 0:
@@ -219,17 +268,22 @@ class ExecutorNode(Node):
 
     def _tick(self) -> None:
         now = now_seconds(self)
-        command = self.chunk_executor.tick(now, self.measured_q)
-        if np.isnan(command.arm).any():
-            return  # no joint state yet: nothing safe to send
-        self.backend.send(command)
+        age = time.monotonic() - self._state_arrival
+        command = self.chunk_executor.tick(now, self.measured_q, self._state_stamp, age)
+        if command.kind == "track" or command.stop or not self.chunk_executor.joint_space:
+            self.backend.send(command)
         self.gripper.send(command.gripper, now)
+        if command.kind != self._reported_kind:  # say so now, not at the next 1 Hz report
+            self._reported_kind = command.kind
+            if command.kind in ("no_state", "estop"):
+                self.get_logger().error(f"{command.kind}: {command.reasons[0]}")
+            self.publish_diagnostics()
 
     def publish_diagnostics(self) -> None:
         """Counters, state and command-period jitter on /diagnostics."""
         status = self.chunk_executor.status(now_seconds(self))
         periods = np.asarray(self._periods) * 1e3
-        values = {"state": status.last_kind, "estop": status.estop,
+        values = {"state": status.last_kind, "reason": status.reason, "estop": status.estop,
                   "active_chunks": status.active_chunks,
                   "seconds_since_chunk": status.seconds_since_chunk or -1.0}
         if periods.size:
@@ -237,8 +291,11 @@ class ExecutorNode(Node):
                           period_p99_ms=float(np.percentile(periods, 99)))
         values.update(status.counters)
         values.update({f"safety_{k}": v for k, v in status.safety_counters.items()})
-        level = ERROR if status.estop else (OK if status.last_kind == "track" else WARN)
-        self.diagnostics.publish(level, "e-stop" if status.estop else status.last_kind, values)
+        level = ERROR if status.estop else _LEVEL.get(status.last_kind, WARN)
+        message = "e-stop" if status.estop else status.last_kind
+        if status.last_kind in ("no_state", "paused"):
+            message = f"{status.last_kind}: {status.reason}"
+        self.diagnostics.publish(level, message, values)
 
     def close(self) -> None:
         """Stop the control thread and leave the arm holding."""
