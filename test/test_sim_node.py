@@ -203,3 +203,63 @@ def test_reset_service_reports_bad_task(probe):
     assert not result.success and "unknown" in result.message
     ok = probe.reset(task="push_green_block_left", seed=3)
     assert ok.success and ok.instruction == "push the green block to the left"
+
+
+def _joint_speeds(states, index):
+    """Peak |velocity| of joint ``index``: as reported, and from positions over 50 ms windows
+    (stamps are wall times: one step's stamp jitter would inflate a per-sample quotient)."""
+    from roboalign_ros.conversions import stamp_to_seconds
+
+    t = np.array([stamp_to_seconds(m.header.stamp) for m in states])
+    q = np.array([m.position[index] for m in states])
+    reported = np.abs([m.velocity[index] for m in states]).max()
+    later = np.searchsorted(t, t + 0.05)
+    ok = later < len(t)
+    windowed = np.abs((q[later[ok]] - q[ok]) / (t[later[ok]] - t[ok])).max(initial=0.0)
+    return reported, windowed
+
+
+def test_past_stamped_trajectory_never_makes_a_joint_jump(probe):
+    """Issue 10 item 4: stamp now - 9.9 s, a point at 10 s, joint1 + 1.5 rad."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from trajectory_msgs.msg import JointTrajectory
+
+    from roboalign_ros.conversions import seconds_to_stamp
+
+    diagnostics = []
+    probe.node.create_subscription(
+        DiagnosticArray, "/diagnostics",
+        lambda m: diagnostics.extend(s for s in m.status if s.name == "sim_node: physics"), 10)
+    assert probe.reset().success
+    pub = probe.publisher(JointTrajectory, probe.robot.trajectory_topic)
+    names, limit = list(probe.robot.arm_joints), probe.robot.velocity[0]
+
+    def now():
+        return probe.node.get_clock().now().nanoseconds * 1e-9
+
+    q0 = probe.arm_q()
+    probe.state.clear()
+    pub.publish(trajectory(names, [(10.0, q0 + [1.5, 0, 0, 0, 0, 0])],
+                           stamp=seconds_to_stamp(now() - 9.9)))
+    probe.wait(0.6)
+    assert max(_joint_speeds(probe.state, 0)) < 0.1, "the arm moved on an infeasible remainder"
+    np.testing.assert_allclose(probe.arm_q(), q0, atol=2e-3)
+    assert spin_until(probe.executor, lambda: any(
+        kv.key == "rejected_speed" and int(kv.value) >= 1 for s in diagnostics
+        for kv in s.values), 5), "speed refusal not counted on /diagnostics"
+    log = probe.log.read_text()
+    assert "9.9" in log and "in the past" in log and "velocity limit" in log
+
+    # feasible remainder: 0.4 rad over the 1 s left; followed from where the arm is, no jump
+    q0 = probe.arm_q()
+    probe.state.clear()
+    pub.publish(trajectory(names, [(0.5, q0 + [0.1, 0, 0, 0, 0, 0]),
+                                   (2.0, q0 + [0.4, 0, 0, 0, 0, 0])],
+                           stamp=seconds_to_stamp(now() - 1.0)))
+    probe.wait(1.5)
+    reported, windowed = _joint_speeds(probe.state, 0)
+    print(f"joint1 peak: reported {reported:.3f} rad/s, over 50 ms {windowed:.3f} rad/s")
+    assert reported <= 0.6 and windowed <= 0.6, \
+        f"joint1 peaked at {reported:.2f} / {windowed:.2f} rad/s for a 0.4 rad/s remainder"
+    assert max(reported, windowed) < limit
+    np.testing.assert_allclose(probe.arm_q()[0], q0[0] + 0.4, atol=0.02)

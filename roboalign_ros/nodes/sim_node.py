@@ -4,10 +4,15 @@ Publishes /joint_states (every control period), the scene camera in the realsens
 layout (color, aligned depth in mm, camera_info), the task status and, on reset, the task's
 instruction; takes joint trajectories (joint_trajectory_controller semantics), Servo twists and
 gripper commands; serves ``~/reset_task``. Physics and rendering run in their own threads.
+Refused commands are logged and counted on /diagnostics (``rejected_commands``, of them
+``rejected_speed`` for velocity-limit refusals); ``rate_clamped_steps`` counts physics steps on
+which the rate limiter held a position target back to the joint velocity limits (a command the
+physics cannot follow, e.g. when the physics loop lags behind the clock).
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 
@@ -29,7 +34,7 @@ from roboalign_ros.nodes.common import (
     now_seconds,
     run_node,
 )
-from roboalign_ros.sim.server import CommandRejected, SceneCamera, SimServer
+from roboalign_ros.sim.server import CommandRejected, SceneCamera, SimServer, TooFast
 from roboalign_ros.srv import ResetTask
 
 PARAMETERS = {
@@ -85,7 +90,8 @@ class SimNode(Node):
                                  COMMAND_QOS)
         self.create_service(ResetTask, "~/reset_task", self.on_reset)
         self.diagnostics = Diagnostics(self, "sim_node: physics")
-        self.rejected = 0
+        self.rejected = self.rejected_speed = 0
+        self._clamps_logged = 0
         self._status_count = 0
         self._reset(p["task"], p["seed"])
         self._stop = threading.Event()
@@ -104,7 +110,7 @@ class SimNode(Node):
     def on_trajectory(self, msg: JointTrajectory) -> None:
         """joint_trajectory_controller semantics; bad trajectories are refused whole."""
         try:
-            self.server.command_trajectory(
+            note = self.server.command_trajectory(
                 list(msg.joint_names),
                 [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points],
                 [list(p.positions) for p in msg.points],
@@ -112,6 +118,9 @@ class SimNode(Node):
                 start_time=stamp_to_seconds(msg.header.stamp), now=now_seconds(self))
         except CommandRejected as exc:
             self._reject("joint_trajectory", exc)
+            return
+        if note:
+            self.get_logger().warning(f"joint_trajectory: {note}", throttle_duration_sec=2.0)
 
     def on_twist(self, msg: TwistStamped) -> None:
         """MoveIt Servo semantics: base-frame twist, halts when commands stop."""
@@ -132,6 +141,7 @@ class SimNode(Node):
 
     def _reject(self, what: str, exc: Exception) -> None:
         self.rejected += 1
+        self.rejected_speed += isinstance(exc, TooFast)
         self.get_logger().error(f"rejected {what} command: {exc}")
 
     def on_reset(self, request, response):
@@ -139,6 +149,9 @@ class SimNode(Node):
         try:
             response.instruction = self._reset(request.task, request.seed)
             response.success, response.message = True, "reset"
+            if not request.task:  # also what a name starting with NUL arrives as
+                response.message = (f"reset the current task {self.server.task_status()[0]!r}"
+                                    " (task name empty)")
         except ValueError as exc:
             response.success, response.message = False, str(exc)
             self.get_logger().error(f"reset refused: {exc}")
@@ -186,8 +199,16 @@ class SimNode(Node):
                             success=success)
         seconds_to_stamp(now, status.header.stamp)
         self.status_pub.publish(status)
+        clamped = self.server.limiter.clamped
+        if clamped > self._clamps_logged:
+            self._clamps_logged = clamped
+            self.get_logger().warning(f"rate limiter: {self.server.limiter.last_clamp} "
+                                      f"({clamped} clamped steps so far)",
+                                      throttle_duration_sec=2.0)
         self.diagnostics.publish(OK, "running", {"sim_time": elapsed, "resyncs": late,
-                                                "rejected_commands": self.rejected})
+                                                "rejected_commands": self.rejected,
+                                                "rejected_speed": self.rejected_speed,
+                                                "rate_clamped_steps": clamped})
 
     def _camera_loop(self) -> None:
         p = self.p
@@ -229,9 +250,18 @@ class SimNode(Node):
 
     def close(self) -> None:
         """Stop the loops."""
+        _ignore_repeated_interrupts()
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=2.0)
+
+
+def _ignore_repeated_interrupts() -> None:
+    # Ctrl-C reaches the process twice under ros2 launch (the terminal's process group, then
+    # launch's forward): the second must not interrupt the shutdown with a KeyboardInterrupt.
+    # SIG_IGN (not a Python handler) also survives interpreter finalization.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def main(args=None) -> int:

@@ -11,8 +11,10 @@ talk to the sim exactly as they would to hardware:
 
 Both are stricter than the real controllers on purpose: a command that names unknown joints,
 has the wrong lengths, contains NaN/inf, leaves the joint limits, asks for more than the
-velocity limits or ends in the past is rejected whole with :class:`CommandRejected` (the node
-logs the reason) and causes no motion.
+velocity limits (also what remains of a trajectory stamped in the past) or ends in the past is
+rejected whole with :class:`CommandRejected` (the node logs the reason) and causes no motion.
+:class:`RateLimiter` then caps every position target sent to the physics at the velocity
+limits, so that no command, however stamped, makes a joint jump.
 """
 
 from __future__ import annotations
@@ -29,15 +31,25 @@ class CommandRejected(ValueError):
 
 @dataclass(frozen=True)
 class _Trajectory:
-    start: float  # absolute time of time_from_start = 0
+    start: float  # absolute time of time_from_start = 0 (never before its arrival)
     times: np.ndarray  # [P] absolute times of the points
     positions: np.ndarray  # [P, n] in controller joint order
     velocities: np.ndarray | None  # [P, n] or None (linear interpolation)
     anchor: np.ndarray  # [n] where the arm is commanded to be at `start`
 
 
+class TooFast(CommandRejected):
+    """A trajectory that asks a joint to move faster than its velocity limit."""
+
+
 class JointTrajectoryFollower:
-    """Follow ``trajectory_msgs/JointTrajectory``-style commands for a fixed set of joints."""
+    """Follow ``trajectory_msgs/JointTrajectory``-style commands for a fixed set of joints.
+
+    A trajectory stamped in the past is taken as what remains of it: points already due are
+    skipped and the rest is followed from the commanded position now, with the velocity check
+    applied to that remainder (a real arm cannot catch up on time it has lost). One stamped in
+    the future replaces the running one from its start time; until then the running one goes on.
+    """
 
     def __init__(self, joint_names: Sequence[str], lower, upper, velocity,
                  velocity_tolerance: float = 1.05, position_tolerance: float = 1e-6):
@@ -47,32 +59,33 @@ class JointTrajectoryFollower:
         self.velocity = np.asarray(velocity, float)
         self.velocity_tolerance = velocity_tolerance
         self.position_tolerance = position_tolerance
-        self._trajectory: _Trajectory | None = None
-        self._previous: _Trajectory | None = None  # still followed until the new one starts
+        # accepted trajectories by start time; each replaces the ones before it from its start
+        self._plan: list[_Trajectory] = []
         self._hold: np.ndarray | None = None
 
     @property
     def active(self) -> bool:
         """Whether a trajectory is being followed (False once it is done or before any)."""
-        return self._trajectory is not None
+        return bool(self._plan)
 
     def reset(self, q: np.ndarray) -> None:
         """Drop any trajectory and hold ``q``."""
-        self._trajectory = self._previous = None
+        self._plan = []
         self._hold = np.asarray(q, float).copy()
 
     def command(self, joint_names: Sequence[str], times_from_start: Sequence[float],
                 positions: Sequence[Sequence[float]], velocities=None, *,
-                start_time: float, now: float, current: np.ndarray) -> None:
+                start_time: float, now: float, current: np.ndarray) -> str | None:
         """Validate and accept a trajectory (replacing the running one from its start time).
 
         ``start_time`` is the header stamp in seconds (0 means now), ``current`` the position
-        the arm is commanded to now. Raises :class:`CommandRejected` naming what is wrong.
+        the arm is commanded to now. Raises :class:`CommandRejected` (:class:`TooFast` for
+        speed) naming what is wrong; returns a note when a past stamp made points be skipped.
         """
         if not positions:  # JTC: an empty trajectory stops the motion and holds position
             held = self.sample(now) if self.active else np.asarray(current, float)
             self.reset(held)
-            return
+            return None
         names = list(joint_names)
         unknown = [n for n in names if n not in self._index]
         if unknown:
@@ -115,12 +128,23 @@ class JointTrajectoryFollower:
                 f"points[{point}].positions: {self.joint_names[joint]} = {pos[point, joint]:.4f} "
                 f"outside its limits [{self.lower[joint]:.4f}, {self.upper[joint]:.4f}]")
         start = now if start_time == 0.0 else float(start_time)
-        if start + times[-1] < now:
-            raise CommandRejected(f"header.stamp: trajectory ended {now - start - times[-1]:.3f} s "
+        ends = start + times
+        if ends[-1] <= now:
+            raise CommandRejected(f"header.stamp: trajectory ended {now - ends[-1]:.3f} s "
                                   "in the past")
-        anchor = self.sample(start) if self.active else np.asarray(current, float).copy()
+        note, first = None, 0
+        if start < now:  # stamped in the past: only what remains can still be followed
+            first = int(np.searchsorted(ends, now, side="right"))
+            if first or now - start > 0.05:
+                note = (f"header.stamp {now - start:.3f} s in the past: {first} of {len(ends)} "
+                        "points already due were skipped, the rest is followed from now")
+            start = now
+        ends, pos = ends[first:], pos[first:]
+        vel = None if vel is None else vel[first:]
+        anchor = self._position_at(start) if self.active \
+            else np.asarray(current, float).copy()
         path = np.vstack([anchor, pos])
-        durations = np.diff(np.concatenate([[0.0], times]))
+        durations = np.diff(np.concatenate([[start], ends]))
         durations[0] = max(durations[0], 1e-9)
         speed = np.abs(np.diff(path, axis=0)) / durations[:, None]
         # The first segment starts from wherever the arm is, so only later ones are held to it
@@ -130,24 +154,34 @@ class JointTrajectoryFollower:
         fast[0] &= np.abs(path[1] - path[0]) > 1e-3
         if fast.any():
             seg, joint = np.argwhere(fast)[0]
-            raise CommandRejected(
-                f"points[{seg}]: {self.joint_names[joint]} would move at {speed[seg, joint]:.3f} "
-                f"rad/s > velocity limit {self.velocity[joint]:.3f}")
-        new = _Trajectory(start, start + times, pos, vel, anchor)
-        self._previous = self._trajectory if start > now else None
-        self._trajectory = new
+            late = f" ({note})" if note else ""
+            raise TooFast(
+                f"points[{seg + first}]: {self.joint_names[joint]} would move at "
+                f"{speed[seg, joint]:.3f} rad/s > velocity limit {self.velocity[joint]:.3f}"
+                f"{late}")
+        new = _Trajectory(start, ends, pos, vel, anchor)
+        # the running trajectories go on until the new one starts (none when it starts now)
+        self._plan = [t for t in self._plan if t.start < start] + [new]
+        return note
 
     def sample(self, now: float) -> np.ndarray | None:
         """Commanded joint positions at ``now`` (None when nothing was ever commanded)."""
-        traj = self._trajectory
-        if traj is None:
+        if not self._plan:
             return None if self._hold is None else self._hold
-        if now < traj.start and self._previous is not None:
-            return self._interpolate(self._previous, now)
-        q = self._interpolate(traj, now)
-        if now >= traj.times[-1]:
-            self._trajectory, self._previous, self._hold = None, None, q
+        while len(self._plan) > 1 and self._plan[1].start <= now:
+            self._plan.pop(0)  # superseded by one that has started
+        q = self._interpolate(self._plan[0], now)
+        if len(self._plan) == 1 and now >= self._plan[0].times[-1]:
+            self._plan, self._hold = [], q
         return q
+
+    def _position_at(self, t: float) -> np.ndarray:
+        """Where the accepted trajectories put the arm at ``t`` (no side effects)."""
+        running = self._plan[0]
+        for traj in self._plan[1:]:
+            if traj.start <= t:
+                running = traj
+        return self._interpolate(running, t)
 
     @staticmethod
     def _interpolate(traj: _Trajectory, t: float) -> np.ndarray:
@@ -169,6 +203,45 @@ class JointTrajectoryFollower:
         h00, h10 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s
         h01, h11 = -2 * s**3 + 3 * s**2, s**3 - s**2
         return h00 * p0 + h10 * h * v0 + h01 * p1 + h11 * h * v1
+
+
+class RateLimiter:
+    """Moves the commanded joint positions at most ``velocity * tolerance * dt`` per step.
+
+    The last line of defence behind the command checks: whatever a command source asks for
+    (stamps, Hermite overshoot, IK near a singularity), the position target handed to the
+    physics never jumps. Clamped steps are counted and the latest one described.
+    """
+
+    def __init__(self, joint_names: Sequence[str], velocity, tolerance: float = 1.05):
+        self.joint_names = tuple(joint_names)
+        self.max_speed = np.asarray(velocity, float) * tolerance
+        self._last: np.ndarray | None = None
+        self.clamped = 0  # steps on which the target was clamped
+        self.last_clamp = ""
+
+    def reset(self, q: np.ndarray) -> None:
+        """Start from ``q`` (e.g. after a reset moved the arm)."""
+        self._last = np.asarray(q, float).copy()
+
+    def __call__(self, target: np.ndarray, dt: float) -> np.ndarray:
+        """Return ``target`` moved from the last output by at most the limit over ``dt``."""
+        target = np.asarray(target, float)
+        if self._last is None:
+            self._last = target.copy()
+            return target.copy()
+        step = target - self._last
+        limit = self.max_speed * dt
+        ratio = np.abs(step) / limit
+        if ratio.max() > 1.0 + 1e-9:
+            j = int(np.argmax(ratio))
+            self.clamped += 1
+            self.last_clamp = (f"{self.joint_names[j]} target jumped {step[j]:+.4f} rad in one "
+                               f"{dt * 1e3:.0f} ms step ({abs(step[j]) / dt:.2f} rad/s > "
+                               f"{self.max_speed[j]:.2f}): clamped")
+            step = np.clip(step, -limit, limit)
+        self._last = self._last + step
+        return self._last.copy()
 
 
 class TwistFollower:

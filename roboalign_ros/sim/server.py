@@ -10,6 +10,7 @@ All public methods are thread-safe.
 from __future__ import annotations
 
 import threading
+import unicodedata
 from dataclasses import dataclass
 
 import mujoco
@@ -19,12 +20,15 @@ from roboalign_ros.control.kinematics import Kinematics
 from roboalign_ros.sim.controllers import (
     CommandRejected,
     JointTrajectoryFollower,
+    RateLimiter,
+    TooFast,
     TwistFollower,
     validate_gripper_command,
 )
 from roboalign_ros.sim.env import TabletopEnv
 
-__all__ = ["CameraFrame", "CommandRejected", "JointStateSample", "SceneCamera", "SimServer"]
+__all__ = ["CameraFrame", "CommandRejected", "JointStateSample", "SceneCamera", "SimServer",
+           "TooFast"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,11 @@ class SimServer:
                                                   spec.velocity)
         self.twist = TwistFollower(Kinematics(spec), timeout=servo_timeout,
                                    max_linear=max_linear, max_angular=max_angular)
+        # every arm target, from any command source, goes through the limiter to the physics
+        self.limiter = RateLimiter(spec.arm_joints, spec.velocity,
+                                   self.trajectory.velocity_tolerance)
         self.trajectory.reset(self.env.arm_q())
+        self.limiter.reset(self.env.arm_q())
 
     @property
     def control_period(self) -> float:
@@ -71,15 +79,19 @@ class SimServer:
     # ------------------------------------------------------------------ commands (thread-safe)
 
     def command_trajectory(self, joint_names, times_from_start, positions, velocities=None, *,
-                           start_time: float, now: float) -> None:
-        """Accept a joint trajectory or raise :class:`CommandRejected` (no motion then)."""
+                           start_time: float, now: float) -> str | None:
+        """Accept a joint trajectory or raise :class:`CommandRejected` (no motion then).
+
+        Returns a note when a stamp in the past made points be skipped.
+        """
         with self.lock:
             # new trajectories start from the commanded position (continuity); a stop (empty
             # trajectory) holds where the arm actually is
             current = self.env.q_target if len(positions) else self.env.arm_q()
-            self.trajectory.command(joint_names, times_from_start, positions, velocities,
-                                    start_time=start_time, now=now, current=current)
+            note = self.trajectory.command(joint_names, times_from_start, positions, velocities,
+                                           start_time=start_time, now=now, current=current)
             self.twist.stop()  # the latest command source wins, as with controller switching
+            return note
 
     def command_twist(self, twist, *, stamp: float, now: float) -> None:
         """Accept a Servo twist (base frame) or raise :class:`CommandRejected`."""
@@ -97,14 +109,20 @@ class SimServer:
     def reset(self, task: str, seed: int) -> str:
         """Reset to ``task`` (name or instruction; empty: current) and ``seed``.
 
-        Returns the task's instruction.
+        Returns the task's instruction. A name with control characters is refused (ROS strings
+        end at the first NUL, so one starting with NUL arrives empty: the current task).
         """
+        bad = sorted({c for c in task if unicodedata.category(c) == "Cc"})
+        if bad:
+            raise ValueError(f"task: {task!r} contains control characters {bad}; give a task "
+                             "name or instruction, or empty for the current task")
         with self.lock:
             name = task or (self.env.task.name if self.env.task else "")
             if not name:
                 raise ValueError("task: no task given and none running")
             self.env.reset(name, seed=int(seed))
             self.trajectory.reset(self.env.arm_q())
+            self.limiter.reset(self.env.arm_q())
             self.twist.stop()
             return self.env.task.instruction
 
@@ -122,6 +140,8 @@ class SimServer:
                     self.twist.stop()
                     self.trajectory.reset(self.env.q_target)
                     target = None
+            if target is not None:  # physics time per step, whatever the wall clock did
+                target = self.limiter(target, self.env.control_period)
             self.env.step(target)
             names, q, qd, effort = self.env.joint_state()
             return JointStateSample(names, q, qd, effort)
