@@ -1,0 +1,156 @@
+"""The closed loop under CPU load: is every command the sim receives still feasible?
+
+Starts sim_node and executor_node (and policy_node with ``--source policy``) as separate
+processes, plus ``--burners`` processes that spin a core each, and drives the arm for
+``--seconds``. With ``--source sine`` (the default, the harder case) this script publishes
+chunks that ask for a large sinusoid on three joints, faster than the envelope allows, so the
+velocity and acceleration limits bind all the time. Prints:
+
+- commands the sim refused for speed (its log and its ``/diagnostics``);
+- joint-velocity violations measured on ``/joint_states`` (consecutive samples faster than
+  the URDF limit);
+- the executor's command period p50/p99 (its ``/diagnostics``) and the states it went through.
+
+    python scripts/bench_safety_load.py [--seconds 60] [--burners 2] [--source sine|policy]
+"""
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+
+from roboalign_ros.conversions import JointStateMapper, numpy_to_action_chunk, stamp_to_seconds
+from roboalign_ros.msg import ActionChunk
+from roboalign_ros.node_processes import NodeProcesses
+from roboalign_ros.nodes.common import SENSOR_QOS
+from roboalign_ros.robot import load_robot_config
+
+SPEED_REFUSAL = re.compile(r"rad/s > velocity limit|faster than")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--burners", type=int, default=2)
+    parser.add_argument("--source", choices=("sine", "policy"), default="sine")
+    parser.add_argument("--log-dir", default=None)
+    args = parser.parse_args()
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench_safety_load_"))
+    robot = load_robot_config("sim_arm")
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+               for _ in range(args.burners)]
+    nodes = NodeProcesses(log_dir)
+    try:
+        nodes.start("sim_node", "sim.yaml", {"camera.width": 320, "camera.height": 240,
+                                             "camera.rate": 10.0})
+        nodes.start("executor_node", "executor.yaml")
+        if args.source == "policy":
+            nodes.start("policy_node", "policy.yaml", {"model_path": "tiny", "device": "cpu",
+                                                       "torch_threads": 1})
+        figures = drive(robot, args, nodes)
+    finally:
+        nodes.stop()
+        for b in burners:
+            b.kill()
+            b.wait()
+    sim_log = (log_dir / "sim_node.log").read_text()
+    refused_speed = len(SPEED_REFUSAL.findall(sim_log))
+    print(f"closed loop ({args.source}) for {args.seconds:.0f} s beside {args.burners} "
+          f"CPU burners on {__import__('os').cpu_count()} cores (logs: {log_dir}):")
+    print(f"  commands refused by the sim for speed   {refused_speed} "
+          f"(sim diagnostics: {figures['sim']})")
+    print(f"  joint-velocity violations on /joint_states  {figures['violations']} of "
+          f"{figures['samples']} consecutive samples (peak {figures['peak_ratio']:.2f} x limit)")
+    print(f"  executor period  p50 {figures['executor'].get('period_p50_ms', '?')} ms, "
+          f"p99 {figures['executor'].get('period_p99_ms', '?')} ms (last 500 ticks)")
+    print(f"  executor states seen  {sorted(figures['states'])}; "
+          f"commands/trajectory points the sim got: {figures['commands']}")
+    moved = figures["travel"]
+    print(f"  joint travel (sum |dq|) {moved:.2f} rad: the arm did move")
+
+
+def drive(robot, args, nodes):
+    """Publish chunks (sine mode), watch joint states and diagnostics; return the figures."""
+    from trajectory_msgs.msg import JointTrajectory
+
+    rclpy.init()
+    node = Node("bench_safety_load")
+    mapper = JointStateMapper(robot, with_gripper=False)
+    prev = {"q": None, "t": None}
+    figures = {"violations": 0, "samples": 0, "peak_ratio": 0.0, "sim": {}, "executor": {},
+               "states": set(), "commands": 0, "travel": 0.0}
+    limit = np.asarray(robot.velocity, float)
+
+    def on_state(msg):
+        try:
+            q = mapper(msg)
+        except Exception:
+            return
+        t = stamp_to_seconds(msg.header.stamp)
+        if prev["q"] is not None and t > prev["t"]:
+            speed = np.abs(q - prev["q"]) / (t - prev["t"])
+            ratio = float(np.max(speed / limit))
+            figures["samples"] += 1
+            figures["peak_ratio"] = max(figures["peak_ratio"], ratio)
+            # 1e-4 rad of slack: integration noise, not motion
+            if np.any(np.abs(q - prev["q"]) > limit * (t - prev["t"]) + 1e-4):
+                figures["violations"] += 1
+            figures["travel"] += float(np.abs(q - prev["q"]).sum())
+        prev["q"], prev["t"] = q, t
+
+    def on_diag(msg):
+        for s in msg.status:
+            values = {kv.key: kv.value for kv in s.values}
+            if s.hardware_id == "executor_node":
+                figures["executor"] = values
+                figures["states"].add(values.get("state", "?"))
+            elif s.hardware_id == "sim_node":
+                figures["sim"] = {k: v for k, v in values.items() if k.startswith("rejected")}
+
+    def on_command(msg):
+        figures["commands"] += 1
+
+    node.create_subscription(JointState, robot.topics["joint_states"], on_state, SENSOR_QOS)
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 50)
+    node.create_subscription(JointTrajectory, robot.trajectory_topic, on_command, 100)
+    chunks = node.create_publisher(ActionChunk, "/roboalign/action_chunk", 10)
+    names = [*robot.arm_joints, "gripper"]
+    amplitude = np.array([0.6, 0.4, 0.5, 0.0, 0.0, 0.0])
+    omega = 3.0  # rad/s: peak 1.8 rad/s on joint1, beyond the 0.5 x 2.0 rad/s envelope
+
+    def publish_chunk():
+        now = node.get_clock().now().nanoseconds * 1e-9
+        t = now + 0.1 * np.arange(16)[:, None]
+        target = robot.home + amplitude * np.sin(omega * t)
+        actions = np.hstack([target, np.ones((16, 1))]).astype(np.float32)
+        chunks.publish(numpy_to_action_chunk(actions, stamp=now, dt=0.1,
+                                             action_space="joint_position",
+                                             dimension_names=names))
+
+    if args.source == "sine":
+        node.create_timer(0.1, publish_chunk)
+    end = time.monotonic() + args.seconds + 10.0  # 10 s for the nodes to come up
+    started = None
+    while time.monotonic() < end:
+        rclpy.spin_once(node, timeout_sec=0.01)
+        if started is None and figures["samples"] > 0:
+            started = time.monotonic()
+            end = started + args.seconds
+        if nodes.exited():
+            raise SystemExit(f"nodes exited: {nodes.exited()}")
+    node.destroy_node()
+    rclpy.shutdown()
+    return figures
+
+
+if __name__ == "__main__":
+    main()
