@@ -6,6 +6,13 @@ consistent observation and hands back each output with the observation stamp it 
 :class:`ObservationGate` decides whether an observation may be acted on at all: a stale image,
 an image/joint-state skew beyond the limit or a missing instruction blocks the policy, with the
 reason in plain words.
+
+:class:`InputLimits` bound what the model is ever run on: inference time grows with the
+instruction's length (a 100 kB instruction held a CPU core for minutes) and with the image size,
+so oversized inputs are refused before they reach the model, and the refusal (not a downstream
+symptom such as a stale image) is the reason the gate gives. A chunk whose observation has grown
+older than ``max_image_age`` during inference, or whose instruction was replaced meanwhile, is
+dropped instead of published.
 """
 
 from __future__ import annotations
@@ -32,9 +39,76 @@ class GateLimits:
             raise ValueError("max_image_age / max_state_skew: must be > 0")
 
 
+@dataclass(frozen=True)
+class InputLimits:
+    """The largest inputs the policy is run on (defaults fit a 1920x1080 RealSense stream)."""
+
+    max_instruction_chars: int = 1000
+    max_instruction_tokens: int = 256
+    max_image_width: int = 1920
+    max_image_height: int = 1080
+    max_image_bytes: int = 1920 * 1080 * 4  # rgba8 at full size
+
+    def __post_init__(self):
+        for name in ("max_instruction_chars", "max_instruction_tokens", "max_image_width",
+                     "max_image_height", "max_image_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+
+
+COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8")
+INSTRUCTION, IMAGE, JOINT_STATE = "instruction", "image", "joint state"  # refusal kinds
+
+
+def preview(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters for logs and status (with the full length)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def instruction_problem(text: str, limits: InputLimits,
+                        count_tokens: Callable[[str], int] | None = None) -> str | None:
+    """Why the policy refuses ``text`` as an instruction, or None.
+
+    Characters are checked first, so the tokenizer only ever sees a bounded text.
+    """
+    if len(text) > limits.max_instruction_chars:
+        return (f"instruction refused: {len(text)} characters > max_instruction_chars "
+                f"{limits.max_instruction_chars}")
+    if count_tokens is not None and text:
+        tokens = count_tokens(text)
+        if tokens > limits.max_instruction_tokens:
+            return (f"instruction refused: {tokens} tokens > max_instruction_tokens "
+                    f"{limits.max_instruction_tokens}")
+    return None
+
+
+def image_problem(width: int, height: int, encoding: str, nbytes: int,
+                  limits: InputLimits) -> str | None:
+    """Why the policy refuses an image by its header (before it is converted), or None."""
+    if encoding not in COLOUR_ENCODINGS:
+        return (f"image refused: encoding {encoding!r} not supported (the policy needs "
+                f"{'/'.join(COLOUR_ENCODINGS)})")
+    if width > limits.max_image_width or height > limits.max_image_height:
+        return (f"image refused: {width}x{height} exceeds max_image_width x max_image_height "
+                f"{limits.max_image_width}x{limits.max_image_height}")
+    if nbytes > limits.max_image_bytes:
+        return f"image refused: {nbytes} bytes > max_image_bytes {limits.max_image_bytes}"
+    return None
+
+
+def tokenizer_counter(tokenizer) -> Callable[[str], int]:
+    """Count an instruction's tokens with the policy's own tokenizer."""
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 @dataclass
 class Snapshot:
-    """The newest inputs, as copied for one decision."""
+    """The newest inputs, as copied for one decision.
+
+    ``refused`` maps an input kind to the reason its newest sample was refused (cleared by the
+    next good sample); the gate blocks on it before looking at what is stored.
+    """
 
     image: np.ndarray | None = None
     image_stamp: float | None = None
@@ -42,6 +116,7 @@ class Snapshot:
     state_stamp: float | None = None
     instruction: str = ""
     extra_images: dict[str, np.ndarray] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 class ObservationGate:
@@ -53,8 +128,12 @@ class ObservationGate:
     def check(self, snap: Snapshot, now: float) -> str | None:
         """Return None when ``snap`` may be acted on at ``now``, else the reason it may not."""
         lim = self.limits
+        if INSTRUCTION in snap.refused:
+            return snap.refused[INSTRUCTION]
         if lim.require_instruction and not snap.instruction.strip():
             return "no instruction yet (publish one on the instruction topic)"
+        if IMAGE in snap.refused:
+            return snap.refused[IMAGE]
         if snap.image is None:
             return "no image yet"
         age = now - snap.image_stamp
@@ -63,6 +142,8 @@ class ObservationGate:
         if age < -lim.max_state_skew:
             return f"image stamped {-age:.2f} s in the future (clock mismatch?)"
         if self.needs_state:
+            if JOINT_STATE in snap.refused:
+                return snap.refused[JOINT_STATE]
             if snap.state is None:
                 return "no joint state yet"
             skew = abs(snap.image_stamp - snap.state_stamp)
@@ -81,6 +162,7 @@ class Decision:
     blocked: str | None = None
     error: str | None = None
     observation_age: float = 0.0  # at the start of inference (s)
+    dropped: bool = False  # inference ran but its chunk must not be published (``blocked``)
 
 
 class PolicyWorker:
@@ -91,16 +173,23 @@ class PolicyWorker:
     gives the time stamps are compared with. Each new image triggers at most one decision;
     ``min_period`` caps the decision rate. Joint states are kept for ``state_history`` samples
     and each image is paired with the one nearest its stamp, so the skew the gate checks is the
-    real one, not the inference delay.
+    real one, not the inference delay. Inputs are bounded by ``limits``: instructions by
+    characters here and by tokens (``count_tokens``, in the worker thread) before inference;
+    the node refuses images by their header through :meth:`refuse`.
     """
 
     def __init__(self, predict: Callable, make_observation: Callable[[Snapshot], object],
                  gate: ObservationGate, on_decision: Callable[[Decision], None],
                  clock: Callable[[], float], min_period: float = 0.0,
-                 state_history: int = 256):
+                 state_history: int = 256, limits: InputLimits | None = None,
+                 count_tokens: Callable[[str], int] | None = None):
         self._predict, self._make_observation = predict, make_observation
         self.gate, self._on_decision, self._clock = gate, on_decision, clock
         self.min_period = min_period
+        self.limits = limits or InputLimits()
+        self._count_tokens = count_tokens
+        self._token_check: tuple[str, str | None] | None = None  # (instruction, problem)
+        self._busy_since: float | None = None  # monotonic start of the running inference
         self._snap = Snapshot()
         # recent joint states: each image is paired with the state nearest its stamp
         self._states: deque[tuple[float, np.ndarray]] = deque(maxlen=state_history)
@@ -115,6 +204,7 @@ class PolicyWorker:
         with self._lock:
             if name is None:
                 self._snap.image, self._snap.image_stamp = image, stamp
+                self._snap.refused.pop(IMAGE, None)
             else:
                 self._snap.extra_images[name] = image
         if name is None:
@@ -124,11 +214,41 @@ class PolicyWorker:
         """Add a proprioceptive state sample (kept for pairing with images by stamp)."""
         with self._lock:
             self._states.append((stamp, state))
+            self._snap.refused.pop(JOINT_STATE, None)
 
-    def set_instruction(self, text: str) -> None:
-        """Set the instruction the next decisions are conditioned on."""
+    def refuse(self, kind: str, reason: str) -> None:
+        """Record that the newest ``kind`` input (IMAGE, JOINT_STATE) was refused and why.
+
+        The policy stays blocked with ``reason`` until a good sample of that kind arrives; a new
+        reason triggers a decision at once, so the status names it without waiting.
+        """
         with self._lock:
-            self._snap.instruction = text
+            changed = self._snap.refused.get(kind) != reason
+            self._snap.refused[kind] = reason
+        if changed:
+            self._new_image.set()
+
+    def set_instruction(self, text: str) -> str | None:
+        """Set the instruction the next decisions are conditioned on.
+
+        Returns why it is refused (too long), or None; a refused instruction blocks the policy
+        until a valid one arrives (acting on the previous task would be wrong too).
+        """
+        problem = instruction_problem(text, self.limits)
+        with self._lock:
+            self._snap.instruction = "" if problem else text
+            if problem:
+                self._snap.refused[INSTRUCTION] = problem
+            else:
+                self._snap.refused.pop(INSTRUCTION, None)
+        if problem:
+            self._new_image.set()  # the status names the refusal at once
+        return problem
+
+    def busy_for(self) -> float:
+        """Seconds the running inference has taken so far (0 when idle)."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
 
     # lifecycle
     def start(self) -> None:
@@ -155,20 +275,43 @@ class PolicyWorker:
                     state_stamp, state = min(self._states,
                                              key=lambda item: abs(item[0] - s.image_stamp))
             return Snapshot(s.image, s.image_stamp, state, state_stamp, s.instruction,
-                            dict(s.extra_images))
+                            dict(s.extra_images), dict(s.refused))
+
+    def _tokens_problem(self, instruction: str) -> str | None:
+        if self._count_tokens is None or not instruction:
+            return None
+        if self._token_check is None or self._token_check[0] != instruction:
+            self._token_check = (instruction, instruction_problem(instruction, self.limits,
+                                                                  self._count_tokens))
+        return self._token_check[1]
 
     def step(self) -> Decision:
         """One decision on the newest inputs (what the thread runs; callable directly in tests)."""
         snap = self._take()
         now = self._clock()
-        reason = self.gate.check(snap, now)
+        reason = self.gate.check(snap, now) or self._tokens_problem(snap.instruction)
         if reason is not None:
             return Decision(snap, blocked=reason)
         age = now - snap.image_stamp
+        self._busy_since = time.monotonic()
         try:
             output = self._predict(self._make_observation(snap))
         except Exception as exc:  # a failing model must not kill the node: report it
             return Decision(snap, error=f"{type(exc).__name__}: {exc}", observation_age=age)
+        finally:
+            self._busy_since = None
+        # what is published must still be fresh, and for the instruction in force
+        max_age = self.gate.limits.max_image_age
+        age_now = self._clock() - snap.image_stamp
+        with self._lock:
+            instruction = self._snap.instruction
+        if age_now > max_age:
+            return Decision(snap, blocked=f"chunk dropped: observation {age_now:.2f} s old after "
+                            f"inference > max_image_age {max_age:.2f} s", observation_age=age,
+                            dropped=True)
+        if instruction != snap.instruction:
+            return Decision(snap, blocked="chunk dropped: the instruction changed during "
+                            "inference", observation_age=age, dropped=True)
         return Decision(snap, output=output, observation_age=age)
 
     def _run(self) -> None:
@@ -177,7 +320,8 @@ class PolicyWorker:
             if not self._new_image.wait(timeout=0.5):
                 # no new image: still tell the node (a stopped camera must show up in status)
                 snap = self._take()
-                reason = self.gate.check(snap, self._clock()) or "no new image for 0.5 s"
+                reason = (self.gate.check(snap, self._clock())
+                          or self._tokens_problem(snap.instruction) or "no new image for 0.5 s")
                 self._on_decision(Decision(snap, blocked=reason))
                 continue
             self._new_image.clear()

@@ -1,5 +1,6 @@
 """policy_node over DDS with the tiny model: stale images gated, chunks stamped with the
-observation time, instruction changes taken, wrong encodings refused."""
+observation time, instruction changes taken, wrong encodings refused, oversized inputs refused
+and named in the status and diagnostics."""
 
 import os
 import subprocess
@@ -20,7 +21,9 @@ def policy_process(tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, "-m", "roboalign_ros.nodes.policy_node", "--ros-args",
              "-p", "model_path:=tiny", "-p", "device:=cpu", "-p", "reasoning_every:=0",
-             "-p", "torch_threads:=1"],
+             "-p", "torch_threads:=1",
+             # small image bounds, so that an oversized image is cheap to send here
+             "-p", "max_image_width:=200", "-p", "max_image_height:=150"],
             stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     yield log
     proc.terminate()
@@ -40,19 +43,27 @@ def probe(rclpy_context, policy_process):
     class Probe:
         pass
 
+    from diagnostic_msgs.msg import DiagnosticArray
+
     p = Probe()
     p.robot = load_robot_config("sim_arm")
     p.node = Node("policy_probe", context=rclpy_context)
-    p.chunks, p.statuses = [], []
+    p.chunks, p.statuses, p.diagnostics = [], [], []
     p.node.create_subscription(ActionChunk, "/roboalign/action_chunk", p.chunks.append, 10)
     p.node.create_subscription(PolicyStatus, "/roboalign/status", p.statuses.append, 50)
+    p.node.create_subscription(
+        DiagnosticArray, "/diagnostics",
+        lambda m: p.diagnostics.extend(s for s in m.status if s.name.startswith("policy_node")),
+        10)
     p.image_pub = p.node.create_publisher(Image, p.robot.color_topic, 10)
     p.instruction_pub = p.node.create_publisher(String, "/roboalign/instruction", 10)
     js_pub = p.node.create_publisher(JointState, "/joint_states", 10)
 
+    p.joint_names = list(p.robot.joint_names)  # a test may break them
+
     def publish_state():
-        msg = JointState(name=list(p.robot.joint_names),
-                         position=[*map(float, p.robot.home), 0.02, 0.02])
+        msg = JointState(name=p.joint_names,
+                         position=[*map(float, p.robot.home), 0.02, 0.02][:len(p.joint_names)])
         msg.header.stamp = p.node.get_clock().now().to_msg()
         js_pub.publish(msg)
 
@@ -64,10 +75,10 @@ def probe(rclpy_context, policy_process):
     def now():
         return p.node.get_clock().now().nanoseconds * 1e-9
 
-    def send_image(age=0.0, encoding="rgb8"):
+    def send_image(age=0.0, encoding="rgb8", size=(120, 160)):
         from roboalign_ros.conversions import numpy_to_image
 
-        shape = (120, 160, 3) if encoding == "rgb8" else (120, 160)
+        shape = (*size, 3) if encoding == "rgb8" else size
         image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
         stamp = now() - age
         p.image_pub.publish(numpy_to_image(image, encoding, stamp=stamp))
@@ -131,4 +142,103 @@ def test_gating_stamping_and_instruction_change(probe):
 def test_wrong_encoding_is_refused_with_a_clear_log(probe):
     probe.send_image(encoding="mono8")
     probe.wait(1.0)
-    assert "policy needs colour images" in probe.log.read_text()
+    assert "image refused: encoding 'mono8' not supported (the policy needs rgb8/bgr8/rgba8)" \
+        in probe.log.read_text()
+
+
+def _blocked_with(probe, needle, timeout=10):
+    """Wait for a BLOCKED status whose message contains ``needle``."""
+    from roboalign_ros.msg import PolicyStatus
+
+    return spin_until(probe.executor, lambda: any(
+        s.state == PolicyStatus.STATE_BLOCKED and needle in s.message for s in probe.statuses),
+        timeout)
+
+
+def _diagnosed(probe, needle, timeout=5):
+    """Wait for a WARN/ERROR policy diagnostic whose message contains ``needle``."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    return spin_until(probe.executor, lambda: any(
+        s.level in (DiagnosticStatus.WARN, DiagnosticStatus.ERROR) and needle in s.message
+        for s in probe.diagnostics), timeout)
+
+
+def _act_again(probe, instruction="pick up the red cube"):
+    from std_msgs.msg import String
+
+    probe.instruction_pub.publish(String(data=instruction))
+    probe.wait(0.2)
+    probe.chunks.clear()
+    for _ in range(3):
+        probe.send_image()
+        probe.wait(0.3)
+    assert spin_until(probe.executor, lambda: probe.chunks, 10), "policy did not act again"
+    assert probe.chunks[-1].instruction == instruction
+
+
+def test_oversized_instruction_is_refused_at_once_and_named(probe):
+    """Issue 10 item 5: a huge instruction stalled the policy for minutes, status silent."""
+    import random
+    import string
+
+    from std_msgs.msg import String
+
+    _act_again(probe)
+    probe.statuses.clear()
+    probe.diagnostics.clear()
+    huge = "pick up the red cube " * 1000  # 21000 characters
+    probe.instruction_pub.publish(String(data=huge))
+    probe.chunks.clear()
+    t0 = time.monotonic()
+    assert _blocked_with(probe, "instruction refused: 21000 characters > max_instruction_chars "
+                                "1000", 5), [s.message for s in probe.statuses][-3:]
+    assert time.monotonic() - t0 < 3.0
+    for _ in range(3):  # fresh images do not make it act on the refused instruction
+        probe.send_image()
+        probe.wait(0.2)
+    assert not probe.chunks, "a chunk was published for a refused instruction"
+    assert _diagnosed(probe, "instruction refused")
+    status = probe.statuses[-1]
+    assert len(status.instruction) < 300, "the status echoes the whole refused instruction"
+    # short enough in characters, too long in the policy's tokens
+    rng = random.Random(0)
+    noise = "".join(rng.choice(string.ascii_lowercase + string.digits) for _ in range(900))
+    probe.instruction_pub.publish(String(data=noise))
+    probe.send_image()
+    assert _blocked_with(probe, "tokens > max_instruction_tokens 256", 5)
+    assert not probe.chunks
+    _act_again(probe)  # a valid instruction is taken at once
+
+
+def test_refused_images_and_joint_states_are_named_not_their_symptoms(probe):
+    """Issue 10 items 5 and 8: an oversized image or bad encoding showed as 'image 1.06 s
+    old', bad joint states as 'skew'."""
+    _act_again(probe)
+    probe.statuses.clear()
+    probe.diagnostics.clear()
+    for _ in range(2):
+        probe.send_image(size=(240, 320))  # fixture bounds: 200x150
+        probe.wait(0.3)
+    assert _blocked_with(probe, "image refused: 320x240 exceeds max_image_width x "
+                                "max_image_height 200x150", 5)
+    probe.wait(1.0)  # the last good image is stale by now: the status keeps the real reason
+    assert "image refused" in probe.statuses[-1].message, probe.statuses[-1].message
+    assert _diagnosed(probe, "image refused")
+    probe.send_image(encoding="mono8")
+    assert _blocked_with(probe, "image refused: encoding 'mono8' not supported", 5)
+    _act_again(probe)
+
+    probe.joint_names = probe.joint_names[:2] + probe.joint_names[3:]  # joint3 missing
+    try:
+        probe.wait(0.3)
+        probe.statuses.clear()
+        for _ in range(3):
+            probe.send_image()
+            probe.wait(0.3)
+        assert _blocked_with(probe, "joint state refused: name: joint_states lacks ['joint3']",
+                             5), [s.message for s in probe.statuses][-3:]
+        assert not any("skew" in s.message for s in probe.statuses)
+    finally:
+        probe.joint_names = list(probe.robot.joint_names)
+    _act_again(probe)

@@ -107,3 +107,112 @@ def test_worker_thread_acts_once_per_new_image_and_instruction_change_takes_effe
 def test_empty_model_path_is_a_clear_error():
     with pytest.raises(ValueError, match="model_path"):
         load_policy("", robot=None)
+
+
+# ---------------------------------------------------------------- input bounds (issue 10)
+
+def test_instruction_is_bounded_by_characters_before_tokens():
+    from roboalign_ros.policy_runtime import InputLimits, instruction_problem
+
+    counted = []
+
+    def count(text):
+        counted.append(len(text))
+        return len(text.split())
+
+    limits = InputLimits(max_instruction_chars=1000, max_instruction_tokens=5)
+    assert "100000 characters > max_instruction_chars 1000" in instruction_problem(
+        "x" * 100_000, limits, count)
+    assert counted == [], "the tokenizer saw a text the character bound refuses"
+    assert "6 tokens > max_instruction_tokens 5" in instruction_problem(
+        "a b c d e f", limits, count)
+    assert instruction_problem("pick up the red cube", limits, count) is None
+
+
+def test_images_are_refused_by_their_header():
+    from roboalign_ros.policy_runtime import InputLimits, image_problem
+
+    limits = InputLimits()
+    assert image_problem(640, 480, "rgb8", 640 * 480 * 3, limits) is None
+    assert image_problem(1920, 1080, "rgba8", 1920 * 1080 * 4, limits) is None
+    assert "8000x8000 exceeds max_image_width x max_image_height 1920x1080" in image_problem(
+        8000, 8000, "rgb8", 192_000_000, limits)
+    assert "encoding 'yuv422' not supported" in image_problem(640, 480, "yuv422", 0, limits)
+    assert "bytes > max_image_bytes" in image_problem(640, 480, "rgb8", 10**9, limits)
+
+
+def test_bad_input_limits_are_refused():
+    from roboalign_ros.policy_runtime import InputLimits
+
+    with pytest.raises(ValueError, match="max_image_width"):
+        InputLimits(max_image_width=0)
+
+
+def bounded_worker(predict, clock, **kw):
+    from roboalign_ros.policy_runtime import InputLimits
+
+    worker = PolicyWorker(predict, lambda snap: snap, gate(), [].append, clock,
+                          limits=InputLimits(max_instruction_chars=50, max_instruction_tokens=4),
+                          count_tokens=lambda text: len(text.split()), **kw)
+    worker.update_state(STATE, clock())
+    worker.update_image(IMAGE, clock())
+    return worker
+
+
+def test_refused_instruction_blocks_with_its_reason_and_never_reaches_the_model():
+    calls, clock = [], Clock(1.0)
+    worker = bounded_worker(calls.append, clock)
+    assert "characters > max_instruction_chars 50" in worker.set_instruction("x" * 10_000)
+    assert "max_instruction_chars" in worker.step().blocked
+    assert worker.set_instruction("one two three four five") is None  # chars fine...
+    assert "5 tokens > max_instruction_tokens 4" in worker.step().blocked  # ...tokens not
+    assert calls == []
+    worker.set_instruction("pick up the cube")
+    assert worker.step().blocked is None and len(calls) == 1
+
+
+def test_refused_image_or_joint_state_is_named_instead_of_its_symptom():
+    from roboalign_ros.policy_runtime import IMAGE, JOINT_STATE
+
+    clock = Clock(1.0)
+    worker = bounded_worker(lambda obs: "chunk", clock)
+    worker.set_instruction("go")
+    worker.refuse(IMAGE, "image refused: 8000x8000 exceeds max 1920x1080")
+    clock.t = 2.0  # the stored image is stale by now too: the refusal is the real reason
+    assert worker.step().blocked == "image refused: 8000x8000 exceeds max 1920x1080"
+    worker.update_image(IMAGE, 2.0)
+    worker.update_state(STATE, 2.0)
+    assert worker.step().blocked is None
+    worker.refuse(JOINT_STATE, "joint state refused: name: joint_states lacks ['joint3']")
+    clock.t = 2.3
+    worker.update_image(IMAGE, 2.3)
+    assert "joint state refused" in worker.step().blocked  # not "skew 0.300 s"
+
+
+def test_chunk_is_dropped_when_the_observation_went_stale_during_inference():
+    clock = Clock(1.0)
+
+    def slow(obs):
+        clock.t += 0.8  # inference outlasts max_image_age (0.5 s)
+        return "chunk"
+
+    worker = bounded_worker(slow, clock)
+    worker.set_instruction("go")
+    decision = worker.step()
+    assert decision.dropped and decision.output is None
+    assert "chunk dropped: observation 0.80 s old after inference > max_image_age" in \
+        decision.blocked
+
+
+def test_chunk_is_dropped_when_the_instruction_changed_during_inference():
+    clock = Clock(1.0)
+    worker = None
+
+    def predict(obs):
+        worker.set_instruction("push the green block")
+        return "chunk"
+
+    worker = bounded_worker(predict, clock)
+    worker.set_instruction("pick up the cube")
+    decision = worker.step()
+    assert decision.dropped and "instruction changed" in decision.blocked

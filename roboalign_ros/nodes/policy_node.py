@@ -4,11 +4,14 @@ Wiring: image / joint-state / instruction callbacks only store the newest sample
 :class:`~roboalign_ros.policy_runtime.PolicyWorker`; the worker thread runs the VLA and this
 node publishes each chunk stamped with the observation time it used, the reasoning when it is
 fresh, a PolicyStatus per decision (with the reason when it refuses to act) and diagnostics.
-The model loads in the background so the node is up (status LOADING) at once.
+The model loads in the background so the node is up (status LOADING) at once. Inputs beyond
+the ``max_instruction_*`` / ``max_image_*`` bounds are refused before the model sees them, and
+the refusal is what the status and /diagnostics report.
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import deque
@@ -39,12 +42,18 @@ from roboalign_ros.nodes.common import (
     sensor_qos_for,
 )
 from roboalign_ros.policy_runtime import (
+    IMAGE,
+    JOINT_STATE,
     Decision,
     GateLimits,
+    InputLimits,
     ObservationGate,
     PolicyWorker,
     Snapshot,
+    image_problem,
     load_policy,
+    preview,
+    tokenizer_counter,
 )
 from roboalign_ros.robot import load_robot_config
 
@@ -60,6 +69,11 @@ PARAMETERS = {
     "status_topic": "/roboalign/status",
     "max_image_age": 0.5,
     "max_state_skew": 0.1,
+    "max_instruction_chars": 1000,
+    "max_instruction_tokens": 256,  # counted with the policy's tokenizer
+    "max_image_width": 1920,
+    "max_image_height": 1080,
+    "max_image_bytes": 1920 * 1080 * 4,
     "max_rate": 0.0,  # Hz; 0 = as fast as the model goes
     "reasoning_every": -1,  # -1: the checkpoint's setting; 0: off; N: every N chunks
     "torch_threads": 0,  # CPU inference threads; 0 = torch's default
@@ -68,6 +82,8 @@ PARAMETERS = {
 
 _RGB_FROM = {"rgb8": lambda a: a, "bgr8": lambda a: a[..., ::-1],
              "rgba8": lambda a: a[..., :3]}
+_LIMITS = ("max_instruction_chars", "max_instruction_tokens", "max_image_width",
+           "max_image_height", "max_image_bytes")
 
 
 class PolicyNode(Node):
@@ -79,6 +95,7 @@ class PolicyNode(Node):
         self.p = p
         self.robot = load_robot_config(p["robot"])
         self.gate = ObservationGate(GateLimits(p["max_image_age"], p["max_state_skew"]))
+        self.limits = InputLimits(**{name: p[name] for name in _LIMITS})
         self.state_of = JointStateMapper(self.robot)
         self.chunk_pub = self.create_publisher(ActionChunk, p["chunk_topic"], 10)
         self.reasoning_pub = self.create_publisher(String, p["reasoning_topic"], 10)
@@ -87,7 +104,7 @@ class PolicyNode(Node):
         self.policy = None
         self.worker: PolicyWorker | None = None
         self.state, self.message = PolicyStatus.STATE_LOADING, f"loading {p['model_path']}"
-        self.sequence = self.published = self.rejected = 0
+        self.sequence = self.published = self.rejected = self.dropped = 0
         self.latencies: deque[float] = deque(maxlen=100)
         self.publish_times: deque[float] = deque(maxlen=20)
         self.last_age = 0.0
@@ -124,8 +141,10 @@ class PolicyNode(Node):
         self.gate.needs_state = bool(cfg.state_dim)  # a model without proprioception
         self.worker = PolicyWorker(self.policy.predict, self._observation, self.gate,
                                    self.on_decision, lambda: now_seconds(self),
-                                   1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0)
-        self.worker.set_instruction(self._pending_instruction)
+                                   1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0,
+                                   limits=self.limits,
+                                   count_tokens=tokenizer_counter(self.policy.tokenizer))
+        self._instruct(self._pending_instruction)
         self.worker.start()
         self._set_state(PolicyStatus.STATE_WAITING, "model ready")
         self.get_logger().info(
@@ -136,18 +155,19 @@ class PolicyNode(Node):
     # ------------------------------------------------------------------ inputs (never block)
 
     def on_image(self, msg: Image) -> None:
-        """Keep the newest image as a zero-copy view (RGB)."""
+        """Keep the newest image as a zero-copy view (RGB); refuse it by its header first."""
         if self.worker is None:
             return
-        try:
-            to_rgb = _RGB_FROM.get(msg.encoding)
-            if to_rgb is None:
-                raise ConversionError(f"encoding: the policy needs colour images "
-                                      f"(rgb8/bgr8/rgba8), got {msg.encoding!r}")
-            image = to_rgb(image_to_numpy(msg))
-        except ConversionError as exc:
+        problem = image_problem(msg.width, msg.height, msg.encoding, len(msg.data), self.limits)
+        if problem is None:
+            try:
+                image = _RGB_FROM[msg.encoding](image_to_numpy(msg))
+            except ConversionError as exc:
+                problem = f"image refused: {exc}"
+        if problem is not None:
             self.rejected += 1
-            self.get_logger().error(f"image rejected: {exc}", throttle_duration_sec=2.0)
+            self.get_logger().error(problem, throttle_duration_sec=2.0)
+            self.worker.refuse(IMAGE, problem)
             return
         self.worker.update_image(image, stamp_to_seconds(msg.header.stamp))
 
@@ -158,7 +178,9 @@ class PolicyNode(Node):
         try:
             state = self.state_of(msg)
         except ConversionError as exc:
-            self.get_logger().error(f"joint state rejected: {exc}", throttle_duration_sec=2.0)
+            problem = f"joint state refused: {exc}"
+            self.get_logger().error(problem, throttle_duration_sec=2.0)
+            self.worker.refuse(JOINT_STATE, problem)
             return
         self.worker.update_state(state, stamp_to_seconds(msg.header.stamp))
 
@@ -166,10 +188,15 @@ class PolicyNode(Node):
         """Switch task; reasoning is regenerated for the new instruction."""
         if msg.data == self._pending_instruction:
             return  # republished (the sim repeats it for late joiners)
-        self.get_logger().info(f"instruction: '{msg.data}'")
+        self.get_logger().info(f"instruction: '{preview(msg.data)}'")
         self._pending_instruction = msg.data
         if self.worker is not None:
-            self.worker.set_instruction(msg.data)
+            self._instruct(msg.data)
+
+    def _instruct(self, text: str) -> None:
+        problem = self.worker.set_instruction(text)
+        if problem:
+            self.get_logger().error(problem)
 
     def _observation(self, snap: Snapshot):
         from roboalign_ros.model import Observation
@@ -181,6 +208,9 @@ class PolicyNode(Node):
 
     def on_decision(self, decision: Decision) -> None:
         """Publish a chunk (+ reasoning) or say why the policy did not act."""
+        if decision.dropped:
+            self.dropped += 1
+            self.get_logger().warning(decision.blocked, throttle_duration_sec=2.0)
         if decision.blocked:
             self.rejected += decision.snapshot.image is not None
             self._set_state(PolicyStatus.STATE_BLOCKED, decision.blocked)
@@ -217,7 +247,7 @@ class PolicyNode(Node):
         self.state, self.message = state, message
         status = PolicyStatus(state=state, message=message, model=self.p["model_path"],
                               device=str(getattr(self.policy, "device", self.p["device"])),
-                              instruction=self._pending_instruction,
+                              instruction=preview(self._pending_instruction, 200),
                               observation_age=float(self.last_age),
                               latency=float(self.latencies[-1]) if self.latencies else 0.0,
                               chunk_rate=self._rate(), chunks_published=self.published,
@@ -228,18 +258,29 @@ class PolicyNode(Node):
     def publish_diagnostics(self) -> None:
         """Latency, observation age and chunk rate on /diagnostics."""
         lat = np.asarray(self.latencies) * 1e3
+        busy = self.worker.busy_for() if self.worker is not None else 0.0
         values = {"state": self.state, "message": self.message,
                   "chunks_published": self.published, "observations_rejected": self.rejected,
+                  "chunks_dropped": self.dropped, "inference_running_s": busy,
                   "chunk_rate_hz": self._rate(), "observation_age_s": float(self.last_age)}
         if lat.size:
             values.update(latency_p50_ms=float(np.percentile(lat, 50)),
                           latency_p90_ms=float(np.percentile(lat, 90)))
         level = {PolicyStatus.STATE_ACTING: OK, PolicyStatus.STATE_ERROR: ERROR}.get(
             self.state, WARN)
-        self.diagnostics.publish(level, self.message, values)
+        message = self.message
+        if busy > self.gate.limits.max_image_age:  # a stuck inference is not "acting"
+            level = max(level, WARN)
+            message = (f"inference running for {busy:.1f} s > max_image_age "
+                       f"{self.gate.limits.max_image_age:.2f} s (its chunk will be dropped)")
+        self.diagnostics.publish(level, message, values)
 
     def close(self) -> None:
         """Stop the worker thread."""
+        if threading.current_thread() is threading.main_thread():
+            # Ctrl-C arrives twice under ros2 launch (process group + launch's forward): the
+            # second must not interrupt the shutdown; SIG_IGN also outlives finalization.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if self.worker is not None:
             self.worker.stop()
 
