@@ -110,8 +110,14 @@ def make_features(
     cameras: Mapping[str, tuple[int, int]],
     fps: int,
     video_codec: str,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Build the `features` block of info.json (LeRobot v3.0 conventions)."""
+    """Build the `features` block of info.json (LeRobot v3.0 conventions).
+
+    `extra` adds per-frame columns beside state and action, e.g.
+    ``{"observation.environment_state": {"dtype": "float32", "shape": [n], "names": [...]}}``
+    (see `check_extra_feature`).
+    """
     if not state_names:
         raise ValueError("state_names: need at least one state dimension")
     if not action_names:
@@ -141,9 +147,43 @@ def make_features(
                 "has_audio": False,
             },
         }
+    for key, ft in (extra or {}).items():
+        features[key] = check_extra_feature(key, ft, reserved=features)
     for key, dtype in INDEX_FEATURES.items():
         features[key] = {"dtype": dtype, "shape": [1], "names": None}
     return features
+
+
+def check_extra_feature(
+    key: str, ft: Mapping[str, Any], reserved: Mapping[str, Any] = ()
+) -> dict[str, Any]:
+    """Validate an extra per-frame column and return its info.json entry.
+
+    A vector (shape ``[n]``) of float32 / float64 / int64 with ``n`` names (or None): a
+    standard LeRobot feature (HF ``Value`` for n = 1, ``Sequence`` otherwise).
+    """
+    if not isinstance(key, str) or not key or key in reserved or key in INDEX_FEATURES:
+        raise ValueError(f"extra features: bad or reserved key {key!r}")
+    if key.startswith(IMAGE_PREFIX):
+        raise ValueError(f"extra features[{key!r}]: images are cameras, not extra columns")
+    dtype, shape, names = ft.get("dtype"), list(ft.get("shape") or []), ft.get("names")
+    if dtype not in _ARROW:
+        raise ValueError(f"extra features[{key!r}]: dtype {dtype!r} not one of {sorted(_ARROW)}")
+    if len(shape) != 1 or int(shape[0]) < 1:
+        raise ValueError(f"extra features[{key!r}]: shape must be [n >= 1], got {shape}")
+    if names is not None and len(names) != int(shape[0]):
+        raise ValueError(f"extra features[{key!r}]: {len(names)} names for shape {shape}")
+    return {"dtype": dtype, "shape": [int(shape[0])],
+            "names": None if names is None else [str(n) for n in names]}
+
+
+def extra_features_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Return the per-frame columns other than state, action, cameras and the index columns."""
+    return {
+        key: dict(ft) for key, ft in features.items()
+        if key not in (STATE_KEY, ACTION_KEY, *INDEX_FEATURES)
+        and ft.get("dtype") not in ("video", "image")
+    }
 
 
 def make_info(

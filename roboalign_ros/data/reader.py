@@ -38,6 +38,8 @@ class Episode:
     timestamps: np.ndarray  # (T,) float32, frame_index / fps (video time)
     capture_times: np.ndarray  # (T,) float64, the recorder's stamps
     frames: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8 RGB ({} if not decoded)
+    extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Extra feature -> (T, n) array of its dtype, (T,) for shape ``[1]`` (e.g. expert.phase)."""
 
     @property
     def task(self) -> str:
@@ -75,6 +77,8 @@ class DatasetReader:
         self.cameras = fmt.cameras_of(feats)
         self.state_names = list(feats[fmt.STATE_KEY].get("names") or [])
         self.action_names = list(feats[fmt.ACTION_KEY].get("names") or [])
+        self.extra_features = fmt.extra_features_of(feats)
+        self.metadata: dict[str, Any] = dict(self.info.get("roboalign") or {})
         self.robot_type = self.info.get("robot_type")
         try:
             self._schema = fmt.data_schema(feats)
@@ -235,6 +239,7 @@ class DatasetReader:
             timestamps=col("timestamp", np.float32),
             capture_times=col(fmt.CAPTURE_TIME_KEY, np.float64),
             frames=frames,
+            extra={key: col(key, ft["dtype"]) for key, ft in self.extra_features.items()},
         )
 
     def iter_frames(

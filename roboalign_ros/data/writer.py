@@ -59,6 +59,7 @@ class _Recording:
     states: list[np.ndarray] = dataclasses.field(default_factory=list)
     actions: list[np.ndarray] = dataclasses.field(default_factory=list)
     stamps: list[float] = dataclasses.field(default_factory=list)
+    extras: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
 class DatasetWriter:
@@ -83,6 +84,7 @@ class DatasetWriter:
         self._state_dim = int(feats[fmt.STATE_KEY]["shape"][0])
         self._action_dim = int(feats[fmt.ACTION_KEY]["shape"][0])
         self.cameras = fmt.cameras_of(feats)
+        self.extra_features = fmt.extra_features_of(feats)
         codecs = {feats[fmt.camera_key(c)]["info"]["video.codec"] for c in self.cameras}
         self._encoder = encoder_for(codecs.pop()) if codecs else DEFAULT_CODEC
         self._schema = fmt.data_schema(feats)
@@ -110,11 +112,15 @@ class DatasetWriter:
         crf: int | None = None,
         encoder_threads: int = 1,
         chunks_size: int = fmt.DEFAULT_CHUNKS_SIZE,
+        extra_features: Mapping[str, Mapping[str, Any]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> DatasetWriter:
         """Create an empty dataset at `root` (which must not hold a dataset yet).
 
         `cameras` maps a camera name (`scene`, `wrist`) to its (height, width); its frames
-        become the video feature `observation.images.<name>`.
+        become the video feature `observation.images.<name>`. `extra_features` declares more
+        per-frame vector columns (`fmt.check_extra_feature`), given to every `add_frame`;
+        `metadata` is kept in info.json under ``"roboalign"`` (see `update_metadata`).
         """
         root = Path(root)
         if (root / fmt.INFO_PATH).exists():
@@ -123,8 +129,9 @@ class DatasetWriter:
             raise ValueError(f"fps: must be a positive int, got {fps!r}")
         if chunks_size <= 0:
             raise ValueError(f"chunks_size: must be positive, got {chunks_size}")
-        feats = fmt.make_features(state_names, action_names, cameras, fps, codec_name(codec))
-        info = fmt.make_info(feats, fps, robot_type, chunks_size)
+        feats = fmt.make_features(state_names, action_names, cameras, fps, codec_name(codec),
+                                  extra_features)
+        info = fmt.make_info(feats, fps, robot_type, chunks_size, extra=metadata)
         writer = cls(root, info, gop=gop, crf=crf, encoder_threads=encoder_threads)
         writer._encoder = codec
         with storage.recording_errors("creating the dataset"):
@@ -222,6 +229,18 @@ class DatasetWriter:
         return list(self._tasks)
 
     @property
+    def metadata(self) -> dict[str, Any]:
+        """Our metadata block of info.json (``"roboalign"``; a copy)."""
+        return dict(self.info.get("roboalign") or {})
+
+    def update_metadata(self, values: Mapping[str, Any]) -> None:
+        """Merge `values` (JSON-able) into the metadata block and rewrite info.json now."""
+        self._check_usable()
+        self.info["roboalign"] = {**self.metadata, **values}
+        with storage.recording_errors("updating the dataset metadata"):
+            self._write_meta()
+
+    @property
     def recording(self) -> bool:
         """True between `start_episode` and `save_episode` / `discard_episode`."""
         return self._rec is not None
@@ -268,12 +287,14 @@ class DatasetWriter:
         action: Sequence[float] | np.ndarray,
         images: Mapping[str, np.ndarray],
         timestamp: float | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Append one frame: state, action, one HxWx3 uint8 RGB image per camera.
 
         `timestamp` is the capture time in seconds (e.g. the ROS stamp; default: now) and
         must increase. It is kept in the `capture_time` column; the LeRobot `timestamp`
-        column is frame_index / fps, matching the video frame times.
+        column is frame_index / fps, matching the video frame times. `extra` holds a value
+        for every extra feature the dataset declares (a scalar for shape ``[1]``).
         """
         self._check_usable()
         rec = self._rec
@@ -284,6 +305,7 @@ class DatasetWriter:
         stamp = time.time() if timestamp is None else float(timestamp)
         if not math.isfinite(stamp) or (rec.stamps and stamp <= rec.stamps[-1]):
             raise ValueError(f"timestamp: {stamp} must be finite and increase within an episode")
+        extras = self._extras(extra)
         if set(images) != set(self.cameras):
             raise ValueError(
                 f"images: expected cameras {sorted(self.cameras)}, got {sorted(images)}"
@@ -307,6 +329,8 @@ class DatasetWriter:
         rec.states.append(s)
         rec.actions.append(a)
         rec.stamps.append(stamp)
+        for key, value in extras.items():
+            rec.extras.setdefault(key, []).append(value)
 
     def save_episode(self, success: bool | None = None) -> EpisodeInfo:
         """Finish the episode, commit it atomically and update meta; return its info."""
@@ -401,6 +425,22 @@ class DatasetWriter:
             raise ValueError(f"{name}: contains NaN or inf")
         return v
 
+    def _extras(self, extra: Mapping[str, Any] | None) -> dict[str, np.ndarray]:
+        extra = extra or {}
+        if set(extra) != set(self.extra_features):
+            raise ValueError(f"extra: expected keys {sorted(self.extra_features)}, got "
+                             f"{sorted(extra)}")
+        out = {}
+        for key, ft in self.extra_features.items():
+            v = np.asarray(extra[key], dtype=ft["dtype"]).reshape(-1)
+            if v.shape != (ft["shape"][0],):
+                raise ValueError(f"extra[{key!r}]: expected shape ({ft['shape'][0]},), got "
+                                 f"{np.shape(extra[key])}")
+            if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+                raise ValueError(f"extra[{key!r}]: contains NaN or inf")
+            out[key] = v
+        return out
+
     def _episode_table(
         self, ep: EpisodeInfo, rec: _Recording
     ) -> tuple[pa.Table, dict[str, st.Stats]]:
@@ -417,6 +457,8 @@ class DatasetWriter:
             "task_index": np.full(n, ep.task_index, np.int64),
             fmt.CAPTURE_TIME_KEY: np.asarray(rec.stamps, np.float64),
         }
+        for key, ft in self.extra_features.items():
+            cols[key] = np.stack(rec.extras[key]).astype(ft["dtype"])
         arrays = [
             _fixed_list(cols[f.name])
             if pa.types.is_fixed_size_list(f.type)
@@ -434,6 +476,7 @@ class DatasetWriter:
         info = fmt.make_info(
             self.info["features"], self.fps, self.info.get("robot_type") or "",
             self.layout.chunks_size, self.num_episodes, self.num_frames, len(self._tasks),
+            extra=self.info.get("roboalign"),
         )
         files = {
             self.layout.tasks: _parquet_bytes(fmt.tasks_table(self._tasks)),
