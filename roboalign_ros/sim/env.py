@@ -295,11 +295,12 @@ class TabletopEnv:
         """Arm joint positions (config order)."""
         return self.data.qpos[self._qadr[:self._n_arm]].copy()
 
-    def gripper_opening(self) -> float:
-        """Measured gripper opening in [0, 1] (first gripper joint)."""
+    def gripper_opening(self, data: mujoco.MjData | None = None) -> float:
+        """Measured gripper opening in [0, 1] (first gripper joint) of ``data`` (default: live)."""
         if self._n_arm == len(self._qadr):
             return 0.0
-        return self.robot.joint_to_gripper(self.data.qpos[self._qadr[self._n_arm]])
+        d = self.data if data is None else data
+        return self.robot.joint_to_gripper(d.qpos[self._qadr[self._n_arm]])
 
     def _base_inv(self) -> np.ndarray:
         if self._T_base_inv is not None:
@@ -308,17 +309,18 @@ class TabletopEnv:
         T = _pose(d.xpos[self._base_bid], d.xmat[self._base_bid])
         return np.linalg.inv(T)
 
-    def body_pose(self, body: str | int) -> np.ndarray:
-        """4x4 pose of a MuJoCo body in the base frame."""
+    def body_pose(self, body: str | int, data: mujoco.MjData | None = None) -> np.ndarray:
+        """4x4 pose of a MuJoCo body in the base frame (of ``data``, default: live)."""
         bid = body if isinstance(body, int) else mujoco.mj_name2id(
             self.model, mujoco.mjtObj.mjOBJ_BODY, body)
         if bid < 0:
             raise ValueError(f'body: {body!r} not in the model')
-        return self._base_inv() @ _pose(self.data.xpos[bid], self.data.xmat[bid])
+        d = self.data if data is None else data
+        return self._base_inv() @ _pose(d.xpos[bid], d.xmat[bid])
 
-    def tool_pose(self) -> np.ndarray:
+    def tool_pose(self, data: mujoco.MjData | None = None) -> np.ndarray:
         """4x4 pose of the tool frame in the base frame."""
-        return self.body_pose(self._tool_bid)
+        return self.body_pose(self._tool_bid, data)
 
     def object_spec(self, name: str) -> ObjectSpec:
         """Return the :class:`ObjectSpec` of an object."""
@@ -326,19 +328,20 @@ class TabletopEnv:
             raise ValueError(f'object: unknown {name!r}; known: {sorted(self.objects)}')
         return self.objects[name]
 
-    def object_pose(self, name: str) -> np.ndarray:
+    def object_pose(self, name: str, data: mujoco.MjData | None = None) -> np.ndarray:
         """4x4 pose of an object in the base frame."""
         self.object_spec(name)
-        return self.body_pose(self._obj_bid[name])
+        return self.body_pose(self._obj_bid[name], data)
 
-    def object_position(self, name: str) -> np.ndarray:
+    def object_position(self, name: str, data: mujoco.MjData | None = None) -> np.ndarray:
         """Object position (3,) in the base frame."""
-        return self.object_pose(name)[:3, 3]
+        return self.object_pose(name, data)[:3, 3]
 
-    def object_yaw(self, name: str) -> float:
+    def object_yaw(self, name: str, data: mujoco.MjData | None = None) -> float:
         """Object yaw about the base z axis (rad)."""
         a = self._obj_qadr[self.object_spec(name).name]
-        return quat_to_yaw(self.data.qpos[a + 3:a + 7])
+        d = self.data if data is None else data
+        return quat_to_yaw(d.qpos[a + 3:a + 7])
 
     def initial_object_position(self, name: str) -> np.ndarray:
         """Object position (base frame) right after the last reset."""
@@ -362,11 +365,12 @@ class TabletopEnv:
         dadr = self.model.jnt_dofadr[jid]
         self.data.qvel[dadr:dadr + 6] = 0.0
 
-    def is_grasped(self, name: str, any_finger: bool = False) -> bool:
+    def is_grasped(self, name: str, any_finger: bool = False,
+                   data: mujoco.MjData | None = None) -> bool:
         """Whether the object touches both fingers (or any finger with ``any_finger``)."""
         geoms = self._obj_geoms[self.object_spec(name).name]
         touching = [False] * len(self._finger_geoms)
-        d = self.data
+        d = self.data if data is None else data
         for i in range(d.ncon):
             g1, g2 = int(d.contact.geom1[i]), int(d.contact.geom2[i])
             for k, fg in enumerate(self._finger_geoms):

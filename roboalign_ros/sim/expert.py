@@ -27,6 +27,12 @@ from roboalign_ros.sim.tasks import Task
 
 PoseFn = Callable[[TabletopEnv], np.ndarray]
 
+# Every waypoint name of every plan, and "done" (after the last one). Recorded datasets store
+# a phase as its index here: append new names, never reorder.
+PHASES = ('done', 'pregrasp', 'descend', 'close', 'lift', 'hold', 'carry', 'lower', 'release',
+          'retreat', 'prepush', 'push')
+DONE = 'done'
+
 # tool z pointing down, fingers (tool y) along base y, tool x along -base x
 R_DOWN = np.array([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, -1.0]])
 
@@ -239,6 +245,12 @@ class ScriptedExpert:
         self._q_cmd = None
         self._gripper = 1.0
         self._task = None
+        self.last_phase = ''
+
+    @property
+    def plan_names(self) -> list[str]:
+        """Waypoint names of the current plan, in order (empty before the first ``act``)."""
+        return [wp.name for wp in self._plan]
 
     @property
     def done(self) -> bool:
@@ -270,7 +282,11 @@ class ScriptedExpert:
         return T
 
     def act(self, obs=None) -> tuple[np.ndarray, float]:
-        """Next ``(arm q_target, gripper opening)``; ``obs`` is accepted for API symmetry."""
+        """Next ``(arm q_target, gripper opening)``; ``obs`` is accepted for API symmetry.
+
+        :attr:`last_phase` names the waypoint the returned command belongs to (``'done'``
+        once the plan has finished).
+        """
         env = self.env
         if self._task is not env.task or self._seed != env.seed or self._q_cmd is None:
             if env.task is None:
@@ -284,9 +300,11 @@ class ScriptedExpert:
             self._gripper = env.gripper_target
             self._start_phase()
         if self._done:
+            self.last_phase = DONE
             return self._q_cmd.copy(), self._gripper
 
         wp = self._plan[self._i]
+        self.last_phase = wp.name  # the phase this command belongs to (it may end below)
         self._t += self.dt
         tau = min(self._t / self._T, 1.0)
         s = tau ** 3 * (10 - 15 * tau + 6 * tau ** 2)
