@@ -4,6 +4,7 @@
     roboalign sim [--task T --seed S]    the MuJoCo arm node alone (like `ros2 run ... sim_node`)
     roboalign node NAME [--ros-args ...] any node of the package (like `ros2 run`)
     roboalign record sim --task T --episodes N     expert demos recorded through the ROS graph
+    roboalign record bulk --tasks T1,T2 --episodes N --out DIR   the same, headless, in sim time
     roboalign train {sft,rationale,align,head} --config C [--set k=v ...]
     roboalign eval ...                   evaluation trials (see `roboalign eval -h`)
     roboalign bench {policy,executor,sim,closed-loop}
@@ -25,6 +26,7 @@ NODES = ("camera_node", "eval_node", "executor_node", "policy_node", "recorder_n
 # subcommand -> (module, function taking argv) for commands implemented elsewhere
 DELEGATES = {
     ("record", "sim"): ("roboalign_ros.recording.sim_demos", "main"),
+    ("record", "bulk"): ("roboalign_ros.recording.bulk", "main"),
     ("train", "sft"): ("roboalign_ros.training.sft", "main"),
     ("train", "rationale"): ("roboalign_ros.training.rationale", "main"),
     ("train", "align"): ("roboalign_ros.training.align", "main"),
