@@ -21,6 +21,10 @@ an interruption loses at most the frame in flight. A torn line (crash mid-write)
 on reading (with a warning) and the next append starts on a fresh line. A rerun skips every
 key already accepted (and, unless ``retry_rejected``, already rejected).
 
+``teacher: sim`` uses no model: :class:`~.sim_teacher.SimTeacher` writes the rationales from
+the sim state recorded with each frame (datasets of ``roboalign record bulk``), stored the
+same way (``"teacher": "sim"``), a whole episode per append.
+
 CLI: ``python -m roboalign_ros.training.rationale --config config/training/rationale.yaml``.
 """
 
@@ -40,6 +44,7 @@ from typing import Protocol
 import numpy as np
 
 from .config import ConfigError, DataConfig, RunConfig, check, load_config
+from .sim_teacher import SimTeacher, SimTeacherConfig
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +158,15 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
+    _append_jsonl_many(path, [record])
+
+
+def _append_jsonl_many(path: Path, records: list[dict]) -> None:
+    """Append records with one write and one fsync (a crash tears at most the last line)."""
+    if not records:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
     with open(path, "ab") as f:
         if f.tell() > 0:
             with open(path, "rb") as r:
@@ -195,6 +207,13 @@ class RationaleStore:
         """Append an accepted rationale (fsync'd)."""
         _append_jsonl(self.path, {"episode_index": int(episode), "frame_index": int(frame),
                                   "rationale": rationale, "time": time.time(), **extra})
+
+    def add_many(self, records: list[tuple[int, int, str, dict]]) -> None:
+        """Append accepted ``(episode, frame, rationale, extra)`` records with one fsync."""
+        now = time.time()
+        _append_jsonl_many(self.path, [
+            {"episode_index": int(e), "frame_index": int(f), "rationale": r, "time": now, **x}
+            for e, f, r, x in records])
 
     def reject(self, episode: int, frame: int, **extra) -> None:
         """Append a rejection record (fsync'd)."""
@@ -284,7 +303,10 @@ class RationaleConfig:
 
     Fields:
         data: datasets to annotate (rationales are written into each root's ``meta/``).
-        teacher: the teacher model (ignored when ``run_rationale`` gets a ``teacher`` object).
+        teacher: the teacher model (ignored when ``run_rationale`` gets a ``teacher`` object),
+            or ``sim``: rationales from the recorded sim state (options in ``sim``; prompt,
+            cameras and future actions are then unused).
+        sim: options of the ``sim`` teacher (:class:`~.sim_teacher.SimTeacherConfig`).
         frames_per_episode: frames annotated per episode, evenly spaced (0 = every
             ``data.frame_stride``-th frame).
         future_steps: future actions shown to the teacher (from the frame on).
@@ -302,7 +324,8 @@ class RationaleConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     run: RunConfig = dataclasses.field(default_factory=lambda: RunConfig(
         output_dir="runs/rationale"))
-    teacher: TeacherConfig = dataclasses.field(default_factory=TeacherConfig)
+    teacher: TeacherConfig | str = dataclasses.field(default_factory=TeacherConfig)
+    sim: SimTeacherConfig = dataclasses.field(default_factory=SimTeacherConfig)
     frames_per_episode: int = 4
     future_steps: int = 32
     future_stride: int = 4
@@ -328,10 +351,15 @@ class RationaleConfig:
         check(p, "min_plan_steps", self.min_plan_steps >= 0, "must be >= 0",
               self.min_plan_steps)
         check(p, "max_new", self.max_new >= 0, "must be >= 0", self.max_new)
-        check(p, "teacher.max_new_tokens", self.teacher.max_new_tokens >= 1, "must be >= 1",
-              self.teacher.max_new_tokens)
-        check(p, "teacher.temperature", self.teacher.temperature >= 0, "must be >= 0",
-              self.teacher.temperature)
+        if isinstance(self.teacher, str):
+            check(p, "teacher", self.teacher == "sim", "must be a model section or 'sim'",
+                  self.teacher)
+        else:
+            check(p, "teacher.max_new_tokens", self.teacher.max_new_tokens >= 1,
+                  "must be >= 1", self.teacher.max_new_tokens)
+            check(p, "teacher.temperature", self.teacher.temperature >= 0, "must be >= 0",
+                  self.teacher.temperature)
+        self.sim.validate(f"{p}.sim")
         try:
             self.prompt_template.format(instruction="x", actions="x", names="x",
                                         action_space="x", horizon_s=1.0)
@@ -371,6 +399,8 @@ def run_rationale(config, overrides=(), teacher: Teacher | None = None) -> dict:
 
     cfg = load_config(RationaleConfig, config, overrides)
     seed_everything(cfg.run.seed)
+    if teacher is None and cfg.teacher == "sim":
+        teacher = SimTeacher(cfg.sim)
     if teacher is None:
         if not cfg.teacher.path:
             raise ConfigError("rationale.teacher.path: must name a local model directory")
@@ -378,7 +408,8 @@ def run_rationale(config, overrides=(), teacher: Teacher | None = None) -> dict:
         teacher = HFTeacher(t.path, t.device, t.dtype, t.max_new_tokens, t.temperature, t.top_p,
                             tuple(t.image_size) if t.image_size else None, t.trust_remote_code)
     teacher_name = getattr(teacher, "name", type(teacher).__name__)
-    takes_seed = "seed" in inspect.signature(teacher.generate).parameters
+    from_state = hasattr(teacher, "episode_rationales")  # writes from recorded state
+    takes_seed = not from_state and "seed" in inspect.signature(teacher.generate).parameters
     counts = {"accepted": 0, "rejected": 0, "skipped": 0, "attempts": 0}
     tb = summary_writer(cfg.run)
     new = 0
@@ -387,7 +418,7 @@ def run_rationale(config, overrides=(), teacher: Teacher | None = None) -> dict:
             reader = _open_dataset(root)
             cams = cfg.cameras or list(reader.cameras)
             missing = [c for c in cams if c not in reader.cameras]
-            if missing:
+            if missing and not from_state:
                 raise ConfigError(f"rationale.cameras: {missing} not in dataset {root} "
                                   f"(has {list(reader.cameras)})")
             store = RationaleStore(root)
@@ -405,6 +436,11 @@ def run_rationale(config, overrides=(), teacher: Teacher | None = None) -> dict:
                         todo.append((ep, fr))
             bar = progress(total=len(todo), desc=f"rationales {Path(root).name}",
                            enable=cfg.run.progress)
+            if from_state:
+                new = _annotate_from_state(cfg, reader, store, teacher, todo, counts, new, bar,
+                                           tb)
+                bar.close()
+                continue
             cur_ep, episode = None, None
             for ep, fr in todo:
                 if cfg.max_new and new >= cfg.max_new:
@@ -447,6 +483,42 @@ def run_rationale(config, overrides=(), teacher: Teacher | None = None) -> dict:
         if tb is not None:
             tb.close()
     return counts
+
+
+def _annotate_from_state(cfg, reader, store: RationaleStore, teacher, todo, counts: dict,
+                         new: int, bar, tb) -> int:
+    """Annotate ``todo`` (episode, frame) keys a whole episode at a time; return ``new``."""
+    by_episode: dict[int, list[int]] = {}
+    for ep, fr in todo:
+        by_episode.setdefault(ep, []).append(fr)
+    for ep, frames in by_episode.items():
+        if cfg.max_new:
+            frames = frames[:max(0, cfg.max_new - new)]
+        if not frames:
+            break
+        try:
+            texts = teacher.episode_rationales(reader, reader.episode(ep, decode_video=False),
+                                               frames)
+        except ValueError as exc:
+            raise ConfigError(f"rationale.teacher: {exc}") from exc
+        accepted = []
+        for fr in frames:
+            counts["attempts"] += 1
+            v = validate_rationale(texts[fr], cfg.min_section_chars, cfg.min_plan_steps)
+            if v.ok:
+                accepted.append((ep, fr, v.text, {"teacher": teacher.name, "attempts": 1}))
+            else:  # a state the teacher cannot describe: recorded, never retried in vain
+                store.reject(ep, fr, teacher=teacher.name, attempts=1, problems=v.problems,
+                             last_text=texts[fr][:2000])
+                counts["rejected"] += 1
+        store.add_many(accepted)
+        counts["accepted"] += len(accepted)
+        new += len(frames)
+        bar.update(len(frames))
+        if tb is not None:
+            tb.add_scalar("rationale/accepted", counts["accepted"], new)
+            tb.add_scalar("rationale/rejected", counts["rejected"], new)
+    return new
 
 
 def _open_dataset(root):
