@@ -345,3 +345,39 @@ def test_bad_parameters_stop_the_node_with_a_clear_error(tmp_path):
         proc = start_recorder(tmp_path / "ds", tmp_path / "bad.log", **{name: value})
         assert proc.wait(timeout=30) == 1
         assert needle in (tmp_path / "bad.log").read_text()
+
+
+def test_bad_outcome_or_task_is_refused_and_the_episode_keeps_recording(feeder, recorder):
+    """Issue 10 item 8: outcome 7 / 99 was saved as null without a word; control characters
+    in a task name were taken."""
+    from roboalign_ros.data import DatasetReader
+    from roboalign_ros.msg import RecorderStatus
+    from roboalign_ros.srv import StopEpisode
+
+    _, root, log = recorder
+    saved = feeder.status().episodes_saved
+    assert feeder.start_episode(task="wave").success
+    feeder.wait(1.0)
+    for outcome in (7, 99):
+        stop = feeder.stop_episode(save=True, outcome=outcome)
+        assert not stop.success, f"outcome {outcome} was taken: {stop.message}"
+        assert f"outcome: {outcome} is not one of 0 (unknown), 1 (success), 2 (failure)" in \
+            stop.message
+    status = feeder.status()
+    assert status.state == RecorderStatus.STATE_RECORDING and status.episodes_saved == saved
+    assert "stop_episode refused: outcome: 7" in log.read_text()
+    feeder.wait(0.5)
+    stop = feeder.stop_episode(save=True, outcome=2)  # the retry saves everything recorded
+    assert stop.success and stop.frames >= 12, stop.message
+    episode = DatasetReader(root).episode(stop.episode_index)
+    assert episode.info.success is False and episode.task == "wave"
+
+    bad = feeder.start_episode(task="\x01\x02")
+    assert not bad.success and "control characters" in bad.message
+    assert feeder.status().state == RecorderStatus.STATE_IDLE
+
+    from roboalign_ros.recording.session import OUTCOMES  # the session's table is the enum
+
+    assert {k: v for k, (_, v) in OUTCOMES.items()} == {
+        StopEpisode.Request.OUTCOME_UNKNOWN: None, StopEpisode.Request.OUTCOME_SUCCESS: True,
+        StopEpisode.Request.OUTCOME_FAILURE: False}

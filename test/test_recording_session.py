@@ -139,3 +139,27 @@ def test_incompatible_existing_dataset_is_refused(tmp_path):
     with pytest.raises(ValueError, match="action_source"):
         SessionConfig(root=tmp_path, fps=10, arm_joints=ARM, cameras=["scene"],
                       action_source="telepathy")
+
+
+def test_outcomes_outside_the_enum_are_refused_with_the_valid_ones():
+    from roboalign_ros.recording.session import outcome_success
+
+    assert [outcome_success(k) for k in (0, 1, 2)] == [None, True, False]
+    for bad in (7, 99):
+        with pytest.raises(ValueError, match=rf"outcome: {bad} is not one of 0 \(unknown\), "
+                                             r"1 \(success\), 2 \(failure\)"):
+            outcome_success(bad)
+
+
+def test_control_characters_in_task_or_operator_are_refused(tmp_path):
+    clock = Clock()
+    s = make(tmp_path, clock)
+    feed(s, clock, 0.3)
+    r = s.start_episode("\x01\x02")
+    assert not r.success and "task: '\\x01\\x02' contains control characters" in r.message
+    r = s.start_episode("pick up\nthe cube")
+    assert not r.success and "control characters ['\\n']" in r.message
+    assert "operator" in s.start_episode("reach", operator="ana\x1b[2J").message
+    assert s.state == RecorderState.IDLE
+    assert s.start_episode("reach", operator="ana").success
+    s.close()

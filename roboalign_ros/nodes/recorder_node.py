@@ -38,7 +38,12 @@ from roboalign_ros.nodes.common import (
     sensor_qos_for,
 )
 from roboalign_ros.recording import actions as act
-from roboalign_ros.recording.session import RecorderState, RecordingSession, SessionConfig
+from roboalign_ros.recording.session import (
+    RecorderState,
+    RecordingSession,
+    SessionConfig,
+    outcome_success,
+)
 from roboalign_ros.robot import load_robot_config
 from roboalign_ros.srv import GetRecorderStatus, StartEpisode, StopEpisode
 
@@ -76,9 +81,6 @@ DESCRIPTIONS = {
                           "subscriptions (best_effort loses most large images over DDS here)",
 }
 COMMAND_SUB_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-OUTCOMES = {StopEpisode.Request.OUTCOME_SUCCESS: True, StopEpisode.Request.OUTCOME_FAILURE: False}
-
-
 
 
 class RecorderNode(Node):
@@ -218,8 +220,15 @@ class RecorderNode(Node):
         return response
 
     def on_stop(self, request, response):
-        """Stop the episode: save (with outcome) or discard."""
-        r = self.session.stop_episode(bool(request.save), OUTCOMES.get(request.outcome))
+        """Stop the episode: save (with outcome) or discard; a bad outcome stops nothing."""
+        try:
+            success = outcome_success(request.outcome)
+        except ValueError as exc:
+            response.success, response.message = False, str(exc)
+            response.episode_index = self.session.status().episode_index
+            self.get_logger().error(f"stop_episode refused: {exc}")
+            return response
+        r = self.session.stop_episode(bool(request.save), success)
         response.success, response.message = r.success, r.message
         response.episode_index, response.frames, response.path = r.episode_index, r.frames, \
             r.path

@@ -26,6 +26,7 @@ import math
 import queue
 import threading
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +46,28 @@ STOP_MARGIN = 0.05  # s of transport latency allowed for the inputs of the last 
 STATE = "state"
 COMMAND = "command"
 GRIPPER = "gripper"
+
+
+# StopEpisode.Request.OUTCOME_* -> the stored success flag
+OUTCOMES: dict[int, tuple[str, bool | None]] = {0: ("unknown", None), 1: ("success", True),
+                                                2: ("failure", False)}
+
+
+def outcome_success(outcome: int) -> bool | None:
+    """The success flag stored for a StopEpisode outcome; ValueError lists the valid ones."""
+    if outcome not in OUTCOMES:
+        valid = ", ".join(f"{k} ({name})" for k, (name, _) in OUTCOMES.items())
+        raise ValueError(f"outcome: {outcome} is not one of {valid}; the episode is still "
+                         "being recorded: stop it again with a valid outcome")
+    return OUTCOMES[outcome][1]
+
+
+def control_characters_problem(field: str, text: str) -> str | None:
+    """A message naming ``field`` when ``text`` holds control characters, else None."""
+    bad = sorted({c for c in text if unicodedata.category(c) == "Cc"})
+    if bad:
+        return f"{field}: {text!r} contains control characters {bad}"
+    return None
 
 
 class RecorderState(enum.IntEnum):
@@ -272,6 +295,10 @@ class RecordingSession:
             if source not in fmt.SOURCES:
                 return Result(False, f"source: {source!r} is not one of {list(fmt.SOURCES)}",
                               index)
+            for field, text in (("task", task or ""), ("operator", operator or "")):
+                problem = control_characters_problem(field, text)
+                if problem:
+                    return Result(False, problem, index)
             task = (task or "").strip() or self._instruction
             if not task:
                 return Result(False, "task: empty and no instruction received yet", index)
