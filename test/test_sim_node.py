@@ -263,3 +263,14 @@ def test_past_stamped_trajectory_never_makes_a_joint_jump(probe):
         f"joint1 peaked at {reported:.2f} / {windowed:.2f} rad/s for a 0.4 rad/s remainder"
     assert max(reported, windowed) < limit
     np.testing.assert_allclose(probe.arm_q()[0], q0[0] + 0.4, atol=0.02)
+
+
+def test_reset_refuses_control_characters_and_says_when_it_kept_the_task(probe):
+    """Issue 10 item 8: reset_task "\\x00\\x01" reset the current task without a word."""
+    assert probe.reset(task="push_green_block_left").success
+    bad = probe.reset(task="\x01\x02")
+    assert not bad.success and "control characters" in bad.message
+    # a ROS string ends at its first NUL: "\x00\x01" arrives as "", i.e. the current task
+    kept = probe.reset(task="\x00\x01")
+    assert kept.success and "current task 'push_green_block_left'" in kept.message
+    assert "(task name empty)" in kept.message
