@@ -126,11 +126,15 @@ def test_record_bulk_dataset_split_and_failures(tmp_path, monkeypatch):
     last = ss.SceneState.from_vector(names, r.episode(0, False).extra[ss.ENV_STATE_KEY][-1])
     assert last.holding == "red_cube" and last.objects["red_cube"].position[2] > 0.06
 
+    # a crash after the split was written but before the episode: the seed is forgotten
+    stream = sp.train_seed_stream("pick_red_cube", 3)
+    first, second = next(stream), next(stream)
+    split.add("pick_red_cube", second, saved=True)
+    sp.save_split(root, split)
     # appending continues each task's seed order; another layout is refused
     bulk.record_bulk(dataclasses.replace(cfg, tasks=["pick_red_cube"]))
     split = sp.load_split(root)
-    stream = sp.train_seed_stream("pick_red_cube", 3)
-    assert split.train["pick_red_cube"] == [next(stream), next(stream)]
+    assert split.train["pick_red_cube"] == [first, second] and len(split.episodes) == 3
     assert len(DatasetReader(root)) == 3
     with pytest.raises(ValueError, match="cameras"):
         bulk.record_bulk(dataclasses.replace(cfg, width=32))

@@ -64,6 +64,12 @@ class SeedSplit:
         if saved:
             self.episodes.append((task, int(seed)))
 
+    def truncate(self, n_episodes: int) -> None:
+        """Forget the training episodes after the first ``n_episodes`` (never saved)."""
+        for task, seed in self.episodes[n_episodes:]:
+            self.train[task].remove(seed)
+        del self.episodes[n_episodes:]
+
     def eval_seeds(self, n: int) -> list[int]:
         """The first ``n`` held-out evaluation seeds (the same for every task)."""
         if not 0 <= n <= self.eval_last_seed - self.eval_first_seed + 1:
@@ -110,5 +116,8 @@ def load_split(root: str | Path) -> SeedSplit | None:
 def save_split(root: str | Path, split: SeedSplit) -> None:
     """Check and atomically write ``<root>/meta/split.json``."""
     split.check()
-    data = (json.dumps(split.to_json(), indent=2) + "\n").encode()
+    # one line per field: thousands of seeds stay readable
+    obj = split.to_json()
+    data = ("{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in obj.items())
+            + "\n}\n").encode()
     storage.write_atomic(Path(root) / SPLIT_PATH, data)

@@ -319,8 +319,8 @@ class _Runner:
 
     def close(self) -> None:
         """Stop the workers / free the renderer."""
-        if self.pool is not None:
-            self.pool.close()
+        if self.pool is not None:  # every result is consumed (or we are failing): no waiting
+            self.pool.terminate()
             self.pool.join()
         elif "env" in _WORKER:
             _WORKER.pop("env").close()
@@ -372,6 +372,8 @@ def _open_dataset(cfg: BulkConfig, env, meta: ss.SimMetadata):
     if writer.extra_features != {k: dict(v) for k, v in features.items()}:
         problems.append("environment state layout")
     split = sp.load_split(cfg.root)
+    if split is not None and len(split.episodes) == writer.num_episodes + 1:
+        split.truncate(writer.num_episodes)  # interrupted between the split and the episode
     if split is None or len(split.episodes) != writer.num_episodes:
         problems.append("meta/split.json missing or not matching the episodes")
     elif split.split_seed != cfg.split_seed:
@@ -477,16 +479,22 @@ def record_bulk(cfg: BulkConfig) -> BulkResult:
                     result.sim_seconds += ep.sim_seconds
                     for k, v in ep.timings.items():
                         result.timings[k] += v
+                    # the split first: an episode on disk always has its seed written down
+                    split.add(task, ep.seed, ep.success)
+                    sp.save_split(cfg.root, split)
                     if ep.success:
                         t0 = time.perf_counter()
-                        result.frames += _write(writer, ep)
+                        try:
+                            result.frames += _write(writer, ep)
+                        except BaseException:
+                            split.truncate(writer.num_episodes)
+                            sp.save_split(cfg.root, split)
+                            raise
                         result.timings["write"] += time.perf_counter() - t0
                         result.saved[task] += 1
                         bar.update(1)
                     else:
                         result.failed[task].append(ep.seed)
-                    split.add(task, ep.seed, ep.success)
-                    sp.save_split(cfg.root, split)  # after the episode: it is on disk now
                     bar.set_postfix(task=task, failed=sum(map(len, result.failed.values())))
     finally:
         bar.close()

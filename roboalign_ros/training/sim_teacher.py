@@ -38,7 +38,7 @@ class SimTeacherConfig:
 
     Fields:
         max_words: longest rationale (whitespace-separated words, tags included); longer ones
-            lose detail until they fit.
+            lose detail until they fit (the shortest form, ~45 words, is kept even if longer).
         distractors: other objects named in <Observation> (nearest to the task object first).
         min_offset_cm: offsets along an axis below this are not mentioned.
         max_plan_steps: longest plan (remaining sub-steps beyond it are left out).
