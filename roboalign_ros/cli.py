@@ -7,6 +7,7 @@
     roboalign record bulk --tasks T1,T2 --episodes N --out DIR   the same, headless, in sim time
     roboalign train {sft,rationale,align,head} --config C [--set k=v ...]
     roboalign eval ...                   evaluation trials (see `roboalign eval -h`)
+    roboalign eval sim --model DIR --task T --seeds A-B   the same, headless, in sim time
     roboalign bench {policy,executor,sim,closed-loop}
     roboalign model tiny OUT_DIR         write a tiny random policy checkpoint
 

@@ -2,12 +2,15 @@
 
     roboalign eval run --plan config/eval/sim_smoke.yaml [--model tiny] [--duration-per-trial S]
     roboalign eval report RESULTS_DIR [--out DIR]
+    roboalign eval sim --model DIR --task T[,T2] --seeds A-B [--out DIR]   headless, in sim time
 
 ``run`` starts sim_node, policy_node and executor_node as processes (like ``roboalign demo``)
 and drives eval_node in this process until every trial of the plan is counted, then prints
 the report. Results go to ``<results-dir>/<plan name>/``; running the same plan again resumes
 where it stopped (``--fresh`` starts over in a new directory instead). Real-robot evaluations
-run ``eval_node`` with ``mode:=real`` next to the robot's own bringup.
+run ``eval_node`` with ``mode:=real`` next to the robot's own bringup. ``sim`` runs the same
+sim, policy and executor in this process without ROS, faster than real time
+(:mod:`roboalign_ros.evaluation.headless`).
 """
 
 from __future__ import annotations
@@ -114,6 +117,39 @@ def report(a: argparse.Namespace) -> int:
     return 0
 
 
+def sim(a: argparse.Namespace) -> int:
+    """Headless evaluation: per-task success with Wilson intervals, results in --out."""
+    from roboalign_ros.evaluation import headless as hl
+
+    out = Path(a.out) if a.out else hl.default_out(a.model)
+    try:
+        seeds = hl.parse_seeds(a.seeds) if a.seeds else \
+            hl.eval_seeds(a.episodes_per_task or hl.DEFAULT_EPISODES)
+        config = hl.SimEvalConfig(
+            robot=a.robot, device=a.device, action_source=a.action_source,
+            reasoning_every=a.reasoning_every, latency_scale=a.latency_scale,
+            fixed_latency=a.fixed_latency, episode_seconds=a.episode_seconds,
+            camera_rate=a.camera_rate, image_size=tuple(a.image_size) if a.image_size else None,
+            torch_threads=a.torch_threads, progress=not a.quiet)
+        result = hl.evaluate(a.model, a.task, seeds, out, config)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished episodes are saved in {out}; run again to resume",
+              file=sys.stderr)
+        return 130
+    except hl.PolicyCrashed as exc:
+        print(f"roboalign eval sim: {exc} (finished episodes are saved in {out})",
+              file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"roboalign eval sim: {exc}", file=sys.stderr)
+        return 2
+    print(f"{result.ran} episodes in {result.wall_seconds:.1f} s: "
+          f"{result.episodes_per_minute:.1f} episodes/min, {result.realtime_factor:.1f}x real "
+          f"time\nresults: {out / 'results.jsonl'}\nreport: {out / 'report.png'}, "
+          f"{out / 'summary.json'}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The ``roboalign eval`` argument parser."""
     p = argparse.ArgumentParser(prog="roboalign eval", description=__doc__.splitlines()[0])
@@ -138,6 +174,35 @@ def parser() -> argparse.ArgumentParser:
     rep.add_argument("results_dir", help="directory with results.jsonl (or the file)")
     rep.add_argument("--out", default=None, help="output directory (default: next to results)")
     rep.set_defaults(func=report)
+    s = sub.add_parser("sim", help="headless in-process evaluation in sim time (no ROS graph)")
+    s.add_argument("--model", required=True,
+                   help="checkpoint dir, 'tiny' (random policy) or 'expert' (the scripted "
+                        "expert's plan replayed through the loop: its ceiling)")
+    s.add_argument("--task", required=True, help="task names, comma-separated, or 'all'")
+    seeds = s.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", help="e.g. 100000-100049 or 1,2,5-7")
+    seeds.add_argument("--episodes-per-task", type=int, default=None,
+                       help="the first N held-out evaluation seeds (default 10)")
+    s.add_argument("--out", default=None,
+                   help="results dir (default runs/eval_sim/<model name>); resumed if it exists")
+    s.add_argument("--action-source", choices=("head", "tokens"), default=None,
+                   help="override the policy's: tokens = the MLLM's own action tokens")
+    s.add_argument("--reasoning-every", type=int, default=-1,
+                   help="-1: the checkpoint's, 0: off, N: every N chunks")
+    s.add_argument("--latency-scale", type=float, default=1.0,
+                   help="sim seconds of delay per wall second of inference")
+    s.add_argument("--fixed-latency", type=float, default=None, metavar="S",
+                   help="s of inference delay instead of the measured one")
+    s.add_argument("--episode-seconds", type=float, default=None,
+                   help="s per episode (default: each task's)")
+    s.add_argument("--camera-rate", type=float, default=None, help="Hz (default: sim.yaml)")
+    s.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="camera image size (default: the policy's)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--torch-threads", type=int, default=1, help="CPU threads, 0: torch's")
+    s.add_argument("--robot", default="sim_arm")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=sim)
     return p
 
 
