@@ -99,9 +99,12 @@ def test_rate_limiter_caps_each_step_and_counts():
     out = [limiter(np.array([1.5, 0.005]), 0.01) for _ in range(3)]
     np.testing.assert_allclose(out[0], [0.02, 0.005])
     np.testing.assert_allclose(out[2], [0.06, 0.005])
-    assert limiter.clamped == 3 and "j1 target jumped +1.4600 rad" in limiter.last_clamp
+    assert limiter.clamped == limiter.jumps == 3
+    assert "j1 target jumped +1.4600 rad" in limiter.last_jump
     np.testing.assert_allclose(limiter(np.array([0.07, 0.0]), 0.01), [0.07, 0.0])
     assert limiter.clamped == 3  # within the limit: not counted
+    np.testing.assert_allclose(limiter(np.array([0.095, 0.0]), 0.01), [0.09, 0.0])
+    assert limiter.clamped == 4 and limiter.jumps == 3  # 25 % over (jitter): held, no jump
 
 
 def test_server_never_moves_a_target_faster_than_the_limits():
@@ -121,7 +124,7 @@ def test_server_never_moves_a_target_faster_than_the_limits():
         targets.append(server.env.q_target)
     speed = np.abs(np.diff(np.array(targets), axis=0)) / 0.01
     assert np.all(speed <= server.robot.velocity * 1.05 + 1e-9)
-    assert server.limiter.clamped > 0
+    assert server.limiter.jumps > 0
 
 
 def test_server_refuses_control_characters_in_task_names():

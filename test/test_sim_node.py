@@ -274,3 +274,24 @@ def test_reset_refuses_control_characters_and_says_when_it_kept_the_task(probe):
     kept = probe.reset(task="\x00\x01")
     assert kept.success and "current task 'push_green_block_left'" in kept.message
     assert "(task name empty)" in kept.message
+
+
+def test_no_command_moves_a_joint_faster_than_its_limit(probe):
+    """Defence in depth behind the checks: point velocities of 40 rad/s make the Hermite
+    segments overshoot far beyond the limits, though the positions alone pass the check."""
+    from trajectory_msgs.msg import JointTrajectory
+
+    assert probe.reset().success
+    pub = probe.publisher(JointTrajectory, probe.robot.trajectory_topic)
+    q0 = probe.arm_q()
+    msg = trajectory(probe.robot.arm_joints, [(0.5, q0 + 0.3), (1.0, q0)])
+    for point, v in zip(msg.points, (40.0, 0.0)):
+        point.velocities = [v] * 6
+    probe.state.clear()
+    pub.publish(msg)
+    probe.wait(1.5)
+    limits = probe.robot.velocity
+    for j in range(6):
+        reported, windowed = _joint_speeds(probe.state, j)
+        assert windowed <= limits[j] * 1.1 and reported <= limits[j] * 1.2, \
+            f"joint{j + 1}: {reported:.2f} / {windowed:.2f} rad/s > limit {limits[j]:.2f}"

@@ -6,8 +6,9 @@ instruction; takes joint trajectories (joint_trajectory_controller semantics), S
 gripper commands; serves ``~/reset_task``. Physics and rendering run in their own threads.
 Refused commands are logged and counted on /diagnostics (``rejected_commands``, of them
 ``rejected_speed`` for velocity-limit refusals); ``rate_clamped_steps`` counts physics steps on
-which the rate limiter held a position target back to the joint velocity limits (a command the
-physics cannot follow, e.g. when the physics loop lags behind the clock).
+which the rate limiter held a position target back to the joint velocity limits (step jitter on
+a loaded machine does that to a command at the limit), ``rate_jumps_held`` those that asked for
+a jump (more than 1.5x the limit: logged, a command check let something through).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class SimNode(Node):
         self.create_service(ResetTask, "~/reset_task", self.on_reset)
         self.diagnostics = Diagnostics(self, "sim_node: physics")
         self.rejected = self.rejected_speed = 0
-        self._clamps_logged = 0
+        self._jumps_logged = 0
         self._status_count = 0
         self._reset(p["task"], p["seed"])
         self._stop = threading.Event()
@@ -199,16 +200,16 @@ class SimNode(Node):
                             success=success)
         seconds_to_stamp(now, status.header.stamp)
         self.status_pub.publish(status)
-        clamped = self.server.limiter.clamped
-        if clamped > self._clamps_logged:
-            self._clamps_logged = clamped
-            self.get_logger().warning(f"rate limiter: {self.server.limiter.last_clamp} "
-                                      f"({clamped} clamped steps so far)",
-                                      throttle_duration_sec=2.0)
+        limiter = self.server.limiter
+        if limiter.jumps > self._jumps_logged:
+            self._jumps_logged = limiter.jumps
+            self.get_logger().warning(f"rate limiter: {limiter.last_jump} ({limiter.jumps} "
+                                      "jumps held so far)", throttle_duration_sec=2.0)
         self.diagnostics.publish(OK, "running", {"sim_time": elapsed, "resyncs": late,
                                                 "rejected_commands": self.rejected,
                                                 "rejected_speed": self.rejected_speed,
-                                                "rate_clamped_steps": clamped})
+                                                "rate_clamped_steps": limiter.clamped,
+                                                "rate_jumps_held": limiter.jumps})
 
     def _camera_loop(self) -> None:
         p = self.p
