@@ -18,15 +18,28 @@ from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import Node
 
-ARGUMENTS = {
-    "robot": ("sim_arm", "robot config in config/robots/ (sim_arm, fr3, ur5e) or a YAML path"),
-    "model_path": ("", "policy checkpoint directory (save_pretrained layout)"),
-    "device": ("cuda", "policy device: cuda, cuda:N, cpu or auto"),
-    "backend": ("joint_trajectory", "joint_trajectory (ros2_control JTC) or servo (MoveIt Servo)"),
-    "action_space": ("joint_position", "joint_position (with joint_trajectory) or ee_delta"),
-    "camera": ("realsense2_camera", "realsense2_camera, camera_node (pyrealsense2) or none"),
-    "moveit": ("false", "use MoveItPy (moveit_py) for ~/go_home"),
+from roboalign_ros.launch_arguments import DEVICE, choice, text, validate
+
+ARGUMENTS = {  # name: (default, description, check of the value)
+    "robot": ("sim_arm", "robot config in config/robots/ (sim_arm, fr3, ur5e) or a YAML path",
+              text(required=True)),
+    "model_path": ("", "policy checkpoint directory (save_pretrained layout)", text()),
+    "device": ("cuda", "policy device: cuda, cuda:N, cpu or auto", DEVICE),
+    "backend": ("joint_trajectory", "joint_trajectory (ros2_control JTC) or servo (MoveIt Servo)",
+                choice("joint_trajectory", "servo")),
+    "action_space": ("joint_position", "joint_position (with joint_trajectory) or ee_delta",
+                     choice("joint_position", "ee_delta")),
+    "camera": ("realsense2_camera", "realsense2_camera, camera_node (pyrealsense2) or none",
+               choice("realsense2_camera", "camera_node", "none")),
+    "moveit": ("false", "use MoveItPy (moveit_py) for ~/go_home", choice("true", "false")),
 }
+
+
+def check_arguments(context):
+    """Stop the launch on a bad argument value, naming it, before any node starts."""
+    validate({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS},
+             {name: spec[2] for name, spec in ARGUMENTS.items()})
+    return []
 
 
 def camera_driver(context, config):
@@ -59,8 +72,9 @@ def generate_launch_description():
     home_backend = PythonExpression(
         ["'moveit_py' if '", arg("moveit"), "' == 'true' else 'joint_trajectory'"])
 
-    actions = [DeclareLaunchArgument(name, default_value=default, description=text)
-               for name, (default, text) in ARGUMENTS.items()]
+    actions = [DeclareLaunchArgument(name, default_value=default, description=description)
+               for name, (default, description, _) in ARGUMENTS.items()]
+    actions.append(OpaqueFunction(function=check_arguments))
     actions.append(OpaqueFunction(function=camera_driver, args=[config]))
     actions += [
         Node(package="roboalign_ros", executable="policy_node", name="policy_node",

@@ -8,18 +8,52 @@ controller_manager (none of which exist on PyPI):
 Wiring: xacro (hardware:=gazebo, controllers_file:=config/sim_arm_controllers.yaml) ->
 robot_state_publisher (/robot_description) -> ros_gz_sim create -> spawners for
 joint_state_broadcaster, arm_controller (JTC) and gripper_controller (forward position).
+The Gazebo packages are looked up when the launch runs, not when the description is built, so
+`--show-args` works without them and a launch without them says which ones are missing.
 """
 
 import os
 
-from ament_index_python.packages import get_package_share_directory
+from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, RegisterEventHandler
+from launch.actions import (
+    DeclareLaunchArgument,
+    IncludeLaunchDescription,
+    OpaqueFunction,
+    RegisterEventHandler,
+)
 from launch.event_handlers import OnProcessExit
 from launch.launch_description_sources import PythonLaunchDescriptionSource
-from launch.substitutions import Command, FindExecutable, LaunchConfiguration
+from launch.substitutions import Command, FindExecutable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+
+from roboalign_ros.launch_arguments import boolean, text, validate
+
+ARGUMENTS = {  # name: (default, description, check of the value)
+    'world': ('empty.sdf', 'Gazebo world file', text(required=True)),
+    'wrist_camera': ('false', 'add the wrist camera frame to the URDF', boolean),
+}
+REQUIRED = ('ros_gz_sim', 'ros_gz_bridge', 'gz_ros2_control', 'robot_state_publisher',
+            'controller_manager', 'xacro')
+
+
+def check_setup(context):
+    """Stop the launch on a bad argument value or a missing package, naming them."""
+    validate({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS},
+             {name: spec[2] for name, spec in ARGUMENTS.items()})
+    missing = []
+    for package in REQUIRED:
+        try:
+            get_package_share_directory(package)
+        except PackageNotFoundError:
+            missing.append(package)
+    if missing:
+        raise RuntimeError(f"gazebo.launch.py needs the ROS packages {missing} "
+                           "(apt install ros-$ROS_DISTRO-ros-gz ros-$ROS_DISTRO-gz-ros2-control "
+                           "ros-$ROS_DISTRO-robot-state-publisher ros-$ROS_DISTRO-xacro)")
+    return []
 
 
 def generate_launch_description():
@@ -36,8 +70,8 @@ def generate_launch_description():
         value_type=str)
 
     gazebo = IncludeLaunchDescription(
-        PythonLaunchDescriptionSource(os.path.join(
-            get_package_share_directory('ros_gz_sim'), 'launch', 'gz_sim.launch.py')),
+        PythonLaunchDescriptionSource(PathJoinSubstitution(
+            [FindPackageShare('ros_gz_sim'), 'launch', 'gz_sim.launch.py'])),
         launch_arguments={'gz_args': ['-r ', world]}.items())
 
     rsp = Node(package='robot_state_publisher', executable='robot_state_publisher',
@@ -58,10 +92,9 @@ def generate_launch_description():
                          spawner('gripper_controller'))
 
     return LaunchDescription([
-        DeclareLaunchArgument('world', default_value='empty.sdf',
-                              description='Gazebo world file'),
-        DeclareLaunchArgument('wrist_camera', default_value='false',
-                              description='add the wrist camera frame to the URDF'),
+        *[DeclareLaunchArgument(name, default_value=default, description=description)
+          for name, (default, description, _) in ARGUMENTS.items()],
+        OpaqueFunction(function=check_setup),
         gazebo, clock_bridge, rsp, spawn,
         RegisterEventHandler(OnProcessExit(target_action=spawn, on_exit=[jsb])),
         RegisterEventHandler(OnProcessExit(target_action=jsb, on_exit=[arm, gripper])),

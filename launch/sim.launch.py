@@ -17,30 +17,42 @@ from launch.substitutions import Command, FindExecutable, LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
-ARGUMENTS = {
-    "model_path": ("tiny", "policy checkpoint directory, or 'tiny' for a random demo policy"),
-    "device": ("cpu", "policy device: cpu, cuda, cuda:N or auto"),
-    "task": ("pick_red_cube", "sim task name or instruction"),
-    "seed": ("0", "seed of the task's object layout"),
-    "camera_rate": ("10.0", "Hz of the simulated camera"),
-    "reasoning_every": ("5", "reason every N chunks (0 = off, -1 = the checkpoint's setting)"),
-    "torch_threads": ("1", "CPU inference threads (0 = torch default)"),
+from roboalign_ros.launch_arguments import DEVICE, boolean, choice, integer, number, text, validate
+
+ARGUMENTS = {  # name: (default, description, check of the value)
+    "model_path": ("tiny", "policy checkpoint directory, or 'tiny' for a random demo policy",
+                   text(required=True)),
+    "device": ("cpu", "policy device: cpu, cuda, cuda:N or auto", DEVICE),
+    "task": ("pick_red_cube", "sim task name or instruction", text(required=True)),
+    "seed": ("0", "seed of the task's object layout", integer(minimum=0)),
+    "camera_rate": ("10.0", "Hz of the simulated camera", number(0.0, 60.0)),
+    "reasoning_every": ("5", "reason every N chunks (0 = off, -1 = the checkpoint's setting)",
+                        integer(minimum=-1)),
+    "torch_threads": ("1", "CPU inference threads (0 = torch default)", integer(minimum=0)),
     "publish_instruction": ("true", "the sim publishes its task's instruction (false when "
-                            "eval.launch.py or a person sends instructions)"),
+                            "eval.launch.py or a person sends instructions)", boolean),
     "robot_state_publisher": ("auto", "publish TF from /joint_states and the URDF: true, "
-                              "false or auto (when the package is installed)"),
+                              "false or auto (when the package is installed)",
+                              choice("true", "false", "auto")),
 }
+
+
+def check_arguments(context):
+    """Stop the launch on a bad argument value, naming it, before any node starts."""
+    validate({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS},
+             {name: spec[2] for name, spec in ARGUMENTS.items()})
+    return []
 
 
 def state_publisher(context, share):
     """robot_state_publisher, resolved before any node starts (it is not on PyPI)."""
-    choice = LaunchConfiguration("robot_state_publisher").perform(context).strip().lower()
-    if choice in ("false", "0", "no", "off"):
+    wanted = LaunchConfiguration("robot_state_publisher").perform(context).strip().lower()
+    if wanted == "false":
         return []
     try:
         get_package_share_directory("robot_state_publisher")
     except PackageNotFoundError:
-        if choice == "auto":
+        if wanted == "auto":
             return [LogInfo(msg="robot_state_publisher is not installed: no TF from the URDF "
                                 "(robot_state_publisher:=false hides this message)")]
         raise RuntimeError(
@@ -61,8 +73,9 @@ def generate_launch_description():
     config = os.path.join(share, "config")
     arg = LaunchConfiguration
     return LaunchDescription([
-        *[DeclareLaunchArgument(name, default_value=default, description=text)
-          for name, (default, text) in ARGUMENTS.items()],
+        *[DeclareLaunchArgument(name, default_value=default, description=description)
+          for name, (default, description, _) in ARGUMENTS.items()],
+        OpaqueFunction(function=check_arguments),
         OpaqueFunction(function=state_publisher, args=[share]),
         Node(package="roboalign_ros", executable="sim_node", name="sim_node", output="screen",
              parameters=[os.path.join(config, "sim.yaml"),

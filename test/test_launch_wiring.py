@@ -39,10 +39,14 @@ def _classes(module_name, names):
     return module
 
 
+# packages _share does not find: optional ones, checked below (tests may change the set)
+MISSING = {"realsense2_camera", "robot_state_publisher"}
+
+
 def _share(package):
     if package == "roboalign_ros":
         return str(ROOT)
-    if package in ("realsense2_camera", "robot_state_publisher"):  # optional: checked below
+    if package in MISSING or "*" in MISSING:
         raise PackageNotFoundError(package)
     return f"/opt/ros/share/{package}"  # other packages of a full ROS install
 
@@ -54,7 +58,8 @@ def fake_launch(monkeypatch):
         "launch": _classes("launch", ["LaunchDescription"]),
         "launch.actions": _classes("launch.actions", [
             "DeclareLaunchArgument", "IncludeLaunchDescription", "OpaqueFunction",
-            "RegisterEventHandler", "GroupAction", "TimerAction", "LogInfo"]),
+            "RegisterEventHandler", "GroupAction", "TimerAction", "LogInfo", "EmitEvent"]),
+        "launch.events": _classes("launch.events", ["Shutdown"]),
         "launch.conditions": _classes("launch.conditions", [
             "IfCondition", "UnlessCondition", "LaunchConfigurationEquals"]),
         "launch.substitutions": _classes("launch.substitutions", [
@@ -67,6 +72,7 @@ def fake_launch(monkeypatch):
         "launch_ros.actions": _classes("launch_ros.actions", ["Node"]),
         "launch_ros.parameter_descriptions": _classes("launch_ros.parameter_descriptions",
                                                       ["ParameterValue"]),
+        "launch_ros.substitutions": _classes("launch_ros.substitutions", ["FindPackageShare"]),
         "ament_index_python": types.ModuleType("ament_index_python"),
         "ament_index_python.packages": types.ModuleType("ament_index_python.packages"),
     }
@@ -152,10 +158,25 @@ def check_node(node, arguments):
     return executable
 
 
+def opaque(description, name):
+    """The OpaqueFunction of ``description`` that calls ``name``: (function, args)."""
+    found = [a for a in walk(description.args, None) if type(a).__name__ == "OpaqueFunction"
+             and a.kwargs["function"].__name__ == name]
+    assert found, f"no OpaqueFunction {name}"
+    return found[0].kwargs["function"], found[0].kwargs.get("args", [])
+
+
+def declared_defaults(description):
+    return {a.args[0]: a.kwargs.get("default_value") for a in walk(description.args, None)
+            if type(a).__name__ == "DeclareLaunchArgument"}
+
+
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=[p.name for p in LAUNCH_FILES])
 def test_launch_file_wiring(path, fake_launch, monkeypatch):
     monkeypatch.setattr(fake_launch["launch.substitutions"].LaunchConfiguration, "perform",
                         _perform, raising=False)
+    if path.name == "gazebo.launch.py":  # it needs the Gazebo stack: a full install has it
+        monkeypatch.setattr(sys.modules[__name__], "MISSING", set())
     description = load_description(path)
     declared = {a.args[0]: a.kwargs.get("default_value") for a in walk(description.args, None)
                 if type(a).__name__ == "DeclareLaunchArgument"}
@@ -179,8 +200,7 @@ def test_bringup_refuses_unknown_camera_and_explains_missing_realsense(fake_laun
     monkeypatch.setattr(fake_launch["launch.substitutions"].LaunchConfiguration, "perform",
                         _perform, raising=False)
     description = load_description(ROOT / "launch" / "bringup.launch.py")
-    opaque = [a for a in walk(description.args, None) if type(a).__name__ == "OpaqueFunction"]
-    function, args = opaque[0].kwargs["function"], opaque[0].kwargs["args"]
+    function, args = opaque(description, "camera_driver")
     with pytest.raises(RuntimeError, match="realsense2_camera package"):
         function(Context({"camera": "realsense2_camera"}), *args)
     with pytest.raises(RuntimeError, match="not one of"):
@@ -191,10 +211,105 @@ def test_sim_launch_without_robot_state_publisher(fake_launch, monkeypatch):
     monkeypatch.setattr(fake_launch["launch.substitutions"].LaunchConfiguration, "perform",
                         _perform, raising=False)
     description = load_description(ROOT / "launch" / "sim.launch.py")
-    opaque = [a for a in walk(description.args, None) if type(a).__name__ == "OpaqueFunction"]
-    function, args = opaque[0].kwargs["function"], opaque[0].kwargs["args"]
+    function, args = opaque(description, "state_publisher")
     assert function(Context({"robot_state_publisher": "false"}), *args) == []
     info = function(Context({"robot_state_publisher": "auto"}), *args)
     assert type(info[0]).__name__ == "LogInfo" and "not installed" in info[0].kwargs["msg"]
     with pytest.raises(RuntimeError, match="robot_state_publisher package"):
         function(Context({"robot_state_publisher": "true"}), *args)
+
+
+# ---------------------------------------------------------------- issue 10 (hostile probe)
+
+def test_gazebo_lists_its_arguments_without_the_gazebo_packages(fake_launch, monkeypatch):
+    """`ros2 launch ... gazebo.launch.py --show-args` failed without ros_gz_sim installed."""
+    monkeypatch.setattr(fake_launch["launch.substitutions"].LaunchConfiguration, "perform",
+                        _perform, raising=False)
+    monkeypatch.setattr(sys.modules[__name__], "MISSING", {"*"})  # only roboalign_ros
+    description = load_description(ROOT / "launch" / "gazebo.launch.py")
+    defaults = declared_defaults(description)
+    assert defaults == {"world": "empty.sdf", "wrist_camera": "false"}
+    # found when the launch runs: a substitution, not a path computed while building
+    share = [a for a in walk(description.args, None) if type(a).__name__ == "FindPackageShare"]
+    assert [a.args[0] for a in share] == ["ros_gz_sim"]
+    check, args = opaque(description, "check_setup")
+    with pytest.raises(RuntimeError, match=r"needs the ROS packages \['ros_gz_sim'.*'xacro'\]"):
+        check(Context(defaults), *args)
+
+
+BAD_VALUES = [
+    ("sim.launch.py", "seed", "abc", "not an integer"),
+    ("sim.launch.py", "seed", "-1", "must be >= 0"),
+    ("sim.launch.py", "camera_rate", "0", "must be in (0, 60]"),
+    ("sim.launch.py", "camera_rate", "nan", "must be in (0, 60]"),
+    ("sim.launch.py", "reasoning_every", "often", "not an integer"),
+    ("sim.launch.py", "torch_threads", "1.5", "not an integer"),
+    ("sim.launch.py", "publish_instruction", "maybe", "not a boolean"),
+    ("sim.launch.py", "device", "gpu", "not a device"),
+    ("sim.launch.py", "robot_state_publisher", "sometimes", "not one of true, false, auto"),
+    ("sim.launch.py", "model_path", "", "must not be empty"),
+    ("bringup.launch.py", "backend", "moveit_py", "not one of joint_trajectory, servo"),
+    ("bringup.launch.py", "moveit", "yes please", "not one of true, false"),
+    ("eval.launch.py", "mode", "fake", "not one of sim, real"),
+    ("eval.launch.py", "go_home", "2", "not a boolean"),
+    ("eval.launch.py", "operator", "ana\x1b[2J", "contains control characters"),
+    ("gazebo.launch.py", "wrist_camera", "maybe", "not a boolean"),
+]
+
+
+@pytest.mark.parametrize("name, argument, value, why", BAD_VALUES,
+                         ids=[f"{n}-{a}" for n, a, _, _ in BAD_VALUES])
+def test_bad_argument_values_stop_the_launch_naming_the_argument(name, argument, value, why,
+                                                                 fake_launch, monkeypatch):
+    monkeypatch.setattr(fake_launch["launch.substitutions"].LaunchConfiguration, "perform",
+                        _perform, raising=False)
+    monkeypatch.setattr(sys.modules[__name__], "MISSING", set())
+    description = load_description(ROOT / "launch" / name)
+    check = [a for a in walk(description.args, None) if type(a).__name__ == "OpaqueFunction"
+             and a.kwargs["function"].__name__ in ("check_arguments", "check_setup")]
+    assert len(check) == 1, f"{name} does not check its argument values"
+    function = check[0].kwargs["function"]
+    values = declared_defaults(description)
+    assert function(Context(values)) == []  # the defaults are valid
+    values[argument] = value
+    with pytest.raises(ValueError) as error:
+        function(Context(values))
+    assert f"{argument}:={value!r}: {why}" in str(error.value)
+
+
+def test_eval_launch_exits_non_zero_when_eval_node_fails(fake_launch, monkeypatch):
+    """launch returns 0 when a process fails; eval.launch.py raises so that it does not."""
+    monkeypatch.setattr(fake_launch["launch.substitutions"].LaunchConfiguration, "perform",
+                        _perform, raising=False)
+    description = load_description(ROOT / "launch" / "eval.launch.py")
+    nodes = [a for a in walk(description.args, None) if type(a).__name__ == "Node"]
+    handlers = [a for a in walk(description.args, None) if type(a).__name__ == "OnProcessExit"]
+    assert len(handlers) == 1 and handlers[0].kwargs["target_action"] is nodes[0]
+    on_exit = handlers[0].kwargs["on_exit"]
+
+    class Event:
+        def __init__(self, returncode):
+            self.returncode = returncode
+
+    class LaunchContext:
+        def __init__(self, is_shutdown):
+            self.is_shutdown = is_shutdown
+
+    with pytest.raises(RuntimeError, match="eval_node exited with code 1"):
+        on_exit(Event(1), LaunchContext(False))
+    for returncode, shutting_down in ((0, False), (-2, True)):  # done, or stopped by Ctrl-C
+        actions = on_exit(Event(returncode), LaunchContext(shutting_down))
+        assert [type(a).__name__ for a in actions] == ["EmitEvent"]
+        assert type(actions[0].kwargs["event"]).__name__ == "Shutdown"
+
+
+@pytest.mark.parametrize("check, good, bad", [
+    ("boolean", ["true", "False", "yes", "off"], ["2", "maybe", ""]),
+    ("DEVICE", ["auto", "cpu", "cuda", "cuda:1"], ["gpu", "cuda:", "cuda:x", " cpu"]),
+])
+def test_launch_argument_checks(check, good, bad):
+    from roboalign_ros import launch_arguments
+
+    function = getattr(launch_arguments, check)
+    assert all(function(v) is None for v in good)
+    assert all(function(v) for v in bad)
