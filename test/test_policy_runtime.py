@@ -216,3 +216,26 @@ def test_chunk_is_dropped_when_the_instruction_changed_during_inference():
     worker.set_instruction("pick up the cube")
     decision = worker.step()
     assert decision.dropped and "instruction changed" in decision.blocked
+
+
+def test_a_running_inference_is_visible_while_it_runs():
+    release, started = threading.Event(), threading.Event()
+
+    def stuck(obs):
+        started.set()
+        release.wait(5)
+        return "chunk"
+
+    worker = bounded_worker(stuck, Clock(1.0))
+    worker.set_instruction("go")
+    assert worker.busy_for() == 0.0
+    thread = threading.Thread(target=worker.step)
+    thread.start()
+    try:
+        assert started.wait(5)
+        time.sleep(0.05)
+        assert worker.busy_for() >= 0.05  # what /diagnostics reports as a stuck inference
+    finally:
+        release.set()
+        thread.join(5)
+    assert worker.busy_for() == 0.0
