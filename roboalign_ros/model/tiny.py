@@ -1,9 +1,18 @@
-"""Tiny random policies of the real classes (Qwen2.5-VL + FAST + DiT head) for tests and demos.
+"""Small random backbones and policies of the real classes (Qwen2.5-VL + FAST + DiT head).
 
-Everything is built locally: a byte-level BPE text tokenizer trained with ``tokenizers`` on a
-small built-in corpus, a Qwen2.5-VL processor (image processor + tokenizer + chat template) and
-a randomly initialised ``Qwen2_5_VLForConditionalGeneration`` from a config. Nothing is
-downloaded. CLI: ``python -m roboalign_ros.model.tiny OUT_DIR [--action-dim 7 ...]``.
+Everything is built locally: a byte-level BPE text tokenizer trained with ``tokenizers`` (on a
+small built-in corpus, or on a dataset's own text), a Qwen2.5-VL processor (image processor +
+tokenizer + chat template) and a randomly initialised ``Qwen2_5_VLForConditionalGeneration``
+from a config. Nothing is downloaded. Presets:
+
+- ``tiny``: hidden 64, for unit tests and the demo's random policy;
+- ``mini``: the size that trains on 2 CPU cores in minutes (see :data:`PRESETS`), the backbone
+  of ``roboalign repro mini``;
+- ``qwen2.5-vl-3b``: the real 3B dimensions with random weights, for GPU benchmarks.
+
+CLIs: ``python -m roboalign_ros.model.tiny OUT_DIR [--action-dim 7 ...]`` (a tiny policy) and
+``python -m roboalign_ros.model.tiny --backbone mini OUT_DIR --corpus DATASET`` (a backbone
+directory for training).
 """
 
 from __future__ import annotations
@@ -46,6 +55,13 @@ PRESETS = {
     # intermediate, heads, fullatt_block_indexes
     "tiny": dict(hidden=64, inter=128, layers=4, heads=4, kv=2, mrope=[2, 3, 3],
                  v_depth=2, v_hidden=32, v_inter=64, v_heads=2, v_full=[1], tie=False),
+    # mini: sized for 2 CPU cores. 4 text layers of width 192 (head dim 32) hold a ~100-token
+    # rationale plus ~30 FAST tokens; a 3-block vision tower of width 96 sees 112x140 images as
+    # 80 patches (20 merged tokens, 28 px each: finer than a 4 cm cube at the table's distance).
+    # One SFT step on 16 samples takes ~0.3 s here, so tens of thousands of samples fit in the
+    # reproduction's time budget.
+    "mini": dict(hidden=192, inter=512, layers=4, heads=6, kv=2, mrope=[4, 6, 6],
+                 v_depth=3, v_hidden=96, v_inter=256, v_heads=3, v_full=[2], tie=True),
     # Qwen2.5-VL-3B-Instruct dimensions (random weights, for benchmarks)
     "qwen2.5-vl-3b": dict(hidden=2048, inter=11008, layers=36, heads=16, kv=2,
                           mrope=[16, 24, 24], v_depth=32, v_hidden=1280, v_inter=3420,
@@ -53,15 +69,20 @@ PRESETS = {
 }
 
 
-def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on the built-in corpus, with Qwen's special tokens."""
+def build_tiny_tokenizer(vocab_size: int = 512,
+                         corpus: list[str] | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with Qwen's special tokens.
+
+    Trained on ``corpus`` (lines of text, e.g. a dataset's instructions and rationales, so that
+    they take few tokens) plus the built-in corpus.
+    """
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    tok.train_from_iterator([*_CORPUS.splitlines(), *(corpus or [])], trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>")
 
@@ -89,7 +110,7 @@ def backbone_config(tokenizer, preset: str = "tiny") -> Qwen2_5_VLConfig:
     """A ``Qwen2_5_VLConfig`` of the given preset whose special-token ids match ``tokenizer``."""
     p = PRESETS[preset]
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vocab = len(tokenizer) if preset == "tiny" else 151936
+    vocab = 151936 if preset == "qwen2.5-vl-3b" else len(tokenizer)
     text = dict(vocab_size=vocab, hidden_size=p["hidden"], intermediate_size=p["inter"],
                 num_hidden_layers=p["layers"], num_attention_heads=p["heads"],
                 num_key_value_heads=p["kv"], max_position_embeddings=4096 * 8,
@@ -109,9 +130,15 @@ def backbone_config(tokenizer, preset: str = "tiny") -> Qwen2_5_VLConfig:
 
 def build_random_backbone(preset: str = "tiny", image_size: tuple[int, int] = (112, 112),
                           seed: int = 0, device: str | torch.device = "cpu",
-                          dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa"):
-    """``(model, processor)``: a randomly initialised backbone of the preset's dimensions."""
-    tokenizer = build_tiny_tokenizer()
+                          dtype: torch.dtype = torch.float32, attn_implementation: str = "sdpa",
+                          corpus: list[str] | None = None, vocab_size: int = 512):
+    """``(model, processor)``: a randomly initialised backbone of the preset's dimensions.
+
+    ``corpus`` / ``vocab_size``: text the tokenizer is trained on (see build_tiny_tokenizer).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"preset: {preset!r} is not one of {sorted(PRESETS)}")
+    tokenizer = build_tiny_tokenizer(vocab_size, corpus)
     processor = build_processor(tokenizer, image_size)
     torch.manual_seed(seed)
     config = backbone_config(tokenizer, preset)
@@ -121,6 +148,37 @@ def build_random_backbone(preset: str = "tiny", image_size: tuple[int, int] = (1
     model.generation_config.eos_token_id = config.text_config.eos_token_id
     model.generation_config.pad_token_id = config.text_config.pad_token_id
     return model.eval(), processor
+
+
+def dataset_corpus(roots) -> list[str]:
+    """The text a policy trained on ``roots`` reads and writes: instructions and rationales."""
+    import json
+    from pathlib import Path
+
+    from roboalign_ros.data import DatasetReader
+
+    lines = []
+    for root in ([roots] if isinstance(roots, (str, Path)) else roots):
+        reader = DatasetReader(root)
+        lines += [str(t) for t in reader.tasks]
+        rationales = Path(root) / "meta" / "rationales.jsonl"
+        if rationales.is_file():
+            for line in rationales.read_text().splitlines():
+                try:
+                    lines.append(str(json.loads(line).get("rationale", "")))
+                except json.JSONDecodeError:
+                    continue  # a torn last line of an interrupted teacher run
+    return lines
+
+
+def write_random_backbone(directory, preset: str = "mini", image_size=(112, 140), seed: int = 0,
+                          corpus: list[str] | None = None, vocab_size: int = 1024) -> str:
+    """Write a random backbone of ``preset`` (model + processor) to ``directory``."""
+    model, processor = build_random_backbone(preset, tuple(image_size), seed, corpus=corpus,
+                                             vocab_size=vocab_size)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return str(directory)
 
 
 def synthetic_chunks(n: int, horizon: int, action_dim: int, seed: int = 0) -> np.ndarray:
@@ -178,6 +236,11 @@ def main(argv=None) -> None:
     """CLI: write a tiny random policy checkpoint."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir")
+    ap.add_argument("--backbone", choices=sorted(PRESETS), default=None,
+                    help="write a random backbone of this preset (not a policy)")
+    ap.add_argument("--corpus", nargs="*", default=[],
+                    help="datasets whose instructions/rationales train the tokenizer")
+    ap.add_argument("--vocab-size", type=int, default=1024)
     ap.add_argument("--action-dim", type=int, default=7)
     ap.add_argument("--horizon", type=int, default=10)
     ap.add_argument("--state-dim", type=int, default=None)
@@ -187,6 +250,11 @@ def main(argv=None) -> None:
     ap.add_argument("--reasoning-every", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    if a.backbone:
+        corpus = dataset_corpus(a.corpus) if a.corpus else None
+        print(write_random_backbone(a.out_dir, a.backbone, tuple(a.image_size), a.seed, corpus,
+                                    a.vocab_size))
+        return
     write_tiny_policy(a.out_dir, action_dim=a.action_dim, horizon=a.horizon,
                       state_dim=a.state_dim, image_size=tuple(a.image_size),
                       camera_names=tuple(a.cameras), action_space=a.action_space,

@@ -27,10 +27,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
+from roboalign_ros.control.build import EXECUTOR_PARAMETERS, build_executor
 from roboalign_ros.control.chunk import Chunk, ChunkError
-from roboalign_ros.control.executor import ChunkExecutor, ExecutorConfig
 from roboalign_ros.control.kinematics import Kinematics
-from roboalign_ros.control.safety import SafetyEnvelope
 from roboalign_ros.conversions import (
     ConversionError,
     JointStateMapper,
@@ -57,34 +56,8 @@ from roboalign_ros.nodes.common import (
 )
 from roboalign_ros.robot import load_robot_config
 
-PARAMETERS = {
-    "robot": "sim_arm",
-    "action_space": "joint_position",
-    "backend": "joint_trajectory",
-    "home_backend": "joint_trajectory",
-    "planning_group": "arm",
-    "rate": 100.0,
-    "lead_time": 0.02,
-    "duration_margin": 0.8,
-    "state_timeout": 0.25,
-    "blend": "rtc",
-    "rtc_blend": 0.2,
-    "ensemble_k": 0.0,
-    "watchdog_timeout": 0.5,
-    "max_chunk_age": 1.0,
-    "home_speed": 0.3,
-    "chunk_topic": "/roboalign/action_chunk",
-    "estop_topic": "/roboalign/estop",
-    "instruction_topic": "/roboalign/instruction",
-    "safety.velocity_scale": 0.5,
-    "safety.max_step": 0.05,
-    "safety.acc_max": 8.0,
-    "safety.margin": 0.02,
-    "safety.workspace": True,
-    "safety.workspace_mode": "hold",
-}
+PARAMETERS = EXECUTOR_PARAMETERS  # one set of defaults for the node and in-process users
 
-_SPACE_BACKEND = {"joint_position": "joint_trajectory", "ee_delta": "servo"}
 # The second e-stop subscription: matches best-effort publishers (reliable ones match both).
 ESTOP_BEST_EFFORT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 # Kinds that mean "the arm is not moving under our control"; diagnostics level for each.
@@ -101,29 +74,9 @@ class ExecutorNode(Node):
         robot = load_robot_config(p["robot"])
         self.robot = robot
         space = p["action_space"]
-        if _SPACE_BACKEND.get(space) != p["backend"]:
-            raise ValueError(f"backend: action_space {space!r} is executed by "
-                             f"{_SPACE_BACKEND.get(space, 'no backend')!r}, not {p['backend']!r}")
-        names = (robot.arm_joints if space == "joint_position"
-                 else ("vx", "vy", "vz", "wx", "wy", "wz")) + ("gripper",)
-        config = ExecutorConfig(dimension_names=names, action_space=space, rate_hz=p["rate"],
-                                blend=p["blend"], ensemble_k=p["ensemble_k"],
-                                rtc_blend_s=p["rtc_blend"],
-                                watchdog_timeout=p["watchdog_timeout"],
-                                max_age=p["max_chunk_age"], lead_time=p["lead_time"],
-                                duration_margin=p["duration_margin"],
-                                state_timeout=p["state_timeout"])
-        kinematics = Kinematics(robot)
-        overrides_ = {"velocity_scale": p["safety.velocity_scale"],
-                      "max_step": p["safety.max_step"], "margin": p["safety.margin"],
-                      "acc_max": p["safety.acc_max"],
-                      "workspace_mode": p["safety.workspace_mode"]}
         if not p["safety.workspace"]:
-            overrides_.update(workspace_min=None, workspace_max=None)
             self.get_logger().warning("safety.workspace is off: the tool box is not enforced")
-        envelope = SafetyEnvelope.from_robot(robot, config.period, overrides_,
-                                             fk=kinematics.fk_position)
-        self.chunk_executor = ChunkExecutor(config, envelope)
+        self.chunk_executor = build_executor(p, robot, Kinematics(robot))
         self.backend = make_backend(p["backend"], self, robot, p["lead_time"])
         self.gripper = GripperPublisher(self, robot.gripper_topic)
         self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"])

@@ -1,0 +1,106 @@
+"""roboalign repro mini: config checks, stage bookkeeping (resume, redo, timing), the report."""
+
+import json
+
+import pytest
+
+from roboalign_ros.apps import repro as rp
+
+
+def test_the_shipped_config_loads_and_names_known_tasks_and_stage_configs():
+    from roboalign_ros.robot import package_path
+
+    cfg = rp.load_repro_config(package_path("config", "repro", "mini.yaml"))
+    cfg.validate()
+    assert len(cfg.tasks) == 3
+    kinds = {t.split("_")[0] for t in cfg.tasks}
+    assert kinds == {"pick", "push", "place"}   # a pick, a push and a place into the bowl
+    for path in (cfg.sft, cfg.rationale, cfg.align, cfg.head):
+        assert package_path(*path.split("/")).is_file(), path
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"tasks": ["fly_away"]}, "tasks"), ({"episodes": 0}, "episodes"),
+    ({"configurations": ["magic"]}, "configurations"), ({"overrides": {"nap": []}}, "overrides"),
+])
+def test_bad_values_are_named(bad, field):
+    with pytest.raises(ValueError, match=field):
+        rp.ReproConfig(**bad).validate()
+
+
+def test_unknown_keys_in_the_yaml_are_refused(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("episodes: 3\nepisdoes: 4\n")
+    with pytest.raises(ValueError, match="episdoes"):
+        rp.load_repro_config(path)
+
+
+def test_stages_run_once_are_skipped_and_interrupts_resume(tmp_path, monkeypatch):
+    calls, failed = [], []
+
+    def fake(name, fail_once=False):
+        def stage(self):
+            calls.append(name)
+            if fail_once and not failed:
+                failed.append(name)
+                raise RuntimeError("interrupted")
+            return {"stage": name}
+        return stage
+
+    for stage in rp.STAGES:
+        monkeypatch.setattr(rp.Repro, f"stage_{stage}", fake(stage, fail_once=stage == "sft"))
+    cfg = rp.ReproConfig(out=str(tmp_path / "mini"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        rp.Repro(cfg).run()
+    state = json.loads((tmp_path / "mini" / "repro_state.json").read_text())
+    assert list(state) == list(rp.STAGES[:rp.STAGES.index("sft")])   # up to the interrupt
+    assert all(s["status"] == "done" and s["seconds"] >= 0 for s in state.values())
+    calls.clear()
+    rp.Repro(cfg).run()                                 # resumes: only what was left
+    assert calls == list(rp.STAGES[rp.STAGES.index("sft"):])
+    calls.clear()
+    assert rp.main(["mini", "--config", _write(tmp_path, cfg), "--redo", "report"]) == 0
+    assert calls == ["report"]
+    log = (tmp_path / "mini" / "repro.log").read_text()
+    assert "record: running" in log and "skipped" in log
+
+
+def _write(tmp_path, cfg):
+    import dataclasses
+
+    import yaml
+
+    path = tmp_path / "repro.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg)))
+    return str(path)
+
+
+def test_report_table_png_and_summary_from_a_state(tmp_path):
+    cfg = rp.ReproConfig(out=str(tmp_path / "mini"), eval_seeds=2, eval_seeds_slow=1)
+    repro = rp.Repro(cfg)
+
+    def group(k, n):
+        from roboalign_ros.evaluation.report import wilson_interval
+
+        lo, hi = wilson_interval(k, n)
+        return {"trials": n, "successes": k, "success_rate": k / n, "ci95_low": lo,
+                "ci95_high": hi}
+
+    tasks = cfg.tasks
+    repro.state = {
+        "evaluate": {"status": "done", "seconds": 5.0, "result": {
+            "sft": {"tasks": {t: group(1, 2) for t in tasks}, "overall": group(3, 6)},
+            "untrained": {"tasks": {t: group(0, 1) for t in tasks}, "overall": group(0, 3)}}},
+        "head_sft": {"status": "done", "seconds": 2.0,
+                     "result": {"metrics": {"mse": 0.2, "baseline_mse": 1.0}}},
+        "offline": {"status": "done", "seconds": 1.0,
+                    "result": {"sft": {"prefix_accuracy": 0.4, "format_rate": 1.0}}},
+    }
+    out = repro.stage_report()
+    summary = json.loads(open(out["summary"]).read())
+    row = summary["configurations"]["sft"]
+    assert row["overall"]["successes"] == 3 and row["head_mse"] == 0.2
+    assert row["prefix_accuracy"] == 0.4
+    assert summary["seeds"]["sft"] == [100000, 100001] and summary["seeds"]["untrained"] == [100000]
+    assert summary["total_seconds"] == 8.0
+    assert (tmp_path / "mini" / "report" / "report.png").stat().st_size > 10_000
