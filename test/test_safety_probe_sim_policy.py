@@ -1,9 +1,9 @@
-"""Issue 10 (hostile probe), small items: sim_node and policy_node survive a double SIGINT.
+"""Issue 10 (hostile probe), small items: the nodes survive a double SIGINT.
 
 Under ``ros2 launch`` Ctrl-C reaches a node twice: the terminal signals the whole process group
 and launch forwards its own SIGINT. The second one used to land in close() (joining the
-physics/camera threads or the policy worker) as a KeyboardInterrupt: a traceback and exit code
--2 instead of a clean 0.
+physics/camera threads or the policy worker) as a KeyboardInterrupt, or killed the process
+during interpreter finalization: exit code -2 instead of a clean 0.
 """
 
 import os
@@ -21,12 +21,15 @@ NODES = {
                   "-p", "camera.rate:=5.0"], "sim ready"),
     "policy_node": (["-p", "model_path:=tiny", "-p", "device:=cpu", "-p", "torch_threads:=1"],
                     "policy ready"),
+    "recorder_node": (["-p", "dataset_root:={tmp}/ds"], "recorder ready"),
+    "eval_node": (["-p", "results_dir:={tmp}/eval"], "(mode sim, plan"),
 }
 
 
 @pytest.mark.parametrize("node", sorted(NODES))
 def test_double_sigint_shuts_down_cleanly(node, tmp_path):
     args, ready = NODES[node]
+    args = [a.format(tmp=tmp_path) for a in args]
     log = tmp_path / f"{node}.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", f"roboalign_ros.nodes.{node}",

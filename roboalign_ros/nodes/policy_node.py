@@ -11,7 +11,6 @@ the refusal is what the status and /diagnostics report.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections import deque
@@ -41,6 +40,7 @@ from roboalign_ros.nodes.common import (
     run_node,
     sensor_qos_for,
 )
+from roboalign_ros.nodes.shutdown import ignore_repeated_interrupts
 from roboalign_ros.policy_runtime import (
     IMAGE,
     JOINT_STATE,
@@ -277,10 +277,7 @@ class PolicyNode(Node):
 
     def close(self) -> None:
         """Stop the worker thread."""
-        if threading.current_thread() is threading.main_thread():
-            # Ctrl-C arrives twice under ros2 launch (process group + launch's forward): the
-            # second must not interrupt the shutdown; SIG_IGN also outlives finalization.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        ignore_repeated_interrupts()  # a second Ctrl-C must not cut the shutdown short
         if self.worker is not None:
             self.worker.stop()
 

@@ -13,7 +13,6 @@ a jump (more than 1.5x the limit: logged, a command check let something through)
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 
@@ -35,6 +34,7 @@ from roboalign_ros.nodes.common import (
     now_seconds,
     run_node,
 )
+from roboalign_ros.nodes.shutdown import ignore_repeated_interrupts
 from roboalign_ros.sim.server import CommandRejected, SceneCamera, SimServer, TooFast
 from roboalign_ros.srv import ResetTask
 
@@ -251,18 +251,10 @@ class SimNode(Node):
 
     def close(self) -> None:
         """Stop the loops."""
-        _ignore_repeated_interrupts()
+        ignore_repeated_interrupts()  # a second Ctrl-C must not cut the shutdown short
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=2.0)
-
-
-def _ignore_repeated_interrupts() -> None:
-    # Ctrl-C reaches the process twice under ros2 launch (the terminal's process group, then
-    # launch's forward): the second must not interrupt the shutdown with a KeyboardInterrupt.
-    # SIG_IGN (not a Python handler) also survives interpreter finalization.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def main(args=None) -> int:
