@@ -29,6 +29,7 @@ class LoopStats:
     commands: int = 0
     command_times: deque = field(default_factory=lambda: deque(maxlen=500))
     command_positions: list[np.ndarray] = field(default_factory=list)  # streamed arm targets
+    command_durations: list[float] = field(default_factory=list)  # their time_from_start (s)
     reasoning: str = ""
     status: str = ""
     success: bool = False
@@ -108,6 +109,8 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
         stats.command_times.append(time.monotonic())
         if msg.points:
             stats.command_positions.append(np.array(msg.points[0].positions))
+            d = msg.points[0].time_from_start
+            stats.command_durations.append(d.sec + d.nanosec * 1e-9)
 
     def on_reasoning(msg):
         stats.reasoning = msg.data

@@ -25,9 +25,13 @@ def test_closed_loop_moves_the_arm_inside_the_safety_envelope(tmp_path):
     margin = 0.02  # config/executor.yaml safety.margin
     assert np.all(commands >= robot.lower + margin - 1e-6)
     assert np.all(commands <= robot.upper - margin + 1e-6)
-    # velocity: at most velocity_scale * limit per 10 ms tick (0.05 rad max_step)
+    # feasibility: each step within max_step, and reachable in its time_from_start from the
+    # previous command at no more than duration_margin (0.8) of the URDF velocity limits
     steps = np.abs(np.diff(commands, axis=0))
-    assert np.all(steps <= np.minimum(0.5 * robot.velocity * 0.01, 0.05) + 1e-6)
+    assert np.all(steps <= 0.05 + 1e-6)
+    durations = np.array(stats.command_durations[1:])
+    assert np.all(durations >= 0.02 - 1e-9)                       # lead_time, the shortest
+    assert np.all(steps / durations[:, None] <= 0.8 * robot.velocity + 1e-6)
     kinematics = Kinematics(robot)
     tool = np.array([kinematics.fk_position(q) for q in commands[::10]])
     assert np.all(tool >= robot.workspace_min - 1e-6) and np.all(tool <= robot.workspace_max + 1e-6)

@@ -121,6 +121,11 @@ def run_node(factory: Callable[[], Node], args=None) -> int:
         print(f"[{name}] fatal: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
+        # A second Ctrl-C (ros2 launch: the terminal's process group, then launch's forward)
+        # must not interrupt close(); SIG_IGN also survives interpreter finalization, where
+        # Python restores SIG_DFL for its own handlers (seen: exit code -2, no traceback).
+        # SIGTERM stays: launch's escalation still ends a node that hangs.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             close = getattr(node, "close", None)
             if close is not None:

@@ -171,24 +171,31 @@ class SimNode(Node):
         period = self.server.control_period
         status_every = max(1, int(round(1.0 / (self.p["status_rate"] * period))))
         msg = JointState(name=list(self.server.robot.joint_names))
-        deadline, tick, late = time.perf_counter(), 0, 0
+        # The physics advances one period per step whatever the wall clock does, so joint
+        # states are stamped on that schedule (each stamp one period after the last, locked
+        # to the wall clock): stamps taken from the clock after a preempted step would put a
+        # period of motion into a few milliseconds, i.e. joints faster than their limits.
+        t, deadline, tick, late = now_seconds(self), time.perf_counter(), 0, 0
         while not self._stop.is_set():
-            now = now_seconds(self)
-            sample = self.server.step(now)
-            msg.header.stamp = seconds_to_stamp(now, msg.header.stamp)
+            sample = self.server.step(t)      # commands sampled at the step's start ...
+            t += period                       # ... the state is the one at its end
+            msg.header.stamp = seconds_to_stamp(t, msg.header.stamp)
             msg.position, msg.velocity = sample.position.tolist(), sample.velocity.tolist()
             msg.effort = sample.effort.tolist()
             self.joint_pub.publish(msg)
             tick += 1
             if tick % status_every == 0:
-                self._publish_status(now, late)
+                self._publish_status(t, late)
             deadline += period
             delay = deadline - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            elif delay < -0.1:  # far behind (slow machine): resynchronise, count it
-                late += 1
+            else:
+                # Behind (a loaded machine): no catch-up burst of steps; the sim runs slower
+                # than real time and its schedule restarts from now.
+                late += delay < -period
                 deadline = time.perf_counter()
+                t = max(t, now_seconds(self))
 
     def _publish_status(self, now: float, late: int) -> None:
         task, instruction, seed, elapsed, success = self.server.task_status()
