@@ -18,6 +18,12 @@ import numpy as np
 
 from roboalign_ros.node_processes import NodeProcesses
 
+# What `make demo` runs: the shipped policy (models/, with its provenance) on a pick, a push
+# and a place, one held-out seed each (evaluation seeds start at 100000).
+DEMO_MODEL = "models/roboalign_mini_sim"
+DEMO_TASKS = ("pick_red_cube", "push_green_block_left", "place_red_cube_in_bowl")
+DEMO_SEED = 100000
+
 
 @dataclass
 class LoopStats:
@@ -38,6 +44,8 @@ class LoopStats:
     q_last: np.ndarray | None = None
     limit_violations: int = 0
     first_chunk_at: float | None = None
+    results: list[tuple[str, int, bool, float]] = field(default_factory=list)  # task, seed, ok, s
+    reset_at: float = 0.0  # ROS time of the last reset_task (older task status is ignored)
 
     def chunk_rate(self, window: float = 10.0) -> float:
         """Chunks per second over the last ``window`` seconds."""
@@ -51,8 +59,13 @@ class LoopStats:
 def run_closed_loop(duration: float, task: str, seed: int, model: str, device: str,
                     camera_size: tuple[int, int], camera_rate: float, log_dir: str,
                     stop_on_success: bool = True, quiet: bool = False,
-                    reasoning_every: int = 5) -> LoopStats:
-    """Run sim + policy + executor for ``duration`` s and return what the monitor measured."""
+                    reasoning_every: int = 5, then: list[tuple[str, int]] = ()) -> LoopStats:
+    """Run sim + policy + executor for ``duration`` s and return what the monitor measured.
+
+    ``then``: more ``(task, seed)`` episodes after the first, each started with the sim's
+    ``reset_task`` once the previous one succeeded or ran out of ``duration``; every episode's
+    outcome (the sim's success check) lands in ``LoopStats.results``.
+    """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
@@ -123,6 +136,10 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
         stats.status = text
 
     def on_task(msg):
+        from roboalign_ros.conversions import stamp_to_seconds
+
+        if stamp_to_seconds(msg.header.stamp) < stats.reset_at:
+            return  # published before the last reset: about the previous episode
         stats.instruction, stats.success = msg.instruction, msg.success
 
     node.create_subscription(ActionChunk, "/roboalign/action_chunk", on_chunk, 10)
@@ -135,14 +152,44 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
     executor.add_node(node)
     console.print(f"[bold]roboalign demo[/]: sim + policy ({model}) + executor for "
                   f"{duration:.0f} s; logs in {log_dir}")
+    from roboalign_ros.srv import ResetTask
+
+    reset = node.create_client(ResetTask, "/sim_node/reset_task")
+    episodes = [(task, seed), *then]
     start, next_report = time.monotonic(), time.monotonic() + 5.0
-    try:
-        while time.monotonic() - start < duration:
+    episode_start = None  # from the first chunk: the model may take a while to load
+
+    def next_episode() -> bool:
+        """Reset the sim to the next episode; False when none is left."""
+        if len(stats.results) >= len(episodes):
+            return False
+        name, s = episodes[len(stats.results)]
+        future = reset.call_async(ResetTask.Request(task=name, seed=int(s)))
+        deadline = time.monotonic() + 10.0
+        while not future.done() and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
+        reply = future.result() if future.done() else None
+        if reply is None or not reply.success:
+            raise RuntimeError(f"reset_task {name} seed {s} failed: "
+                               f"{reply.message if reply else 'no answer in 10 s'}")
+        stats.success = False
+        stats.reset_at = node.get_clock().now().nanoseconds * 1e-9
+        console.print(f"[bold]episode {len(stats.results) + 1}/{len(episodes)}[/]: "
+                      f"'{reply.instruction}' (seed {s})")
+        return True
+
+    try:
+        while True:
+            executor.spin_once(timeout_sec=0.05)
+            now = time.monotonic()
             if nodes.exited():
                 console.print(f"[red]node exited early: {nodes.exited()}[/] (see {log_dir})")
                 break
-            if time.monotonic() >= next_report:
+            if episode_start is None and stats.first_chunk_at is not None:
+                episode_start = now
+                if then:  # a clean start for the first of several episodes
+                    next_episode()
+            if now >= next_report:
                 next_report += 5.0
                 cmd_t = stats.command_times
                 cmd_rate = ((len(cmd_t) - 1) / (cmd_t[-1] - cmd_t[0])
@@ -151,13 +198,22 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
                          else float(np.max(np.abs(stats.q_last - stats.q_first))))
                 lat = np.median(stats.latencies[-20:]) * 1e3 if stats.latencies else 0.0
                 console.print(
-                    f"t={time.monotonic() - start:5.1f}s  chunks {len(stats.chunk_times):3d} "
+                    f"t={now - start:5.1f}s  chunks {len(stats.chunk_times):3d} "
                     f"({stats.chunk_rate():.2f}/s, latency p50 {lat:.0f} ms)  commands "
                     f"{stats.commands} ({cmd_rate:.0f}/s)  arm moved {moved:.3f} rad  "
                     f"task '{stats.instruction}' success={stats.success}")
-            if stop_on_success and stats.success:
-                console.print("[bold green]task succeeded[/]")
-                break
+            timed_out = (now - episode_start > duration if episode_start is not None
+                         else now - start > duration + 120.0)
+            if (stop_on_success and stats.success) or timed_out:
+                name, s = episodes[len(stats.results)]
+                took = now - (episode_start or start)
+                stats.results.append((name, s, bool(stats.success), took))
+                verdict = "[bold green]succeeded[/]" if stats.success else "[red]failed[/]"
+                console.print(f"task {name} (seed {s}) {verdict} after {took:.1f} s "
+                              "(the sim's success check)")
+                if not then or not next_episode():
+                    break
+                episode_start = time.monotonic()
     finally:
         nodes.stop()
         executor.shutdown()
@@ -188,25 +244,41 @@ def _summary(stats: LoopStats) -> str:
 def _parser(prog: str, duration: float) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=duration, help="seconds (default %(default)s)")
-    p.add_argument("--task", default="pick_red_cube")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", default="tiny", help="checkpoint dir or 'tiny' (random policy)")
+    p.add_argument("--task", default=None, help="one task (default: the demo's three)")
+    p.add_argument("--seed", type=int, default=DEMO_SEED)
+    p.add_argument("--model", default=None,
+                   help="checkpoint dir or 'tiny' (random policy); default: the shipped trained "
+                        f"policy ({DEMO_MODEL}) if present, else tiny")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--camera-size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
-    p.add_argument("--camera-rate", type=float, default=10.0)
+    # the shipped policy was trained on 224x168 frames at 15 fps (the bulk recorder's)
+    p.add_argument("--camera-size", type=int, nargs=2, default=(224, 168), metavar=("W", "H"))
+    p.add_argument("--camera-rate", type=float, default=15.0)
     p.add_argument("--reasoning-every", type=int, default=5,
                    help="reason every N chunks (0 = off, -1 = the checkpoint's setting)")
     p.add_argument("--log-dir", default="log/demo")
     return p
 
 
+def default_model() -> str:
+    """The shipped trained policy when this checkout has it, else the tiny random one."""
+    from roboalign_ros.robot import package_path
+
+    path = package_path(*DEMO_MODEL.split("/"))
+    return str(path) if (path / "vla_config.json").is_file() else "tiny"
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``roboalign demo``: run the simulated closed loop and print what happens."""
-    a = _parser("roboalign demo", 40.0).parse_args(argv)
-    stats = run_closed_loop(a.duration, a.task, a.seed, a.model, a.device,
+    """``roboalign demo``: the closed loop on a pick, a push and a place; what happens, printed."""
+    a = _parser("roboalign demo", 15.0).parse_args(argv)
+    model = a.model or default_model()
+    tasks = [a.task] if a.task else list(DEMO_TASKS)
+    stats = run_closed_loop(a.duration, tasks[0], a.seed, model, a.device,
                             tuple(a.camera_size), a.camera_rate, a.log_dir,
-                            reasoning_every=a.reasoning_every)
+                            reasoning_every=a.reasoning_every,
+                            then=[(t, a.seed) for t in tasks[1:]])
     print("\n" + _summary(stats))
+    for task, seed, ok, took in stats.results:
+        print(f"  {task:28s} seed {seed}: {'SUCCESS' if ok else 'failure'} ({took:.1f} s)")
     ok = len(stats.chunk_times) > 0 and stats.commands > 0 and stats.limit_violations == 0
     if not ok:
         print(f"the loop did not close (no chunks or no commands): see {a.log_dir}/*.log")
@@ -216,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
 def bench_main(argv: list[str] | None = None) -> int:
     """``roboalign bench closed-loop``: chunk rate and latency of the loop on this machine."""
     a = _parser("roboalign bench closed-loop", 60.0).parse_args(argv)
-    stats = run_closed_loop(a.duration, a.task, a.seed, a.model, a.device,
+    stats = run_closed_loop(a.duration, a.task or DEMO_TASKS[0], a.seed, a.model or "tiny",
+                            a.device,
                             tuple(a.camera_size), a.camera_rate, a.log_dir,
                             stop_on_success=False, quiet=True,
                             reasoning_every=a.reasoning_every)

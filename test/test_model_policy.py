@@ -16,6 +16,7 @@ from roboalign_ros.model import (
     build_tiny_policy,
 )
 from roboalign_ros.model.config import default_feature_layer
+from roboalign_ros.model.reasoning import parse_generation
 
 
 @pytest.fixture(autouse=True)
@@ -76,6 +77,29 @@ def test_reasoning_cache_every_n():
     off = build_tiny_policy(reasoning_every=0)
     out = off.predict(make_obs())
     assert out.reasoning is None and "generate" not in out.timings
+
+
+def test_head_context_none_keeps_generated_text_out_of_the_action_path(monkeypatch):
+    pol = build_tiny_policy(reasoning_every=1, max_new_tokens=4)
+    suffixes = []
+    encode = pol.encode_observation
+
+    def spy(obs, suffix=""):
+        suffixes.append(suffix)
+        return encode(obs, suffix)
+
+    monkeypatch.setattr(pol, "encode_observation", spy)
+    monkeypatch.setattr(pol, "generate", lambda inputs, max_new_tokens=None: (
+        parse_generation("<think>the cube is left</think><answer><ACTION_START><ACTION_END>"
+                         "</answer>"), "<think>the cube is left</think>"))
+    pol.predict(make_obs())
+    assert suffixes[-1] == pol.feature_suffix("the cube is left")   # ReFineVLA: reasoning
+    pol.config.head_context = "none"
+    out = pol.predict(make_obs())
+    assert out.reasoning == "the cube is left"                       # still generated ...
+    assert suffixes[-1] == pol.feature_suffix(None)                  # ... but not read
+    with pytest.raises(ValueError, match="head_context"):
+        VLAConfig(head_context="text")
 
 
 def test_token_action_source():

@@ -336,6 +336,7 @@ class Repro:
 
         from roboalign_ros.evaluation import cli as eval_cli
         from roboalign_ros.evaluation.headless import eval_seeds
+        from roboalign_ros.sim.tasks import TASKS
 
         best = self.best()
         model = self.path(CONFIGURATIONS[best][0])
@@ -343,7 +344,9 @@ class Repro:
         plan = {"name": f"repro_{best}", "policy": LABELS[best], "model": str(model),
                 "notes": "roboalign repro mini: the headless evaluation's seeds, through ROS",
                 "defaults": {"trials": len(seeds)},
-                "tasks": [{"task": t, "seeds": seeds} for t in self.cfg.tasks]}
+                # the same episode length as the headless evaluation: the task's own
+                "tasks": [{"task": t, "seeds": seeds, "time_limit": TASKS[t].episode_seconds}
+                          for t in self.cfg.tasks]}
         plan_path = self.path("graph", "plan.yaml")
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         plan_path.write_text(yaml.safe_dump(plan, sort_keys=False))

@@ -63,6 +63,10 @@ class VLAConfig:
         camera_names: image keys expected in ``Observation.images`` (in prompt order).
         image_size: (height, width) images are resized to before the processor; None keeps them.
         feature_layer: backbone hidden-state index the head reads; None = scaled paper choice.
+        head_context: what the head's features are computed over besides the prompt:
+            "reasoning" (the newest reasoning, ReFineVLA/RoboAlign) or "none" (an empty think
+            block: the action path never depends on generated text; set by the head stage when
+            it is trained that way).
         action_source: "head" (continuous chunk from the flow head) or "tokens" (decode the
             generated FAST tokens; needs reasoning_every == 1).
         reasoning_every: 0 = never generate reasoning; N = generate every N ``predict`` calls and
@@ -88,6 +92,7 @@ class VLAConfig:
     feature_layer: int | None = None
     head: HeadConfig = field(default_factory=HeadConfig)
     action_source: str = "head"
+    head_context: str = "reasoning"
     reasoning_every: int = 1
     max_new_tokens: int = 256
     prompt_template: str = (
@@ -124,6 +129,7 @@ class VLAConfig:
             ("image_size", self.image_size is None or len(self.image_size) == 2),
             ("feature_layer", self.feature_layer is None or self.feature_layer >= 1),
             ("action_source", self.action_source in ("head", "tokens")),
+            ("head_context", self.head_context in ("reasoning", "none")),
             ("reasoning_every", self.reasoning_every >= 0),
             ("max_new_tokens", self.max_new_tokens >= 1),
             ("prompt_template", "{instruction}" in self.prompt_template),

@@ -410,7 +410,8 @@ class VLAPolicy:
                 chunk_n, problems = result.chunk, problems + result.problems
         else:
             with timed("preprocess"):
-                inputs = self.encode_observation(observation, self.feature_suffix(reasoning))
+                context = reasoning if cfg.head_context == "reasoning" else None
+                inputs = self.encode_observation(observation, self.feature_suffix(context))
             with timed("features"):
                 features, mask = self.backbone_features(inputs)
                 if self.head._compiled is not None:  # few distinct shapes -> few CUDA graphs

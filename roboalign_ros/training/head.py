@@ -273,6 +273,8 @@ def run_head(config, overrides=()) -> Path:
     policy.backbone.requires_grad_(False)
     policy.backbone.eval()
     mode = _context_mode(cfg, policy)
+    # the policy's action path must read the context the head was trained on
+    policy.config.head_context = "none" if mode == "none" else "reasoning"
     reasoning = "latest" if mode == "rationale" else "none"
 
     def samples(split: int):
