@@ -35,3 +35,16 @@ def test_closed_loop_moves_the_arm_inside_the_safety_envelope(tmp_path):
     kinematics = Kinematics(robot)
     tool = np.array([kinematics.fk_position(q) for q in commands[::10]])
     assert np.all(tool >= robot.workspace_min - 1e-6) and np.all(tool <= robot.workspace_max + 1e-6)
+
+
+def test_demo_runs_several_tasks_one_after_another(tmp_path):
+    """`make demo`: each task is started with reset_task and ends with the sim's check."""
+    stats = run_closed_loop(duration=4.0, task="pick_red_cube", seed=100000, model="tiny",
+                            device="cpu", camera_size=(160, 120), camera_rate=10.0,
+                            log_dir=str(tmp_path), quiet=True, reasoning_every=0,
+                            then=[("push_green_block_left", 100000)])
+    logs = {p.name: p.read_text()[-1500:] for p in tmp_path.glob("*.log")}
+    assert [r[0] for r in stats.results] == ["pick_red_cube", "push_green_block_left"], logs
+    assert all(isinstance(ok, bool) and took >= 3.9 for _, _, ok, took in stats.results)
+    assert stats.instruction == "push the green block to the left"   # the sim was reset to it
+    assert "reset: 'push the green block to the left' (seed 100000)" in logs["sim_node.log"]
