@@ -26,7 +26,7 @@ EXECUTOR_PARAMETERS: dict[str, Any] = {
     "rate": 100.0,
     "lead_time": 0.02,
     "duration_margin": 0.8,
-    "state_timeout": 0.25,
+    "state_timeout": 0.5,
     "blend": "rtc",
     "rtc_blend": 0.2,
     "ensemble_k": 0.0,

@@ -66,7 +66,7 @@ class ExecutorConfig:
     gripper_name: str = 'gripper'
     lead_time: float = 0.02              # s, the shortest duration of a command
     duration_margin: float = 0.8         # commands move at most this fraction of vel_max
-    state_timeout: float = 0.25          # s without a joint state -> stop (no_state)
+    state_timeout: float = 0.5           # s without a joint state -> stop (no_state)
     jump_slack: float = 0.02             # rad a state may move beyond vel_max * elapsed
 
     @property
@@ -184,6 +184,7 @@ class ChunkExecutor:
             try:
                 if self._estop:
                     raise ChunkError('estop', 'e-stop engaged', code='estop')
+                validate_chunk(chunk, now, self.limits)  # a malformed chunk is named as such
                 if chunk.stamp < self._not_before:
                     raise ChunkError('stamp', 'observed before the last flush (e-stop release, '
                                      'instruction change, going home or a state jump)',
@@ -197,7 +198,6 @@ class ChunkExecutor:
                     raise ChunkError('sequence', f'{chunk.sequence} <= last accepted '
                                      f'{self._last_seq} with no newer stamp',
                                      code='out_of_order')
-                validate_chunk(chunk, now, self.limits)
             except ChunkError as err:
                 self.counters[f'rejected_{err.code}'] += 1
                 return False, str(err)
