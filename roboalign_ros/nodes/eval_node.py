@@ -36,7 +36,6 @@ from roboalign_ros.nodes.common import (
     now_seconds,
     run_node,
 )
-from roboalign_ros.nodes.shutdown import ignore_repeated_interrupts
 from roboalign_ros.robot import package_path
 from roboalign_ros.srv import LabelTrial, ResetTask
 
@@ -246,7 +245,6 @@ class EvalNode(Node):
 
     def close(self) -> None:
         """Leave the policy without an instruction (robot holds) when the node stops."""
-        ignore_repeated_interrupts()  # a second Ctrl-C must not cut the shutdown short
         if self.session.current is not None:
             try:
                 self.instruction_pub.publish(String(data=""))

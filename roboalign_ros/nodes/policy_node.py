@@ -40,7 +40,6 @@ from roboalign_ros.nodes.common import (
     run_node,
     sensor_qos_for,
 )
-from roboalign_ros.nodes.shutdown import ignore_repeated_interrupts
 from roboalign_ros.policy_runtime import (
     IMAGE,
     JOINT_STATE,
@@ -277,7 +276,6 @@ class PolicyNode(Node):
 
     def close(self) -> None:
         """Stop the worker thread."""
-        ignore_repeated_interrupts()  # a second Ctrl-C must not cut the shutdown short
         if self.worker is not None:
             self.worker.stop()
 

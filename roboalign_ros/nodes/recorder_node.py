@@ -37,7 +37,6 @@ from roboalign_ros.nodes.common import (
     run_node,
     sensor_qos_for,
 )
-from roboalign_ros.nodes.shutdown import ignore_repeated_interrupts
 from roboalign_ros.recording import actions as act
 from roboalign_ros.recording.session import (
     RecorderState,
@@ -278,7 +277,6 @@ class RecorderNode(Node):
 
     def close(self) -> None:
         """Discard an unsaved episode and stop the writer thread."""
-        ignore_repeated_interrupts()  # a second Ctrl-C must not cut the shutdown short
         if self.session.state == RecorderState.RECORDING:
             self.get_logger().warning("shutting down mid-episode: the episode is discarded")
         self.session.close()

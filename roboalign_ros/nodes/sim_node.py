@@ -34,7 +34,6 @@ from roboalign_ros.nodes.common import (
     now_seconds,
     run_node,
 )
-from roboalign_ros.nodes.shutdown import ignore_repeated_interrupts
 from roboalign_ros.sim.server import CommandRejected, SceneCamera, SimServer, TooFast
 from roboalign_ros.srv import ResetTask
 
@@ -258,7 +257,6 @@ class SimNode(Node):
 
     def close(self) -> None:
         """Stop the loops."""
-        ignore_repeated_interrupts()  # a second Ctrl-C must not cut the shutdown short
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=2.0)
