@@ -257,6 +257,24 @@ class ChunkExecutor:
             self._not_before = max(self._not_before, min(until, now + 3600.0))
             self._last = None
 
+    def home_move(self, now: float, home: np.ndarray, measured_q: np.ndarray,
+                  speed: float, min_seconds: float = 0.5) -> float:
+        """Pause for a straight joint move to ``home``; returns how long that move must take.
+
+        The slowest joint moves at ``speed`` x its velocity limit, measured from where the arm
+        is and from the last streamed command (the controller may still be heading there), so
+        the move is reachable from both.
+        """
+        with self._lock:
+            home = np.asarray(home, dtype=float)
+            distance = np.abs(home - np.asarray(measured_q, dtype=float))
+            if self._last is not None:
+                distance = np.maximum(distance, np.abs(home - self._last))
+            seconds = float(max(min_seconds, np.max(distance / (self.envelope.limits.vel_max
+                                                                 * speed))))
+            self.pause(now, now + seconds, "going home")
+            return seconds
+
     def resume(self, now: float) -> None:
         """End a pause early (the other motion finished at ``now``)."""
         with self._lock:

@@ -191,12 +191,10 @@ class ExecutorNode(Node):
             response.message = "MoveItPy plan/execute " + ("done" if response.success else
                                                            "failed")
             return response
-        # slow and straight in joint space: the slowest joint takes home_speed of its limit
-        distance = np.abs(self.robot.home - self.measured_q)
-        seconds = float(max(0.5, np.max(distance / (self.robot.velocity * self.p["home_speed"]))))
-        # streaming pauses for the move; afterwards the arm holds home (no stale pose comes
-        # back) until a chunk observed after the move arrives
-        self.chunk_executor.pause(now, now + seconds, "going home")
+        # slow and straight in joint space; streaming pauses for the move, and afterwards the
+        # arm holds home (no stale pose comes back) until a chunk observed after it arrives
+        seconds = self.chunk_executor.home_move(now, self.robot.home, self.measured_q,
+                                                self.p["home_speed"])
         self.home_trajectory.move_to(self.robot.home, seconds)
         response.success, response.message = True, f"going home in {seconds:.1f} s"
         return response
