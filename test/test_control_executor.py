@@ -366,7 +366,7 @@ def test_home_move_is_reachable_from_the_arm_and_from_the_last_command():
     for _ in range(20):
         last = ex.tick(t, Q0).arm      # the arm (measured) lags at Q0
         t += PERIOD
-    home = np.array([-0.2, 0.2])
+    home = np.array([-0.4, 0.4])
     seconds = ex.home_move(t, home, Q0, speed=0.3)
     # the slowest joint: from the last command (further than the arm) at 0.3 x 2 rad/s
     assert seconds == pytest.approx(np.max(np.abs(home - last)) / 0.6)
