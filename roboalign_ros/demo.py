@@ -127,7 +127,12 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
 
     def on_reasoning(msg):
         stats.reasoning = msg.data
-        console.print(f"[magenta]reasoning[/] {msg.data[:160]!r}")
+        from rich.markup import escape
+
+        # legible text, one line per ReFineVLA section; the repr only for unprintable noise
+        printable = msg.data.replace("\n", "").isprintable()
+        text = msg.data[:400] if printable else repr(msg.data[:160])
+        console.print(f"[magenta]reasoning[/] {escape(text)}")
 
     def on_status(msg):
         text = f"{state_names.get(msg.state, msg.state)}: {msg.message}"
