@@ -136,6 +136,7 @@ class SafetyEnvelope:
         self.reasons: list[str] = []
         self._step = np.empty(self.n)
         self._tmp = np.empty(self.n)
+        self._clipped = np.empty(self.n)  # the position-clipped target (braking distance)
 
     @classmethod
     def from_robot(cls, spec: Any, period: float, overrides: Mapping[str, Any] | None = None,
@@ -214,7 +215,7 @@ class SafetyEnvelope:
             self._flag('position_limit', f'{lim.joint_names[j]} {target[j]:.4f} -> '
                                          f'{out[j]:.4f} rad')
         # 2. velocity / per-step limit, uniform scaling of the step
-        target_c = out.copy() if v_prev is not None else out
+        np.copyto(self._clipped, out)  # kept for the braking distance below (out is reused)
         step = np.subtract(out, last, out=self._step)
         ratio = np.abs(step, out=self._tmp)
         with np.errstate(divide='ignore', invalid='ignore'):
@@ -233,7 +234,7 @@ class SafetyEnvelope:
         if v_prev is not None and dt > 0:
             tdt = min(dt, lim.max_tick_dt)
             v = step / tdt
-            brake = np.sqrt(2.0 * lim.acc_max * np.abs(target_c - last))
+            brake = np.sqrt(2.0 * lim.acc_max * np.abs(self._clipped - last))
             v_ok = np.clip(np.clip(v, -brake, brake), v_prev - lim.acc_max * tdt,
                            v_prev + lim.acc_max * tdt)
             if not np.allclose(v_ok, v, rtol=0.0, atol=1e-9):
