@@ -60,7 +60,7 @@ PARAMETERS = EXECUTOR_PARAMETERS  # one set of defaults for the node and in-proc
 
 # The second e-stop subscription: matches best-effort publishers (reliable ones match both).
 ESTOP_BEST_EFFORT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
-# Kinds that mean "the arm is not moving under our control"; diagnostics level for each.
+# /diagnostics level of each command kind (only tracking is OK).
 _LEVEL = {"track": OK, "hold": WARN, "paused": WARN, "no_state": ERROR, "estop": ERROR}
 
 
