@@ -38,7 +38,16 @@ class HeadConfig:
 
     ``width``/``layers``/``heads`` size the transformer; ``num_steps`` is the number of Euler
     denoising steps at inference; ``shift`` is the flow-matching schedule shift of diffusers'
-    ``FlowMatchEulerDiscreteScheduler`` (1.0 = uniform sigmas).
+    ``FlowMatchEulerDiscreteScheduler`` (1.0 = uniform sigmas). ``context_positions``: size
+    of the learned position table added to the backbone features the head attends to (0 =
+    none). Qwen2.5-VL puts positions only in M-RoPE, so its hidden states say what a patch
+    shows but not where it is; without these positions the head's cross-attention cannot tell
+    a cube on the left from one on the right. Tokens past the table share its last entry.
+    ``keypoints``: spatial-softmax keypoints per camera (Levine et al. 2016; the image
+    encoders of Diffusion Policy and robomimic): each is a softmax over one camera's image
+    tokens, reduced to the expected (x, y) on the token grid and given to the head as one
+    more context token. They hand the head object positions in image coordinates, which a
+    small backbone trained from scratch does not learn to expose by itself (0 = none).
     """
 
     width: int = 512
@@ -47,6 +56,8 @@ class HeadConfig:
     num_steps: int = 10
     shift: float = 1.0
     num_train_timesteps: int = 1000
+    context_positions: int = 1024
+    keypoints: int = 0
 
 
 @dataclass
@@ -109,7 +120,8 @@ class VLAConfig:
 
     def __post_init__(self):
         if isinstance(self.head, dict):
-            self.head = HeadConfig(**self.head)
+            # checkpoints written before context_positions existed have no position table
+            self.head = HeadConfig(**{"context_positions": 0, **self.head})
         if self.image_size is not None:
             self.image_size = tuple(int(v) for v in self.image_size)
         if not self.dimension_names:
@@ -136,6 +148,8 @@ class VLAConfig:
             ("dtype", self.dtype in ("auto", "bfloat16", "float16", "float32")),
             ("head.num_steps", self.head.num_steps >= 1),
             ("head.width", self.head.width % self.head.heads == 0),
+            ("head.context_positions", self.head.context_positions >= 0),
+            ("head.keypoints", self.head.keypoints >= 0),
         ]
         for name, ok in checks:
             if not ok:

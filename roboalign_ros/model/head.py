@@ -22,6 +22,54 @@ from torch import nn
 from .config import HeadConfig
 
 
+def spatial_keypoints(logits: torch.Tensor, token_grid: torch.Tensor,
+                      feature_mask: torch.Tensor | None = None,
+                      offsets: torch.Tensor | None = None) -> torch.Tensor:
+    """Spatial-softmax keypoints: expected image position of each logit channel, per camera.
+
+    Args:
+        logits: [B, T, K] per-token scores (K keypoints).
+        token_grid: [T, 5] per token ``(camera index or -1 for text, x, y, cell width, cell
+            height)``, x and y in [-1, 1] on the camera's token grid (``VLAPolicy.token_grid``).
+        feature_mask: [B, T], 1 for real tokens.
+        offsets: [B, T, K, 2] in [-1, 1]: where in its cell each token puts the keypoint (in
+            half cells). A merged Qwen2.5-VL token covers 28x28 pixels; the offsets give
+            the keypoint the finer position the token's features know.
+    Returns ``[B, C * K, 2]``: for every camera ``c`` and keypoint ``k`` the softmax-weighted
+    mean ``(x, y)`` of camera c's image tokens.
+    """
+    cams = int(token_grid[:, 0].max().item()) + 1 if token_grid.numel() else 0
+    xy = token_grid[:, 1:3].to(logits.dtype)[None, :, None]  # [1, T, 1, 2]
+    if offsets is not None:
+        xy = xy + offsets * token_grid[:, 3:5].to(logits.dtype)[None, :, None] / 2
+    out = []
+    for c in range(cams):
+        valid = (token_grid[:, 0] == c)[None].expand(logits.shape[0], -1)
+        if feature_mask is not None:
+            valid = valid & feature_mask.bool()
+        scores = logits.float().masked_fill(~valid[..., None], float("-inf"))
+        weights = torch.softmax(scores, dim=1).to(logits.dtype)  # [B, T, K]
+        out.append((weights[..., None] * xy).sum(dim=1))
+    return torch.cat(out, dim=1)
+
+
+def keypoints_from_features(scores: torch.Tensor, grid: torch.Tensor,
+                            feature_mask: torch.Tensor | None) -> torch.Tensor:
+    """Keypoints from per-token ``scores`` [B, T, 3K]: K logits, then K (dx, dy) offsets."""
+    k = scores.shape[-1] // 3
+    offsets = torch.tanh(scores[..., k:].float()).unflatten(-1, (k, 2)).to(scores.dtype)
+    return spatial_keypoints(scores[..., :k], grid, feature_mask, offsets)
+
+
+def pad_token_grid(grid: torch.Tensor, length: int) -> torch.Tensor:
+    """``grid`` cut or extended to ``length`` tokens (tokens past the prompt layout are text)."""
+    if grid.shape[0] >= length:
+        return grid[:length]
+    pad = grid.new_zeros(length - grid.shape[0], grid.shape[1])
+    pad[:, 0] = -1
+    return torch.cat([grid, pad])
+
+
 class FlowMatchingHead(nn.Module):
     """Predicts a normalized action chunk [B, horizon, action_dim] from backbone features."""
 
@@ -36,6 +84,17 @@ class FlowMatchingHead(nn.Module):
         n_tokens = horizon + (1 if state_dim > 0 else 0)
         self.pos = nn.Parameter(torch.randn(1, n_tokens, w) * 0.02)
         self.context_in = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, w))
+        # where each feature token sits in the sequence (see HeadConfig.context_positions)
+        self.context_pos = (nn.Parameter(torch.randn(1, cfg.context_positions, w) * 0.02)
+                            if cfg.context_positions > 0 else None)
+        self.keypoint_logits = self.keypoint_in = None
+        if cfg.keypoints > 0:
+            self.keypoint_logits = nn.Sequential(nn.LayerNorm(feature_dim),
+                                                 nn.Linear(feature_dim, 3 * cfg.keypoints))
+            self.keypoint_in = nn.Sequential(nn.Linear(2, w), nn.GELU(), nn.Linear(w, w))
+            self.keypoint_id = nn.Parameter(torch.randn(1, 64 * cfg.keypoints, w) * 0.02)
+        # (camera, x, y) of each feature token, set from the prompt layout by the policy
+        self.register_buffer("token_grid", torch.zeros(0, 5), persistent=False)
         self.time = AdaLayerNormSingle(w)
         self.blocks = nn.ModuleList(
             BasicTransformerBlock(w, cfg.heads, w // cfg.heads, cross_attention_dim=w,
@@ -51,6 +110,18 @@ class FlowMatchingHead(nn.Module):
         self.scheduler = FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=cfg.num_train_timesteps, shift=cfg.shift)
         self._compiled = None
+
+    def set_token_grid(self, grid: torch.Tensor) -> None:
+        """Per-token ``(camera, x, y)`` of the feature sequence (``VLAPolicy.token_grid``)."""
+        self.token_grid = grid.to(device=self.pos.device, dtype=torch.float32)
+
+    def _keypoint_tokens(self, features: torch.Tensor, feature_mask) -> torch.Tensor:
+        grid = pad_token_grid(self.token_grid, features.shape[1])
+        if not bool((grid[:, 0] >= 0).any()):
+            raise ValueError("FlowMatchingHead: keypoints need the token grid of the prompt "
+                             "layout (VLAPolicy sets it); none of the feature tokens is an image")
+        points = keypoints_from_features(self.keypoint_logits(features), grid, feature_mask)
+        return self.keypoint_in(points) + self.keypoint_id[:, :points.shape[1]]
 
     def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, features: torch.Tensor,
                 state: torch.Tensor | None = None,
@@ -72,9 +143,21 @@ class FlowMatchingHead(nn.Module):
             tokens = torch.cat([self.state_in(state.to(dtype))[:, None], tokens], dim=1)
         tokens = tokens + self.pos
         context = self.context_in(features.to(dtype))
+        if self.context_pos is not None:
+            n, table = context.shape[1], self.context_pos.shape[1]
+            pos = self.context_pos[:, :n]
+            if n > table:
+                pos = torch.cat([pos, pos[:, -1:].expand(-1, n - table, -1)], dim=1)
+            context = context + pos
+        mask = feature_mask
+        if self.keypoint_logits is not None:
+            points = self._keypoint_tokens(features.to(dtype), feature_mask)
+            context = torch.cat([context, points], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], points.shape[1])], dim=1)
         bias = None
-        if feature_mask is not None:
-            bias = ((1 - feature_mask.to(dtype)) * -10000.0)[:, None]  # [B, 1, T]
+        if mask is not None:
+            bias = ((1 - mask.to(dtype)) * -10000.0)[:, None]  # [B, 1, T]
         t6, t_emb = self.time(timestep.reshape(-1).expand(b), batch_size=b, hidden_dtype=dtype)
         for block in self.blocks:
             tokens = block(tokens, encoder_hidden_states=context, encoder_attention_mask=bias,

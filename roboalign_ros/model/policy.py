@@ -103,6 +103,8 @@ class VLAPolicy:
              if t.startswith("<|")}, key=len, reverse=True)
         self._calls = 0
         self._cache: tuple[str, ParsedGeneration, str] | None = None  # instruction, parse, text
+        if config.head.keypoints > 0:
+            self.head.set_token_grid(self.token_grid())
         if self.device.type == "cuda" and config.compile_head:
             self.head.compile_sampler(mode="reduce-overhead")
 
@@ -249,6 +251,40 @@ class VLAPolicy:
                         new[i, n:n + len(e)] = 1
                 inputs[key] = new
         return inputs.to(self.device), lengths
+
+    def token_grid(self) -> torch.Tensor:
+        """Where each prompt token sits in the images: ``[T, 5]``.
+
+        Image tokens get ``(camera index, x, y, cell width, cell height)``, x and y in [-1, 1]
+        across that camera's grid of merged patches (row-major, as Qwen2.5-VL lays them out);
+        text gets ``(-1, 0, 0, 0, 0)``. The layout is fixed by the processor, the camera list
+        and ``image_size``; text the head reads (reasoning) follows it.
+        """
+        h, w = self.config.image_size or (224, 224)
+        obs = Observation({n: np.zeros((h, w, 3), np.uint8) for n in self.config.camera_names},
+                          np.zeros(self.config.state_dim, np.float32), "layout")
+        inputs = self.encode_observation(obs)
+        ids = inputs["input_ids"][0].cpu()
+        image_id = getattr(self.backbone.config, "image_token_id", None)
+        grid = torch.zeros(len(ids), 5)
+        grid[:, 0] = -1
+        if image_id is None or "image_grid_thw" not in inputs:
+            return grid
+        merge = getattr(self.processor.image_processor, "merge_size", 2)
+        where = (ids == image_id).nonzero()[:, 0].tolist()
+        start = 0
+        for cam, (t, gh, gw) in enumerate(inputs["image_grid_thw"].cpu().tolist()):
+            rows, cols = gh // merge, gw // merge
+            n = t * rows * cols
+            idx = torch.tensor(where[start:start + n])
+            k = torch.arange(n) % (rows * cols)
+            grid[idx, 0] = cam
+            grid[idx, 1] = (k % cols).float() / max(cols - 1, 1) * 2 - 1
+            grid[idx, 2] = (k // cols).float() / max(rows - 1, 1) * 2 - 1
+            grid[idx, 3] = 2 / max(cols - 1, 1)
+            grid[idx, 4] = 2 / max(rows - 1, 1)
+            start += n
+        return grid
 
     def feature_suffix(self, reasoning: str | None) -> str:
         """Text appended to the prompt for the head's context: ``{reasoning}</think><answer>``.

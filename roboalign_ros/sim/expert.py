@@ -93,10 +93,18 @@ class ScriptedExpert:
     """Solves every registered task kind from privileged state; ``act`` -> ``(q, gripper)``."""
 
     def __init__(self, env: TabletopEnv, kinematics: Kinematics | None = None,
-                 ik_iters: int = 2, hover: float = 0.14, lift: float = 0.16):
+                 ik_iters: int = 2, hover: float = 0.14, lift: float = 0.16,
+                 joint_speed: float = 0.4):
         self.env = env
         self.kin = kinematics or Kinematics(env.robot)
         self.ik_iters = ik_iters
+        # Joint steps stay within joint_speed x the URDF velocity (the phase clock slows down
+        # where the Cartesian path would need more): below the executor's default envelope
+        # (0.5 x URDF), so a policy imitating these demos commands what the executor passes
+        # unchanged. 0 disables the cap.
+        self.joint_speed = joint_speed
+        self._step_cap = (joint_speed * np.asarray(env.robot.velocity, float) * env.control_period
+                          if joint_speed > 0 else None)
         self.hover = hover
         self.lift = lift
         self.dt = env.control_period
@@ -281,6 +289,15 @@ class ScriptedExpert:
         T[:3, :3] = pin.exp3(s * w) @ R0
         return T
 
+    def _track(self, t: float, q: np.ndarray) -> np.ndarray:
+        """Joint target for the plan's pose at phase time ``t``, by IK from ``q``."""
+        tau = min(t / self._T, 1.0)
+        s = tau ** 3 * (10 - 15 * tau + 6 * tau ** 2)
+        self._pose_cmd = self._interp(s)
+        for _ in range(self.ik_iters):
+            q = self.kin.ik_step(q, self._pose_cmd, max_step=0.05)
+        return q
+
     def act(self, obs=None) -> tuple[np.ndarray, float]:
         """Next ``(arm q_target, gripper opening)``; ``obs`` is accepted for API symmetry.
 
@@ -305,12 +322,19 @@ class ScriptedExpert:
 
         wp = self._plan[self._i]
         self.last_phase = wp.name  # the phase this command belongs to (it may end below)
-        self._t += self.dt
-        tau = min(self._t / self._T, 1.0)
-        s = tau ** 3 * (10 - 15 * tau + 6 * tau ** 2)
-        self._pose_cmd = self._interp(s)
-        for _ in range(self.ik_iters):
-            self._q_cmd = self.kin.ik_step(self._q_cmd, self._pose_cmd, max_step=0.05)
+        q_prev = self._q_cmd
+        dt = self.dt
+        for _ in range(3):  # shrink the clock step until every joint is within its cap
+            q = self._track(self._t + dt, q_prev)
+            ratio = 0.0 if self._step_cap is None else float(
+                np.max(np.abs(q - q_prev) / self._step_cap))
+            if ratio <= 1.0:
+                break
+            dt /= ratio * 1.05
+        else:
+            q = q_prev + np.clip(q - q_prev, -self._step_cap, self._step_cap)
+        self._t += dt
+        self._q_cmd = q
         self._gripper = wp.gripper
 
         if self._t >= self._T + wp.hold:

@@ -62,6 +62,8 @@ class HeadStageConfig:
         policy: the aligned policy (``checkpoint``).
         context: "auto", "generated", "rationale" or "none" (see module docstring).
         reinit_head: start from a freshly initialised head instead of the checkpoint's.
+        head_overrides: ``HeadConfig`` fields of the fresh head (with ``reinit_head``), e.g.
+            ``{keypoints: 16}``.
         learning_rate, weight_decay, lr_scheduler, warmup_ratio, max_grad_norm.
         batch_size: per device; epochs / max_steps (max_steps > 0 wins).
         feature_batch_size: samples per backbone forward during extraction.
@@ -76,6 +78,7 @@ class HeadStageConfig:
     policy: PolicyInitConfig = dataclasses.field(default_factory=PolicyInitConfig)
     context: str = "auto"
     reinit_head: bool = False
+    head_overrides: dict = dataclasses.field(default_factory=dict)
     learning_rate: float = 1e-4
     weight_decay: float = 1e-4
     lr_scheduler: str = "cosine"
@@ -107,6 +110,13 @@ class HeadStageConfig:
         check(p, "batch_size", self.batch_size >= 1, "must be >= 1", self.batch_size)
         check(p, "epochs", self.epochs > 0 or self.max_steps > 0, "must be > 0", self.epochs)
         check(p, "max_steps", self.max_steps >= 0, "must be >= 0", self.max_steps)
+        from ..model.config import HeadConfig
+
+        known = {f.name for f in dataclasses.fields(HeadConfig)}
+        check(p, "head_overrides", set(self.head_overrides) <= known,
+              f"unknown HeadConfig field(s); known: {sorted(known)}", self.head_overrides)
+        check(p, "head_overrides", self.reinit_head or not self.head_overrides,
+              "needs reinit_head: true (a trained head keeps its shape)", self.head_overrides)
         check(p, "feature_batch_size", self.feature_batch_size >= 1, "must be >= 1",
               self.feature_batch_size)
         check(p, "eval_every", self.eval_every >= 0, "must be >= 0", self.eval_every)
@@ -302,8 +312,15 @@ def run_head(config, overrides=()) -> Path:
     head = policy.head
     if cfg.reinit_head:
         torch.manual_seed(cfg.run.seed)
+        try:
+            pc.head = dataclasses.replace(pc.head, **cfg.head_overrides)
+            pc.validate()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"head.head_overrides: {exc}") from exc
         head = FlowMatchingHead(pc.head, pc.horizon, pc.action_dim, pc.state_dim,
                                 bb.text_config(policy.backbone).hidden_size).to(acc.device)
+        if pc.head.keypoints:
+            head.set_token_grid(policy.token_grid())
         policy.head = head
     head.float().train()
     steps_per_epoch = max(1, math.ceil(len(train_fs) / (cfg.batch_size * acc.num_processes)))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.scene_state import ENV_STATE_KEY as SCENE_STATE
 from ..model.normalization import Normalizer, Stats
 from ..model.policy import Observation
 from .config import ConfigError
@@ -30,6 +31,7 @@ class Sample:
     chunk: np.ndarray
     reasoning: str | None
     key: tuple[int, int, int]  # (dataset index, episode, frame)
+    scene_state: np.ndarray | None = None  # observation.environment_state, when recorded
 
 
 def open_datasets(roots) -> list:
@@ -200,8 +202,10 @@ class FrameSamples(torch.utils.data.Dataset):
         images = {c: np.ascontiguousarray(ep.frames[c][f]) for c in self.cameras}
         state = ep.states[f].astype(np.float32) if self.state_dim else None
         obs = Observation(images=images, state=state, instruction=ep.task)
+        scene = ep.extra.get(SCENE_STATE)
         return Sample(obs, episode_chunks(ep.actions, self.horizon, [f])[0],
-                      self.reasoning_for(d, e, f), (d, e, f))
+                      self.reasoning_for(d, e, f), (d, e, f),
+                      None if scene is None else scene[f].astype(np.float32))
 
 
 def collate(batch):

@@ -27,6 +27,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -85,6 +86,14 @@ class SFTConfig:
         freeze_vision / freeze_embeddings / freeze_lower_layers: what is not trained.
         gradient_checkpointing: trade compute for memory (large backbones).
         lora: see :class:`LoraConfig`.
+        localization_weight: weight of an auxiliary loss that asks the backbone's feature
+            layer where the objects are (0 = off): spatial-softmax keypoints over each
+            camera's image tokens regress the objects' base-frame x, y from the dataset's
+            ``observation.environment_state`` (sim datasets; standardized by its stats). It
+            is the signal a vision tower trained from scratch lacks: the action and
+            reasoning losses say where objects are only through a few tokens. The probe is
+            training-only (not saved; a resumed run starts a fresh one).
+        localization_keypoints: keypoints per camera of that probe.
     """
 
     section = "sft"
@@ -109,6 +118,8 @@ class SFTConfig:
     freeze_lower_layers: int = 0
     gradient_checkpointing: bool = False
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
+    localization_weight: float = 0.0
+    localization_keypoints: int = 16
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field."""
@@ -134,6 +145,10 @@ class SFTConfig:
               self.freeze_lower_layers)
         check(p, "max_grad_norm", self.max_grad_norm >= 0, "must be >= 0", self.max_grad_norm)
         check(p, "lora.r", self.lora.r >= 1, "must be >= 1", self.lora.r)
+        check(p, "localization_weight", self.localization_weight >= 0, "must be >= 0",
+              self.localization_weight)
+        check(p, "localization_keypoints", self.localization_keypoints >= 1, "must be >= 1",
+              self.localization_keypoints)
 
 
 # ---------------------------------------------------------------------------- model surgery
@@ -220,18 +235,89 @@ def split_losses(logits: torch.Tensor, labels: torch.Tensor, action_start_id: in
     return l_act, l_rea, int(n_act), int(n_rea)
 
 
-def sft_loss(model, policy, batch, lambda_reasoning: float):
+class LocalizationProbe(torch.nn.Module):
+    """Training-only probe: feature-layer image tokens -> objects' (x, y) (standardized).
+
+    ``columns``: indices into ``observation.environment_state``; ``mean`` / ``std``: their
+    dataset statistics. See ``SFTConfig.localization_weight``.
+    """
+
+    def __init__(self, hidden: int, keypoints: int, cameras: int, columns, mean, std):
+        super().__init__()
+        self.logits = torch.nn.Sequential(torch.nn.LayerNorm(hidden),
+                                          torch.nn.Linear(hidden, 3 * keypoints))
+        self.out = torch.nn.Sequential(torch.nn.Linear(2 * keypoints * cameras, 256),
+                                       torch.nn.GELU(), torch.nn.Linear(256, len(columns)))
+        self.columns = list(columns)
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-3))
+
+    def forward(self, hidden, token_grid, mask):
+        """Standardized predictions [B, columns] from feature-layer hidden states."""
+        from ..model.head import keypoints_from_features, pad_token_grid
+
+        grid = pad_token_grid(token_grid, hidden.shape[1])
+        points = keypoints_from_features(self.logits(hidden.float()), grid, mask)
+        return self.out(points.flatten(1))
+
+    def loss(self, hidden, token_grid, mask, scene_states) -> tuple[torch.Tensor, float]:
+        """(MSE in standardized units, mean absolute error in the targets' units)."""
+        target = torch.as_tensor(np.stack([s[self.columns] for s in scene_states]),
+                                 device=hidden.device)
+        pred = self(hidden, token_grid, mask)
+        err = (pred * self.std + self.mean - target).abs().mean()
+        return torch.mean((pred - (target - self.mean) / self.std) ** 2), float(err.detach())
+
+
+def localization_probe(readers, policy, keypoints: int) -> LocalizationProbe:
+    """A probe for the objects' x, y of the first dataset's ``environment_state``."""
+    from ..data.scene_state import ENV_STATE_KEY
+    from ..model import backbone as bb
+    from .config import ConfigError
+
+    feature = readers[0].features.get(ENV_STATE_KEY)
+    names = (feature or {}).get("names") or []
+    cols = [i for i, n in enumerate(names)
+            if n.endswith((".x", ".y")) and not n.startswith("tool.")]
+    if not cols:
+        raise ConfigError(f"sft.localization_weight: the dataset has no {ENV_STATE_KEY} object "
+                          "positions (record it with `roboalign record bulk`, or set 0)")
+    for r in readers[1:]:
+        other = (r.features.get(ENV_STATE_KEY) or {}).get("names") or []
+        if other != names:
+            raise ConfigError(f"sft.localization_weight: {ENV_STATE_KEY} differs between "
+                              "datasets")
+    stats = readers[0].stats.get(ENV_STATE_KEY)
+    if stats is None:
+        raise ConfigError(f"sft.localization_weight: meta/stats.json has no {ENV_STATE_KEY}")
+    mean = np.asarray(stats["mean"], np.float32).reshape(-1)[cols]
+    std = np.asarray(stats["std"], np.float32).reshape(-1)[cols]
+    return LocalizationProbe(bb.text_config(policy.backbone).hidden_size, keypoints,
+                             len(policy.config.camera_names), cols, mean, std)
+
+
+def sft_loss(model, policy, batch, lambda_reasoning: float, probe=None,
+             probe_weight: float = 0.0, token_grid=None):
     """``(loss, metrics)`` of one batch of :class:`~.samples.Sample`."""
     inputs = policy.sft_inputs([s.observation for s in batch], [s.reasoning for s in batch],
                                [s.chunk for s in batch])
     labels = inputs.pop("labels")
-    out = model(**inputs, use_cache=False)
+    use_probe = probe is not None and probe_weight > 0
+    out = model(**inputs, use_cache=False, output_hidden_states=use_probe)
     l_act, l_rea, n_act, n_rea = split_losses(out.logits, labels,
                                               policy.token_ids["action_start"])
     loss = l_act + lambda_reasoning * l_rea
-    return loss, {"loss": float(loss.detach()), "loss_action": float(l_act.detach()),
-                  "loss_reasoning": float(l_rea.detach()), "tokens_action": n_act,
-                  "tokens_reasoning": n_rea}
+    metrics = {"loss_action": float(l_act.detach()), "loss_reasoning": float(l_rea.detach()),
+               "tokens_action": n_act, "tokens_reasoning": n_rea}
+    if use_probe:
+        if any(s.scene_state is None for s in batch):
+            raise ValueError("sft.localization_weight > 0 but a sample has no "
+                             "observation.environment_state")
+        l_loc, err = probe.loss(out.hidden_states[policy.feature_layer], token_grid,
+                                inputs["attention_mask"], [s.scene_state for s in batch])
+        loss = loss + probe_weight * l_loc
+        metrics.update(loss_localization=float(l_loc.detach()), localization_error=err)
+    return loss, {"loss": float(loss.detach()), **metrics}
 
 
 # ---------------------------------------------------------------------------- run
@@ -283,7 +369,12 @@ def run_sft(config, overrides=()) -> Path:
                                          num_workers=cfg.data.num_workers, drop_last=False)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    probe = token_grid = None
     params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.localization_weight > 0:
+        probe = localization_probe(readers, policy, cfg.localization_keypoints).to(acc.device)
+        token_grid = policy.token_grid().to(acc.device)
+        params += list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                             betas=(0.9, cfg.adam_beta2))
     sched = _scheduler(opt, cfg.lr_scheduler, int(cfg.warmup_ratio * total), total)
@@ -320,7 +411,8 @@ def run_sft(config, overrides=()) -> Path:
         t_step = time.perf_counter()
         for batch in batches:
             with acc.accumulate(model):
-                loss, metrics = sft_loss(model, policy, batch, cfg.lambda_reasoning)
+                loss, metrics = sft_loss(model, policy, batch, cfg.lambda_reasoning, probe,
+                                         cfg.localization_weight, token_grid)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
                     acc.clip_grad_norm_(params, cfg.max_grad_norm)
