@@ -63,3 +63,44 @@ def test_sft_inputs_label_exactly_the_target(policy):
     assert inputs["pixel_values"].shape[0] == prompt["pixel_values"].shape[0]
     out = policy.backbone(**{k: v for k, v in inputs.items() if k != "labels"})
     assert out.logits.shape[:2] == inputs["input_ids"].shape
+
+
+def test_localization_probe_trains_the_vision_tower(policy):
+    """The probe's loss reaches the vision tower: the signal it exists to give."""
+    from roboalign_ros.model import Observation
+    from roboalign_ros.training.samples import Sample
+    from roboalign_ros.training.sft import LocalizationProbe, sft_loss, vision_tower
+
+    rng = np.random.default_rng(1)
+    batch = [Sample(Observation({"scene": rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)},
+                                np.zeros(3, np.float32), "pick up the cube"),
+                    np.zeros((4, 3), np.float32), "The cube is left.", (0, 0, i),
+                    np.array([0.1 * i, 0.3, -0.2 * i], np.float32)) for i in range(2)]
+    from roboalign_ros.model import backbone as bb
+
+    hidden = bb.text_config(policy.backbone).hidden_size
+    probe = LocalizationProbe(hidden, 4, 1, [0, 2], [0.0, 0.0], [0.1, 0.1])
+    policy.backbone.zero_grad()
+    loss, metrics = sft_loss(policy.backbone, policy, batch, 0.3, probe, 1.0,
+                             policy.token_grid())
+    loss.backward()
+    assert metrics["loss_localization"] > 0 and metrics["localization_error"] > 0
+    assert metrics["loss"] > metrics["loss_action"] + 0.3 * metrics["loss_reasoning"]
+    grads = [p.grad for p in vision_tower(policy.backbone).parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    policy.backbone.zero_grad()
+    with pytest.raises(ValueError, match="environment_state"):
+        sft_loss(policy.backbone, policy, [Sample(batch[0].observation, batch[0].chunk, None,
+                                                  (0, 0, 0))], 0.3, probe, 1.0,
+                 policy.token_grid())
+
+
+def test_localization_needs_scene_state_in_the_dataset(tmp_path, policy):
+    from roboalign_ros.data.synthetic import write_synthetic_dataset
+    from roboalign_ros.training.config import ConfigError
+    from roboalign_ros.training.samples import open_datasets
+    from roboalign_ros.training.sft import localization_probe
+
+    write_synthetic_dataset(tmp_path / "d", episodes=1, frames=4).close()
+    with pytest.raises(ConfigError, match="localization_weight.*environment_state"):
+        localization_probe(open_datasets([tmp_path / "d"]), policy, 4)

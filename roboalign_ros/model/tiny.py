@@ -199,7 +199,8 @@ def build_tiny_policy(action_dim: int = 7, horizon: int = 10, state_dim: int | N
                       action_tokenizer: str = "fast", reasoning_every: int = 1,
                       max_new_tokens: int = 16, head_steps: int = 4,
                       action_space: str = "joint_position", dimension_names=None,
-                      dt: float = 0.1, device: str | torch.device = "cpu") -> VLAPolicy:
+                      dt: float = 0.1, device: str | torch.device = "cpu",
+                      head_keypoints: int = 0) -> VLAPolicy:
     """A tiny random :class:`VLAPolicy` (hidden 64, 4 layers, FAST fitted on synthetic data).
 
     Stats are fitted on synthetic chunks scaled to +-1 robot units per dimension, so outputs are
@@ -210,7 +211,8 @@ def build_tiny_policy(action_dim: int = 7, horizon: int = 10, state_dim: int | N
         backbone="tiny-random", horizon=horizon, action_dim=action_dim, state_dim=state_dim,
         dimension_names=list(dimension_names or []), action_space=action_space, dt=dt,
         camera_names=list(camera_names), image_size=tuple(image_size),
-        head=HeadConfig(width=64, layers=2, heads=4, num_steps=head_steps),
+        head=HeadConfig(width=64, layers=2, heads=4, num_steps=head_steps,
+                        keypoints=head_keypoints),
         reasoning_every=reasoning_every, max_new_tokens=max_new_tokens, dtype="float32",
         attn_implementation="sdpa", compile_head=False, seed=seed,
     )
