@@ -29,6 +29,7 @@ NODES = ("camera_node", "eval_node", "executor_node", "policy_node", "recorder_n
 DELEGATES = {
     ("record", "sim"): ("roboalign_ros.recording.sim_demos", "main"),
     ("record", "bulk"): ("roboalign_ros.recording.bulk", "main"),
+    ("train", "ground"): ("roboalign_ros.training.ground", "main"),
     ("train", "sft"): ("roboalign_ros.training.sft", "main"),
     ("train", "rationale"): ("roboalign_ros.training.rationale", "main"),
     ("train", "align"): ("roboalign_ros.training.align", "main"),

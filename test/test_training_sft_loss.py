@@ -68,8 +68,9 @@ def test_sft_inputs_label_exactly_the_target(policy):
 def test_localization_probe_trains_the_vision_tower(policy):
     """The probe's loss reaches the vision tower: the signal it exists to give."""
     from roboalign_ros.model import Observation
+    from roboalign_ros.training.localization import LocalizationProbe
     from roboalign_ros.training.samples import Sample
-    from roboalign_ros.training.sft import LocalizationProbe, sft_loss, vision_tower
+    from roboalign_ros.training.sft import sft_loss, vision_tower
 
     rng = np.random.default_rng(1)
     batch = [Sample(Observation({"scene": rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)},
@@ -98,8 +99,8 @@ def test_localization_probe_trains_the_vision_tower(policy):
 def test_localization_needs_scene_state_in_the_dataset(tmp_path, policy):
     from roboalign_ros.data.synthetic import write_synthetic_dataset
     from roboalign_ros.training.config import ConfigError
+    from roboalign_ros.training.localization import localization_probe
     from roboalign_ros.training.samples import open_datasets
-    from roboalign_ros.training.sft import localization_probe
 
     write_synthetic_dataset(tmp_path / "d", episodes=1, frames=4).close()
     with pytest.raises(ConfigError, match="localization_weight.*environment_state"):

@@ -6,6 +6,7 @@ One command runs the whole pipeline on the sim, on a CPU or a GPU, stage by stag
 record         scripted-expert demos of the tasks, headless (training seeds only)
 rationale      the sim teacher's ReFineVLA rationales for every frame
 backbone       a random ``mini`` Qwen2.5-VL, its tokenizer trained on the dataset's text
+ground         localization pretraining of its vision on freshly rendered sim scenes
 untrained      the policy before any training (configuration 1)
 sft_plain      SFT without reasoning (empty think block)                    (configuration 2)
 sft            SFT with teacher reasoning, L = L_action + 0.3 L_reasoning   (configuration 3)
@@ -34,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("record", "rationale", "backbone", "untrained", "sft_plain", "sft", "align",
+STAGES = ("record", "rationale", "backbone", "ground", "untrained", "sft_plain", "sft", "align",
           "head_plain", "head_sft", "head_align", "offline", "evaluate", "graph", "report")
 
 # evaluated configurations: name -> (policy directory under out/, SimEvalConfig overrides)
@@ -73,6 +74,7 @@ class ReproConfig:
     vocab_size: int = 1024
     seed: int = 0
     threads: int = 0                 # torch CPU threads (0: torch's default)
+    ground: str = "config/training/mini/ground.yaml"
     sft: str = "config/training/mini/sft.yaml"
     rationale: str = "config/training/mini/rationale.yaml"
     align: str = "config/training/mini/align.yaml"
@@ -220,9 +222,20 @@ class Repro:
                                      dataset_corpus(self.dataset), self.cfg.vocab_size)
         return {"backbone": path}
 
+    def stage_ground(self) -> dict:
+        """The random backbone learns where objects are, on rendered scenes (no demos)."""
+        from roboalign_ros.training.ground import run_ground
+
+        path = run_ground(self.cfg.ground, self.overrides(
+            "ground", f"data.roots=[{self.dataset}]", f"run.output_dir={self.path('ground')}",
+            f"policy.backbone={self.path('backbone')}", f"run.seed={self.cfg.seed}"))
+        history = json.loads((self.path("ground") / "ground_history.json").read_text())
+        held = [h["held_out_error_m"] for h in history if "held_out_error_m" in h]
+        return {"backbone": str(path), "held_out_error_m": held[-1] if held else None}
+
     def _sft_base(self, output: str) -> list[str]:
         return [f"data.roots=[{self.dataset}]", f"run.output_dir={self.path(output)}",
-                f"policy.backbone={self.path('backbone')}", f"run.seed={self.cfg.seed}"]
+                f"policy.backbone={self.path('ground', 'backbone')}", f"run.seed={self.cfg.seed}"]
 
     def stage_untrained(self) -> dict:
         """Configuration 1: the policy as built, before any training step."""
@@ -231,8 +244,9 @@ class Repro:
         from roboalign_ros.training.samples import open_datasets
         from roboalign_ros.training.sft import SFTConfig
 
-        cfg = load_config(SFTConfig, self.cfg.sft, self.overrides("sft",
-                                                                  *self._sft_base("sft")))
+        # the random backbone, before grounding: nothing trained at all
+        cfg = load_config(SFTConfig, self.cfg.sft, self.overrides(
+            "sft", *self._sft_base("sft"), f"policy.backbone={self.path('backbone')}"))
         readers = open_datasets(cfg.data.roots)
         policy = load_or_build_policy(cfg.policy, readers, "cpu", cfg.run.seed)
         policy.save_pretrained(self.path("untrained"))

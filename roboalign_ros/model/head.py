@@ -89,8 +89,11 @@ class FlowMatchingHead(nn.Module):
                             if cfg.context_positions > 0 else None)
         self.keypoint_logits = self.keypoint_in = None
         if cfg.keypoints > 0:
+            # an MLP, not a linear map: the detector must find objects in features that a
+            # small backbone encodes only weakly and non-linearly
             self.keypoint_logits = nn.Sequential(nn.LayerNorm(feature_dim),
-                                                 nn.Linear(feature_dim, 3 * cfg.keypoints))
+                                                 nn.Linear(feature_dim, 2 * w), nn.GELU(),
+                                                 nn.Linear(2 * w, 3 * cfg.keypoints))
             self.keypoint_in = nn.Sequential(nn.Linear(2, w), nn.GELU(), nn.Linear(w, w))
             self.keypoint_id = nn.Parameter(torch.randn(1, 64 * cfg.keypoints, w) * 0.02)
         # (camera, x, y) of each feature token, set from the prompt layout by the policy

@@ -165,6 +165,14 @@ class TabletopEnv:
         mujoco.mj_forward(self.model, self.data)
         self.task, self.seed = None, None
 
+    def set_robot_pose(self, q_arm: np.ndarray, gripper: float) -> None:
+        """Place the arm at ``q_arm``, gripper opening ``gripper``, at rest, without simulating.
+
+        Kinematics only (objects stay where they are), e.g. to render a scene.
+        """
+        self._set_robot_q(np.asarray(q_arm, float), float(gripper))
+        mujoco.mj_forward(self.model, self.data)
+
     def _set_robot_q(self, q_arm: np.ndarray, gripper: float) -> None:
         d = self.data
         d.qpos[self._qadr[:self._n_arm]] = q_arm

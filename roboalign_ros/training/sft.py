@@ -27,7 +27,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -45,6 +44,7 @@ from .common import (
     write_checkpoint,
 )
 from .config import DataConfig, RunConfig, check, load_config
+from .localization import localization_probe
 from .samples import (
     FrameSamples,
     SeededSampler,
@@ -233,67 +233,6 @@ def split_losses(logits: torch.Tensor, labels: torch.Tensor, action_start_id: in
     l_act = (ce * act).sum() / n_act.clamp(min=1)
     l_rea = (ce * rea).sum() / n_rea.clamp(min=1)
     return l_act, l_rea, int(n_act), int(n_rea)
-
-
-class LocalizationProbe(torch.nn.Module):
-    """Training-only probe: feature-layer image tokens -> objects' (x, y) (standardized).
-
-    ``columns``: indices into ``observation.environment_state``; ``mean`` / ``std``: their
-    dataset statistics. See ``SFTConfig.localization_weight``.
-    """
-
-    def __init__(self, hidden: int, keypoints: int, cameras: int, columns, mean, std):
-        super().__init__()
-        self.logits = torch.nn.Sequential(torch.nn.LayerNorm(hidden),
-                                          torch.nn.Linear(hidden, 3 * keypoints))
-        self.out = torch.nn.Sequential(torch.nn.Linear(2 * keypoints * cameras, 256),
-                                       torch.nn.GELU(), torch.nn.Linear(256, len(columns)))
-        self.columns = list(columns)
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-3))
-
-    def forward(self, hidden, token_grid, mask):
-        """Standardized predictions [B, columns] from feature-layer hidden states."""
-        from ..model.head import keypoints_from_features, pad_token_grid
-
-        grid = pad_token_grid(token_grid, hidden.shape[1])
-        points = keypoints_from_features(self.logits(hidden.float()), grid, mask)
-        return self.out(points.flatten(1))
-
-    def loss(self, hidden, token_grid, mask, scene_states) -> tuple[torch.Tensor, float]:
-        """(MSE in standardized units, mean absolute error in the targets' units)."""
-        target = torch.as_tensor(np.stack([s[self.columns] for s in scene_states]),
-                                 device=hidden.device)
-        pred = self(hidden, token_grid, mask)
-        err = (pred * self.std + self.mean - target).abs().mean()
-        return torch.mean((pred - (target - self.mean) / self.std) ** 2), float(err.detach())
-
-
-def localization_probe(readers, policy, keypoints: int) -> LocalizationProbe:
-    """A probe for the objects' x, y of the first dataset's ``environment_state``."""
-    from ..data.scene_state import ENV_STATE_KEY
-    from ..model import backbone as bb
-    from .config import ConfigError
-
-    feature = readers[0].features.get(ENV_STATE_KEY)
-    names = (feature or {}).get("names") or []
-    cols = [i for i, n in enumerate(names)
-            if n.endswith((".x", ".y")) and not n.startswith("tool.")]
-    if not cols:
-        raise ConfigError(f"sft.localization_weight: the dataset has no {ENV_STATE_KEY} object "
-                          "positions (record it with `roboalign record bulk`, or set 0)")
-    for r in readers[1:]:
-        other = (r.features.get(ENV_STATE_KEY) or {}).get("names") or []
-        if other != names:
-            raise ConfigError(f"sft.localization_weight: {ENV_STATE_KEY} differs between "
-                              "datasets")
-    stats = readers[0].stats.get(ENV_STATE_KEY)
-    if stats is None:
-        raise ConfigError(f"sft.localization_weight: meta/stats.json has no {ENV_STATE_KEY}")
-    mean = np.asarray(stats["mean"], np.float32).reshape(-1)[cols]
-    std = np.asarray(stats["std"], np.float32).reshape(-1)[cols]
-    return LocalizationProbe(bb.text_config(policy.backbone).hidden_size, keypoints,
-                             len(policy.config.camera_names), cols, mean, std)
 
 
 def sft_loss(model, policy, batch, lambda_reasoning: float, probe=None,
