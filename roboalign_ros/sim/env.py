@@ -457,6 +457,17 @@ class TabletopEnv:
         T[:3, 1:3] *= -1.0  # MuJoCo camera (y up, looks along -z) -> optical frame
         return self._base_inv() @ T
 
+    def project(self, points: np.ndarray, width: int | None = None, height: int | None = None,
+                camera: str = 'scene') -> np.ndarray:
+        """Pixel ``(u, v)`` [N, 2] of base-frame points [N, 3] seen by ``camera``.
+
+        In a ``width`` x ``height`` render: u right, v down, origin at the top-left corner.
+        """
+        fx, fy, cx, cy = self.camera_intrinsics(width, height, camera)
+        T = np.linalg.inv(self.camera_pose(camera))
+        p = np.asarray(points, float).reshape(-1, 3) @ T[:3, :3].T + T[:3, 3]
+        return np.stack([fx * p[:, 0] / p[:, 2] + cx, fy * p[:, 1] / p[:, 2] + cy], axis=1)
+
     def close(self) -> None:
         """Free the renderers (GL contexts)."""
         for r in self._renderers.values():

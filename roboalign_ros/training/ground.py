@@ -30,7 +30,12 @@ import torch
 from .build import PolicyInitConfig, load_or_build_policy
 from .common import progress, seed_everything, stage_arg_parser, summary_writer
 from .config import ConfigError, DataConfig, RunConfig, check, load_config
-from .localization import LocalizationProbe, object_position_columns
+from .localization import (
+    LocalizationProbe,
+    object_position_columns,
+    pixels_to_grid,
+    token_targets_loss,
+)
 from .samples import open_datasets
 
 log = logging.getLogger(__name__)
@@ -52,6 +57,8 @@ class GroundConfig:
         poses_per_layout: arm poses rendered per layout (a layout's physics settle costs
             more than a render).
         keypoints: spatial-softmax keypoints of the probe.
+        token_targets: also supervise the probe's first keypoints densely: each must point
+            at the image token that holds its object (see ``token_targets_loss``).
         eval_scenes: held-out scenes (seeds ``seed_base - eval_scenes`` .. ``seed_base - 1``)
             for the reported error; eval_every: steps between held-out evaluations.
     """
@@ -71,6 +78,7 @@ class GroundConfig:
     max_grad_norm: float = 1.0
     poses_per_layout: int = 4
     keypoints: int = 16
+    token_targets: bool = True
     eval_scenes: int = 128
     eval_every: int = 100
 
@@ -112,9 +120,10 @@ class SceneSource:
         self.names = environment_state_names(list(self.env.objects))
 
     def scene(self, seed: int, pose: int = 0):
-        """``(image HxWx3 uint8, environment state vector, instruction)`` of one scene.
+        """``(image HxWx3 uint8, environment state, instruction, object pixels)`` of a scene.
 
-        The layout of ``seed``, with the ``pose``-th arm pose drawn for it.
+        The layout of ``seed``, with the ``pose``-th arm pose drawn for it. Object pixels:
+        ``(u, v)`` [n_objects, 2] of every object's centre, in the order of the state.
         """
         rng = np.random.default_rng(seed)
         task = self.tasks[int(rng.integers(len(self.tasks)))]
@@ -125,7 +134,9 @@ class SceneSource:
         self.env.set_robot_pose(q[:-1], float(q[-1]))
         rgb, _ = self.env.render(self.width, self.height, self.camera, depth=False)
         state = self._scene_state(self.env, self.env.data).to_vector()
-        return rgb, state, self.env.task.instruction
+        points = np.stack([self.env.object_position(n) for n in self.env.objects])
+        pixels = self.env.project(points, self.width, self.height, self.camera)
+        return rgb, state, self.env.task.instruction, pixels
 
 
 def _arm_states(readers) -> np.ndarray:
@@ -163,11 +174,14 @@ def run_ground(config, overrides=()) -> Path:
     # statistics standardize the targets
     eval_pairs = [(cfg.seed_base - 1 - i, 0) for i in range(cfg.eval_scenes)]
     eval_scenes = [source.scene(seed, pose) for seed, pose in eval_pairs]
-    targets = np.stack([state[cols] for _, state, _ in eval_scenes])
+    targets = np.stack([scene[1][cols] for scene in eval_scenes])
     model = policy.backbone
     probe = LocalizationProbe(bb.text_config(model).hidden_size, cfg.keypoints, 1, cols,
                               targets.mean(axis=0), targets.std(axis=0))
     grid = policy.token_grid()
+    image = grid[grid[:, 0] == 0]
+    cols, rows = len(torch.unique(image[:, 1])), len(torch.unique(image[:, 2]))
+    height, width = source.height, source.width
     model.train()
     model.requires_grad_(True)
     params = [p for p in model.parameters()] + list(probe.parameters())
@@ -175,13 +189,18 @@ def run_ground(config, overrides=()) -> Path:
     sched = get_scheduler("cosine", opt, num_warmup_steps=int(cfg.warmup_ratio * cfg.steps),
                           num_training_steps=cfg.steps)
 
-    def loss_of(scenes):  # [(image, environment state, instruction)]
+    def loss_of(scenes):  # SceneSource.scene tuples -> (loss, regression error in m)
         obs = [Observation({policy.config.camera_names[0]: img},
                            np.zeros(policy.config.state_dim, np.float32), instr)
-               for img, _, instr in scenes]
+               for img, _, instr, _ in scenes]
         inputs = policy.encode_observation(obs)
         hidden = bb.layer_hidden_states(model, dict(inputs), policy.feature_layer)
-        return probe.loss(hidden, grid, inputs["attention_mask"], [s for _, s, _ in scenes])
+        mse, err = probe.loss(hidden, grid, inputs["attention_mask"], [s[1] for s in scenes])
+        if not cfg.token_targets:
+            return mse, err
+        points = np.stack([pixels_to_grid(s[3], width, height, cols, rows) for s in scenes])
+        return mse + token_targets_loss(probe, hidden, grid, inputs["attention_mask"],
+                                        points), err
 
     def held_out() -> float:
         model.eval()

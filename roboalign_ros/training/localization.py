@@ -79,3 +79,60 @@ def localization_probe(readers, policy, keypoints: int) -> LocalizationProbe:
     std = np.asarray(stats["std"], np.float32).reshape(-1)[cols]
     return LocalizationProbe(bb.text_config(policy.backbone).hidden_size, keypoints,
                              len(policy.config.camera_names), cols, mean, std)
+
+
+def pixels_to_grid(pixels: np.ndarray, width: int, height: int, cols: int, rows: int) -> np.ndarray:
+    """Pixel ``(u, v)`` -> the token grid's ``(x, y)``.
+
+    As in ``VLAPolicy.token_grid``: cell centres at -1 .. 1 across ``cols`` x ``rows`` merged
+    patches.
+    """
+    pixels = np.asarray(pixels, np.float64)
+    col = pixels[..., 0] / (width / cols) - 0.5
+    row = pixels[..., 1] / (height / rows) - 0.5
+    return np.stack([col / max(cols - 1, 1) * 2 - 1, row / max(rows - 1, 1) * 2 - 1], axis=-1)
+
+
+def token_targets_loss(probe: LocalizationProbe, hidden, token_grid, mask, points):
+    """Dense supervision of the probe's first keypoints, one per object.
+
+    Keypoint ``o`` must put its softmax on the image token that holds object ``o``
+    (cross-entropy over the tokens) and its offset where in that token the object is (L1). A
+    classification over ~50 tokens per object teaches
+    a random vision tower what an object looks like far faster than the regression alone.
+
+    ``points``: [B, n_objects, 2] object centres in token-grid coordinates (``pixels_to_grid``;
+    objects outside the image are ignored). Returns the loss (scalar).
+    """
+    from ..model.head import pad_token_grid
+
+    grid = pad_token_grid(token_grid, hidden.shape[1]).to(hidden.device)
+    scores = probe.logits(hidden.float())                       # [B, T, 3K]
+    k = scores.shape[-1] // 3
+    n_obj = points.shape[1]
+    if n_obj > k:
+        raise ValueError(f"token targets: {n_obj} objects but only {k} keypoints")
+    image = grid[:, 0] == 0
+    if mask is not None:
+        image = image[None] & mask.bool()
+    else:
+        image = image[None].expand(hidden.shape[0], -1)
+    xy, cell = grid[:, 1:3], grid[:, 3:5].clamp(min=1e-6)
+    pts = torch.as_tensor(points, dtype=torch.float32, device=hidden.device)   # [B, O, 2]
+    # nearest cell centre per object (distance in cells), text tokens excluded
+    d = ((pts[:, :, None] - xy[None, None]) / cell[None, None]).abs().amax(-1)   # [B, O, T]
+    d = d.masked_fill(~image[:, None], float("inf"))
+    target = d.argmin(-1)                                           # [B, O]
+    inside = d.gather(-1, target[..., None])[..., 0] <= 0.5 + 1e-6   # on the image
+    logits = scores[..., :n_obj].masked_fill(~image[..., None], float("-inf"))  # [B, T, O]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2).reshape(-1, logits.shape[1]),
+                                           target.reshape(-1), reduction="none")
+    offsets = torch.tanh(scores[..., k:]).unflatten(-1, (k, 2))[:, :, :n_obj]   # [B, T, O, 2]
+    b = torch.arange(pts.shape[0], device=pts.device)[:, None]
+    o = torch.arange(n_obj, device=pts.device)[None]
+    pred = offsets[b, target, o]                                    # [B, O, 2]
+    want = ((pts - xy[target]) / (cell[target] / 2)).clamp(-1, 1)
+    l1 = (pred - want).abs().sum(-1)
+    w = inside.float()
+    return ((ce.view_as(w) + l1) * w).sum() / w.sum().clamp(min=1)
+
