@@ -24,9 +24,9 @@ def requirements() -> list[str]:
 
 
 def share_files() -> list[tuple[str, list[str]]]:
-    """config/, urdf/, launch/ and scripts/ files grouped by folder under share/roboalign_ros."""
+    """config/, urdf/, launch/, scripts/ and models/ files by folder under share/roboalign_ros."""
     groups: dict[str, list[str]] = {}
-    for folder in ("config", "urdf", "launch", "scripts"):
+    for folder in ("config", "urdf", "launch", "scripts", "models"):
         for path in sorted((here / folder).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 relative = path.relative_to(here)

@@ -85,7 +85,9 @@ class FlowMatchingHead(nn.Module):
         self.pos = nn.Parameter(torch.randn(1, n_tokens, w) * 0.02)
         self.context_in = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, w))
         # where each feature token sits in the sequence (see HeadConfig.context_positions)
-        self.context_pos = (nn.Parameter(torch.randn(1, cfg.context_positions, w) * 0.02)
+        # zeros: learned from the first step, and the seeded initialisation of every other
+        # weight stays what it was before this table existed
+        self.context_pos = (nn.Parameter(torch.zeros(1, cfg.context_positions, w))
                             if cfg.context_positions > 0 else None)
         self.keypoint_logits = self.keypoint_in = None
         if cfg.keypoints > 0:
