@@ -22,7 +22,10 @@ from roboalign_ros.node_processes import NodeProcesses
 # and a place, one held-out seed each (evaluation seeds start at 100000).
 DEMO_MODEL = "models/roboalign_mini_sim"
 DEMO_TASKS = ("pick_red_cube", "push_green_block_left", "place_red_cube_in_bowl")
-DEMO_SEED = 100000
+# A held-out evaluation seed (never trained on) whose layout the shipped policy solves for all
+# three tasks in the headless evaluation. It solves 82 / 58 / 44 % of such seeds (README), so
+# `--seed` with another value can and will fail some tasks.
+DEMO_SEED = 100005
 
 
 @dataclass
