@@ -128,25 +128,13 @@ class FlowMatchingHead(nn.Module):
         points = keypoints_from_features(self.keypoint_logits(features), grid, feature_mask)
         return self.keypoint_in(points) + self.keypoint_id[:, :points.shape[1]]
 
-    def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, features: torch.Tensor,
-                state: torch.Tensor | None = None,
-                feature_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Velocity prediction.
+    def encode_context(self, features: torch.Tensor, feature_mask: torch.Tensor | None = None):
+        """What the blocks cross-attend to: ``(context [B, T', width], bias [B, 1, T'] or None)``.
 
-        Args:
-            noisy: [B, H, D] noisy normalized chunk.
-            timestep: [B] in [0, num_train_timesteps] (sigma * num_train_timesteps).
-            features: [B, T, feature_dim] backbone hidden states.
-            state: [B, state_dim] normalized proprioception (required iff state_dim > 0).
-            feature_mask: [B, T], 1/True for real tokens (None = all real).
+        The projected features plus their positions, then the keypoint tokens. It depends on
+        the features only, so :meth:`sample` computes it once for all denoising steps.
         """
-        b, dtype = noisy.shape[0], self.pos.dtype
-        tokens = self.action_in(noisy.to(dtype))
-        if self.state_in is not None:
-            if state is None:
-                raise ValueError("state is required: head was built with state_dim > 0")
-            tokens = torch.cat([self.state_in(state.to(dtype))[:, None], tokens], dim=1)
-        tokens = tokens + self.pos
+        dtype = self.pos.dtype
         context = self.context_in(features.to(dtype))
         if self.context_pos is not None:
             n, table = context.shape[1], self.context_pos.shape[1]
@@ -160,9 +148,19 @@ class FlowMatchingHead(nn.Module):
             context = torch.cat([context, points], dim=1)
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], points.shape[1])], dim=1)
-        bias = None
-        if mask is not None:
-            bias = ((1 - mask.to(dtype)) * -10000.0)[:, None]  # [B, 1, T]
+        bias = None if mask is None else ((1 - mask.to(dtype)) * -10000.0)[:, None]
+        return context, bias
+
+    def velocity(self, noisy: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                 bias: torch.Tensor | None, state: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocity prediction from an :meth:`encode_context` result (see :meth:`forward`)."""
+        b, dtype = noisy.shape[0], self.pos.dtype
+        tokens = self.action_in(noisy.to(dtype))
+        if self.state_in is not None:
+            if state is None:
+                raise ValueError("state is required: head was built with state_dim > 0")
+            tokens = torch.cat([self.state_in(state.to(dtype))[:, None], tokens], dim=1)
+        tokens = tokens + self.pos
         t6, t_emb = self.time(timestep.reshape(-1).expand(b), batch_size=b, hidden_dtype=dtype)
         for block in self.blocks:
             tokens = block(tokens, encoder_hidden_states=context, encoder_attention_mask=bias,
@@ -170,6 +168,20 @@ class FlowMatchingHead(nn.Module):
         shift, scale = (self.out_shift_scale[None] + t_emb[:, None]).chunk(2, dim=1)
         tokens = self.norm_out(tokens) * (1 + scale) + shift
         return self.action_out(tokens[:, -self.horizon:])
+
+    def forward(self, noisy: torch.Tensor, timestep: torch.Tensor, features: torch.Tensor,
+                state: torch.Tensor | None = None,
+                feature_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocity prediction.
+
+        Args:
+            noisy: [B, H, D] noisy normalized chunk.
+            timestep: [B] in [0, num_train_timesteps] (sigma * num_train_timesteps).
+            features: [B, T, feature_dim] backbone hidden states.
+            state: [B, state_dim] normalized proprioception (required iff state_dim > 0).
+            feature_mask: [B, T], 1/True for real tokens (None = all real).
+        """
+        return self.velocity(noisy, timestep, *self.encode_context(features, feature_mask), state)
 
     def loss(self, features: torch.Tensor, state: torch.Tensor | None,
              chunk_normalized: torch.Tensor, feature_mask: torch.Tensor | None = None,
@@ -190,11 +202,11 @@ class FlowMatchingHead(nn.Module):
         return torch.mean((pred.float() - (noise - x0).float()) ** 2)
 
     def compile_sampler(self, **kwargs) -> None:
-        """``torch.compile`` the velocity network used by :meth:`sample`.
+        """``torch.compile`` the velocity network (:meth:`velocity`) used by :meth:`sample`.
 
         kwargs go to ``torch.compile``; ``mode="reduce-overhead"`` gives CUDA graphs on GPU.
         """
-        self._compiled = torch.compile(self.forward, **kwargs)
+        self._compiled = torch.compile(self.velocity, **kwargs)
 
     @torch.no_grad()
     def sample(self, features: torch.Tensor, state: torch.Tensor | None = None,
@@ -213,9 +225,9 @@ class FlowMatchingHead(nn.Module):
         scheduler = self.scheduler
         scheduler.set_timesteps(num_steps or self.cfg.num_steps, device=device)
         scheduler.set_begin_index(0)
-        fn = self._compiled or self.forward
-        context = features.to(self.pos.dtype)
+        fn = self._compiled or self.velocity
+        context, bias = self.encode_context(features, feature_mask)   # once for every step
         for t in scheduler.timesteps:
-            v = fn(x, t.expand(b), context, state, feature_mask)
+            v = fn(x, t.expand(b), context, bias, state)
             x = scheduler.step(v.float(), t, x, return_dict=False)[0]
         return x
