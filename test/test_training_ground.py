@@ -88,11 +88,11 @@ def test_token_targets_point_at_the_token_holding_each_object():
     hidden[0, 1 + 5, 0] = 1.0                 # object 0 in token (x=1, y=1)
     hidden[0, 1 + 0, 1] = 1.0                 # object 1 in token (x=-1, y=-1)
     points = torch.tensor([[[1.0, 1.0], [-1.0, -1.0]]])
-    good = float(token_targets_loss(probe, hidden, grid, None, points))
-    swapped = float(token_targets_loss(probe, hidden, grid, None, points.flip(1)))
+    good = float(token_targets_loss(probe.logits(hidden), grid, None, points))
+    swapped = float(token_targets_loss(probe.logits(hidden), grid, None, points.flip(1)))
     assert good < 0.1 < swapped
     off_image = torch.tensor([[[5.0, 5.0], [-1.0, -1.0]]])   # object 0 outside: ignored
-    assert float(token_targets_loss(probe, hidden, grid, None, off_image)) < 0.1
+    assert float(token_targets_loss(probe.logits(hidden), grid, None, off_image)) < 0.1
 
 
 def test_seeds_clear_of_the_evaluation_seeds():

@@ -34,7 +34,6 @@ from .localization import (
     LocalizationProbe,
     object_position_columns,
     pixels_to_grid,
-    token_targets_loss,
 )
 from .samples import open_datasets
 
@@ -184,7 +183,7 @@ def run_ground(config, overrides=()) -> Path:
     height, width = source.height, source.width
     model.train()
     model.requires_grad_(True)
-    params = [p for p in model.parameters()] + list(probe.parameters())
+    params = list(model.parameters()) + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = get_scheduler("cosine", opt, num_warmup_steps=int(cfg.warmup_ratio * cfg.steps),
                           num_training_steps=cfg.steps)
@@ -195,12 +194,10 @@ def run_ground(config, overrides=()) -> Path:
                for img, _, instr, _ in scenes]
         inputs = policy.encode_observation(obs)
         hidden = bb.layer_hidden_states(model, dict(inputs), policy.feature_layer)
-        mse, err = probe.loss(hidden, grid, inputs["attention_mask"], [s[1] for s in scenes])
-        if not cfg.token_targets:
-            return mse, err
-        points = np.stack([pixels_to_grid(s[3], width, height, cols, rows) for s in scenes])
-        return mse + token_targets_loss(probe, hidden, grid, inputs["attention_mask"],
-                                        points), err
+        points = np.stack([pixels_to_grid(s[3], width, height, cols, rows)
+                           for s in scenes]) if cfg.token_targets else None
+        return probe.loss(hidden, grid, inputs["attention_mask"], [s[1] for s in scenes],
+                          points)
 
     def held_out() -> float:
         model.eval()

@@ -40,21 +40,33 @@ class LocalizationProbe(torch.nn.Module):
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).clamp(min=1e-3))
 
-    def forward(self, hidden, token_grid, mask):
-        """Standardized predictions [B, columns] from feature-layer hidden states."""
+    def forward(self, hidden, token_grid, mask, scores=None):
+        """Standardized predictions [B, columns] from feature-layer hidden states.
+
+        ``scores``: ``self.logits(hidden)`` when the caller has it already.
+        """
         from ..model.head import keypoints_from_features, pad_token_grid
 
         grid = pad_token_grid(token_grid, hidden.shape[1])
-        points = keypoints_from_features(self.logits(hidden.float()), grid, mask)
-        return self.out(points.flatten(1))
+        scores = self.logits(hidden.float()) if scores is None else scores
+        return self.out(keypoints_from_features(scores, grid, mask).flatten(1))
 
-    def loss(self, hidden, token_grid, mask, scene_states) -> tuple[torch.Tensor, float]:
-        """(MSE in standardized units, mean absolute error in the targets' units)."""
+    def loss(self, hidden, token_grid, mask, scene_states,
+             points=None) -> tuple[torch.Tensor, float]:
+        """(loss, mean absolute error in the targets' units).
+
+        The loss is the MSE in standardized units, plus :func:`token_targets_loss` when the
+        objects' token-grid ``points`` [B, n_objects, 2] are given.
+        """
         target = torch.as_tensor(np.stack([s[self.columns] for s in scene_states]),
                                  device=hidden.device)
-        pred = self(hidden, token_grid, mask)
+        scores = self.logits(hidden.float())
+        pred = self(hidden, token_grid, mask, scores)
         err = (pred * self.std + self.mean - target).abs().mean()
-        return torch.mean((pred - (target - self.mean) / self.std) ** 2), float(err.detach())
+        loss = torch.mean((pred - (target - self.mean) / self.std) ** 2)
+        if points is not None:
+            loss = loss + token_targets_loss(scores, token_grid, mask, points)
+        return loss, float(err.detach())
 
 
 def localization_probe(readers, policy, keypoints: int) -> LocalizationProbe:
@@ -93,7 +105,7 @@ def pixels_to_grid(pixels: np.ndarray, width: int, height: int, cols: int, rows:
     return np.stack([col / max(cols - 1, 1) * 2 - 1, row / max(rows - 1, 1) * 2 - 1], axis=-1)
 
 
-def token_targets_loss(probe: LocalizationProbe, hidden, token_grid, mask, points):
+def token_targets_loss(scores, token_grid, mask, points):
     """Dense supervision of the probe's first keypoints, one per object.
 
     Keypoint ``o`` must put its softmax on the image token that holds object ``o``
@@ -101,13 +113,13 @@ def token_targets_loss(probe: LocalizationProbe, hidden, token_grid, mask, point
     classification over ~50 tokens per object teaches
     a random vision tower what an object looks like far faster than the regression alone.
 
+    ``scores``: the probe's per-token outputs [B, T, 3K] (``LocalizationProbe.logits``);
     ``points``: [B, n_objects, 2] object centres in token-grid coordinates (``pixels_to_grid``;
     objects outside the image are ignored). Returns the loss (scalar).
     """
     from ..model.head import pad_token_grid
 
-    grid = pad_token_grid(token_grid, hidden.shape[1]).to(hidden.device)
-    scores = probe.logits(hidden.float())                       # [B, T, 3K]
+    grid = pad_token_grid(token_grid, scores.shape[1]).to(scores.device)
     k = scores.shape[-1] // 3
     n_obj = points.shape[1]
     if n_obj > k:
@@ -116,9 +128,9 @@ def token_targets_loss(probe: LocalizationProbe, hidden, token_grid, mask, point
     if mask is not None:
         image = image[None] & mask.bool()
     else:
-        image = image[None].expand(hidden.shape[0], -1)
+        image = image[None].expand(scores.shape[0], -1)
     xy, cell = grid[:, 1:3], grid[:, 3:5].clamp(min=1e-6)
-    pts = torch.as_tensor(points, dtype=torch.float32, device=hidden.device)   # [B, O, 2]
+    pts = torch.as_tensor(points, dtype=torch.float32, device=scores.device)   # [B, O, 2]
     # nearest cell centre per object (distance in cells), text tokens excluded
     d = ((pts[:, :, None] - xy[None, None]) / cell[None, None]).abs().amax(-1)   # [B, O, T]
     d = d.masked_fill(~image[:, None], float("inf"))
