@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.scene_state import ENV_STATE_KEY as SCENE_STATE
 from .build import PolicyInitConfig, load_or_build_policy
 from .common import (
     FINAL_DIR,
@@ -91,6 +92,8 @@ class HeadStageConfig:
     eval_every: int = 0
     eval_samples: int = 0
     eval_num_steps: int | None = None
+    localization_weight: float = 0.0
+    localization_token_targets: bool = False
 
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field."""
@@ -122,16 +125,22 @@ class HeadStageConfig:
         check(p, "eval_every", self.eval_every >= 0, "must be >= 0", self.eval_every)
         check(p, "eval_num_steps", self.eval_num_steps is None or self.eval_num_steps >= 1,
               "must be >= 1 or null", self.eval_num_steps)
+        check(p, "localization_weight", self.localization_weight >= 0, "must be >= 0",
+              self.localization_weight)
 
 
 # ---------------------------------------------------------------------------- features
 @dataclasses.dataclass
 class FeatureSet:
-    """Cached head inputs: per-sample features [T_i, hidden], normalized state and chunk."""
+    """Cached head inputs: per-sample features [T_i, hidden], normalized state and chunk.
+
+    ``scene``: each sample's ``observation.environment_state`` where the dataset has it.
+    """
 
     features: list[torch.Tensor]
     state: torch.Tensor | None  # [N, state_dim]
     chunk: torch.Tensor  # [N, H, D] normalized
+    scene: torch.Tensor | None = None  # [N, environment_state]
 
     def __len__(self) -> int:
         return len(self.features)
@@ -163,7 +172,7 @@ def _cache_key(policy_dir: str, layer: int, mode: str, items) -> str:
     for f in sorted((root / "backbone").glob("*.safetensors")):
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(f"{layer}:{mode}".encode())
+    h.update(f"{layer}:{mode}:scene".encode())  # caches hold the scene states too
     h.update(json.dumps(items).encode())
     return h.hexdigest()[:16]
 
@@ -177,8 +186,9 @@ def extract_features(policy, samples: FrameSamples, mode: str, batch_size: int,
     if cache_file is not None and cache_file.is_file():
         data = load_file(cache_file)
         n = int(data["count"].item())
-        return FeatureSet([data[f"f{i}"] for i in range(n)], data.get("state"), data["chunk"])
-    feats, states, chunks = [], [], []
+        return FeatureSet([data[f"f{i}"] for i in range(n)], data.get("state"), data["chunk"],
+                          data.get("scene"))
+    feats, states, chunks, scenes = [], [], [], []
     bar = progress(total=len(samples), desc=f"features ({mode})", enable=show)
     for start in range(0, len(samples), batch_size):
         batch = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
@@ -200,10 +210,13 @@ def extract_features(policy, samples: FrameSamples, mode: str, batch_size: int,
             chunks.append(policy.normalizer.normalize("action", s.chunk))
             if policy.config.state_dim:
                 states.append(policy.normalizer.normalize("state", s.observation.state))
+            if s.scene_state is not None:
+                scenes.append(np.asarray(s.scene_state, np.float32))
         bar.update(len(batch))
     bar.close()
     fs = FeatureSet(feats, torch.as_tensor(np.stack(states)) if states else None,
-                    torch.as_tensor(np.stack(chunks)))
+                    torch.as_tensor(np.stack(chunks)),
+                    torch.as_tensor(np.stack(scenes)) if len(scenes) == len(feats) else None)
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tensors = {f"f{i}": f for i, f in enumerate(fs.features)}
@@ -211,6 +224,8 @@ def extract_features(policy, samples: FrameSamples, mode: str, batch_size: int,
         tensors["count"] = torch.tensor([len(fs)])
         if fs.state is not None:
             tensors["state"] = fs.state.contiguous()
+        if fs.scene is not None:
+            tensors["scene"] = fs.scene.contiguous()
         tmp = cache_file.with_suffix(".tmp")
         save_file(tensors, tmp)
         os.replace(tmp, cache_file)
@@ -323,10 +338,11 @@ def run_head(config, overrides=()) -> Path:
             head.set_token_grid(policy.token_grid())
         policy.head = head
     head.float().train()
+    probe, points = _localization(cfg, policy, head, readers, train_fs, acc)
     steps_per_epoch = max(1, math.ceil(len(train_fs) / (cfg.batch_size * acc.num_processes)))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    opt = torch.optim.AdamW(head.parameters(), lr=cfg.learning_rate,
-                            weight_decay=cfg.weight_decay)
+    params = list(head.parameters()) + ([] if probe is None else list(probe.out.parameters()))
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant"
                           else "constant_with_warmup", opt,
                           num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
@@ -365,6 +381,13 @@ def run_head(config, overrides=()) -> Path:
         with acc.autocast():
             loss = unwrapped.loss(feats, state, chunk, mask, generator=noise_gen) \
                 if world == 1 else _ddp_loss(head, feats, state, chunk, mask, noise_gen)
+            record = {}
+            if probe is not None:
+                l_loc, err = probe.loss(feats, unwrapped.token_grid, mask,
+                                        train_fs.scene[idx].numpy(),
+                                        None if points is None else points[idx])
+                loss = loss + cfg.localization_weight * l_loc
+                record = {"localization_error": err}
         acc.backward(loss)
         if cfg.max_grad_norm > 0:
             acc.clip_grad_norm_(head.parameters(), cfg.max_grad_norm)
@@ -373,13 +396,16 @@ def run_head(config, overrides=()) -> Path:
         opt.zero_grad()
         step += 1
         now = time.perf_counter()
-        history.append({"step": step, "loss": float(loss.detach()), "step_time": now - t_step})
+        history.append({"step": step, "loss": float(loss.detach()), "step_time": now - t_step,
+                        **record})
         t_step = now
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         if tb is not None and step % cfg.run.log_every == 0:
             tb.add_scalar("head/loss", float(loss.detach()), step)
             tb.add_scalar("head/lr", sched.get_last_lr()[0], step)
+            if record:
+                tb.add_scalar("head/localization_error_m", record["localization_error"], step)
         if cfg.eval_every and step % cfg.eval_every == 0 and "val" in sets:
             metrics = evaluate(unwrapped, sets["val"], mean_chunk, acc.device, cfg.run.seed,
                                cfg.eval_num_steps, cfg.batch_size, cfg.eval_samples)
@@ -409,6 +435,35 @@ def run_head(config, overrides=()) -> Path:
         if tb is not None:
             tb.close()
     return final
+
+
+def _localization(cfg: HeadStageConfig, policy, head, readers, train_fs: FeatureSet, acc):
+    """``(probe, token-grid points or None)`` of ``localization_weight`` (``(None, None)``: off).
+
+    The probe's keypoint detector *is* the head's (shared module), so its loss shapes the
+    keypoints the head reads.
+    """
+    from .localization import localization_probe, sim_token_points
+
+    if cfg.localization_weight <= 0:
+        return None, None
+    field = "head.localization_weight"
+    pc = policy.config
+    if not pc.head.keypoints:
+        raise ConfigError(f"{field}: the head has no keypoints (set head_overrides.keypoints)")
+    if acc.num_processes > 1:
+        raise ConfigError(f"{field}: runs in one process only (the probe is outside DDP)")
+    if train_fs.scene is None:
+        raise ConfigError(f"{field}: the samples have no observation.environment_state "
+                          "(record the dataset with `roboalign record bulk`, or set 0)")
+    probe = localization_probe(readers, policy, pc.head.keypoints, field).to(acc.device)
+    probe.logits = head.keypoint_logits
+    points = None
+    if cfg.localization_token_targets:
+        names = readers[0].features[SCENE_STATE]["names"]
+        points = torch.as_tensor(sim_token_points(names, train_fs.scene.numpy(),
+                                                  policy.token_grid(), pc.image_size))
+    return probe, points
 
 
 def _ddp_loss(head, feats, state, chunk, mask, gen):

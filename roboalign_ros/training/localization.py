@@ -69,28 +69,55 @@ class LocalizationProbe(torch.nn.Module):
         return loss, float(err.detach())
 
 
-def localization_probe(readers, policy, keypoints: int) -> LocalizationProbe:
-    """A probe for the objects' x, y of the first dataset's ``environment_state``."""
+def localization_probe(readers, policy, keypoints: int,
+                       field: str = "sft.localization_weight") -> LocalizationProbe:
+    """A probe for the objects' x, y of the first dataset's ``environment_state``.
+
+    ``field`` names the setting that asked for it in the errors.
+    """
     from ..model import backbone as bb
 
     feature = readers[0].features.get(ENV_STATE_KEY)
     names = (feature or {}).get("names") or []
     cols = object_position_columns(names)
     if not cols:
-        raise ConfigError(f"sft.localization_weight: the dataset has no {ENV_STATE_KEY} object "
+        raise ConfigError(f"{field}: the dataset has no {ENV_STATE_KEY} object "
                           "positions (record it with `roboalign record bulk`, or set 0)")
     for r in readers[1:]:
         other = (r.features.get(ENV_STATE_KEY) or {}).get("names") or []
         if other != names:
-            raise ConfigError(f"sft.localization_weight: {ENV_STATE_KEY} differs between "
+            raise ConfigError(f"{field}: {ENV_STATE_KEY} differs between "
                               "datasets")
     stats = readers[0].stats.get(ENV_STATE_KEY)
     if stats is None:
-        raise ConfigError(f"sft.localization_weight: meta/stats.json has no {ENV_STATE_KEY}")
+        raise ConfigError(f"{field}: meta/stats.json has no {ENV_STATE_KEY}")
     mean = np.asarray(stats["mean"], np.float32).reshape(-1)[cols]
     std = np.asarray(stats["std"], np.float32).reshape(-1)[cols]
     return LocalizationProbe(bb.text_config(policy.backbone).hidden_size, keypoints,
                              len(policy.config.camera_names), cols, mean, std)
+
+
+def sim_token_points(names, scene_states: np.ndarray, token_grid, image_size,
+                     robot: str = "sim_arm", camera: str = "scene") -> np.ndarray:
+    """Token-grid points [N, n_objects, 2] of the objects of sim frames (for the token targets).
+
+    ``names``: the ``environment_state`` names; ``scene_states`` [N, len(names)] their values,
+    recorded in the sim, whose fixed ``camera`` projects the objects' base-frame centres.
+    Objects in the order of :func:`object_position_columns`.
+    """
+    from ..sim import TabletopEnv
+
+    objects = [n[:-2] for n in names if n.endswith(".x") and not n.startswith("tool.")]
+    index = {n: i for i, n in enumerate(names)}
+    cols = [[index[f"{o}.{a}"] for a in "xyz"] for o in objects]
+    xyz = np.asarray(scene_states, np.float64)[:, cols]                # [N, O, 3]
+    height, width = image_size
+    with TabletopEnv(robot) as env:
+        pixels = env.project(xyz.reshape(-1, 3), width, height, camera).reshape(*xyz.shape[:2], 2)
+    grid = torch.as_tensor(token_grid)
+    image = grid[grid[:, 0] == 0]
+    n_cols, n_rows = len(torch.unique(image[:, 1])), len(torch.unique(image[:, 2]))
+    return pixels_to_grid(pixels, width, height, n_cols, n_rows).astype(np.float32)
 
 
 def pixels_to_grid(pixels: np.ndarray, width: int, height: int, cols: int, rows: int) -> np.ndarray:
