@@ -210,3 +210,36 @@ def test_executor_built_as_the_node_builds_it():
     from roboalign_ros.nodes.executor_node import PARAMETERS
 
     assert EXECUTOR_PARAMETERS == PARAMETERS  # one set of defaults until the node uses build.py
+
+
+def test_workers_give_the_same_records_as_one_process(tmp_path):
+    """Two spawned processes, each with its own sim and model: same episodes, same outcomes."""
+    seeds = [SEED, SEED + 1]
+    one = hl.evaluate("expert", "pick_red_cube,push_green_block_left", seeds, tmp_path / "one",
+                      fixed_latency=0.1, progress=False, console=False)
+    two = hl.evaluate("expert", "pick_red_cube,push_green_block_left", seeds, tmp_path / "two",
+                      fixed_latency=0.1, workers=2, progress=False, console=False)
+
+    def key(r):
+        return r["task"], r["seed"], r["trial"], r["outcome"], r["sim_seconds"]
+
+    assert sorted(map(key, one.records)) == sorted(map(key, two.records))
+    assert len(lines(tmp_path / "two")) == 4 and two.summary["overall"]["successes"] == 4
+    with pytest.raises(ValueError, match="workers: > 1 needs a checkpoint"):
+        hl.evaluate(StillPolicy(), TASK, seeds, tmp_path / "obj", workers=2, progress=False)
+    with pytest.raises(ValueError, match="workers: must be >= 1"):
+        hl.SimEvalConfig(workers=0)
+
+
+def test_executor_overrides_from_the_command_line(tmp_path):
+    assert hl.parse_executor_overrides(["blend=temporal_ensemble", "safety.velocity_scale=0.3"]) \
+        == {"blend": "temporal_ensemble", "safety.velocity_scale": 0.3}
+    with pytest.raises(ValueError, match="'blend' is not KEY=VALUE"):
+        hl.parse_executor_overrides(["blend"])
+    from roboalign_ros.cli import main
+
+    out = tmp_path / "te"
+    assert main(["eval", "sim", "--model", "expert", "--task", TASK, "--seeds", f"{SEED}",
+                 "--executor", "blend=temporal_ensemble", "--out", str(out), "--quiet"]) == 0
+    assert lines(out)[0]["setup"]["executor"] == {"blend": "temporal_ensemble"}
+    assert lines(out)[0]["outcome"] == "success"

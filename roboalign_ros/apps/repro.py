@@ -82,6 +82,7 @@ class ReproConfig:
     overrides: dict = dataclasses.field(default_factory=dict)   # stage -> ["key=value", ...]
     eval_seeds: int = 50             # held-out seeds per task for every configuration ...
     eval_seeds_slow: int = 10        # ... except these (tokens: one generation per chunk)
+    eval_workers: int = 2            # processes of the headless evaluation (one per core)
     slow_configurations: list[str] = dataclasses.field(
         default_factory=lambda: ["untrained", "sft_tokens", "align_tokens"])
     configurations: list[str] = dataclasses.field(default_factory=lambda: list(CONFIGURATIONS))
@@ -96,7 +97,7 @@ class ReproConfig:
         unknown = [t for t in self.tasks if t not in TASKS]
         if not self.tasks or unknown:
             raise ValueError(f"tasks: unknown {unknown or '(none given)'}; known: {sorted(TASKS)}")
-        for name in ("episodes", "eval_seeds", "width", "height", "vocab_size"):
+        for name in ("episodes", "eval_seeds", "width", "height", "vocab_size", "eval_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         bad = [c for c in self.configurations if c not in CONFIGURATIONS]
@@ -336,7 +337,7 @@ class Repro:
             rel, options = CONFIGURATIONS[name]
             res = evaluate(self.path(rel), self.cfg.tasks, self.eval_seeds(name),
                            self.path("eval", name), torch_threads=self.cfg.threads or 1,
-                           **options)
+                           workers=self.cfg.eval_workers, **options)
             out[name] = res.summary
             overall = res.summary.get("overall", {})
             self.log(f"  {name}: {overall.get('successes')}/{overall.get('trials')} "

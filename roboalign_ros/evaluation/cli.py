@@ -130,7 +130,8 @@ def sim(a: argparse.Namespace) -> int:
             reasoning_every=a.reasoning_every, latency_scale=a.latency_scale,
             fixed_latency=a.fixed_latency, episode_seconds=a.episode_seconds,
             camera_rate=a.camera_rate, image_size=tuple(a.image_size) if a.image_size else None,
-            torch_threads=a.torch_threads, progress=not a.quiet)
+            torch_threads=a.torch_threads, workers=a.workers,
+            executor=hl.parse_executor_overrides(a.executor), progress=not a.quiet)
         result = hl.evaluate(a.model, a.task, seeds, out, config)
     except KeyboardInterrupt:
         print(f"interrupted: finished episodes are saved in {out}; run again to resume",
@@ -201,6 +202,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="auto")
     s.add_argument("--torch-threads", type=int, default=1, help="CPU threads, 0: torch's")
     s.add_argument("--robot", default="sim_arm")
+    s.add_argument("--workers", type=int, default=1,
+                   help="processes running episodes (each loads the model; one per core)")
+    s.add_argument("--executor", action="append", default=[], metavar="KEY=VALUE",
+                   help="executor_node parameter for these episodes, e.g. "
+                        "blend=temporal_ensemble (repeatable)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=sim)
     return p

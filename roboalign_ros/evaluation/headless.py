@@ -76,6 +76,7 @@ class SimEvalConfig:
     camera_rate: float | None = None    # Hz; None: config/sim.yaml
     image_size: tuple[int, int] | None = None  # (h, w); None: the policy's, else sim.yaml's
     torch_threads: int = 1              # CPU inference threads (0: torch's default)
+    workers: int = 1                    # processes running episodes (a checkpoint path only)
     executor: dict[str, Any] = dataclasses.field(default_factory=dict)  # executor_node params
     progress: bool = True
 
@@ -90,6 +91,8 @@ class SimEvalConfig:
             raise ValueError(f"episode_seconds: must be > 0, got {self.episode_seconds}")
         if self.camera_rate is not None and not 0 < self.camera_rate <= 60:
             raise ValueError(f"camera_rate: {self.camera_rate} Hz is not in (0, 60]")
+        if not self.workers >= 1:
+            raise ValueError(f"workers: must be >= 1, got {self.workers}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +143,19 @@ def parse_seeds(text: str) -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds: {text!r} names a seed twice")
     return seeds
+
+
+def parse_executor_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["blend=rtc", "safety.velocity_scale=0.3"]`` -> executor_node parameters (YAML values)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"executor: {item!r} is not KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def parse_tasks(text: str | Sequence[str]) -> list[str]:
@@ -589,6 +605,63 @@ def write_summary(out: Path, records: list[dict], extra: dict, console=None) -> 
     return summary
 
 
+class _Episodes:
+    """Runs episodes in this process or in ``workers`` spawned ones, yielding their records.
+
+    With workers each process loads the model and its own sim once; episodes go to whichever
+    is free, so records arrive in completion order (each names its task, seed and trial).
+    """
+
+    def __init__(self, policy, config: SimEvalConfig, path: str, name: str, setup: dict,
+                 seeds: list[int], workers: int):
+        self.setup, self.seeds, self.pool, self.evaluator = setup, seeds, None, None
+        if workers > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(workers, mp.get_context("spawn"), _worker_init,
+                                            (path, dataclasses.replace(config, progress=False,
+                                                                       workers=1), name))
+        else:
+            self.evaluator = SimEvaluator(policy, config, path, name)
+
+    def run(self, todo):
+        """``(task, record)`` of every ``(index, (task, seed))`` job."""
+        args = [(task, seed, i + 1, self.seeds.index(seed), self.setup) for i, (task, seed) in todo]
+        if self.pool is None:
+            for a in args:
+                yield a[0], self.evaluator.record(*a)
+            return
+        from concurrent.futures import as_completed
+
+        futures = {self.pool.submit(_worker_record, *a): a[0] for a in args}
+        try:
+            for f in as_completed(futures):
+                yield futures[f], f.result()
+        finally:
+            for f in futures:
+                f.cancel()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.evaluator is not None:
+            self.evaluator.close()
+
+
+_WORKER: SimEvaluator | None = None
+
+
+def _worker_init(path: str, config: SimEvalConfig, name: str) -> None:
+    global _WORKER
+    policy = load_model(path, config)[0]
+    _WORKER = SimEvaluator(policy, config, path, name)
+
+
+def _worker_record(task: str, seed: int, trial: int, task_trial: int, setup: dict) -> dict:
+    return _WORKER.record(task, seed, trial, task_trial, setup)
+
+
 def evaluate(model, tasks: str | Sequence[str], seeds: str | Iterable[int],
              out: str | os.PathLike | None = None, config: SimEvalConfig | None = None,
              console=None, **options) -> EvalResults:
@@ -617,20 +690,23 @@ def evaluate(model, tasks: str | Sequence[str], seeds: str | Iterable[int],
     done = {(r["task"], r["seed"]) for r in store.records if r["outcome"] in COUNTED}
     todo = [(i, job) for i, job in enumerate(jobs) if job not in done]
     wall0, sim_seconds, ran = time.perf_counter(), 0.0, 0
-    evaluator = SimEvaluator(policy, config, path, name)
+    workers = min(config.workers, max(len(todo), 1))
+    if workers > 1 and not path:
+        raise ValueError("workers: > 1 needs a checkpoint directory, 'tiny' or 'expert' (each "
+                         "process loads its own copy)")
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc=f"eval {name}",
                unit="ep", disable=not config.progress, dynamic_ncols=True)
+    runner = _Episodes(policy, config, path, name, setup, seeds, workers)
     try:
-        for i, (task, seed) in todo:
-            record = evaluator.record(task, seed, i + 1, seeds.index(seed), setup)
-            store.append(record)  # on disk before the next episode starts
+        for task, record in runner.run(todo):
+            store.append(record)  # on disk before the next one is taken
             ran, sim_seconds = ran + 1, sim_seconds + record["sim_seconds"]
             wins = sum(r["outcome"] == "success" for r in store.records)
             bar.update(1)
             bar.set_postfix(task=task, success=f"{wins}/{len(store.records)}")
     finally:
         bar.close()
-        evaluator.close()
+        runner.close()
         wall = time.perf_counter() - wall0
         wanted = set(jobs)
         records = [r for r in store.records if (r["task"], r["seed"]) in wanted]
