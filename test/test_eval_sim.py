@@ -243,3 +243,10 @@ def test_executor_overrides_from_the_command_line(tmp_path):
                  "--executor", "blend=temporal_ensemble", "--out", str(out), "--quiet"]) == 0
     assert lines(out)[0]["setup"]["executor"] == {"blend": "temporal_ensemble"}
     assert lines(out)[0]["outcome"] == "success"
+
+
+def test_eval_run_refuses_a_bad_executor_override_before_starting_nodes(capsys):
+    from roboalign_ros.cli import main
+
+    assert main(["eval", "run", "--executor", "blend"]) == 2
+    assert "executor: 'blend' is not KEY=VALUE" in capsys.readouterr().err

@@ -374,10 +374,13 @@ class Repro:
         plan_path = self.path("graph", "plan.yaml")
         plan_path.parent.mkdir(parents=True, exist_ok=True)
         plan_path.write_text(yaml.safe_dump(plan, sort_keys=False))
+        # as the headless evaluation ran it (the heads' configurations: reasoning off)
+        reasoning = CONFIGURATIONS[best][1].get("reasoning_every", 0)
         code = eval_cli.main(["run", "--plan", str(plan_path), "--model", str(model),
                               "--results-dir", str(self.path("graph")),
                               "--camera-size", str(self.cfg.width), str(self.cfg.height),
                               "--camera-rate", str(self.cfg.graph_camera_rate),
+                              "--reasoning-every", str(reasoning),
                               "--log-dir", str(self.path("graph", "logs"))])
         if code:
             raise RuntimeError(f"graph: roboalign eval run exited with {code}")

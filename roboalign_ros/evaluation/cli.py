@@ -26,6 +26,7 @@ from roboalign_ros.node_processes import NodeProcesses
 
 def run(a: argparse.Namespace) -> int:
     """Sim + policy + executor processes, eval_node in-process, report at the end."""
+    from roboalign_ros.evaluation.headless import parse_executor_overrides
     from roboalign_ros.evaluation.plan import PlanError, load_plan
     from roboalign_ros.evaluation.report import write_report
     from roboalign_ros.nodes.eval_node import resolve_plan
@@ -33,7 +34,8 @@ def run(a: argparse.Namespace) -> int:
     try:
         plan = load_plan(resolve_plan(a.plan))
         plan.check_mode("sim")
-    except PlanError as exc:
+        executor = parse_executor_overrides(a.executor)
+    except (PlanError, ValueError) as exc:
         print(f"roboalign eval run: {exc}", file=sys.stderr)
         return 2
     results_root = Path(a.results_dir).expanduser()
@@ -48,7 +50,7 @@ def run(a: argparse.Namespace) -> int:
                                          "camera.width": a.camera_size[0],
                                          "camera.height": a.camera_size[1],
                                          "camera.rate": a.camera_rate})
-    nodes.start("executor_node", "executor.yaml")
+    nodes.start("executor_node", "executor.yaml", executor)
     nodes.start("policy_node", "policy.yaml",
                 {"model_path": a.model, "device": a.device, "reasoning_every": a.reasoning_every,
                  "torch_threads": 1 if a.device == "cpu" else 0})
@@ -170,6 +172,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--startup-timeout", type=float, default=180.0,
                    help="s allowed for the nodes and the model to come up")
     r.add_argument("--log-dir", default="log/eval")
+    r.add_argument("--executor", action="append", default=[], metavar="KEY=VALUE",
+                   help="executor_node parameter, e.g. blend=temporal_ensemble (repeatable)")
     r.set_defaults(func=run)
     rep = sub.add_parser("report", help="table + plot + summary.json from results")
     rep.add_argument("results_dir", help="directory with results.jsonl (or the file)")
