@@ -225,9 +225,19 @@ class ScriptedExpert:
             q = p - d * (contact + 0.035)
             return top_down_pose([q[0], q[1], z_push], yaw)
 
+        # Where the stroke ends must be visible in the frame a policy sees, not only in where
+        # the block started (a policy without memory cannot know that): with a placement
+        # region, every block goes to the same line, past the region's far edge by the
+        # task's distance (so every push is at least that long); without one, by distance.
+        region = task.regions.get(name)
+        line = None if region is None else \
+            max(float(np.dot((x, y), d[:2])) for x in region[0] for y in region[1])
+
         def pushed(env):
             p = start['p0']
-            q = p - d * contact + d * (task.distance + 0.03)
+            along = float(np.dot(p[:2], d[:2]))
+            travel = task.distance + 0.03 + (0.0 if line is None else max(line - along, 0.0))
+            q = p - d * contact + d * travel
             return top_down_pose([q[0], q[1], z_push], yaw)
 
         def up(env):
