@@ -27,7 +27,7 @@ EXECUTOR_PARAMETERS: dict[str, Any] = {
     "lead_time": 0.02,
     "duration_margin": 0.8,
     "state_timeout": 0.5,
-    "blend": "rtc",
+    "blend": "temporal_ensemble",
     "rtc_blend": 0.2,
     "ensemble_k": 0.0,
     "watchdog_timeout": 0.5,
