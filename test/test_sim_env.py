@@ -127,3 +127,18 @@ def test_expert_joint_steps_stay_inside_the_executor_envelope(env):
         assert expert.done, task
     # uncapped, the Cartesian plan alone moves faster
     assert _worst_joint_step(env, ScriptedExpert(env, joint_speed=0.0), 'pick_red_cube', cap) > 1.2
+
+
+def test_every_push_ends_on_the_same_line(env):
+    """Where the expert stops pushing is visible in the last frame, not only in the start."""
+    task = TASKS['push_green_block_left']
+    (_, _), (_, y_max) = task.regions['green_block']
+    starts, ends = [], []
+    for seed in (2, 5, 11):
+        env.reset(task.name, seed)
+        starts.append(env.object_position('green_block')[1])
+        assert run_episode(env, task.name, seed, expert=ScriptedExpert(env))
+        ends.append(env.object_position('green_block')[1])
+    assert np.ptp(starts) > 0.02                       # different starts ...
+    assert np.ptp(ends) < 0.02, ends                   # ... one end line
+    assert min(ends) > y_max + task.distance - 0.02    # past the region's edge by ~distance
