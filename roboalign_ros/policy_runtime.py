@@ -163,6 +163,9 @@ class Decision:
     error: str | None = None
     observation_age: float = 0.0  # at the start of inference (s)
     dropped: bool = False  # inference ran but its chunk must not be published (``blocked``)
+    # a chunk dropped for its age: the output anyway, for its reasoning (a slow reasoning call
+    # is the usual reason, and the text still describes the instruction in force)
+    late_output: object | None = None
 
 
 class PolicyWorker:
@@ -308,7 +311,7 @@ class PolicyWorker:
         if age_now > max_age:
             return Decision(snap, blocked=f"chunk dropped: observation {age_now:.2f} s old after "
                             f"inference > max_image_age {max_age:.2f} s", observation_age=age,
-                            dropped=True)
+                            dropped=True, late_output=output)
         if instruction != snap.instruction:
             return Decision(snap, blocked="chunk dropped: the instruction changed during "
                             "inference", observation_age=age, dropped=True)

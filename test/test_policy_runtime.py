@@ -200,6 +200,7 @@ def test_chunk_is_dropped_when_the_observation_went_stale_during_inference():
     worker.set_instruction("go")
     decision = worker.step()
     assert decision.dropped and decision.output is None
+    assert decision.late_output == "chunk"      # kept for its reasoning, never as a chunk
     assert "chunk dropped: observation 0.80 s old after inference > max_image_age" in \
         decision.blocked
 
@@ -216,6 +217,7 @@ def test_chunk_is_dropped_when_the_instruction_changed_during_inference():
     worker.set_instruction("pick up the cube")
     decision = worker.step()
     assert decision.dropped and "instruction changed" in decision.blocked
+    assert decision.late_output is None         # reasoning about the old instruction: gone
 
 
 def test_a_running_inference_is_visible_while_it_runs():

@@ -210,6 +210,9 @@ class PolicyNode(Node):
         if decision.dropped:
             self.dropped += 1
             self.get_logger().warning(decision.blocked, throttle_duration_sec=2.0)
+            late = decision.late_output
+            if late is not None and late.reasoning_fresh and late.reasoning:
+                self.reasoning_pub.publish(String(data=late.reasoning))
         if decision.blocked:
             self.rejected += decision.snapshot.image is not None
             self._set_state(PolicyStatus.STATE_BLOCKED, decision.blocked)
