@@ -32,6 +32,7 @@ from .common import progress, seed_everything, stage_arg_parser, summary_writer
 from .config import ConfigError, DataConfig, RunConfig, check, load_config
 from .localization import (
     LocalizationProbe,
+    image_grid_shape,
     object_position_columns,
     pixels_to_grid,
 )
@@ -178,8 +179,7 @@ def run_ground(config, overrides=()) -> Path:
     probe = LocalizationProbe(bb.text_config(model).hidden_size, cfg.keypoints, 1, cols,
                               targets.mean(axis=0), targets.std(axis=0))
     grid = policy.token_grid()
-    image = grid[grid[:, 0] == 0]
-    cols, rows = len(torch.unique(image[:, 1])), len(torch.unique(image[:, 2]))
+    cols, rows = image_grid_shape(grid)
     height, width = source.height, source.width
     model.train()
     model.requires_grad_(True)

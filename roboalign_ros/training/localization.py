@@ -107,17 +107,21 @@ def sim_token_points(names, scene_states: np.ndarray, token_grid, image_size,
     """
     from ..sim import TabletopEnv
 
-    objects = [n[:-2] for n in names if n.endswith(".x") and not n.startswith("tool.")]
+    objects = [names[c][:-2] for c in object_position_columns(names)[::2]]   # "<obj>.x"
     index = {n: i for i, n in enumerate(names)}
     cols = [[index[f"{o}.{a}"] for a in "xyz"] for o in objects]
     xyz = np.asarray(scene_states, np.float64)[:, cols]                # [N, O, 3]
     height, width = image_size
     with TabletopEnv(robot) as env:
         pixels = env.project(xyz.reshape(-1, 3), width, height, camera).reshape(*xyz.shape[:2], 2)
+    return pixels_to_grid(pixels, width, height, *image_grid_shape(token_grid)).astype(np.float32)
+
+
+def image_grid_shape(token_grid) -> tuple[int, int]:
+    """``(columns, rows)`` of merged patches of the first camera in a ``VLAPolicy.token_grid``."""
     grid = torch.as_tensor(token_grid)
     image = grid[grid[:, 0] == 0]
-    n_cols, n_rows = len(torch.unique(image[:, 1])), len(torch.unique(image[:, 2]))
-    return pixels_to_grid(pixels, width, height, n_cols, n_rows).astype(np.float32)
+    return len(torch.unique(image[:, 1])), len(torch.unique(image[:, 2]))
 
 
 def pixels_to_grid(pixels: np.ndarray, width: int, height: int, cols: int, rows: int) -> np.ndarray:
