@@ -205,14 +205,18 @@ class PolicyNode(Node):
 
     # ------------------------------------------------------------------ outputs
 
+    def _publish_reasoning(self, out) -> None:
+        """The reasoning of ``out`` on the reasoning topic, if this call generated it."""
+        if out.reasoning_fresh and out.reasoning:
+            self.reasoning_pub.publish(String(data=out.reasoning))
+
     def on_decision(self, decision: Decision) -> None:
         """Publish a chunk (+ reasoning) or say why the policy did not act."""
         if decision.dropped:
             self.dropped += 1
             self.get_logger().warning(decision.blocked, throttle_duration_sec=2.0)
-            late = decision.late_output
-            if late is not None and late.reasoning_fresh and late.reasoning:
-                self.reasoning_pub.publish(String(data=late.reasoning))
+            if decision.late_output is not None:
+                self._publish_reasoning(decision.late_output)
         if decision.blocked:
             self.rejected += decision.snapshot.image is not None
             self._set_state(PolicyStatus.STATE_BLOCKED, decision.blocked)
@@ -232,8 +236,7 @@ class PolicyNode(Node):
             reasoning=(out.reasoning or "") if out.reasoning_fresh else "",
             inference_time=latency, frame_id=self.robot.base_frame)
         self.chunk_pub.publish(msg)
-        if out.reasoning_fresh and out.reasoning:
-            self.reasoning_pub.publish(String(data=out.reasoning))
+        self._publish_reasoning(out)
         self.published += 1
         self.latencies.append(latency)
         self.publish_times.append(time.monotonic())
