@@ -250,3 +250,8 @@ def test_eval_run_refuses_a_bad_executor_override_before_starting_nodes(capsys):
 
     assert main(["eval", "run", "--executor", "blend"]) == 2
     assert "executor: 'blend' is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_malformed_executor_value_is_named_not_a_traceback():
+    with pytest.raises(ValueError, match=r"executor: 'blend=\[': bad value"):
+        hl.parse_executor_overrides(["blend=["])
