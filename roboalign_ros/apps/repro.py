@@ -68,6 +68,7 @@ class ReproConfig:
     tasks: list[str] = dataclasses.field(default_factory=lambda: [
         "pick_red_cube", "push_green_block_left", "place_red_cube_in_bowl"])
     episodes: int = 100
+    record_workers: int = 2          # processes of the bulk recorder (one per core)
     width: int = 224
     height: int = 168
     split_seed: int = 0
@@ -81,7 +82,7 @@ class ReproConfig:
     head: str = "config/training/mini/head.yaml"
     overrides: dict = dataclasses.field(default_factory=dict)   # stage -> ["key=value", ...]
     eval_seeds: int = 50             # held-out seeds per task for every configuration ...
-    eval_seeds_slow: int = 10        # ... except these (tokens: one generation per chunk)
+    eval_seeds_slow: int = 5         # ... except these (tokens: one generation per chunk)
     eval_workers: int = 2            # processes of the headless evaluation (one per core)
     slow_configurations: list[str] = dataclasses.field(
         default_factory=lambda: ["untrained", "sft_tokens", "align_tokens"])
@@ -97,7 +98,8 @@ class ReproConfig:
         unknown = [t for t in self.tasks if t not in TASKS]
         if not self.tasks or unknown:
             raise ValueError(f"tasks: unknown {unknown or '(none given)'}; known: {sorted(TASKS)}")
-        for name in ("episodes", "eval_seeds", "width", "height", "vocab_size", "eval_workers"):
+        for name in ("episodes", "eval_seeds", "width", "height", "vocab_size", "eval_workers",
+                     "record_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         bad = [c for c in self.configurations if c not in CONFIGURATIONS]
@@ -198,7 +200,8 @@ class Repro:
 
         cfg = BulkConfig(tasks=list(self.cfg.tasks), episodes=self.cfg.episodes,
                          root=self.dataset, split_seed=self.cfg.split_seed,
-                         width=self.cfg.width, height=self.cfg.height).resolved()
+                         width=self.cfg.width, height=self.cfg.height,
+                         workers=self.cfg.record_workers).resolved()
         result = record_bulk(cfg)
         self.log(result.summary())
         short = {t: n for t, n in result.saved.items() if n < self.cfg.episodes}
