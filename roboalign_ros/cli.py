@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 NODES = ("camera_node", "eval_node", "executor_node", "policy_node", "recorder_node",
@@ -67,8 +68,23 @@ def _run_script(script: str, argv: list[str]) -> int:
     return 0
 
 
+def _let_workers_import_this_module() -> None:
+    """Make processes spawned by this command import ``roboalign_ros.cli``, not re-run the script.
+
+    The ``roboalign`` script that colcon writes calls :func:`main` with no ``if __name__ ==
+    "__main__"`` guard, and a spawned process (the workers of ``record bulk`` and ``eval sim``)
+    runs the parent's main script again: every worker would start the whole command anew.
+    With a module spec on ``__main__``, multiprocessing imports this module instead.
+    """
+    script = sys.modules.get("__main__")
+    if script is not None and getattr(script, "__spec__", None) is None \
+            and getattr(script, "main", None) is main:
+        script.__spec__ = importlib.util.find_spec(__name__)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Dispatch ``roboalign <command> [<sub>] ...``."""
+    _let_workers_import_this_module()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)

@@ -29,3 +29,24 @@ def test_every_delegate_exists():
         assert callable(getattr(importlib.import_module(module), function)), (command, sub)
     for script in cli.SCRIPTS.values():
         assert (Path(cli.__file__).resolve().parents[1] / "scripts" / script).is_file()
+
+
+def test_workers_spawned_from_the_console_script_do_not_rerun_the_command(tmp_path):
+    """colcon's `roboalign` script has no __main__ guard; spawned workers must not re-run it."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "roboalign"   # the three lines colcon writes
+    script.write_text("import sys\nfrom roboalign_ros.cli import main\nsys.exit(main())\n")
+    out = tmp_path / "dataset"
+    proc = subprocess.run(
+        [sys.executable, str(script), "record", "bulk", "--tasks", "pick_red_cube",
+         "--episodes", "2", "--width", "64", "--height", "48", "--workers", "2", "--quiet",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "bootstrapping phase" not in proc.stderr
+    import json
+
+    assert json.loads((out / "meta" / "info.json").read_text())["total_episodes"] == 2
