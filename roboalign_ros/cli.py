@@ -28,7 +28,7 @@ NODES = ("camera_node", "eval_node", "executor_node", "policy_node", "recorder_n
 
 # subcommand -> (module, function taking argv) for commands implemented elsewhere
 DELEGATES = {
-    ("record", "sim"): ("roboalign_ros.recording.sim_demos", "main"),
+    ("record", "sim"): ("roboalign_ros.apps.record_sim", "main"),
     ("record", "bulk"): ("roboalign_ros.recording.bulk", "main"),
     ("train", "ground"): ("roboalign_ros.training.ground", "main"),
     ("train", "sft"): ("roboalign_ros.training.sft", "main"),
@@ -36,10 +36,10 @@ DELEGATES = {
     ("train", "align"): ("roboalign_ros.training.align", "main"),
     ("train", "head"): ("roboalign_ros.training.head", "main"),
     ("bench", "policy"): ("roboalign_ros.model.bench", "main"),
-    ("bench", "closed-loop"): ("roboalign_ros.demo", "bench_main"),
+    ("bench", "closed-loop"): ("roboalign_ros.apps.demo", "bench_main"),
     ("model", "tiny"): ("roboalign_ros.model.tiny", "main"),
-    ("eval", None): ("roboalign_ros.evaluation.cli", "main"),
-    ("demo", None): ("roboalign_ros.demo", "main"),
+    ("eval", None): ("roboalign_ros.apps.evaluate", "main"),
+    ("demo", None): ("roboalign_ros.apps.demo", "main"),
     ("repro", None): ("roboalign_ros.apps.repro", "main"),
 }
 SCRIPTS = {("bench", "executor"): "bench_executor.py", ("bench", "sim"): "bench_sim.py"}

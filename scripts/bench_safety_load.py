@@ -28,9 +28,9 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 
+from roboalign_ros.apps.node_processes import NodeProcesses
 from roboalign_ros.conversions import JointStateMapper, numpy_to_action_chunk, stamp_to_seconds
 from roboalign_ros.msg import ActionChunk
-from roboalign_ros.node_processes import NodeProcesses
 from roboalign_ros.nodes.common import SENSOR_QOS
 from roboalign_ros.robot import load_robot_config
 

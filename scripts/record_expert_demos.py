@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from roboalign_ros.recording import sim_demos  # noqa: E402
+from roboalign_ros.apps import record_sim  # noqa: E402
 
 DEFAULTS = ["--task", "all", "--episodes", "3", "--width", "128", "--height", "128",
             "--root", str(Path(__file__).resolve().parents[1] / "datasets" / "sim_expert")]
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         defaults = DEFAULTS[2:]
     else:
         defaults = DEFAULTS
-    return sim_demos.main(defaults + argv)
+    return record_sim.main(defaults + argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ def test_the_shipped_config_loads_and_names_known_tasks_and_stage_configs():
 
 
 @pytest.mark.parametrize("bad, field", [
-    ({"tasks": ["fly_away"]}, "tasks"), ({"episodes": 0}, "episodes"), ({"record_workers": 0}, "record_workers"),
+    ({"tasks": ["fly_away"]}, "tasks"), ({"episodes": 0}, "episodes"),
+    ({"record_workers": 0}, "record_workers"),
     ({"configurations": ["magic"]}, "configurations"), ({"overrides": {"nap": []}}, "overrides"),
 ])
 def test_bad_values_are_named(bad, field):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from roboalign_ros.apps.demo import run_closed_loop
 from roboalign_ros.control.kinematics import Kinematics
-from roboalign_ros.demo import run_closed_loop
 from roboalign_ros.robot import load_robot_config
 
 pytestmark = pytest.mark.ros

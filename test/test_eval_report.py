@@ -47,7 +47,7 @@ def test_summary_numbers():
 
 
 def test_write_report_and_cli(tmp_path, capsys):
-    from roboalign_ros.evaluation.cli import main
+    from roboalign_ros.apps.evaluate import main
 
     d = tmp_path / "demo"
     d.mkdir()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from roboalign_ros.demo import DEMO_MODEL, DEMO_TASKS
+from roboalign_ros.apps.demo import DEMO_MODEL, DEMO_TASKS
 from roboalign_ros.evaluation.headless import evaluate
 from roboalign_ros.model import VLAPolicy
 

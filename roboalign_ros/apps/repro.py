@@ -361,7 +361,7 @@ class Repro:
             return {"skipped": "graph_seeds: 0"}
         import yaml
 
-        from roboalign_ros.evaluation import cli as eval_cli
+        from roboalign_ros.apps import evaluate as eval_cli
         from roboalign_ros.evaluation.headless import eval_seeds
         from roboalign_ros.sim.tasks import TASKS
 

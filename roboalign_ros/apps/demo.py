@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from roboalign_ros.node_processes import NodeProcesses
+from roboalign_ros.apps.node_processes import NodeProcesses
 
 # What `make demo` runs: the shipped policy (models/, with its provenance) on a pick, a push
 # and a place, one held-out seed each (evaluation seeds start at 100000).

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from roboalign_ros.node_processes import NodeProcesses
+from roboalign_ros.apps.node_processes import NodeProcesses
 
 
 def run(a: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from roboalign_ros.recording.sim_demos import parse_args
+from roboalign_ros.apps.record_sim import parse_args
 
 pytestmark = pytest.mark.ros
 
@@ -19,8 +19,8 @@ def test_arguments_are_checked():
 
 @pytest.mark.slow
 def test_one_expert_episode_through_the_graph(tmp_path):
+    from roboalign_ros.apps.record_sim import main
     from roboalign_ros.data import DatasetReader
-    from roboalign_ros.recording.sim_demos import main
 
     root = tmp_path / "demos"
     assert main(["--task", "pick_red_cube", "--episodes", "1", "--width", "64", "--height",
