@@ -223,7 +223,7 @@ def action_chunk_to_numpy(msg) -> ChunkFields:
 def numpy_to_action_chunk(actions: np.ndarray, *, stamp: float, dt: float, action_space: str,
                           dimension_names, sequence: int = 0, instruction: str = "",
                           reasoning: str = "", inference_time: float = 0.0,
-                          frame_id: str = "", msg=None):
+                          frame_id: str = "", reasoning_sequence: int = 0, msg=None):
     """Build (or fill) an ``ActionChunk`` from a [horizon, action_dim] array.
 
     The same checks as :func:`action_chunk_to_numpy` apply, so a message this function returns
@@ -254,6 +254,7 @@ def numpy_to_action_chunk(actions: np.ndarray, *, stamp: float, dt: float, actio
     msg.sequence = int(sequence)
     msg.instruction = instruction
     msg.reasoning = reasoning
+    msg.reasoning_sequence = int(reasoning_sequence)
     msg.action_space = action_space
     msg.dimension_names = names
     msg.horizon, msg.action_dim = int(horizon), int(action_dim)

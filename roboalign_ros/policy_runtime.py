@@ -13,10 +13,16 @@ so oversized inputs are refused before they reach the model, and the refusal (no
 symptom such as a stale image) is the reason the gate gives. A chunk whose observation has grown
 older than ``max_image_age`` during inference, or whose instruction was replaced meanwhile, is
 dropped instead of published.
+
+Reasoning runs apart from the action path (the dual-rate design of Helix, GR00T and Hi Robot):
+a :class:`ReasoningWorker` generates on its own thread, on the newest observation the action
+path accepted, at its own rate and at once on a new instruction; the action path conditions
+each chunk on the newest *finished* reasoning and never waits for one in progress.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -166,6 +172,135 @@ class Decision:
     # a chunk dropped for its age: the output anyway, for its reasoning (a slow reasoning call
     # is the usual reason, and the text still describes the instruction in force)
     late_output: object | None = None
+    # the finished reasoning the output was conditioned on (with a ReasoningWorker)
+    reasoning: ReasoningResult | None = None
+
+
+@dataclass(frozen=True)
+class ReasoningResult:
+    """One finished generation of a :class:`ReasoningWorker`.
+
+    ``sequence`` counts the worker's generations from 1; ``stamp`` is the time of the
+    observation it was generated from; ``reasoning`` is what ``reason`` returned (a
+    ``model.Reasoning``), None with ``error``.
+    """
+
+    sequence: int
+    stamp: float
+    instruction: str
+    reasoning: object | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+
+class ReasoningWorker:
+    """Generates reasoning on its own thread, off the action path.
+
+    ``reason(observation)`` is the slow generation; ``make_observation(snapshot)`` adapts a
+    snapshot. The action path hands every observation it accepts to :meth:`offer` (constant
+    time); the worker generates on the newest one when ``period`` seconds have passed since
+    its last start, and at once when the instruction changes. :meth:`latest` returns the newest
+    finished result for an instruction and never blocks. ``on_result`` receives every result
+    (from the worker thread). On CPU the thread lowers its own scheduling priority, so the
+    action path keeps the cores when both want them.
+    """
+
+    def __init__(self, reason: Callable, make_observation: Callable[[Snapshot], object],
+                 on_result: Callable[[ReasoningResult], None] | None = None,
+                 period: float = 1.0, nice: int = 10):
+        if not period >= 0:
+            raise ValueError(f"reasoning period: must be >= 0 s, got {period!r}")
+        self._reason, self._make_observation = reason, make_observation
+        self._on_result = on_result or (lambda result: None)
+        self.period, self.nice = period, nice
+        self._lock = threading.Lock()
+        self._offered: Snapshot | None = None
+        self._latest: ReasoningResult | None = None
+        self._started_for: str | None = None   # instruction of the last generation started
+        self._last_start = -np.inf
+        self._sequence = 0
+        self._busy_since: float | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def offer(self, snap: Snapshot) -> None:
+        """The newest observation the action path accepted (kept; the newest one wins)."""
+        with self._lock:
+            self._offered = snap
+        self._wake.set()
+
+    def latest(self, instruction: str) -> ReasoningResult | None:
+        """The newest finished reasoning for ``instruction`` (None: none yet). Never blocks."""
+        with self._lock:
+            r = self._latest
+        return r if r is not None and r.reasoning is not None and \
+            r.instruction == instruction else None
+
+    def busy_for(self) -> float:
+        """Seconds the running generation has taken so far (0 when idle)."""
+        since = self._busy_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _due(self) -> Snapshot | None:
+        with self._lock:
+            snap = self._offered
+            if snap is None:
+                return None
+            new_task = snap.instruction != self._started_for
+            if not new_task and time.monotonic() - self._last_start < self.period:
+                return None
+            self._offered = None
+            return snap
+
+    def step(self) -> ReasoningResult | None:
+        """One generation if one is due (what the thread runs; callable directly in tests)."""
+        snap = self._due()
+        if snap is None:
+            return None
+        self._started_for, self._last_start = snap.instruction, time.monotonic()
+        self._busy_since = time.monotonic()
+        try:
+            reasoning, error = self._reason(self._make_observation(snap)), None
+        except Exception as exc:  # a failing generation must not stop the action path
+            reasoning, error = None, f"{type(exc).__name__}: {exc}"
+        finally:
+            seconds = time.monotonic() - self._busy_since
+            self._busy_since = None
+        with self._lock:
+            self._sequence += 1
+            result = ReasoningResult(self._sequence, snap.image_stamp, snap.instruction,
+                                     reasoning, seconds, error)
+            if reasoning is not None:
+                self._latest = result
+        self._on_result(result)
+        return result
+
+    def start(self) -> None:
+        """Start the reasoning thread."""
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="reasoning_worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current generation."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        if self.nice:
+            try:  # this thread only (Linux: a thread's nice value is its own)
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), self.nice)
+            except (AttributeError, OSError):
+                pass
+        while not self._stop.is_set():
+            self._wake.wait(timeout=0.1 if self.period == 0 else min(self.period, 0.1))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            self.step()
 
 
 class PolicyWorker:
@@ -179,14 +314,20 @@ class PolicyWorker:
     real one, not the inference delay. Inputs are bounded by ``limits``: instructions by
     characters here and by tokens (``count_tokens``, in the worker thread) before inference;
     the node refuses images by their header through :meth:`refuse`.
+
+    With a ``reasoner``, every accepted observation is offered to it and ``predict`` is called
+    as ``predict(observation, reasoning)`` with its newest finished result's ``reasoning``
+    (None: none yet for this instruction); the decision records that result.
     """
 
     def __init__(self, predict: Callable, make_observation: Callable[[Snapshot], object],
                  gate: ObservationGate, on_decision: Callable[[Decision], None],
                  clock: Callable[[], float], min_period: float = 0.0,
                  state_history: int = 256, limits: InputLimits | None = None,
-                 count_tokens: Callable[[str], int] | None = None):
+                 count_tokens: Callable[[str], int] | None = None,
+                 reasoner: ReasoningWorker | None = None):
         self._predict, self._make_observation = predict, make_observation
+        self.reasoner = reasoner
         self.gate, self._on_decision, self._clock = gate, on_decision, clock
         self.min_period = min_period
         self.limits = limits or InputLimits()
@@ -296,9 +437,15 @@ class PolicyWorker:
         if reason is not None:
             return Decision(snap, blocked=reason)
         age = now - snap.image_stamp
+        conditioned = None
+        if self.reasoner is not None:
+            self.reasoner.offer(snap)
+            conditioned = self.reasoner.latest(snap.instruction)
         self._busy_since = time.monotonic()
         try:
-            output = self._predict(self._make_observation(snap))
+            obs = self._make_observation(snap)
+            output = self._predict(obs) if self.reasoner is None else \
+                self._predict(obs, conditioned.reasoning if conditioned else None)
         except Exception as exc:  # a failing model must not kill the node: report it
             return Decision(snap, error=f"{type(exc).__name__}: {exc}", observation_age=age)
         finally:
@@ -315,7 +462,7 @@ class PolicyWorker:
         if instruction != snap.instruction:
             return Decision(snap, blocked="chunk dropped: the instruction changed during "
                             "inference", observation_age=age, dropped=True)
-        return Decision(snap, output=output, observation_age=age)
+        return Decision(snap, output=output, observation_age=age, reasoning=conditioned)
 
     def _run(self) -> None:
         last = -np.inf

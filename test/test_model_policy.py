@@ -102,6 +102,50 @@ def test_head_context_none_keeps_generated_text_out_of_the_action_path(monkeypat
         VLAConfig(head_context="text")
 
 
+def test_act_on_a_reasoning_gives_what_predict_gives_and_never_generates(monkeypatch):
+    pol = build_tiny_policy(reasoning_every=1, max_new_tokens=6)
+    obs = make_obs()
+    serial = pol.predict(obs, seed=3)
+    thought = pol.reason(obs)
+    assert thought.instruction == obs.instruction and thought.seconds > 0
+    assert thought.text == serial.generated_text
+    monkeypatch.setattr(pol, "generate", lambda *a, **k: pytest.fail("act generated"))
+    out = pol.act(obs, thought, seed=3)
+    np.testing.assert_array_equal(out.chunk, serial.chunk)   # head_context: reasoning
+    assert out.reasoning == serial.reasoning and not out.reasoning_fresh
+    blind = pol.act(obs, None, seed=3)                        # no reasoning finished yet
+    assert blind.reasoning is None and blind.generated_text is None
+    assert blind.chunk.shape == serial.chunk.shape
+
+
+def test_features_stop_early_only_for_their_own_thread_while_another_generates():
+    """The feature pass's early exit (a forward hook) must not cut a generation on another
+    thread short: the reasoning and action paths share the model."""
+    import threading
+
+    pol = build_tiny_policy(reasoning_every=1, max_new_tokens=24)
+    obs = make_obs()
+    texts_alone = pol.reason(obs).text
+    chunk_alone = pol.act(obs, None, seed=1).chunk
+    texts, errors = [], []
+
+    def think():
+        try:
+            for _ in range(3):
+                texts.append(pol.reason(obs).text)
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            errors.append(exc)
+
+    thread = threading.Thread(target=think)
+    thread.start()
+    chunks = []
+    while thread.is_alive():
+        chunks.append(pol.act(obs, None, seed=1).chunk)
+    thread.join()
+    assert not errors and texts == [texts_alone] * 3
+    assert chunks and all(np.allclose(c, chunk_alone, atol=1e-5) for c in chunks)
+
+
 def test_token_action_source():
     pol = build_tiny_policy(max_new_tokens=4)
     pol.config.action_source = "tokens"

@@ -10,6 +10,7 @@ from roboalign_ros.policy_runtime import (
     GateLimits,
     ObservationGate,
     PolicyWorker,
+    ReasoningWorker,
     Snapshot,
     load_policy,
 )
@@ -241,3 +242,100 @@ def test_a_running_inference_is_visible_while_it_runs():
         release.set()
         thread.join(5)
     assert worker.busy_for() == 0.0
+
+
+# ---------------------------------------------------------------- dual rate: reasoning apart
+
+
+def dual_rate(reason, period=0.0):
+    """An action worker whose predict returns (instruction, reasoning) and its reasoner."""
+    results, decisions = [], []
+    reasoner = ReasoningWorker(reason, lambda snap: snap, results.append, period=period)
+    worker = PolicyWorker(lambda obs, reasoning: (obs.instruction, reasoning),
+                          lambda snap: snap, gate(), decisions.append, Clock(1.0),
+                          reasoner=reasoner)
+    worker.update_state(STATE, 1.0)
+    worker.update_image(IMAGE, 1.0)
+    worker.set_instruction("pick up the red cube")
+    return worker, reasoner, results
+
+
+def test_the_action_path_never_waits_for_a_reasoning_in_progress():
+    release, started = threading.Event(), threading.Event()
+
+    def slow_reason(obs):
+        started.set()
+        release.wait(10)
+        return f"thought about {obs.instruction}"
+
+    worker, reasoner, results = dual_rate(slow_reason)
+    thinking = threading.Thread(target=lambda: worker.step() and reasoner.step())
+    thinking.start()
+    try:
+        assert started.wait(5)
+        t0 = time.monotonic()
+        decisions = [worker.step() for _ in range(20)]   # while the generation is stuck
+        assert time.monotonic() - t0 < 1.0
+        assert reasoner.busy_for() > 0
+        assert all(d.output == ("pick up the red cube", None) for d in decisions)
+        assert all(d.reasoning is None for d in decisions)
+    finally:
+        release.set()
+        thinking.join(5)
+    assert [r.sequence for r in results] == [1] and results[0].stamp == 1.0
+    decision = worker.step()   # now conditioned on the finished reasoning, and says which
+    assert decision.output == ("pick up the red cube", "thought about pick up the red cube")
+    assert decision.reasoning.sequence == 1
+
+
+def test_a_new_instruction_is_reasoned_at_once_and_old_reasoning_is_not_used_for_it():
+    worker, reasoner, results = dual_rate(lambda obs: f"about {obs.instruction}", period=60.0)
+    worker.step()
+    assert reasoner.step().sequence == 1
+    worker.step()
+    assert reasoner.step() is None          # the period has not passed: nothing due
+    worker.set_instruction("push the green block to the left")
+    decision = worker.step()
+    assert decision.output == ("push the green block to the left", None)  # not the old task's
+    result = reasoner.step()                # due at once despite the 60 s period
+    assert result.sequence == 2 and result.reasoning == "about push the green block to the left"
+    assert worker.step().reasoning.sequence == 2
+
+
+def test_a_failing_generation_is_reported_and_keeps_the_last_good_one():
+    calls = []
+
+    def flaky(obs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return f"thought {len(calls)}"
+
+    worker, reasoner, results = dual_rate(flaky)
+    for _ in range(3):
+        worker.step()
+        reasoner.step()
+    assert [r.error for r in results] == [None, "RuntimeError: out of memory", None]
+    assert worker.step().reasoning.reasoning == "thought 3"
+    with pytest.raises(ValueError, match="period"):
+        ReasoningWorker(flaky, lambda s: s, period=-1)
+
+
+def test_the_reasoning_thread_runs_at_its_own_rate_next_to_a_fast_action_path():
+    def reason(obs):
+        time.sleep(0.3)
+        return "slow thought"
+
+    worker, reasoner, results = dual_rate(reason, period=0.0)
+    reasoner.start()
+    try:
+        t0, decisions = time.monotonic(), []
+        while time.monotonic() - t0 < 1.5:
+            decisions.append(worker.step())
+            time.sleep(0.01)
+    finally:
+        reasoner.stop()
+    assert len(decisions) > 50                     # the action path ran at its own rate
+    assert 2 <= len(results) <= 6                  # the reasoning at ~1 / 0.3 s
+    used = {d.reasoning.sequence for d in decisions if d.reasoning is not None}
+    assert used and used <= {r.sequence for r in results}

@@ -74,11 +74,10 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
     from rclpy.node import Node
     from rich.console import Console
     from sensor_msgs.msg import JointState
-    from std_msgs.msg import String
     from trajectory_msgs.msg import JointTrajectory
 
     from roboalign_ros.conversions import JointStateMapper, action_chunk_to_numpy
-    from roboalign_ros.msg import ActionChunk, PolicyStatus, TaskStatus
+    from roboalign_ros.msg import ActionChunk, PolicyStatus, Reasoning, TaskStatus
     from roboalign_ros.nodes.common import SENSOR_QOS
     from roboalign_ros.robot import load_robot_config
 
@@ -129,13 +128,14 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
             stats.command_durations.append(d.sec + d.nanosec * 1e-9)
 
     def on_reasoning(msg):
-        stats.reasoning = msg.data
+        stats.reasoning = msg.text
         from rich.markup import escape
 
         # legible text, one line per ReFineVLA section; the repr only for unprintable noise
-        printable = msg.data.replace("\n", "").isprintable()
-        text = msg.data[:400] if printable else repr(msg.data[:160])
-        console.print(f"[magenta]reasoning[/] {escape(text)}")
+        printable = msg.text.replace("\n", "").isprintable()
+        text = msg.text[:400] if printable else repr(msg.text[:160])
+        took = msg.generation_time.sec + msg.generation_time.nanosec * 1e-9
+        console.print(f"[magenta]reasoning #{msg.sequence}[/] ({took:.1f} s) {escape(text)}")
 
     def on_status(msg):
         text = f"{state_names.get(msg.state, msg.state)}: {msg.message}"
@@ -153,7 +153,7 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
     node.create_subscription(ActionChunk, "/roboalign/action_chunk", on_chunk, 10)
     node.create_subscription(JointState, "/joint_states", on_joint_state, SENSOR_QOS)
     node.create_subscription(JointTrajectory, robot.trajectory_topic, on_command, 50)
-    node.create_subscription(String, "/roboalign/reasoning", on_reasoning, 10)
+    node.create_subscription(Reasoning, "/roboalign/reasoning", on_reasoning, 10)
     node.create_subscription(PolicyStatus, "/roboalign/status", on_status, 10)
     node.create_subscription(TaskStatus, "/roboalign/task_status", on_task, 10)
     executor = SingleThreadedExecutor()

@@ -15,14 +15,14 @@ from .action_tokenizer import (
 from .config import BackboneNotFoundError, CheckpointError, HeadConfig, VLAConfig
 from .head import FlowMatchingHead
 from .normalization import Normalizer, Stats
-from .policy import Observation, PolicyOutput, VLAPolicy
+from .policy import Observation, PolicyOutput, Reasoning, VLAPolicy
 from .reasoning import ParsedGeneration, format_target, parse_generation
 from .tiny import build_tiny_policy, write_tiny_policy
 
 __all__ = [
     "ActionTokenizer", "BackboneNotFoundError", "BinningActionTokenizer", "CheckpointError",
     "DecodeResult", "FastActionTokenizer", "FlowMatchingHead", "HeadConfig", "Normalizer",
-    "Observation", "ParsedGeneration", "PolicyOutput", "Stats", "VLAConfig", "VLAPolicy",
-    "build_tiny_policy", "format_target", "load_action_tokenizer", "parse_generation",
+    "Observation", "ParsedGeneration", "PolicyOutput", "Reasoning", "Stats", "VLAConfig",
+    "VLAPolicy", "build_tiny_policy", "format_target", "load_action_tokenizer", "parse_generation",
     "write_tiny_policy",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -175,8 +176,13 @@ def layer_hidden_states(model, inputs: dict, layer: int) -> torch.Tensor:
         out = model(**inputs, output_hidden_states=True, use_cache=False)
         return out.hidden_states[layer]
 
+    caller = threading.get_ident()
+
     def hook(_module, _args, output):
-        raise _EarlyExit(output[0] if isinstance(output, tuple) else output)
+        # only this call stops early: a generation on another thread (the reasoning path)
+        # runs the same module at the same time
+        if threading.get_ident() == caller:
+            raise _EarlyExit(output[0] if isinstance(output, tuple) else output)
 
     handle = layers[layer - 1].register_forward_hook(hook)
     try:

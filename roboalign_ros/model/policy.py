@@ -1,6 +1,9 @@
 """The VLA policy: backbone + action tokenizer + reasoning format + flow-matching head.
 
-Inference: ``VLAPolicy.from_pretrained(dir).predict(Observation(...)) -> PolicyOutput``.
+Inference: ``VLAPolicy.from_pretrained(dir).predict(Observation(...)) -> PolicyOutput``, or
+the two paths separately, as a robot serves them (``policy_runtime``): ``reason(obs) ->
+Reasoning`` (generation, slow) and ``act(obs, reasoning) -> PolicyOutput`` (features + head,
+never generating).
 
 What training uses (all documented on the methods):
 
@@ -60,6 +63,21 @@ class Observation:
     instruction: str
 
 
+@dataclass(frozen=True)
+class Reasoning:
+    """One finished generation: the reasoning (and FAST tokens) an action may condition on."""
+
+    parsed: ParsedGeneration
+    text: str               # generated text, from ``<think>``
+    instruction: str        # the instruction it was generated for
+    seconds: float = 0.0    # generation time (preprocessing included)
+
+    @property
+    def reasoning(self) -> str | None:
+        """The reasoning text (the four sections), None if the generation had none."""
+        return self.parsed.reasoning
+
+
 @dataclass
 class PolicyOutput:
     """One policy output.
@@ -102,7 +120,7 @@ class VLAPolicy:
              + [a.content for a in self.tokenizer.added_tokens_decoder.values()]
              if t.startswith("<|")}, key=len, reverse=True)
         self._calls = 0
-        self._cache: tuple[str, ParsedGeneration, str] | None = None  # instruction, parse, text
+        self._cache: Reasoning | None = None  # the newest generation of predict()
         if config.head.keypoints > 0:
             self.head.set_token_grid(self.token_grid())
         if self.device.type == "cuda" and config.compile_head:
@@ -406,13 +424,58 @@ class VLAPolicy:
         """Forget the cached reasoning and the call counter (e.g. at a new episode)."""
         self._calls, self._cache = 0, None
 
+    def reasoning_due(self, instruction: str) -> bool:
+        """Whether :meth:`predict` generates on its next call.
+
+        Every ``reasoning_every`` calls, and whenever the instruction changes.
+        """
+        n = self.config.reasoning_every
+        return bool(n) and (self._calls % n == 0 or self._cache is None
+                            or self._cache.instruction != instruction)
+
     @torch.no_grad()
     def predict(self, observation: Observation, seed: int | None = None) -> PolicyOutput:
-        """Run the policy on one observation.
+        """Run the policy on one observation: :meth:`reason` when due, then :meth:`act`.
 
         Reasoning is generated on calls ``0, N, 2N, ...`` (``config.reasoning_every = N``) or
         when the instruction changes, and reused in between; 0 disables it. ``seed`` makes the
         head's noise (and thus the chunk) reproducible; otherwise the policy's generator runs on.
+        The action path waits for the generation here; a robot serves the two apart
+        (``policy_runtime.ReasoningWorker``).
+        """
+        t_start = time.perf_counter()
+        self.check_observation(observation)
+        fresh = self.reasoning_due(observation.instruction)
+        if fresh:
+            self._cache = self.reason(observation)
+        self._calls += 1
+        out = self.act(observation, self._cache if self.config.reasoning_every else None, seed,
+                       fresh=fresh)
+        out.timings["total"] = time.perf_counter() - t_start
+        return out
+
+    @torch.no_grad()
+    def reason(self, observation: Observation) -> Reasoning:
+        """Generate the reasoning and the FAST action tokens for ``observation`` (the slow path).
+
+        Safe to call from another thread while :meth:`act` runs: neither changes the model.
+        """
+        self.check_observation(observation)
+        t0 = time.perf_counter()
+        parsed, text = self.generate(self.encode_observation(observation))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return Reasoning(parsed, text, observation.instruction, time.perf_counter() - t0)
+
+    @torch.no_grad()
+    def act(self, observation: Observation, reasoning: Reasoning | None = None,
+            seed: int | None = None, fresh: bool = False) -> PolicyOutput:
+        """The action path: a chunk for ``observation``, conditioned on ``reasoning``.
+
+        It never generates. ``reasoning``: the newest finished one (None: none yet, or
+        reasoning off); the head reads its text when ``config.head_context`` is "reasoning",
+        and ``action_source: tokens`` decodes its FAST tokens (with None: an empty chunk's
+        problems). ``fresh`` marks the output's reasoning as generated for this call.
         """
         cfg, timings = self.config, {}
         t_start = time.perf_counter()
@@ -426,18 +489,10 @@ class VLAPolicy:
             timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
         self.check_observation(observation)
-        fresh = False
-        due = cfg.reasoning_every and (self._calls % cfg.reasoning_every == 0 or self._cache is
-                                       None or self._cache[0] != observation.instruction)
-        if due:
-            with timed("preprocess"):
-                gen_inputs = self.encode_observation(observation)
-            with timed("generate"):
-                parsed, text = self.generate(gen_inputs)
-            self._cache, fresh = (observation.instruction, parsed, text), True
-        self._calls += 1
-        parsed, text = (self._cache[1], self._cache[2]) if cfg.reasoning_every else (None, None)
-        reasoning = parsed.reasoning if parsed else None
+        parsed = reasoning.parsed if reasoning is not None else None
+        if fresh and reasoning is not None:
+            timings["generate"] = reasoning.seconds
+        text = reasoning.reasoning if reasoning is not None else None
         problems = list(parsed.problems) if parsed and fresh else []
 
         if cfg.action_source == "tokens":
@@ -446,7 +501,7 @@ class VLAPolicy:
                 chunk_n, problems = result.chunk, problems + result.problems
         else:
             with timed("preprocess"):
-                context = reasoning if cfg.head_context == "reasoning" else None
+                context = text if cfg.head_context == "reasoning" else None
                 inputs = self.encode_observation(observation, self.feature_suffix(context))
             with timed("features"):
                 features, mask = self.backbone_features(inputs)
@@ -466,8 +521,8 @@ class VLAPolicy:
         chunk = self.normalizer.unnormalize("action", chunk_n).astype(np.float32)
         if not np.all(np.isfinite(chunk)):
             problems.append("chunk has non-finite values")
-        timings["total"] = time.perf_counter() - t_start
-        return PolicyOutput(chunk=chunk, reasoning=reasoning,
+        timings["total"] = time.perf_counter() - t_start + timings.get("generate", 0.0)
+        return PolicyOutput(chunk=chunk, reasoning=text,
                             action_tokens=list(parsed.action_tokens) if parsed else [],
                             problems=problems, timings=timings, reasoning_fresh=fresh,
-                            generated_text=text)
+                            generated_text=reasoning.text if reasoning is not None else None)

@@ -1,9 +1,16 @@
 """policy_node: camera + joint states + instruction in, ActionChunks and reasoning out.
 
 Wiring: image / joint-state / instruction callbacks only store the newest sample in a
-:class:`~roboalign_ros.policy_runtime.PolicyWorker`; the worker thread runs the VLA and this
-node publishes each chunk stamped with the observation time it used, the reasoning when it is
-fresh, a PolicyStatus per decision (with the reason when it refuses to act) and diagnostics.
+:class:`~roboalign_ros.policy_runtime.PolicyWorker`; the worker thread runs the action path
+(features + head) and this node publishes each chunk stamped with the observation time it
+used, a PolicyStatus per decision (with the reason when it refuses to act) and diagnostics.
+Reasoning (``reasoning_mode: async``, the default) is generated on its own thread by a
+:class:`~roboalign_ros.policy_runtime.ReasoningWorker`, every ``reasoning_period`` seconds and
+at once on a new instruction; each chunk is conditioned on the newest finished reasoning
+(``ActionChunk.reasoning_sequence``) and never waits for one in progress. ``inline`` generates
+inside the action path every ``reasoning_every`` chunks (as ``VLAPolicy.predict`` and the
+headless evaluator do); ``action_source: tokens`` models always run inline. Every reasoning is
+published as a ``roboalign_ros/Reasoning`` stamped with its observation's time.
 The model loads in the background so the node is up (status LOADING) at once. Inputs beyond
 the ``max_instruction_*`` / ``max_image_*`` bounds are refused before the model sees them, and
 the refusal is what the status and /diagnostics report.
@@ -28,7 +35,7 @@ from roboalign_ros.conversions import (
     seconds_to_stamp,
     stamp_to_seconds,
 )
-from roboalign_ros.msg import ActionChunk, PolicyStatus
+from roboalign_ros.msg import ActionChunk, PolicyStatus, Reasoning
 from roboalign_ros.nodes.common import (
     COMMAND_QOS,
     ERROR,
@@ -48,6 +55,8 @@ from roboalign_ros.policy_runtime import (
     InputLimits,
     ObservationGate,
     PolicyWorker,
+    ReasoningResult,
+    ReasoningWorker,
     Snapshot,
     image_problem,
     load_policy,
@@ -74,11 +83,14 @@ PARAMETERS = {
     "max_image_height": 1080,
     "max_image_bytes": 1920 * 1080 * 4,
     "max_rate": 0.0,  # Hz; 0 = as fast as the model goes
-    "reasoning_every": -1,  # -1: the checkpoint's setting; 0: off; N: every N chunks
+    "reasoning_every": -1,  # -1: the checkpoint's setting; 0: off; N > 0: on (inline: every N)
+    "reasoning_mode": "async",  # async: own thread, never stalls the arm | inline: in predict
+    "reasoning_period": 1.0,  # s between generations in async mode (0: back to back)
     "torch_threads": 0,  # CPU inference threads; 0 = torch's default
     "sensor_reliability": "reliable",  # camera/joint-state QoS: reliable | best_effort
 }
 
+REASONING_MODES = ("async", "inline")
 _RGB_FROM = {"rgb8": lambda a: a, "bgr8": lambda a: a[..., ::-1],
              "rgba8": lambda a: a[..., :3]}
 _LIMITS = ("max_instruction_chars", "max_instruction_tokens", "max_image_width",
@@ -97,11 +109,19 @@ class PolicyNode(Node):
         self.limits = InputLimits(**{name: p[name] for name in _LIMITS})
         self.state_of = JointStateMapper(self.robot)
         self.chunk_pub = self.create_publisher(ActionChunk, p["chunk_topic"], 10)
-        self.reasoning_pub = self.create_publisher(String, p["reasoning_topic"], 10)
+        if p["reasoning_mode"] not in REASONING_MODES:
+            raise ValueError(f"reasoning_mode: {p['reasoning_mode']!r}; one of {REASONING_MODES}")
+        if not p["reasoning_period"] >= 0:
+            raise ValueError(f"reasoning_period: must be >= 0 s, got {p['reasoning_period']}")
+        self.reasoning_pub = self.create_publisher(Reasoning, p["reasoning_topic"], 10)
         self.status_pub = self.create_publisher(PolicyStatus, p["status_topic"], 10)
         self.diagnostics = Diagnostics(self, "policy_node: inference")
         self.policy = None
         self.worker: PolicyWorker | None = None
+        self.reasoner: ReasoningWorker | None = None
+        self.reasoning_sequence = 0  # of the newest reasoning published
+        self.chunk_reasoning = 0     # reasoning_sequence of the last chunk published
+        self.reasoning_times: deque[float] = deque(maxlen=20)
         self.state, self.message = PolicyStatus.STATE_LOADING, f"loading {p['model_path']}"
         self.sequence = self.published = self.rejected = self.dropped = 0
         self.latencies: deque[float] = deque(maxlen=100)
@@ -138,18 +158,38 @@ class PolicyNode(Node):
             self.get_logger().error(f"model failed to load: {exc}")
             return
         self.gate.needs_state = bool(cfg.state_dim)  # a model without proprioception
-        self.worker = PolicyWorker(self.policy.predict, self._observation, self.gate,
+        self.mode = self._reasoning_mode()
+        predict = self.policy.predict
+        if self.mode == "async":
+            self.reasoner = ReasoningWorker(self.policy.reason, self._observation,
+                                            self.on_reasoning, p["reasoning_period"])
+            predict = self.policy.act
+        self.worker = PolicyWorker(predict, self._observation, self.gate,
                                    self.on_decision, lambda: now_seconds(self),
                                    1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0,
                                    limits=self.limits,
-                                   count_tokens=tokenizer_counter(self.policy.tokenizer))
+                                   count_tokens=tokenizer_counter(self.policy.tokenizer),
+                                   reasoner=self.reasoner)
         self._instruct(self._pending_instruction)
+        if self.reasoner is not None:
+            self.reasoner.start()
         self.worker.start()
         self._set_state(PolicyStatus.STATE_WAITING, "model ready")
+        when = {"off": "off", "inline": f"inline every {cfg.reasoning_every} chunks",
+                "async": f"on its own thread every {p['reasoning_period']} s"}[self.mode]
         self.get_logger().info(
             f"policy ready in {time.perf_counter() - t0:.1f} s on {self.policy.device}: "
             f"{cfg.action_space} chunks {cfg.horizon}x{cfg.action_dim} @ dt {cfg.dt} s, "
-            f"reasoning every {cfg.reasoning_every or 'never'}")
+            f"reasoning {when}")
+
+    def _reasoning_mode(self) -> str:
+        """The reasoning mode (off, inline or async), from the parameters and the checkpoint."""
+        cfg = self.policy.config
+        if cfg.action_source == "tokens":
+            return "inline"  # the actions are the generation's: its rate is the chunk rate
+        if not cfg.reasoning_every:
+            return "off"
+        return self.p["reasoning_mode"]
 
     # ------------------------------------------------------------------ inputs (never block)
 
@@ -205,10 +245,34 @@ class PolicyNode(Node):
 
     # ------------------------------------------------------------------ outputs
 
-    def _publish_reasoning(self, out) -> None:
-        """The reasoning of ``out`` on the reasoning topic, if this call generated it."""
-        if out.reasoning_fresh and out.reasoning:
-            self.reasoning_pub.publish(String(data=out.reasoning))
+    def _publish_reasoning(self, sequence: int, text: str, stamp: float, instruction: str,
+                           seconds: float) -> None:
+        """One new reasoning on the reasoning topic (chunks name it by ``sequence``)."""
+        self.reasoning_sequence = sequence
+        msg = Reasoning(sequence=sequence, instruction=instruction, text=text or "")
+        seconds_to_stamp(stamp, msg.header.stamp)
+        msg.header.frame_id = self.robot.base_frame
+        msg.generation_time.sec = int(seconds)
+        msg.generation_time.nanosec = int((seconds - int(seconds)) * 1e9)
+        self.reasoning_pub.publish(msg)
+        self.reasoning_times.append(seconds)
+
+    def _publish_inline_reasoning(self, decision: Decision, out) -> None:
+        """Inline mode: the reasoning of ``out`` if this call generated it."""
+        if out.reasoning_fresh:
+            self._publish_reasoning(self.reasoning_sequence + 1, out.reasoning,
+                                    decision.snapshot.image_stamp,
+                                    decision.snapshot.instruction,
+                                    out.timings.get("generate", 0.0))
+
+    def on_reasoning(self, result: ReasoningResult) -> None:
+        """Async mode: publish each finished reasoning (called from the reasoning thread)."""
+        if result.error:
+            self.get_logger().error(f"reasoning failed: {result.error}",
+                                    throttle_duration_sec=2.0)
+            return
+        self._publish_reasoning(result.sequence, result.reasoning.reasoning, result.stamp,
+                                result.instruction, result.seconds)
 
     def on_decision(self, decision: Decision) -> None:
         """Publish a chunk (+ reasoning) or say why the policy did not act."""
@@ -216,7 +280,7 @@ class PolicyNode(Node):
             self.dropped += 1
             self.get_logger().warning(decision.blocked, throttle_duration_sec=2.0)
             if decision.late_output is not None:
-                self._publish_reasoning(decision.late_output)
+                self._publish_inline_reasoning(decision, decision.late_output)
         if decision.blocked:
             self.rejected += decision.snapshot.image is not None
             self._set_state(PolicyStatus.STATE_BLOCKED, decision.blocked)
@@ -229,14 +293,21 @@ class PolicyNode(Node):
         out, snap, cfg = decision.output, decision.snapshot, self.policy.config
         self.sequence += 1
         latency = out.timings.get("total", 0.0)
+        if self.mode == "inline":
+            self._publish_inline_reasoning(decision, out)
+            conditioned = self.reasoning_sequence if out.generated_text is not None else 0
+        else:  # async: the reasoning worker's result the chunk was conditioned on
+            conditioned = decision.reasoning.sequence if decision.reasoning is not None else 0
+        new = conditioned != self.chunk_reasoning
+        self.chunk_reasoning = conditioned
         msg = numpy_to_action_chunk(
             out.chunk, stamp=snap.image_stamp, dt=cfg.dt, action_space=cfg.action_space,
             dimension_names=cfg.dimension_names, sequence=self.sequence,
             instruction=snap.instruction,
-            reasoning=(out.reasoning or "") if out.reasoning_fresh else "",
-            inference_time=latency, frame_id=self.robot.base_frame)
+            reasoning=(out.reasoning or "") if new and conditioned else "",
+            inference_time=latency, frame_id=self.robot.base_frame,
+            reasoning_sequence=conditioned)
         self.chunk_pub.publish(msg)
-        self._publish_reasoning(out)
         self.published += 1
         self.latencies.append(latency)
         self.publish_times.append(time.monotonic())
@@ -267,7 +338,12 @@ class PolicyNode(Node):
         values = {"state": self.state, "message": self.message,
                   "chunks_published": self.published, "observations_rejected": self.rejected,
                   "chunks_dropped": self.dropped, "inference_running_s": busy,
-                  "chunk_rate_hz": self._rate(), "observation_age_s": float(self.last_age)}
+                  "chunk_rate_hz": self._rate(), "observation_age_s": float(self.last_age),
+                  "reasoning_mode": getattr(self, "mode", "loading"),
+                  "reasonings_published": self.reasoning_sequence,
+                  "reasoning_running_s": self.reasoner.busy_for() if self.reasoner else 0.0}
+        if self.reasoning_times:
+            values["reasoning_p50_ms"] = float(np.percentile(self.reasoning_times, 50) * 1e3)
         if lat.size:
             values.update(latency_p50_ms=float(np.percentile(lat, 50)),
                           latency_p90_ms=float(np.percentile(lat, 90)))
@@ -281,9 +357,11 @@ class PolicyNode(Node):
         self.diagnostics.publish(level, message, values)
 
     def close(self) -> None:
-        """Stop the worker thread."""
+        """Stop the worker threads."""
         if self.worker is not None:
             self.worker.stop()
+        if self.reasoner is not None:
+            self.reasoner.stop()
 
 
 def main(args=None) -> int:
