@@ -267,13 +267,15 @@ class ReasoningWorker:
         finally:
             seconds = time.monotonic() - self._busy_since
             self._busy_since = None
-        with self._lock:
-            self._sequence += 1
-            result = ReasoningResult(self._sequence, snap.image_stamp, snap.instruction,
-                                     reasoning, seconds, error)
+        self._sequence += 1
+        result = ReasoningResult(self._sequence, snap.image_stamp, snap.instruction,
+                                 reasoning, seconds, error)
+        try:
+            self._on_result(result)  # published before any chunk may name it
+        finally:
             if reasoning is not None:
-                self._latest = result
-        self._on_result(result)
+                with self._lock:
+                    self._latest = result
         return result
 
     def start(self) -> None:

@@ -88,22 +88,24 @@ def build_tiny_tokenizer(vocab_size: int = 512,
 
 
 def build_processor(tokenizer, image_size: tuple[int, int] = (112, 112)):
-    """Qwen2-VL image processor (pixel budget fitted to ``image_size``) + tokenizer + template."""
+    """Qwen2-VL image processor (pixel budget fitted to ``image_size``) + tokenizer + template.
+
+    Always the image-only processor: the stock one needs a video processor, which transformers
+    5 builds only with torchvision (and a machine with torchvision got "Received a NoneType for
+    argument video_processor"). With torchvision the image processor is transformers' default
+    (torch) backend, else the PIL one.
+    """
     if importlib.util.find_spec("torchvision") is not None:
-        from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-
-        image_cls, proc_cls = Qwen2VLImageProcessor, Qwen2_5_VLProcessor
-    else:  # transformers 5 needs torchvision for the fast image and the video processors
+        from transformers import Qwen2VLImageProcessor as image_cls
+    else:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
-            Qwen2VLImageProcessorPil,
+            Qwen2VLImageProcessorPil as image_cls,
         )
-
-        image_cls, proc_cls = Qwen2VLImageProcessorPil, ImageOnlyQwenVLProcessor
     pixels = image_size[0] * image_size[1]
     image_processor = image_cls(min_pixels=min(pixels, 56 * 56), max_pixels=pixels,
                                 patch_size=14, merge_size=2, temporal_patch_size=2)
-    return proc_cls(image_processor=image_processor, tokenizer=tokenizer,
-                    chat_template=CHAT_TEMPLATE)
+    return ImageOnlyQwenVLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                    chat_template=CHAT_TEMPLATE)
 
 
 def backbone_config(tokenizer, preset: str = "tiny") -> Qwen2_5_VLConfig:

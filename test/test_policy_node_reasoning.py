@@ -1,0 +1,99 @@
+"""policy_node over DDS with reasoning on its own thread (reasoning_mode async, the default):
+chunks flow while it generates, each Reasoning is stamped with the observation it came from,
+and each chunk names the reasoning it was conditioned on."""
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import spin_until
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(scope="module")
+def policy_process(tmp_path_factory):
+    log = tmp_path_factory.mktemp("policy") / "policy_node.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "roboalign_ros.nodes.policy_node", "--ros-args",
+             "-p", "model_path:=tiny", "-p", "device:=cpu", "-p", "reasoning_every:=1",
+             "-p", "reasoning_period:=0.0", "-p", "torch_threads:=1"],
+            stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    yield log
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_chunks_flow_while_reasoning_runs_and_name_the_reasoning_they_used(
+        rclpy_context, policy_process):
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+
+    from roboalign_ros.conversions import numpy_to_image, stamp_to_seconds
+    from roboalign_ros.msg import ActionChunk, PolicyStatus, Reasoning
+    from roboalign_ros.robot import load_robot_config
+
+    robot = load_robot_config("sim_arm")
+    node = Node("reasoning_probe", context=rclpy_context)
+    chunks, reasonings, statuses = [], [], []
+    node.create_subscription(ActionChunk, "/roboalign/action_chunk", chunks.append, 50)
+    node.create_subscription(Reasoning, "/roboalign/reasoning", reasonings.append, 50)
+    node.create_subscription(PolicyStatus, "/roboalign/status", statuses.append, 50)
+    image_pub = node.create_publisher(Image, robot.color_topic, 10)
+    js_pub = node.create_publisher(JointState, "/joint_states", 10)
+    instruction_pub = node.create_publisher(String, "/roboalign/instruction", 10)
+    image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    sent = []
+
+    def now():
+        return node.get_clock().now().nanoseconds * 1e-9
+
+    def publish_state():
+        msg = JointState(name=list(robot.joint_names),
+                         position=[*map(float, robot.home), 0.02, 0.02])
+        msg.header.stamp = node.get_clock().now().to_msg()
+        js_pub.publish(msg)
+
+    def publish_image():  # a 20 Hz camera
+        sent.append(now())
+        image_pub.publish(numpy_to_image(image, "rgb8", stamp=sent[-1]))
+
+    node.create_timer(0.01, publish_state)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    try:
+        assert spin_until(executor, lambda: any(
+            s.state in (PolicyStatus.STATE_WAITING, PolicyStatus.STATE_BLOCKED)
+            for s in statuses), 120), "model never loaded"
+        instruction_pub.publish(String(data="pick up the red cube"))
+        node.create_timer(0.05, publish_image)
+        assert spin_until(executor, lambda: len(reasonings) >= 2 and len(chunks) >= 10, 60)
+        t0 = time.monotonic()
+        spin_until(executor, lambda: time.monotonic() - t0 > 2.0, 3)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+    # every reasoning is stamped with the time of an image it was generated from
+    for r in reasonings:
+        assert any(abs(stamp_to_seconds(r.header.stamp) - s) < 1e-6 for s in sent)
+        assert r.instruction == "pick up the red cube"
+    assert [r.sequence for r in reasonings] == list(range(1, len(reasonings) + 1))
+    # chunks name a published reasoning (0 only before the first one finished)
+    published = {r.sequence for r in reasonings}
+    used = [c.reasoning_sequence for c in chunks]
+    assert set(used) - {0} <= published and max(used) >= 1
+    assert used == sorted(used)
+    # the action path did not wait for generation: more chunks than reasonings
+    assert len(chunks) > len(reasonings)
+    # the text rides with the first chunk conditioned on it, not with every chunk
+    firsts = [c for i, c in enumerate(chunks) if c.reasoning_sequence and
+              (i == 0 or chunks[i - 1].reasoning_sequence != c.reasoning_sequence)]
+    assert firsts and all(c.reasoning == next(r.text for r in reasonings
+                                              if r.sequence == c.reasoning_sequence)
+                          for c in firsts)
