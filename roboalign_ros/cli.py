@@ -42,7 +42,8 @@ DELEGATES = {
     ("demo", None): ("roboalign_ros.apps.demo", "main"),
     ("repro", None): ("roboalign_ros.apps.repro", "main"),
 }
-SCRIPTS = {("bench", "executor"): "bench_executor.py", ("bench", "sim"): "bench_sim.py"}
+SCRIPTS = {("bench", "executor"): "bench_executor.py", ("bench", "sim"): "bench_sim.py",
+           ("bench", "serving"): "bench_serving.py"}
 
 
 def _run_node(name: str, argv: list[str]) -> int:
