@@ -230,3 +230,54 @@ def test_input_validation(tmp_path: Path) -> None:
         DatasetWriter.create(tmp_path / "v", 15, ["a"], ["a"], {}, "arm")
     with pytest.raises(ValueError, match="even"):
         DatasetWriter.create(tmp_path / "w", 15, ["a"], ["a"], {"c": (31, 48)}, "arm")
+
+
+def test_unix_capture_stamps_survive_a_float32_reader(tmp_path: Path) -> None:
+    """LeRobot's reader turns float columns into float32 tensors: a UNIX time in float64 came
+    back ~64 s off. Stored as int64 nanoseconds it survives any such cast."""
+    from roboalign_ros.data import lerobot_format as fmt
+
+    root = tmp_path / "unix"
+    h, w = CAMERAS["scene"]
+    writer = DatasetWriter.create(root, 10, STATE_NAMES, ACTION_NAMES, {"scene": (h, w)}, "x")
+    stamps = 1_764_590_400.123456789 + np.arange(5) * 0.1   # a 2025 ROS time
+    writer.start_episode("pick up the red cube")
+    for i, t in enumerate(stamps):
+        s, a = synthetic_step(i, 0, len(STATE_NAMES), len(ACTION_NAMES))
+        writer.add_frame(s, a, {"scene": synthetic_image(i, h, w)}, timestamp=float(t))
+    writer.save_episode()
+    writer.close()
+    ep = DatasetReader(root).episode(0, decode_video=False)
+    np.testing.assert_allclose(ep.capture_times, stamps, rtol=0, atol=1e-6)
+    table = pq.read_table(next((root / "data").rglob("*.parquet")))
+    column = table.column(fmt.CAPTURE_TIME_KEY).to_numpy()
+    assert column.dtype == np.int64 and "capture_time" not in table.column_names
+    # LeRobot keeps int64 columns int64; a float column became float32, as here:
+    assert abs(np.float32(stamps[0]) - stamps[0]) > 1.0
+
+
+def test_a_dataset_with_the_legacy_float_capture_time_is_read_and_appended(tmp_path: Path) -> None:
+    from roboalign_ros.data import lerobot_format as fmt
+
+    root = tmp_path / "legacy"
+    write_synthetic_dataset(root, episodes=1, frames=5, tasks=TASKS)
+    # rewrite it as an older version did: float64 seconds in `capture_time`
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["features"]["capture_time"] = {"dtype": "float64", "shape": [1], "names": None}
+    del info["features"][fmt.CAPTURE_TIME_KEY]
+    info_path.write_text(json.dumps(info))
+    path = next((root / "data").rglob("*.parquet"))
+    table = pq.read_table(path)
+    seconds = fmt.capture_seconds(table.column(fmt.CAPTURE_TIME_KEY).to_numpy())
+    import pyarrow as pa
+
+    i = table.column_names.index(fmt.CAPTURE_TIME_KEY)
+    pq.write_table(table.remove_column(i).append_column("capture_time", pa.array(seconds)), path)
+    reader = DatasetReader(root)
+    np.testing.assert_allclose(reader.episode(0, decode_video=False).capture_times, seconds)
+    writer = DatasetWriter.open(root)
+    record_synthetic_episode(writer, 1, 5, TASKS[0])
+    writer.close()
+    again = DatasetReader(root)
+    assert len(again) == 2 and np.all(np.diff(again.episode(1, False).capture_times) > 0)

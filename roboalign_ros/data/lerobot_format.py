@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -37,7 +38,10 @@ VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 IMAGE_PREFIX = "observation.images."
-CAPTURE_TIME_KEY = "capture_time"  # our extra column: the caller's capture stamp (s)
+# our extra column: the caller's capture stamp, int64 nanoseconds. LeRobot's reader turns a
+# float64 column into float32 tensors (a UNIX time then lands ~64 s off); int64 survives.
+CAPTURE_TIME_KEY = "capture_time_ns"
+LEGACY_CAPTURE_TIME_KEY = "capture_time"  # float64 seconds, datasets written before
 SOURCES = ("teleop", "policy", "expert")
 
 INDEX_FEATURES = {
@@ -46,8 +50,32 @@ INDEX_FEATURES = {
     "episode_index": "int64",
     "index": "int64",
     "task_index": "int64",
-    CAPTURE_TIME_KEY: "float64",
+    CAPTURE_TIME_KEY: "int64",
 }
+
+
+def capture_time_key(features: Mapping[str, Any]) -> str:
+    """The capture-time column of a dataset: ``capture_time_ns``, or the legacy float64 one."""
+    return LEGACY_CAPTURE_TIME_KEY if LEGACY_CAPTURE_TIME_KEY in features and \
+        CAPTURE_TIME_KEY not in features else CAPTURE_TIME_KEY
+
+
+def capture_time_column(stamps, key: str = CAPTURE_TIME_KEY) -> np.ndarray:
+    """Capture stamps (s) as the column ``key`` stores them (int64 ns, or legacy float64 s)."""
+    seconds = np.asarray(stamps, np.float64)
+    if key == LEGACY_CAPTURE_TIME_KEY:
+        return seconds
+    whole = np.floor(seconds)  # split so the nanoseconds keep float64's precision of the rest
+    return whole.astype(np.int64) * 1_000_000_000 + np.round((seconds - whole) * 1e9).astype(
+        np.int64)
+
+
+def capture_seconds(column: np.ndarray, key: str = CAPTURE_TIME_KEY) -> np.ndarray:
+    """The capture-time column ``key`` back as float64 seconds."""
+    if key == LEGACY_CAPTURE_TIME_KEY:
+        return np.asarray(column, np.float64)
+    ns = np.asarray(column, np.int64)
+    return (ns // 1_000_000_000).astype(np.float64) + (ns % 1_000_000_000) * 1e-9
 
 _CAMERA_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -162,7 +190,8 @@ def check_extra_feature(
     A vector (shape ``[n]``) of float32 / float64 / int64 with ``n`` names (or None): a
     standard LeRobot feature (HF ``Value`` for n = 1, ``Sequence`` otherwise).
     """
-    if not isinstance(key, str) or not key or key in reserved or key in INDEX_FEATURES:
+    if not isinstance(key, str) or not key or key in reserved or key in INDEX_FEATURES \
+            or key == LEGACY_CAPTURE_TIME_KEY:
         raise ValueError(f"extra features: bad or reserved key {key!r}")
     if key.startswith(IMAGE_PREFIX):
         raise ValueError(f"extra features[{key!r}]: images are cameras, not extra columns")
@@ -181,7 +210,7 @@ def extra_features_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, di
     """Return the per-frame columns other than state, action, cameras and the index columns."""
     return {
         key: dict(ft) for key, ft in features.items()
-        if key not in (STATE_KEY, ACTION_KEY, *INDEX_FEATURES)
+        if key not in (STATE_KEY, ACTION_KEY, *INDEX_FEATURES, LEGACY_CAPTURE_TIME_KEY)
         and ft.get("dtype") not in ("video", "image")
     }
 
@@ -273,6 +302,8 @@ def load_info(root: Path) -> dict[str, Any]:
         raise DatasetFormatError(f"{path}: data_path/video_path templates are not the v3.0 ones")
     feats = info["features"]
     for key in (STATE_KEY, ACTION_KEY, *INDEX_FEATURES):
+        if key == CAPTURE_TIME_KEY:
+            key = capture_time_key(feats)
         ft = feats.get(key)
         if not isinstance(ft, dict) or "dtype" not in ft or "shape" not in ft:
             raise DatasetFormatError(f"{path}: features[{key!r}] missing or lacks dtype/shape")

@@ -82,6 +82,7 @@ class DatasetReader:
         self.robot_type = self.info.get("robot_type")
         try:
             self._schema = fmt.data_schema(feats)
+            self._capture_key = fmt.capture_time_key(feats)
         except DatasetFormatError as exc:
             raise DatasetFormatError(f"{self.layout.info}: {exc}") from exc
         self.tasks = self._load_tasks()
@@ -237,7 +238,9 @@ class DatasetReader:
             states=col(fmt.STATE_KEY, np.float32).reshape(ep.length, -1),
             actions=col(fmt.ACTION_KEY, np.float32).reshape(ep.length, -1),
             timestamps=col("timestamp", np.float32),
-            capture_times=col(fmt.CAPTURE_TIME_KEY, np.float64),
+            capture_times=fmt.capture_seconds(col(self._capture_key, np.int64 if
+                                                  self._capture_key == fmt.CAPTURE_TIME_KEY
+                                                  else np.float64), self._capture_key),
             frames=frames,
             extra={key: col(key, ft["dtype"]) for key, ft in self.extra_features.items()},
         )

@@ -88,6 +88,7 @@ class DatasetWriter:
         codecs = {feats[fmt.camera_key(c)]["info"]["video.codec"] for c in self.cameras}
         self._encoder = encoder_for(codecs.pop()) if codecs else DEFAULT_CODEC
         self._schema = fmt.data_schema(feats)
+        self._capture_key = fmt.capture_time_key(feats)  # legacy datasets keep their column
         self._gop, self._crf, self._threads = gop, crf, encoder_threads
         self._episodes: list[EpisodeInfo] = []
         self._episode_stats: list[dict[str, st.Stats]] = []
@@ -455,7 +456,7 @@ class DatasetWriter:
             "episode_index": np.full(n, ep.index, np.int64),
             "index": frame_index + ep.dataset_from_index,
             "task_index": np.full(n, ep.task_index, np.int64),
-            fmt.CAPTURE_TIME_KEY: np.asarray(rec.stamps, np.float64),
+            self._capture_key: fmt.capture_time_column(rec.stamps, self._capture_key),
         }
         for key, ft in self.extra_features.items():
             cols[key] = np.stack(rec.extras[key]).astype(ft["dtype"])
