@@ -78,6 +78,7 @@ def capture_seconds(column: np.ndarray, key: str = CAPTURE_TIME_KEY) -> np.ndarr
     return (ns // 1_000_000_000).astype(np.float64) + (ns % 1_000_000_000) * 1e-9
 
 _CAMERA_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+DEPTH_CODEC, DEPTH_PIX_FMT = "ffv1", "gray16le"  # lossless 16-bit (video.DEPTH_ENCODER)
 
 
 def camera_key(camera: str) -> str:
@@ -139,8 +140,13 @@ def make_features(
     fps: int,
     video_codec: str,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
+    depth_cameras: Mapping[str, tuple[int, int]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build the `features` block of info.json (LeRobot v3.0 conventions).
+
+    `depth_cameras` maps a depth stream's name (e.g. `scene_depth`) to its (height, width):
+    a video feature of shape [h, w, 1] with `video.is_depth_map` true, stored losslessly
+    (FFV1, 16-bit grey, millimetres as the camera gives them; see `video.DEPTH_ENCODER`).
 
     `extra` adds per-frame columns beside state and action, e.g.
     ``{"observation.environment_state": {"dtype": "float32", "shape": [n], "names": [...]}}``
@@ -172,6 +178,25 @@ def make_features(
                 "video.is_depth_map": False,
                 "video.fps": fps,
                 "video.channels": 3,
+                "has_audio": False,
+            },
+        }
+    for cam, (h, w) in (depth_cameras or {}).items():
+        if not _CAMERA_NAME.match(str(cam)) or camera_key(cam) in features:
+            raise ValueError(f"depth_cameras: bad or repeated name {cam!r}")
+        features[camera_key(cam)] = {
+            "dtype": "video",
+            "shape": [h, w, 1],
+            "names": ["height", "width", "channels"],
+            "info": {
+                "video.height": h,
+                "video.width": w,
+                "video.codec": DEPTH_CODEC,
+                "video.pix_fmt": DEPTH_PIX_FMT,
+                "video.is_depth_map": True,
+                "video.fps": fps,
+                "video.channels": 1,
+                "video.depth_unit": "mm",
                 "has_audio": False,
             },
         }
@@ -251,13 +276,30 @@ def any_video(features: Mapping[str, Mapping[str, Any]]) -> bool:
     return any(ft.get("dtype") == "video" for ft in features.values())
 
 
-def cameras_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
-    """Return camera name -> (height, width) for the video features."""
+def video_streams_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Return stream name -> (height, width) of every video feature (colour and depth)."""
     return {
         key[len(IMAGE_PREFIX):]: (int(ft["shape"][0]), int(ft["shape"][1]))
         for key, ft in features.items()
         if ft.get("dtype") == "video" and key.startswith(IMAGE_PREFIX)
     }
+
+
+def is_depth(ft: Mapping[str, Any]) -> bool:
+    """Whether a video feature is a depth map."""
+    return bool((ft.get("info") or {}).get("video.is_depth_map"))
+
+
+def cameras_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Return camera name -> (height, width) of the colour video features."""
+    return {c: hw for c, hw in video_streams_of(features).items()
+            if not is_depth(features[camera_key(c)])}
+
+
+def depth_cameras_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Return stream name -> (height, width) of the depth video features."""
+    return {c: hw for c, hw in video_streams_of(features).items()
+            if is_depth(features[camera_key(c)])}
 
 
 def dumps_json(obj: Any) -> bytes:

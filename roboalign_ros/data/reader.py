@@ -40,6 +40,8 @@ class Episode:
     frames: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8 RGB ({} if not decoded)
     extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     """Extra feature -> (T, n) array of its dtype, (T,) for shape ``[1]`` (e.g. expert.phase)."""
+    depth: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    """Depth stream -> (T, H, W) uint16 in mm, bit-exact ({} unless asked for)."""
 
     @property
     def task(self) -> str:
@@ -75,6 +77,8 @@ class DatasetReader:
         feats = self.info["features"]
         self.features = feats
         self.cameras = fmt.cameras_of(feats)
+        self.depth_cameras = fmt.depth_cameras_of(feats)
+        self.streams = fmt.video_streams_of(feats)
         self.state_names = list(feats[fmt.STATE_KEY].get("names") or [])
         self.action_names = list(feats[fmt.ACTION_KEY].get("names") or [])
         self.extra_features = fmt.extra_features_of(feats)
@@ -120,7 +124,7 @@ class DatasetReader:
                 raise DatasetFormatError(f"{path}: unreadable episode metadata ({exc})") from exc
             if len(rows) != 1:
                 raise DatasetFormatError(f"{path}: expected one episode row, found {len(rows)}")
-            ep, _ = fmt.parse_episode_row(rows[0], self.layout.chunks_size, list(self.cameras),
+            ep, _ = fmt.parse_episode_row(rows[0], self.layout.chunks_size, list(self.streams),
                                           str(path))
             if ep.index != i or ep.dataset_from_index != frames:
                 raise DatasetFormatError(f"{path}: episode_index/dataset_from_index out of order")
@@ -163,7 +167,7 @@ class DatasetReader:
             raise DatasetFormatError(
                 f"{path}: {meta.num_rows} rows but episode {ep.index} has length {ep.length}"
             )
-        for cam in self.cameras:
+        for cam in self.streams:
             vpath = self.layout.video(cam, ep.index)
             if not vpath.is_file():
                 raise DatasetFormatError(f"{vpath}: missing video of camera {cam!r}")
@@ -197,8 +201,11 @@ class DatasetReader:
         """Total number of frames."""
         return int(self.info["total_frames"])
 
-    def episode(self, index: int, decode_video: bool = True) -> Episode:
-        """Load one episode (states, actions, stamps and, by default, decoded frames)."""
+    def episode(self, index: int, decode_video: bool = True, depth: bool = False) -> Episode:
+        """Load one episode (states, actions, stamps and, by default, decoded frames).
+
+        ``depth``: also decode the depth streams (``Episode.depth``).
+        """
         if not 0 <= index < len(self.episodes):
             raise IndexError(f"episode index {index} out of range 0..{len(self.episodes) - 1}")
         ep = self.episodes[index]
@@ -220,19 +227,22 @@ class DatasetReader:
             col("episode_index", np.int64) != ep.index
         ):
             raise DatasetFormatError(f"{path}: frame_index/episode_index columns are inconsistent")
-        frames = {}
-        if decode_video:
-            for cam in self.cameras:
-                vpath = self.layout.video(cam, ep.index)
-                try:
-                    frames[cam] = video.decode_video(vpath)
-                except Exception as exc:
-                    raise DatasetFormatError(f"{vpath}: cannot decode video ({exc})") from exc
-                if len(frames[cam]) != ep.length:
-                    raise DatasetFormatError(
-                        f"{vpath}: frame count mismatch: decoded {len(frames[cam])} frames, "
-                        f"parquet has {ep.length}"
-                    )
+        frames: dict[str, np.ndarray] = {}
+        depths: dict[str, np.ndarray] = {}
+        wanted = [*(self.cameras if decode_video else ()), *(self.depth_cameras if depth else ())]
+        for cam in wanted:
+            is_depth = cam in self.depth_cameras
+            out = depths if is_depth else frames
+            vpath = self.layout.video(cam, ep.index)
+            try:
+                out[cam] = video.decode_video(vpath, depth=is_depth)
+            except Exception as exc:
+                raise DatasetFormatError(f"{vpath}: cannot decode video ({exc})") from exc
+            if len(out[cam]) != ep.length:
+                raise DatasetFormatError(
+                    f"{vpath}: frame count mismatch: decoded {len(out[cam])} frames, "
+                    f"parquet has {ep.length}"
+                )
         return Episode(
             info=ep,
             states=col(fmt.STATE_KEY, np.float32).reshape(ep.length, -1),
@@ -243,6 +253,7 @@ class DatasetReader:
                                                   else np.float64), self._capture_key),
             frames=frames,
             extra={key: col(key, ft["dtype"]) for key, ft in self.extra_features.items()},
+            depth=depths,
         )
 
     def iter_frames(

@@ -44,13 +44,17 @@ class ImageStatsAccumulator:
     few MB at most; the frames themselves are never buffered.
     """
 
-    def __init__(self, height: int, width: int, pixels_per_frame: int = 1024) -> None:
+    def __init__(self, height: int, width: int, pixels_per_frame: int = 1024,
+                 depth: bool = False) -> None:
         self.stride = max(1, int(np.sqrt(height * width / pixels_per_frame)))
+        self.depth = depth  # HxW uint16 depth (mm): one channel, stats in metres
         self._samples: list[np.ndarray] = []
 
     def add(self, frame: np.ndarray) -> None:
-        """Sample one HxWx3 uint8 frame."""
-        self._samples.append(frame[:: self.stride, :: self.stride].reshape(-1, 3).copy())
+        """Sample one HxWx3 uint8 frame (a depth stream: HxW uint16)."""
+        channels = 1 if self.depth else 3
+        self._samples.append(
+            frame[:: self.stride, :: self.stride].reshape(-1, channels).copy())
 
     @property
     def frames(self) -> int:
@@ -58,10 +62,14 @@ class ImageStatsAccumulator:
         return len(self._samples)
 
     def result(self) -> Stats:
-        """Stats over the frames added so far, per channel, shape (3, 1, 1), scale [0, 1]."""
-        px = np.concatenate(self._samples).astype(np.float64) / 255.0
+        """Stats over the frames added so far, per channel, shape (3, 1, 1), scale [0, 1].
+
+        A depth stream: shape (1, 1, 1), in metres.
+        """
+        px = np.concatenate(self._samples).astype(np.float64) / (1000.0 if self.depth else 255.0)
         st = feature_stats(px)
-        st = {k: (v if k == "count" else v.reshape(3, 1, 1)) for k, v in st.items()}
+        c = 1 if self.depth else 3
+        st = {k: (v if k == "count" else v.reshape(c, 1, 1)) for k, v in st.items()}
         st["count"] = np.array([self.frames], dtype=np.int64)
         return st
 

@@ -27,6 +27,18 @@ def synthetic_image(t: int, height: int, width: int, seed: int = 0) -> np.ndarra
     return np.clip(np.stack([r, g, b], axis=-1), 0, 255).astype(np.uint8)
 
 
+def synthetic_depth(t: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Return a depth map in mm (a tilted table, a moving box, sensor noise); HxW uint16."""
+    rng = np.random.default_rng(1000 * seed + t)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    depth = 600 + 400 * y / height + rng.normal(0, 2.0, (height, width))
+    box = (abs(x - width * (0.5 + 0.3 * np.sin(0.07 * t + seed))) < width / 8) & \
+        (abs(y - height / 2) < height / 8)
+    depth[box] -= 150
+    depth[rng.random((height, width)) < 0.01] = 0   # holes: no return
+    return np.clip(depth, 0, 65535).astype(np.uint16)
+
+
 def synthetic_step(t: int, episode: int, state_dim: int, action_dim: int) -> tuple[np.ndarray, ...]:
     """Return a smooth joint state and action (the next state) at frame `t` of an episode."""
     phase = 0.3 * episode + np.arange(max(state_dim, action_dim)) * 0.5
@@ -54,6 +66,8 @@ def record_synthetic_episode(
             cam: synthetic_image(t, h, w, seed=episode + 3 * k)
             for k, (cam, (h, w)) in enumerate(writer.cameras.items())
         }
+        images.update({cam: synthetic_depth(t, h, w, seed=episode + 3 * k)
+                       for k, (cam, (h, w)) in enumerate(writer.depth_cameras.items())})
         writer.add_frame(state, action, images, timestamp=t0 + episode * 100 + t / writer.fps)
     return writer.save_episode(success=success) if save else None
 

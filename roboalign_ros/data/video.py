@@ -4,6 +4,9 @@ Default codec: H.264 (libx264, yuv420p, CRF 23, preset veryfast, GOP 10 frames, 
 B-frames): cheap enough to encode two 640x480 streams live on two CPU cores, plays in every
 browser (HF hub viewer) and decodes in LeRobot (torchcodec / PyAV). `libsvtav1` (LeRobot's own
 default) can be chosen instead when the CPU allows.
+
+Depth streams (16-bit, millimetres) are stored losslessly: FFV1 (intra-only, version 3),
+16-bit grey, in the same mp4 layout, and decode bit-exact (`decode_video(path, depth=True)`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ _CODECS: dict[str, tuple[str, dict[str, str]]] = {
     "libsvtav1": ("av1", {"crf": "30", "preset": "10"}),
     "libx265": ("hevc", {"crf": "26", "preset": "veryfast"}),
 }
+
+
+DEPTH_ENCODER = "ffv1"
+_DEPTH_OPTIONS = {"level": "3", "slices": "4"}
 
 
 def codec_name(encoder: str) -> str:
@@ -61,19 +68,28 @@ class VideoEncoder:
         gop: int = 10,
         crf: int | None = None,
         threads: int = 1,
+        depth: bool = False,
     ) -> None:
-        codec_name(encoder)
+        if depth:
+            encoder = DEPTH_ENCODER
+        else:
+            codec_name(encoder)
         self.path = Path(path)
         self.height, self.width = height, width
+        self.depth = depth
         self.frames = 0
         self._file = storage.open_for_write(self.path)
         try:
             self._container = av.open(self._file, mode="w", format="mp4")
             stream = self._container.add_stream(encoder, rate=Fraction(fps))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.width, stream.height = width, height
+            stream.pix_fmt = "gray16le" if depth else "yuv420p"
             stream.time_base = Fraction(1, fps)
-            opts = dict(_CODECS[encoder][1], g=str(gop))
-            if crf is not None:
+            if depth:
+                opts = dict(_DEPTH_OPTIONS)
+            else:
+                opts = dict(_CODECS[encoder][1], g=str(gop))
+            if crf is not None and not depth:
                 opts["crf"] = str(crf)
             stream.options = opts
             stream.codec_context.thread_count = threads
@@ -83,8 +99,9 @@ class VideoEncoder:
             raise
 
     def encode(self, rgb: np.ndarray) -> None:
-        """Encode one frame (HxWx3 uint8, RGB)."""
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+        """Encode one frame (HxWx3 uint8, RGB; a depth stream: HxW uint16)."""
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb),
+                                           format="gray16le" if self.depth else "rgb24")
         frame.pts = self.frames
         self._container.mux(self._stream.encode(frame))
         self.frames += 1
@@ -121,25 +138,32 @@ def probe_frame_count(path: Path) -> int:
         return sum(1 for _ in container.demux(stream) if _.size)
 
 
-def iter_video(path: Path) -> Iterator[np.ndarray]:
-    """Yield the frames of an mp4 one by one as HxWx3 uint8 RGB arrays (streaming)."""
+def iter_video(path: Path, depth: bool = False) -> Iterator[np.ndarray]:
+    """Yield the frames of an mp4 one by one as HxWx3 uint8 RGB arrays (streaming).
+
+    ``depth``: a depth stream, as HxW uint16 arrays.
+    """
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         for frame in container.decode(stream):
-            yield frame.to_ndarray(format="rgb24")
+            yield frame.to_ndarray(format="gray16le" if depth else "rgb24")
 
 
-def decode_video(path: Path) -> np.ndarray:
-    """Decode every frame of an mp4 into a (frames, H, W, 3) uint8 RGB array."""
+def decode_video(path: Path, depth: bool = False) -> np.ndarray:
+    """Decode every frame of an mp4 into a (frames, H, W, 3) uint8 RGB array.
+
+    ``depth``: a depth stream, as a (frames, H, W) uint16 array, bit-exact.
+    """
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        out = np.empty((int(stream.frames), stream.height, stream.width, 3), np.uint8)
+        shape = (stream.height, stream.width) if depth else (stream.height, stream.width, 3)
+        out = np.empty((int(stream.frames), *shape), np.uint16 if depth else np.uint8)
         extra = []
         n = 0
         for frame in container.decode(stream):
-            rgb = frame.to_ndarray(format="rgb24")
+            rgb = frame.to_ndarray(format="gray16le" if depth else "rgb24")
             if n < len(out):
                 out[n] = rgb
             else:

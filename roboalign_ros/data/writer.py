@@ -84,6 +84,8 @@ class DatasetWriter:
         self._state_dim = int(feats[fmt.STATE_KEY]["shape"][0])
         self._action_dim = int(feats[fmt.ACTION_KEY]["shape"][0])
         self.cameras = fmt.cameras_of(feats)
+        self.depth_cameras = fmt.depth_cameras_of(feats)
+        self.streams = fmt.video_streams_of(feats)  # colour and depth: one mp4 each
         self.extra_features = fmt.extra_features_of(feats)
         codecs = {feats[fmt.camera_key(c)]["info"]["video.codec"] for c in self.cameras}
         self._encoder = encoder_for(codecs.pop()) if codecs else DEFAULT_CODEC
@@ -115,6 +117,7 @@ class DatasetWriter:
         chunks_size: int = fmt.DEFAULT_CHUNKS_SIZE,
         extra_features: Mapping[str, Mapping[str, Any]] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        depth_cameras: Mapping[str, tuple[int, int]] | None = None,
     ) -> DatasetWriter:
         """Create an empty dataset at `root` (which must not hold a dataset yet).
 
@@ -122,6 +125,8 @@ class DatasetWriter:
         become the video feature `observation.images.<name>`. `extra_features` declares more
         per-frame vector columns (`fmt.check_extra_feature`), given to every `add_frame`;
         `metadata` is kept in info.json under ``"roboalign"`` (see `update_metadata`).
+        `depth_cameras` maps depth stream names (`scene_depth`) to (height, width): HxW uint16
+        frames (mm), stored losslessly, given in `add_frame`'s `images` like the colour ones.
         """
         root = Path(root)
         if (root / fmt.INFO_PATH).exists():
@@ -131,7 +136,7 @@ class DatasetWriter:
         if chunks_size <= 0:
             raise ValueError(f"chunks_size: must be positive, got {chunks_size}")
         feats = fmt.make_features(state_names, action_names, cameras, fps, codec_name(codec),
-                                  extra_features)
+                                  extra_features, depth_cameras)
         info = fmt.make_info(feats, fps, robot_type, chunks_size, extra=metadata)
         writer = cls(root, info, gop=gop, crf=crf, encoder_threads=encoder_threads)
         writer._encoder = codec
@@ -179,7 +184,7 @@ class DatasetWriter:
             except Exception as exc:
                 raise DatasetFormatError(f"{path}: unreadable episode metadata ({exc})") from exc
             ep, ep_stats = fmt.parse_episode_row(
-                row, self.layout.chunks_size, list(self.cameras), str(path)
+                row, self.layout.chunks_size, list(self.streams), str(path)
             )
             self._append_episode(ep, st.from_json(ep_stats))
             i += 1
@@ -194,7 +199,7 @@ class DatasetWriter:
 
     def _episode_files(self, i: int) -> list[Path]:
         return [self.layout.data(i), self.layout.episode_meta(i)] + [
-            self.layout.video(cam, i) for cam in self.cameras
+            self.layout.video(cam, i) for cam in self.streams
         ]
 
     def _episode_files_complete(self, i: int) -> bool:
@@ -266,11 +271,11 @@ class DatasetWriter:
         encoders: dict[str, VideoEncoder] = {}
         try:
             with storage.recording_errors(f"starting episode {index}"):
-                for cam, (h, w) in self.cameras.items():
+                for cam, (h, w) in self.streams.items():
                     encoders[cam] = VideoEncoder(
                         storage.tmp_path(self.layout.video(cam, index)), self.fps, h, w,
                         encoder=self._encoder, gop=self._gop, crf=self._crf,
-                        threads=self._threads,
+                        threads=self._threads, depth=cam in self.depth_cameras,
                     )
         except RecordingError as exc:
             for enc in encoders.values():
@@ -279,7 +284,8 @@ class DatasetWriter:
             raise
         self._rec = _Recording(
             task=task, operator=str(operator), source=source, encoders=encoders,
-            image_stats={c: st.ImageStatsAccumulator(h, w) for c, (h, w) in self.cameras.items()},
+            image_stats={c: st.ImageStatsAccumulator(h, w, depth=c in self.depth_cameras)
+                         for c, (h, w) in self.streams.items()},
         )
 
     def add_frame(
@@ -307,15 +313,17 @@ class DatasetWriter:
         if not math.isfinite(stamp) or (rec.stamps and stamp <= rec.stamps[-1]):
             raise ValueError(f"timestamp: {stamp} must be finite and increase within an episode")
         extras = self._extras(extra)
-        if set(images) != set(self.cameras):
+        if set(images) != set(self.streams):
             raise ValueError(
-                f"images: expected cameras {sorted(self.cameras)}, got {sorted(images)}"
+                f"images: expected cameras {sorted(self.streams)}, got {sorted(images)}"
             )
-        for cam, (h, w) in self.cameras.items():
+        for cam, (h, w) in self.streams.items():
             img = images[cam]
-            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.shape != (h, w, 3):
+            dtype, shape = (np.uint16, (h, w)) if cam in self.depth_cameras else \
+                (np.uint8, (h, w, 3))
+            if not isinstance(img, np.ndarray) or img.dtype != dtype or img.shape != shape:
                 raise ValueError(
-                    f"images[{cam!r}]: expected uint8 array of shape {(h, w, 3)}, got "
+                    f"images[{cam!r}]: expected {np.dtype(dtype)} array of shape {shape}, got "
                     f"{getattr(img, 'dtype', type(img))} {getattr(img, 'shape', '')}"
                 )
         try:
@@ -352,7 +360,7 @@ class DatasetWriter:
             source=rec.source, start_time=rec.stamps[0], dataset_from_index=self.num_frames,
         )
         table, ep_stats = self._episode_table(ep, rec)
-        row = fmt.episode_row(ep, list(self.cameras), self.fps, self.layout.chunks_size,
+        row = fmt.episode_row(ep, list(self.streams), self.fps, self.layout.chunks_size,
                               st.to_json(ep_stats))
         data_path, meta_path = self.layout.data(index), self.layout.episode_meta(index)
         tmps: list[Path] = []
