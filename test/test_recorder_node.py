@@ -52,7 +52,7 @@ def start_recorder(root: Path, log: Path, **params) -> subprocess.Popen:
 class Feeder:
     """Synthetic robot in the test process: publishes from a thread, calls services."""
 
-    def __init__(self, context, recorder: str = "/recorder_node"):
+    def __init__(self, context, recorder: str = "/recorder_node", depth: bool = False):
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
@@ -67,6 +67,9 @@ class Feeder:
         self.recorder = recorder
         self.image_pub = self.node.create_publisher(Image, "/camera/camera/color/image_raw",
                                                     IMAGE_QOS)
+        # aligned depth with the colour frame's stamp (16UC1, mm), as realsense2_camera sends it
+        self.depth_pub = self.node.create_publisher(
+            Image, "/camera/camera/aligned_depth_to_color/image_raw", IMAGE_QOS) if depth else None
         self.joint_pub = self.node.create_publisher(JointState, "/joint_states", 10)
         self.traj_pub = self.node.create_publisher(JointTrajectory,
                                                    "/arm_controller/joint_trajectory", COMMAND_QOS)
@@ -95,6 +98,7 @@ class Feeder:
     def wait_matched(self, timeout: float = 30.0) -> None:
         """Wait until the recorder subscribed to every stream (first messages are lost before)."""
         pubs = [self.image_pub, self.joint_pub, self.traj_pub, self.grip_pub]
+        pubs += [self.depth_pub] if self.depth_pub is not None else []
         assert spin_until(self.executor, lambda: all(p.get_subscription_count() for p in pubs),
                           timeout), "recorder_node never subscribed"
 
@@ -112,7 +116,7 @@ class Feeder:
         from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
         from roboalign_ros.conversions import numpy_to_image, seconds_to_stamp, stamp_to_seconds
-        from roboalign_ros.data.synthetic import synthetic_image
+        from roboalign_ros.data.synthetic import synthetic_depth, synthetic_image
 
         names = ARM + ["finger_left_joint", "finger_right_joint"]
         next_img = next_joint = next_cmd = time.time()
@@ -146,6 +150,10 @@ class Feeder:
                 with self.lock:
                     self.images.append((stamp_to_seconds(img.header.stamp), k))
                 self.image_pub.publish(img)
+                if self.depth_pub is not None:
+                    self.depth_pub.publish(numpy_to_image(
+                        synthetic_depth(k, H, W), "16UC1", stamp=now,
+                        frame_id="camera_color_optical_frame"))
                 k += 1
             time.sleep(0.001)
 
@@ -383,3 +391,36 @@ def test_bad_outcome_or_task_is_refused_and_the_episode_keeps_recording(feeder, 
     assert {k: v for k, (_, v) in OUTCOMES.items()} == {
         StopEpisode.Request.OUTCOME_UNKNOWN: None, StopEpisode.Request.OUTCOME_SUCCESS: True,
         StopEpisode.Request.OUTCOME_FAILURE: False}
+
+
+def test_depth_is_recorded_bit_exact_through_the_node(rclpy_context, tmp_path):
+    from roboalign_ros.data import DatasetReader
+    from roboalign_ros.data.synthetic import synthetic_depth
+
+    proc = start_recorder(tmp_path / "ds", tmp_path / "recorder.log",
+                          depth_cameras="['scene_depth']")
+    feeder = Feeder(rclpy_context, depth=True)
+    try:
+        feeder.wait_matched()
+        feeder.start()
+        feeder.wait(0.5)
+        start = feeder.start_episode()
+        assert start.success, start.message + (tmp_path / "recorder.log").read_text()[-2000:]
+        feeder.wait(1.5)
+        assert feeder.stop_episode(save=True).success
+    finally:
+        feeder.close()
+        proc.terminate()
+        proc.wait(timeout=15)
+    reader = DatasetReader(tmp_path / "ds")
+    assert reader.depth_cameras == {"scene_depth": (H, W)}
+    ep = reader.episode(0, depth=True)
+    with feeder.lock:
+        stamps = np.array([s for s, _ in feeder.images])
+        index = [k for _, k in feeder.images]
+    assert len(ep) >= 10
+    for i, t in enumerate(ep.capture_times):
+        # the stored depth is, to the bit, a frame published within max_skew of the frame time
+        near = np.nonzero(np.abs(stamps - t) <= 0.05)[0]
+        assert any(np.array_equal(ep.depth["scene_depth"][i], synthetic_depth(index[c], H, W))
+                   for c in near), f"frame {i}: depth is not a published frame"

@@ -163,3 +163,37 @@ def test_control_characters_in_task_or_operator_are_refused(tmp_path):
     assert s.state == RecorderState.IDLE
     assert s.start_episode("reach", operator="ana").success
     s.close()
+
+
+def test_depth_encodings_become_millimetres_and_a_colour_frame_is_no_depth(tmp_path):
+    from roboalign_ros.recording.session import to_depth_mm
+
+    metres = np.array([[0.5, np.nan], [np.inf, 70.0]], np.float32)
+    np.testing.assert_array_equal(to_depth_mm(metres, "32FC1"), [[500, 0], [0, 0]])
+    mm = np.array([[1, 65535]], np.uint16)
+    assert to_depth_mm(mm, "16UC1").dtype == np.uint16
+    with pytest.raises(ValueError, match="not a depth encoding"):
+        to_depth_mm(mm, "rgb8")
+    clock = Clock()
+    s = make(tmp_path, clock, depth_cameras=["scene_depth"])
+    parse = TrajectoryParser(ARM)
+
+    def run(seconds, depth, encoding):
+        for _ in range(int(round(seconds * 100))):
+            s.push_image("scene_depth", clock.t + 0.01, depth, encoding)
+            feed(s, clock, 0.01, command=lambda t: parse(ARM, [0.1], [[t, -t]], start=t))
+
+    run(0.3, np.zeros((8, 8, 3), np.uint8), "rgb8")
+    result = s.start_episode("go")
+    assert not result.success and "scene_depth" in result.message and "depth" in result.message
+    run(0.1, np.full((8, 8), 700, np.uint16), "16UC1")
+    assert s.start_episode("go").success
+    run(1.0, np.full((8, 8), 700, np.uint16), "16UC1")
+    r = s.stop_episode(save=True)
+    assert r.success, r.message
+    s.close()
+    ep = DatasetReader(tmp_path / "ds").episode(0, depth=True)
+    assert len(ep) > 3 and np.all(ep.depth["scene_depth"] == 700)
+    with pytest.raises(ValueError, match="duplicate"):
+        SessionConfig(root=tmp_path, fps=10, arm_joints=ARM, cameras=["scene"],
+                      depth_cameras=["scene"])

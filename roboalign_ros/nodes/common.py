@@ -51,12 +51,21 @@ OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.E
 
 def declare_parameters(node: Node, defaults: Mapping[str, object],
                        descriptions: Mapping[str, str] | None = None) -> dict[str, object]:
-    """Declare every parameter of ``defaults`` (dotted names) and return their values."""
+    """Declare every parameter of ``defaults`` (dotted names) and return their values.
+
+    An empty list default declares a string array (ROS cannot type an empty list).
+    """
+    from rclpy.parameter import Parameter
+
     descriptions = descriptions or {}
     values = {}
     for name, default in defaults.items():
         descriptor = ParameterDescriptor(description=descriptions.get(name, ""))
-        values[name] = node.declare_parameter(name, default, descriptor).value
+        if isinstance(default, list) and not default:
+            value = node.declare_parameter(name, Parameter.Type.STRING_ARRAY, descriptor).value
+            values[name] = list(value or [])
+        else:
+            values[name] = node.declare_parameter(name, default, descriptor).value
     return values
 
 

@@ -55,6 +55,8 @@ PARAMETERS = {
     "sample_delay": -1.0,  # < 0: max(0.25, max_skew + 1/fps)
     "cameras": ["scene"],
     "camera_topics": [""],  # "" = the robot config's color topic
+    "depth_cameras": [],  # depth stream names (observation.images.<name>, lossless 16-bit)
+    "depth_topics": [],  # one per depth camera; "" = the robot config's aligned depth topic
     "action_source": "joint_trajectory",
     "sensor_reliability": "reliable",
     "action_chunk_topic": "/roboalign/action_chunk",
@@ -75,6 +77,8 @@ DESCRIPTIONS = {
     "dataset_root": "LeRobot v3 dataset directory (created on the first episode, else appended)",
     "max_skew": "largest |input stamp - frame time| (s) before a frame is dropped",
     "cameras": "camera names (feature observation.images.<name>), one per camera_topics entry",
+    "depth_cameras": "depth stream names (e.g. scene_depth), one per depth_topics entry; "
+                     "16UC1 (mm) or 32FC1 (m), stored losslessly",
     "action_source": "joint_trajectory | servo | action_chunk",
     "gripper_fallback": "state: measured opening until a gripper command arrives | drop",
     "sensor_reliability": "reliable | best_effort: QoS of the camera and joint state "
@@ -94,12 +98,20 @@ class RecorderNode(Node):
         if len(topics) != len(cameras):
             raise ValueError(f"camera_topics: {len(topics)} topics for cameras {cameras}")
         topics = [t or robot.color_topic for t in topics]
+        depth, depth_topics = list(p["depth_cameras"]), list(p["depth_topics"])
+        if len(depth_topics) != len(depth):
+            if depth_topics or len(depth) != 1:
+                raise ValueError(f"depth_topics: {len(depth_topics)} topics for depth cameras "
+                                 f"{depth}")
+            depth_topics = [""]  # one depth camera: the robot config's aligned depth
+        depth_topics = [t or robot.depth_topic for t in depth_topics]
         source = act.check_action_source(p["action_source"])
         image_qos = sensor_qos_for(p["sensor_reliability"], 10)
         joint_qos = sensor_qos_for(p["sensor_reliability"], 200)  # 0.4 s at 500 Hz
         self.session = RecordingSession(SessionConfig(
             root=Path(p["dataset_root"]).expanduser(), fps=int(p["fps"]),
             arm_joints=robot.arm_joints, cameras=cameras, robot_type=robot.name,
+            depth_cameras=depth,
             action_source=source, max_skew=p["max_skew"],
             delay=None if p["sample_delay"] < 0 else p["sample_delay"],
             gripper_fallback=p["gripper_fallback"], servo_timeout=p["servo_timeout"],
@@ -112,7 +124,7 @@ class RecorderNode(Node):
         self.trajectory_parser = act.TrajectoryParser(robot.arm_joints)
         self.bad_inputs = 0
 
-        for cam, topic in zip(cameras, topics):
+        for cam, topic in zip([*cameras, *depth], [*topics, *depth_topics]):
             self.create_subscription(Image, topic, lambda m, c=cam: self.on_image(c, m),
                                      image_qos)
         self.create_subscription(JointState, robot.topics["joint_states"], self.on_joint_state,
@@ -141,7 +153,8 @@ class RecorderNode(Node):
         self.create_timer(1.0 / p["status_rate"], self.publish_status)
         self.get_logger().info(
             f"recorder ready: {self.session.config.root} at {p['fps']} fps, cameras "
-            f"{dict(zip(cameras, topics))}, action from {source}, max skew {p['max_skew']} s")
+            f"{dict(zip([*cameras, *depth], [*topics, *depth_topics]))}, action from "
+            f"{source}, max skew {p['max_skew']} s")
         self.publish_status()
 
     # ------------------------------------------------------------------ inputs

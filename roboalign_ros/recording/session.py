@@ -87,6 +87,7 @@ class SessionConfig:
     arm_joints: Sequence[str]
     cameras: Sequence[str]
     robot_type: str = ""
+    depth_cameras: Sequence[str] = ()  # depth streams (16UC1 mm / 32FC1 m), stored lossless
     action_source: str = "joint_trajectory"
     max_skew: float = 0.05
     delay: float | None = None  # default: max(MIN_DELAY, max_skew + 1/fps)
@@ -105,8 +106,9 @@ class SessionConfig:
             raise ValueError(f"fps: must be a positive integer, got {self.fps!r}")
         if not self.cameras:
             raise ValueError("cameras: at least one camera is needed")
-        if len(set(self.cameras)) != len(self.cameras):
-            raise ValueError(f"cameras: duplicate names in {list(self.cameras)}")
+        names = [*self.cameras, *self.depth_cameras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"cameras / depth_cameras: duplicate names in {names}")
         if self.gripper_fallback not in ("state", "drop"):
             raise ValueError(f"gripper_fallback: must be 'state' or 'drop', got "
                              f"{self.gripper_fallback!r}")
@@ -153,6 +155,23 @@ class Status:
     received: dict[str, int]  # samples received per input stream since start
 
 
+DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
+
+
+def to_depth_mm(image: np.ndarray, encoding: str) -> np.ndarray:
+    """Return a contiguous HxW uint16 depth in mm from a 16UC1 / mono16 (mm) or 32FC1 (m) view.
+
+    32FC1's NaN / inf / out-of-range values become 0, the no-return value of 16UC1.
+    """
+    if encoding in ("16UC1", "mono16"):
+        return np.ascontiguousarray(image.reshape(image.shape[:2]), dtype=np.uint16)
+    if encoding == "32FC1":
+        mm = np.asarray(image, np.float32).reshape(image.shape[:2]) * 1000.0
+        mm[~np.isfinite(mm) | (mm < 0) | (mm > 65535)] = 0
+        return np.round(mm).astype(np.uint16)
+    raise ValueError(f"encoding: {encoding!r} is not a depth encoding ({DEPTH_ENCODINGS})")
+
+
 def to_rgb(image: np.ndarray, encoding: str) -> np.ndarray:
     """Return a contiguous HxWx3 uint8 RGB array from an rgb8 / bgr8 / rgba8 / bgra8 image view."""
     if encoding == "rgb8":
@@ -176,7 +195,7 @@ class RecordingSession:
         self.on_error = on_error
         delay = max(MIN_DELAY, c.max_skew + 1.0 / c.fps) if c.delay is None else c.delay
         self.sampler = FrameSampler(c.fps, c.max_skew, delay)
-        for cam in c.cameras:
+        for cam in [*c.cameras, *c.depth_cameras]:
             self.sampler.add_stream(cam, NEAREST)
         self.sampler.add_stream(STATE, NEAREST)
         if c.action_source == "servo":
@@ -206,7 +225,7 @@ class RecordingSession:
         self._closed = False
         if (Path(c.root) / fmt.INFO_PATH).exists():
             self._writer = self._open_writer()
-            self._shapes = dict(self._writer.cameras)
+            self._shapes = dict(self._writer.streams)
             self._episodes_saved = self._writer.num_episodes
         self._thread = threading.Thread(target=self._work, name="recorder-writer", daemon=True)
         self._thread.start()
@@ -266,7 +285,7 @@ class RecordingSession:
             action = act.compose_action(c.action_source, f.values[COMMAND],
                                         f.values.get(GRIPPER), state)
         images = {}
-        for cam in c.cameras:
+        for cam in [*c.cameras, *c.depth_cameras]:
             img, enc = f.values[cam]
             if self._shapes and tuple(img.shape[:2]) != self._shapes[cam]:
                 return f"image_size:{cam}"
@@ -303,7 +322,7 @@ class RecordingSession:
             if not task:
                 return Result(False, "task: empty and no instruction received yet", index)
             shapes = {}
-            for name in [*self.config.cameras, STATE]:
+            for name in [*self.config.cameras, *self.config.depth_cameras, STATE]:
                 if self.sampler.latest(name) is None:
                     what = f"camera {name!r}" if name != STATE else "joint states"
                     return Result(False, f"no {what} received yet: check the topic", index)
@@ -312,6 +331,12 @@ class RecordingSession:
                 if enc not in ("rgb8", "bgr8", "rgba8", "bgra8") or img.ndim != 3:
                     return Result(False, f"camera {cam!r}: encoding {enc!r} is not a colour "
                                   "image (rgb8/bgr8/rgba8/bgra8)", index)
+                shapes[cam] = (int(img.shape[0]), int(img.shape[1]))
+            for cam in self.config.depth_cameras:
+                img, enc = self.sampler.latest(cam)[1]
+                if enc not in DEPTH_ENCODINGS:
+                    return Result(False, f"depth camera {cam!r}: encoding {enc!r} is not a depth "
+                                  f"image ({'/'.join(DEPTH_ENCODINGS)})", index)
                 shapes[cam] = (int(img.shape[0]), int(img.shape[1]))
             if self._shapes is not None and shapes != self._shapes:
                 return Result(False, f"cameras: image sizes {shapes} differ from the dataset's "
@@ -469,7 +494,9 @@ class RecordingSession:
         if w is None or not w.recording or self._state != RecorderState.RECORDING:
             return
         try:
-            rgb = {cam: to_rgb(img, enc) for cam, (img, enc) in images.items()}
+            depth = self.config.depth_cameras
+            rgb = {cam: to_depth_mm(img, enc) if cam in depth else to_rgb(img, enc)
+                   for cam, (img, enc) in images.items()}
             w.add_frame(state, action, rgb, timestamp=stamp)
         except RecordingError as exc:
             self._fail(exc)
@@ -491,6 +518,9 @@ class RecordingSession:
             problems.append(f"action names {w.action_names} (recorder: {c.action_names})")
         if set(w.cameras) != set(c.cameras):
             problems.append(f"cameras {sorted(w.cameras)} (recorder: {sorted(c.cameras)})")
+        if set(w.depth_cameras) != set(c.depth_cameras):
+            problems.append(f"depth cameras {sorted(w.depth_cameras)} (recorder: "
+                            f"{sorted(c.depth_cameras)})")
         if problems:
             raise ValueError(f"dataset_root: {c.root} holds a dataset with " + "; ".join(problems)
                              + ": use another dataset_root or matching parameters")
@@ -509,7 +539,8 @@ class RecordingSession:
             self._writer = DatasetWriter.create(
                 c.root, c.fps, c.state_names, c.action_names,
                 {cam: shapes[cam] for cam in c.cameras}, c.robot_type, codec=c.codec,
-                gop=c.gop, crf=c.crf, encoder_threads=c.encoder_threads)
+                gop=c.gop, crf=c.crf, encoder_threads=c.encoder_threads,
+                depth_cameras={cam: shapes[cam] for cam in c.depth_cameras})
         self._writer.start_episode(task, operator=operator, source=source)
         return self._writer.num_episodes
 
