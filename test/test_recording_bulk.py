@@ -38,18 +38,22 @@ def test_frames_equal_what_sim_node_publishes(env):
     server = SimServer()
     server.reset("place_red_cube_in_bowl", 11)
     expert = ScriptedExpert(server.env)
-    camera = SceneCamera(server, 96, 72, depth=False)  # sim_node's camera path
-    renderer = bulk.FrameRenderer(env, 96, 72)  # the bulk recorder's, on its own env
+    camera = SceneCamera(server, 96, 72, depth=True)  # sim_node's camera path
+    renderer = bulk.FrameRenderer(env, 96, 72, depth=True)  # the bulk recorder's, own env
     assert renderer.intrinsics == camera.intrinsics
     pairs = []
     for tick in range(120):
         server.env.step(*expert.act())
         if tick in (0, 60, 119):
-            pairs.append((camera.render().rgb, bulk.Snapshot.of(server.env.data)))
+            pairs.append((camera.render(), bulk.Snapshot.of(server.env.data)))
     for published, snapshot in pairs:  # rendered after the sim moved on
-        rgb, state = renderer.render(snapshot)
+        images, state = renderer.render(snapshot)
+        rgb, depth = images["scene"], images["scene_depth"]
         assert rgb.dtype == np.uint8 and rgb.shape == (72, 96, 3)
-        np.testing.assert_array_equal(rgb, published)
+        np.testing.assert_array_equal(rgb, published.rgb)
+        assert depth.dtype == np.uint16    # the 16UC1 sim_node publishes, to the millimetre
+        np.testing.assert_array_equal(depth, published.depth_mm)
+    pairs = [(p.rgb, s) for p, s in pairs]
     assert not np.array_equal(pairs[0][0], pairs[-1][0])  # the arm moved: a real comparison
     np.testing.assert_allclose(state.tool, server.env.tool_pose()[:3, 3], atol=1e-3)
     camera.close()
@@ -138,6 +142,20 @@ def test_record_bulk_dataset_split_and_failures(tmp_path, monkeypatch):
     assert len(DatasetReader(root)) == 3
     with pytest.raises(ValueError, match="cameras"):
         bulk.record_bulk(dataclasses.replace(cfg, width=32))
+
+
+def test_depth_is_recorded_when_asked_and_an_append_must_match(tmp_path):
+    root = tmp_path / "depth"
+    cfg = bulk.BulkConfig(root, ["pick_red_cube"], episodes=1, width=64, height=48, fps=FPS,
+                          depth=True, progress=False).resolved()
+    bulk.record_bulk(cfg)
+    r = DatasetReader(root)
+    assert r.depth_cameras == {"scene_depth": (48, 64)}
+    ep = r.episode(0, depth=True)
+    d = ep.depth["scene_depth"]
+    assert d.shape == (len(ep), 48, 64) and 300 < np.median(d) < 3000   # the table, in mm
+    with pytest.raises(ValueError, match="depth cameras"):
+        bulk.record_bulk(dataclasses.replace(cfg, depth=False))
 
 
 def test_cli_options_and_defaults(tmp_path):

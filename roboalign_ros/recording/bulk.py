@@ -44,6 +44,7 @@ from roboalign_ros.recording import actions as act
 from roboalign_ros.recording.sampler import HOLD, NEAREST, FrameSampler, SampledFrame
 
 CAMERA = "scene"  # config/recorder.yaml cameras
+DEPTH_CAMERA = "scene_depth"  # its aligned depth (with --depth)
 STATE, COMMAND, GRIPPER, PHASE = "state", "command", "gripper", "phase"
 ACTION_SOURCE = "joint_trajectory"
 OPERATOR = "scripted_expert"
@@ -86,6 +87,7 @@ class BulkConfig:
     settle: float = 0.5  # s recorded after the expert's last waypoint (as `record sim`)
     max_attempts: int | None = None  # per task (default 2 * episodes + 10)
     workers: int = 1
+    depth: bool = False  # also record the scene camera's aligned depth (lossless, mm)
     codec: str | None = None
     gop: int | None = None
     crf: int | None = None
@@ -230,7 +232,7 @@ class RecordedEpisode:
     states: list[np.ndarray]
     actions: list[np.ndarray]
     stamps: list[float]
-    images: list[np.ndarray]
+    images: list[dict[str, np.ndarray]]  # stream name -> frame (colour; depth with --depth)
     extras: list[dict[str, Any]]
     sim_seconds: float
     timings: dict[str, float]
@@ -239,18 +241,29 @@ class RecordedEpisode:
 class FrameRenderer:
     """Renders snapshots exactly as sim_node's SceneCamera renders the live state."""
 
-    def __init__(self, env, width: int, height: int, camera: str = CAMERA):
+    def __init__(self, env, width: int, height: int, camera: str = CAMERA, depth: bool = False):
         import mujoco
 
         self.env, self.width, self.height, self.camera = env, int(width), int(height), camera
+        self.depth = depth
         self._data = mujoco.MjData(env.model)
         self.intrinsics = env.camera_intrinsics(self.width, self.height, camera)
 
-    def render(self, snapshot: Snapshot) -> tuple[np.ndarray, ss.SceneState]:
-        """RGB uint8 [H, W, 3] of the snapshot and the scene state it shows."""
+    def render(self, snapshot: Snapshot) -> tuple[dict[str, np.ndarray], ss.SceneState]:
+        """The snapshot's frames and the scene state they show.
+
+        ``{scene: RGB uint8 [H, W, 3]}``, plus ``scene_depth: uint16 mm [H, W]`` (as sim_node
+        publishes it) when the renderer records depth.
+        """
+        from roboalign_ros.sim.server import depth_millimetres
+
         data = snapshot.load(self.env.model, self._data)
-        rgb, _ = self.env.render(self.width, self.height, self.camera, depth=False, data=data)
-        return rgb, scene_state(self.env, data)
+        rgb, meters = self.env.render(self.width, self.height, self.camera, depth=self.depth,
+                                      data=data)
+        images = {CAMERA: rgb}
+        if self.depth:
+            images[DEPTH_CAMERA] = depth_millimetres(meters)
+        return images, scene_state(self.env, data)
 
 
 def record_episode(env, expert, renderer: FrameRenderer, task: str, seed: int, fps: int,
@@ -265,11 +278,11 @@ def record_episode(env, expert, renderer: FrameRenderer, task: str, seed: int, f
         return out
     for f in run.frames:
         v = f.values
-        rgb, state = renderer.render(v[CAMERA])
+        images, state = renderer.render(v[CAMERA])
         out.states.append(v[STATE])
         out.actions.append(act.compose_action(ACTION_SOURCE, v[COMMAND], v[GRIPPER], v[STATE]))
         out.stamps.append(f.time)
-        out.images.append(rgb)
+        out.images.append(images)
         out.extras.append({ss.ENV_STATE_KEY: state.to_vector(), ss.PHASE_KEY: v[PHASE]})
     out.timings["render"] = time.perf_counter() - t1
     return out
@@ -281,13 +294,14 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(robot: str, width: int, height: int, fps: int, max_skew: float,
-                 settle: float) -> None:
+                 settle: float, depth: bool = False) -> None:
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     from roboalign_ros.sim import TabletopEnv
     from roboalign_ros.sim.expert import ScriptedExpert
 
     env = TabletopEnv(robot)
-    _WORKER.update(env=env, expert=ScriptedExpert(env), renderer=FrameRenderer(env, width, height),
+    _WORKER.update(env=env, expert=ScriptedExpert(env),
+                   renderer=FrameRenderer(env, width, height, depth=depth),
                    args=(fps, max_skew, settle))
 
 
@@ -300,7 +314,7 @@ class _Runner:
     """Runs episodes in this process or in a pool of worker processes (same results)."""
 
     def __init__(self, cfg: BulkConfig):
-        args = (cfg.robot, cfg.width, cfg.height, cfg.fps, cfg.max_skew, cfg.settle)
+        args = (cfg.robot, cfg.width, cfg.height, cfg.fps, cfg.max_skew, cfg.settle, cfg.depth)
         self.pool = None
         if cfg.workers > 1:
             import multiprocessing
@@ -353,10 +367,11 @@ def _open_dataset(cfg: BulkConfig, env, meta: ss.SimMetadata):
     action_names = act.action_names(ACTION_SOURCE, robot.arm_joints)
     features = ss.scene_features(list(env.objects))
     video = dict(gop=cfg.gop, crf=cfg.crf, encoder_threads=cfg.encoder_threads)
+    depth = {DEPTH_CAMERA: (cfg.height, cfg.width)} if cfg.depth else {}
     if not (cfg.root / fmt.INFO_PATH).exists():
         writer = DatasetWriter.create(
             cfg.root, cfg.fps, state_names, action_names, {CAMERA: (cfg.height, cfg.width)},
-            robot.name, codec=cfg.codec, extra_features=features,
+            robot.name, codec=cfg.codec, extra_features=features, depth_cameras=depth,
             metadata={"sim": meta.to_json(), "recorder": "roboalign record bulk"}, **video)
         split = sp.SeedSplit(split_seed=cfg.split_seed)
         sp.save_split(cfg.root, split)
@@ -369,6 +384,8 @@ def _open_dataset(cfg: BulkConfig, env, meta: ss.SimMetadata):
         problems.append("state/action names")
     if writer.cameras != {CAMERA: (cfg.height, cfg.width)}:
         problems.append(f"cameras {writer.cameras} (asked: {CAMERA} {cfg.height}x{cfg.width})")
+    if writer.depth_cameras != depth:
+        problems.append(f"depth cameras {writer.depth_cameras} (asked: {depth or 'none'})")
     if writer.extra_features != {k: dict(v) for k, v in features.items()}:
         problems.append("environment state layout")
     split = sp.load_split(cfg.root)
@@ -395,7 +412,7 @@ def _write(writer, ep: RecordedEpisode) -> int:
     try:
         for s, a, img, stamp, extra in zip(ep.states, ep.actions, ep.images, ep.stamps,
                                            ep.extras, strict=True):
-            writer.add_frame(s, a, {CAMERA: img}, timestamp=stamp, extra=extra)
+            writer.add_frame(s, a, img, timestamp=stamp, extra=extra)
         return writer.save_episode(success=True).length
     except BaseException:
         writer.discard_episode()
@@ -530,6 +547,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="episodes tried per task at most (default 2 x episodes + 10)")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes simulating and rendering (the writer stays in this one)")
+    ap.add_argument("--depth", action="store_true",
+                    help="also record the scene camera's aligned depth (scene_depth, lossless)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
@@ -545,7 +564,7 @@ def config_from_args(args: argparse.Namespace) -> BulkConfig:
     return BulkConfig(root=Path(args.out), tasks=tasks, episodes=args.episodes,
                       split_seed=args.split_seed, robot=args.robot, width=width, height=height,
                       fps=args.fps, settle=args.settle, max_attempts=args.max_attempts,
-                      workers=args.workers, progress=not args.quiet)
+                      workers=args.workers, depth=args.depth, progress=not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

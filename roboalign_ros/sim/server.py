@@ -154,6 +154,11 @@ class SimServer:
             return task, instruction, int(self.env.seed or 0), self.env.time, success
 
 
+def depth_millimetres(meters: np.ndarray, max_depth_m: float = 10.0) -> np.ndarray:
+    """Rendered depth (m) as a RealSense's 16UC1: uint16 mm, 0 (no return) past max_depth_m."""
+    return np.round(np.where(meters < max_depth_m, meters, 0.0) * 1000.0).astype(np.uint16)
+
+
 class SceneCamera:
     """Renders a camera from a snapshot of the sim state (call :meth:`render` from one thread).
 
@@ -180,10 +185,7 @@ class SceneCamera:
         mujoco.mj_forward(env.model, self._data)
         rgb, meters = env.render(self.width, self.height, self.camera, self.depth,
                                  data=self._data)
-        depth_mm = None
-        if meters is not None:
-            meters = np.where(meters < self.max_depth_m, meters, 0.0)
-            depth_mm = np.round(meters * 1000.0).astype(np.uint16)
+        depth_mm = None if meters is None else depth_millimetres(meters, self.max_depth_m)
         return CameraFrame(rgb, depth_mm, self.intrinsics, float(self._data.time))
 
     def close(self) -> None:
