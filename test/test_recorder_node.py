@@ -424,3 +424,51 @@ def test_depth_is_recorded_bit_exact_through_the_node(rclpy_context, tmp_path):
         near = np.nonzero(np.abs(stamps - t) <= 0.05)[0]
         assert any(np.array_equal(ep.depth["scene_depth"][i], synthetic_depth(index[c], H, W))
                    for c in near), f"frame {i}: depth is not a published frame"
+
+
+def test_each_saved_episode_also_has_its_raw_topics_in_a_rosbag2(rclpy_context, tmp_path):
+    from mcap_ros2.reader import read_ros2_messages
+    from rosbags.rosbag2 import Reader
+
+    from roboalign_ros.data.synthetic import synthetic_image
+
+    root = tmp_path / "ds"
+    proc = start_recorder(root, tmp_path / "recorder.log", **{"bag.enabled": "true"})
+    feeder = Feeder(rclpy_context)
+    try:
+        feeder.wait_matched()
+        feeder.start()
+        feeder.wait(0.5)
+        for save in (True, False):    # one kept, one discarded
+            assert feeder.start_episode().success, (tmp_path / "recorder.log").read_text()[-2000:]
+            feeder.wait(1.5)
+            assert feeder.stop_episode(save=save).success
+    finally:
+        feeder.close()
+        proc.terminate()
+        proc.wait(timeout=15)
+    bags = root / "bags"
+    assert sorted(p.name for p in bags.iterdir()) == ["episode_000000", "tmp"]
+    assert not list((bags / "tmp").iterdir())        # the discarded episode's bag is gone
+    bag = bags / "episode_000000"
+    assert (bag / "metadata.yaml").is_file()
+    with Reader(bag) as reader:                      # rosbags: counts and types
+        found = {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
+    assert found["/camera/camera/color/image_raw"][0] == "sensor_msgs/msg/Image"
+    assert found["/joint_states"][0] == "sensor_msgs/msg/JointState"
+    assert found["/arm_controller/joint_trajectory"][0] == "trajectory_msgs/msg/JointTrajectory"
+    assert found["/roboalign/reasoning"] == ("roboalign_ros/msg/Reasoning", 0)
+    assert 30 <= found["/camera/camera/color/image_raw"][1] <= 60     # 1.5 s at 30 Hz
+    assert found["/joint_states"][1] >= 100                           # 100 Hz
+    # mcap-ros2-support decodes the images: each is a frame the feeder published
+    with feeder.lock:
+        published = dict(feeder.images)
+    checked = 0
+    for m in read_ros2_messages(str(next(bag.glob("*.mcap"))),
+                                topics=["/camera/camera/color/image_raw"]):
+        img = np.frombuffer(bytes(m.ros_msg.data), np.uint8).reshape(H, W, 3)
+        stamp = m.ros_msg.header.stamp.sec + m.ros_msg.header.stamp.nanosec * 1e-9
+        k = min(published, key=lambda s: abs(s - stamp))
+        np.testing.assert_array_equal(img, synthetic_image(published[k], H, W))
+        checked += 1
+    assert checked == found["/camera/camera/color/image_raw"][1]

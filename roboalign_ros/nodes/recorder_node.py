@@ -14,7 +14,8 @@ from pathlib import Path
 from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, JointState
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
@@ -25,7 +26,7 @@ from roboalign_ros.conversions import (
     seconds_to_stamp,
     stamp_to_seconds,
 )
-from roboalign_ros.msg import ActionChunk, RecorderStatus
+from roboalign_ros.msg import ActionChunk, Reasoning, RecorderStatus
 from roboalign_ros.nodes.common import (
     ERROR,
     LATCHED_QOS,
@@ -38,6 +39,7 @@ from roboalign_ros.nodes.common import (
     sensor_qos_for,
 )
 from roboalign_ros.recording import actions as act
+from roboalign_ros.recording.bag import BagRecorder
 from roboalign_ros.recording.session import (
     RecorderState,
     RecordingSession,
@@ -61,6 +63,7 @@ PARAMETERS = {
     "sensor_reliability": "reliable",
     "action_chunk_topic": "/roboalign/action_chunk",
     "instruction_topic": "/roboalign/instruction",
+    "reasoning_topic": "/roboalign/reasoning",  # for the bag (bag.enabled)
     "status_topic": "/roboalign/recorder_status",
     "status_rate": 2.0,
     "gripper_fallback": "state",
@@ -72,6 +75,8 @@ PARAMETERS = {
     "video.crf": -1,  # < 0: the codec's default
     "video.gop": 10,
     "video.threads": 1,
+    "bag.enabled": False,  # also write each episode's raw topics as a rosbag2 (MCAP)
+    "bag.queue_size": 2000,  # messages waiting for the bag writer before they drop
 }
 DESCRIPTIONS = {
     "dataset_root": "LeRobot v3 dataset directory (created on the first episode, else appended)",
@@ -81,6 +86,9 @@ DESCRIPTIONS = {
                      "16UC1 (mm) or 32FC1 (m), stored losslessly",
     "action_source": "joint_trajectory | servo | action_chunk",
     "gripper_fallback": "state: measured opening until a gripper command arrives | drop",
+    "bag.enabled": "each episode's raw topics (images, depth, camera_info, joint states, "
+                   "commands, instruction, chunks, reasoning) also go to "
+                   "<dataset_root>/bags/episode_<index>/ (rosbag2, MCAP), kept when it is saved",
     "sensor_reliability": "reliable | best_effort: QoS of the camera and joint state "
                           "subscriptions (best_effort loses most large images over DDS here)",
 }
@@ -124,25 +132,30 @@ class RecorderNode(Node):
         self.trajectory_parser = act.TrajectoryParser(robot.arm_joints)
         self.bad_inputs = 0
 
+        self._bag_topics: dict[str, str] = {}  # topic -> type, when bag.enabled
+        sub = self._subscribe
         for cam, topic in zip([*cameras, *depth], [*topics, *depth_topics]):
-            self.create_subscription(Image, topic, lambda m, c=cam: self.on_image(c, m),
-                                     image_qos)
-        self.create_subscription(JointState, robot.topics["joint_states"], self.on_joint_state,
-                                 joint_qos)
+            sub(Image, topic, lambda m, c=cam: self.on_image(c, m), image_qos)
+        sub(JointState, robot.topics["joint_states"], self.on_joint_state, joint_qos)
         if source == "joint_trajectory":
-            self.create_subscription(JointTrajectory, robot.trajectory_topic,
-                                     self.on_trajectory, COMMAND_SUB_QOS)
+            sub(JointTrajectory, robot.trajectory_topic, self.on_trajectory, COMMAND_SUB_QOS)
         elif source == "servo":
-            self.create_subscription(TwistStamped, robot.servo_topic, self.on_twist,
-                                     COMMAND_SUB_QOS)
+            sub(TwistStamped, robot.servo_topic, self.on_twist, COMMAND_SUB_QOS)
         else:
-            self.create_subscription(ActionChunk, p["action_chunk_topic"], self.on_chunk,
-                                     COMMAND_SUB_QOS)
+            sub(ActionChunk, p["action_chunk_topic"], self.on_chunk, COMMAND_SUB_QOS)
         if source != "action_chunk":
-            self.create_subscription(Float64MultiArray, robot.gripper_topic, self.on_gripper,
-                                     COMMAND_SUB_QOS)
-        self.create_subscription(String, p["instruction_topic"],
-                                 lambda m: self.session.set_instruction(m.data), LATCHED_QOS)
+            sub(Float64MultiArray, robot.gripper_topic, self.on_gripper, COMMAND_SUB_QOS)
+        sub(String, p["instruction_topic"], lambda m: self.session.set_instruction(m.data),
+            LATCHED_QOS)
+        self.bag: BagRecorder | None = None
+        if p["bag.enabled"]:
+            # what the dataset does not keep, for the bag only
+            sub(CameraInfo, robot.topics["camera_info"], None, image_qos)
+            if source != "action_chunk":
+                sub(ActionChunk, p["action_chunk_topic"], None, COMMAND_SUB_QOS)
+            sub(Reasoning, p["reasoning_topic"], None, COMMAND_SUB_QOS)
+            self.bag = BagRecorder(Path(p["dataset_root"]).expanduser(), self._bag_topics,
+                                   p["bag.queue_size"])
         self.create_timer(1.0 / p["fps"], self.session.tick)
 
         self.create_service(StartEpisode, "~/start_episode", self.on_start)
@@ -158,6 +171,22 @@ class RecorderNode(Node):
         self.publish_status()
 
     # ------------------------------------------------------------------ inputs
+
+    def _subscribe(self, msg_type, topic: str, callback, qos) -> None:
+        """Subscribe; with bag.enabled every message also goes to the episode's bag."""
+        if not self.p["bag.enabled"]:
+            self.create_subscription(msg_type, topic, callback, qos)
+            return
+        self._bag_topics[topic] = f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
+
+        def both(msg):
+            bag = self.bag
+            if bag is not None and bag.recording:
+                bag.push(topic, self.get_clock().now().nanoseconds, serialize_message(msg))
+            if callback is not None:
+                callback(msg)
+
+        self.create_subscription(msg_type, topic, both, qos)
 
     def on_image(self, camera: str, msg: Image) -> None:
         """Camera frame -> session (zero-copy view; converted in the writer thread)."""
@@ -230,6 +259,11 @@ class RecorderNode(Node):
         response.success, response.message, response.episode_index = r.success, r.message, \
             r.episode_index
         self._log_result("start_episode", r)
+        if r.success and self.bag is not None:
+            try:
+                self.bag.start(r.episode_index)
+            except Exception as exc:  # noqa: BLE001 - the episode records without its bag
+                self.get_logger().error(f"bag of episode {r.episode_index} not started: {exc}")
         return response
 
     def on_stop(self, request, response):
@@ -242,6 +276,13 @@ class RecorderNode(Node):
             self.get_logger().error(f"stop_episode refused: {exc}")
             return response
         r = self.session.stop_episode(bool(request.save), success)
+        if self.bag is not None and self.bag.recording:
+            try:  # kept exactly when the episode was saved
+                path = self.bag.stop(save=bool(request.save) and r.success)
+                if path is not None:
+                    self.get_logger().info(f"bag of episode {r.episode_index}: {path}")
+            except Exception as exc:  # noqa: BLE001
+                self.get_logger().error(f"bag of episode {r.episode_index} lost: {exc}")
         response.success, response.message = r.success, r.message
         response.episode_index, response.frames, response.path = r.episode_index, r.frames, \
             r.path
@@ -285,6 +326,8 @@ class RecorderNode(Node):
             "state": s.state.name, "episode_index": s.episode_index, "frames": s.frames,
             "frames_dropped_total": s.frames_dropped, "max_skew": s.max_skew,
             "writer_queue": s.queued, "bad_inputs": self.bad_inputs,
+            **({"bag_dropped": self.bag.dropped, "bag_error": self.bag.error or ""}
+               if self.bag is not None else {}),
             **{f"dropped.{k}": v for k, v in s.drops.items()},
             **{f"received.{k}": v for k, v in s.received.items()}})
 
@@ -293,6 +336,8 @@ class RecorderNode(Node):
         if self.session.state == RecorderState.RECORDING:
             self.get_logger().warning("shutting down mid-episode: the episode is discarded")
         self.session.close()
+        if self.bag is not None:
+            self.bag.close()
 
 
 def main(args=None) -> int:
