@@ -20,11 +20,7 @@ from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from roboalign_ros.conversions import (
-    JointStateMapper,
-    action_chunk_to_numpy,
-    image_to_numpy,
     seconds_to_stamp,
-    stamp_to_seconds,
 )
 from roboalign_ros.msg import ActionChunk, Reasoning, RecorderStatus
 from roboalign_ros.nodes.common import (
@@ -40,6 +36,7 @@ from roboalign_ros.nodes.common import (
 )
 from roboalign_ros.recording import actions as act
 from roboalign_ros.recording.bag import BagRecorder
+from roboalign_ros.recording.feed import MessageFeed
 from roboalign_ros.recording.session import (
     RecorderState,
     RecordingSession,
@@ -128,8 +125,7 @@ class RecorderNode(Node):
             gop=p["video.gop"], encoder_threads=p["video.threads"]),
             clock=lambda: now_seconds(self), on_error=self._on_error)
         self.p, self.robot = p, robot
-        self.joint_mapper = JointStateMapper(robot)
-        self.trajectory_parser = act.TrajectoryParser(robot.arm_joints)
+        self.feed = MessageFeed(self.session, robot, p["action_max_age"])
         self.bad_inputs = 0
 
         self._bag_topics: dict[str, str] = {}  # topic -> type, when bag.enabled
@@ -145,8 +141,7 @@ class RecorderNode(Node):
             sub(ActionChunk, p["action_chunk_topic"], self.on_chunk, COMMAND_SUB_QOS)
         if source != "action_chunk":
             sub(Float64MultiArray, robot.gripper_topic, self.on_gripper, COMMAND_SUB_QOS)
-        sub(String, p["instruction_topic"], lambda m: self.session.set_instruction(m.data),
-            LATCHED_QOS)
+        sub(String, p["instruction_topic"], self.feed.instruction, LATCHED_QOS)
         self.bag: BagRecorder | None = None
         if p["bag.enabled"]:
             # what the dataset does not keep, for the bag only
@@ -190,61 +185,33 @@ class RecorderNode(Node):
 
     def on_image(self, camera: str, msg: Image) -> None:
         """Camera frame -> session (zero-copy view; converted in the writer thread)."""
-        try:
-            self.session.push_image(camera, stamp_to_seconds(msg.header.stamp),
-                                    image_to_numpy(msg), msg.encoding)
-        except ValueError as exc:
-            self._bad_input(f"image from camera {camera!r}", exc)
+        self._feed(f"image from camera {camera!r}", self.feed.image, camera, msg)
 
     def on_joint_state(self, msg: JointState) -> None:
         """Joint states -> state vector (arm joints + gripper opening)."""
-        try:
-            self.session.push_state(stamp_to_seconds(msg.header.stamp), self.joint_mapper(msg))
-        except ValueError as exc:
-            self._bad_input("joint_states", exc)
+        self._feed("joint_states", self.feed.joint_state, msg)
 
     def on_trajectory(self, msg: JointTrajectory) -> None:
         """Commanded joint trajectory (keyed by receive time; stamp 0 = now)."""
-        now = now_seconds(self)
-        start = stamp_to_seconds(msg.header.stamp) or now
-        try:
-            target = self.trajectory_parser(
-                msg.joint_names, [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9
-                                  for p in msg.points], [p.positions for p in msg.points], start)
-        except ValueError as exc:
-            self._bad_input("joint_trajectory", exc)
-            return
-        if target is not None:
-            self.session.push_command(now, target)
+        self._feed("joint_trajectory", self.feed.trajectory, msg, now_seconds(self))
 
     def on_twist(self, msg: TwistStamped) -> None:
         """Servo twist command."""
-        try:
-            self.session.push_command(now_seconds(self),
-                                      act.twist_vector(msg.twist.linear, msg.twist.angular))
-        except ValueError as exc:
-            self._bad_input("servo twist", exc)
+        self._feed("servo twist", self.feed.twist, msg, now_seconds(self))
 
     def on_gripper(self, msg: Float64MultiArray) -> None:
         """Gripper opening command."""
-        try:
-            self.session.push_gripper(now_seconds(self), act.gripper_value(msg.data))
-        except ValueError as exc:
-            self._bad_input("gripper command", exc)
+        self._feed("gripper command", self.feed.gripper, msg, now_seconds(self))
 
     def on_chunk(self, msg: ActionChunk) -> None:
         """Policy action chunk (joint_position space, arm joints + gripper)."""
+        self._feed("action chunk", self.feed.chunk, msg, now_seconds(self))
+
+    def _feed(self, what: str, method, *args) -> None:
         try:
-            chunk = action_chunk_to_numpy(msg)
-            names = self.session.config.action_names
-            if chunk.action_space != "joint_position" or list(chunk.dimension_names) != names:
-                raise ValueError(f"action_space/dimension_names: need joint_position {names}, "
-                                 f"got {chunk.action_space} {list(chunk.dimension_names)}")
+            method(*args)
         except ValueError as exc:
-            self._bad_input("action chunk", exc)
-            return
-        self.session.push_command(now_seconds(self), act.ChunkTarget(
-            chunk.stamp, chunk.dt, chunk.actions.copy(), self.p["action_max_age"]))
+            self._bad_input(what, exc)
 
     def _bad_input(self, what: str, exc: Exception) -> None:
         self.bad_inputs += 1
