@@ -39,9 +39,11 @@ def command_at(t: float) -> np.ndarray:
     return np.array([0.3 * np.cos(0.4 * t + i) for i in range(6)])
 
 
-def start_recorder(root: Path, log: Path, **params) -> subprocess.Popen:
-    """Launch recorder_node in a subprocess with `params` (-p name:=value)."""
+def start_recorder(root: Path, log: Path, name: str = "recorder_node",
+                   **params) -> subprocess.Popen:
+    """Launch recorder_node (node ``name``) in a subprocess with `params` (-p name:=value)."""
     args = [sys.executable, "-m", "roboalign_ros.nodes.recorder_node", "--ros-args",
+            "-r", f"__node:={name}",
             "-p", f"dataset_root:={root}", "-p", "fps:=10", "-p", "status_rate:=5.0"]
     for k, v in params.items():
         args += ["-p", f"{k}:={v}"]
@@ -397,9 +399,10 @@ def test_depth_is_recorded_bit_exact_through_the_node(rclpy_context, tmp_path):
     from roboalign_ros.data import DatasetReader
     from roboalign_ros.data.synthetic import synthetic_depth
 
-    proc = start_recorder(tmp_path / "ds", tmp_path / "recorder.log",
+    # its own node name: the module's recorder_node may still be up
+    proc = start_recorder(tmp_path / "ds", tmp_path / "recorder.log", "recorder_depth",
                           depth_cameras="['scene_depth']")
-    feeder = Feeder(rclpy_context, depth=True)
+    feeder = Feeder(rclpy_context, "/recorder_depth", depth=True)
     try:
         feeder.wait_matched()
         feeder.start()
@@ -433,8 +436,9 @@ def test_each_saved_episode_also_has_its_raw_topics_in_a_rosbag2(rclpy_context, 
     from roboalign_ros.data.synthetic import synthetic_image
 
     root = tmp_path / "ds"
-    proc = start_recorder(root, tmp_path / "recorder.log", **{"bag.enabled": "true"})
-    feeder = Feeder(rclpy_context)
+    proc = start_recorder(root, tmp_path / "recorder.log", "recorder_bag",
+                          **{"bag.enabled": "true"})
+    feeder = Feeder(rclpy_context, "/recorder_bag")
     try:
         feeder.wait_matched()
         feeder.start()
