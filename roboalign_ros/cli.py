@@ -5,11 +5,12 @@
     roboalign node NAME [--ros-args ...] any node of the package (like `ros2 run`)
     roboalign record sim --task T --episodes N     expert demos recorded through the ROS graph
     roboalign record bulk --tasks T1,T2 --episodes N --out DIR   the same, headless, in sim time
+    roboalign data from-bag BAG... --map M --out DIR   rosbag2 (MCAP / sqlite3) -> dataset
     roboalign train {sft,rationale,align,head} --config C [--set k=v ...]
     roboalign eval ...                   evaluation trials (see `roboalign eval -h`)
     roboalign eval sim --model DIR --task T --seeds A-B   the same, headless, in sim time
     roboalign repro mini                 record -> train (4 stages) -> evaluate -> report
-    roboalign bench {policy,executor,sim,closed-loop}
+    roboalign bench {policy,serving,executor,sim,closed-loop}
     roboalign model tiny OUT_DIR         write a tiny random policy checkpoint
 
 Nothing here imports rclpy or torch until a subcommand needs it, so training machines without
@@ -30,6 +31,7 @@ NODES = ("camera_node", "eval_node", "executor_node", "policy_node", "recorder_n
 DELEGATES = {
     ("record", "sim"): ("roboalign_ros.apps.record_sim", "main"),
     ("record", "bulk"): ("roboalign_ros.recording.bulk", "main"),
+    ("data", "from-bag"): ("roboalign_ros.recording.from_bag", "main"),
     ("train", "ground"): ("roboalign_ros.training.ground", "main"),
     ("train", "sft"): ("roboalign_ros.training.sft", "main"),
     ("train", "rationale"): ("roboalign_ros.training.rationale", "main"),

@@ -462,8 +462,11 @@ def test_each_saved_episode_also_has_its_raw_topics_in_a_rosbag2(rclpy_context, 
     assert found["/joint_states"][0] == "sensor_msgs/msg/JointState"
     assert found["/arm_controller/joint_trajectory"][0] == "trajectory_msgs/msg/JointTrajectory"
     assert found["/roboalign/reasoning"] == ("roboalign_ros/msg/Reasoning", 0)
-    # 1.5 s of a 30 Hz camera and 100 Hz joint states (fewer when the machine is loaded)
-    assert 15 <= found["/camera/camera/color/image_raw"][1] <= 60, found
+    # 1 s of pre-roll + 1.5 s of a 30 Hz camera and 100 Hz joint states (fewer when the
+    # machine is loaded); the gripper command, sent once before, is in as each topic's newest
+    assert 15 <= found["/camera/camera/color/image_raw"][1] <= 90, found
+    assert found["/gripper_controller/commands"][1] >= 1, found
+    assert found["/recorder_bag/episode_events"] == ("std_msgs/msg/String", 2), found
     assert found["/joint_states"][1] >= 50, found
     # mcap-ros2-support decodes the images: each is a frame the feeder published
     with feeder.lock:
@@ -477,3 +480,22 @@ def test_each_saved_episode_also_has_its_raw_topics_in_a_rosbag2(rclpy_context, 
         np.testing.assert_array_equal(img, synthetic_image(published[k], H, W))
         checked += 1
     assert checked == found["/camera/camera/color/image_raw"][1]
+    # from-bag turns the bag back into the episode the recorder stored: the same frame times,
+    # the same states and actions, the same images within the codec's tolerance
+    from roboalign_ros.data import DatasetReader
+    from roboalign_ros.recording import from_bag as fb
+    from roboalign_ros.robot import package_path
+
+    m = fb.load_map(package_path("config", "bag_maps", "recorder.yaml"))
+    m.split_topic = "/recorder_bag/episode_events"   # this test's node name
+    m.fps = 10                                       # start_recorder's
+    result = fb.convert([bag], m, tmp_path / "from_bag", progress=False)
+    assert result.episodes == 1, result.summary()
+    live = DatasetReader(root).episode(0)
+    again = DatasetReader(tmp_path / "from_bag").episode(0)
+    assert again.task == live.task and len(again) == len(live), (len(again), len(live))
+    np.testing.assert_allclose(again.capture_times, live.capture_times, atol=1e-6)
+    np.testing.assert_array_equal(again.states, live.states)
+    np.testing.assert_array_equal(again.actions, live.actions)
+    diff = np.abs(again.frames["scene"].astype(int) - live.frames["scene"].astype(int))
+    assert diff.mean() <= 1.0, diff.mean()   # both decoded from H.264 of the same frames

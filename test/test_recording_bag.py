@@ -1,4 +1,7 @@
-"""Episode bags (rosbag2, MCAP) without ROS nodes: commit, discard, crash leftovers."""
+"""Episode bags (rosbag2, MCAP) without ROS nodes: pre-roll, events, commit, discard, crash
+leftovers."""
+
+import json
 
 from rclpy.serialization import serialize_message
 from rosbags.rosbag2 import Reader
@@ -16,20 +19,31 @@ def test_the_package_messages_are_known_to_the_bag_type_store():
     assert "uint64 reasoning_sequence" in text and "float32[] actions" in text
 
 
+S = 1_000_000_000  # ns
+
+
 def test_a_saved_bag_is_committed_and_a_discarded_one_leaves_nothing(tmp_path):
-    rec = BagRecorder(tmp_path, TOPICS)
-    rec.push("/roboalign/instruction", 1, serialize_message(String(data="ignored")))  # no bag
-    rec.start(3)
+    rec = BagRecorder(tmp_path, TOPICS, preroll=1.0, events_topic="/recorder/episode_events")
+    say = "/roboalign/instruction"
+    for t in (0, 2 * S, 2.5 * S):   # before the episode: the last second is kept
+        rec.push(say, int(t), serialize_message(String(data=f"pre {t}")))
+    rec.start(3, 3 * S, {"event": "start", "grid_start": 3.0})
     for i in range(5):
-        rec.push("/roboalign/instruction", 10 + i, serialize_message(String(data=f"m{i}")))
-    rec.push("/not/recorded", 20, b"")
-    path = rec.stop(save=True)
+        rec.push(say, 3 * S + i, serialize_message(String(data=f"m{i}")))
+    rec.push("/not/recorded", 4 * S, b"")
+    path = rec.stop(save=True, stamp_ns=4 * S, event={"event": "stop", "end": 3.9})
     assert path == tmp_path / "bags" / bag_name(3)
     with Reader(path) as reader:
         counts = {c.topic: c.msgcount for c in reader.connections}
-        first = next(reader.messages())
-    assert counts == {"/roboalign/instruction": 5, "/roboalign/action_chunk": 0}
-    assert first[1] == 10
+        stamps = [t for _, t, _ in reader.messages()]
+    assert counts == {say: 2 + 5, "/roboalign/action_chunk": 0,
+                      "/recorder/episode_events": 2}
+    assert stamps[:2] == [2 * S, int(2.5 * S)] and stamps == sorted(stamps)
+    from mcap_ros2.reader import read_ros2_messages
+
+    events = [json.loads(m.ros_msg.data) for m in read_ros2_messages(
+        str(next(path.glob("*.mcap"))), topics=["/recorder/episode_events"])]
+    assert events == [{"event": "start", "grid_start": 3.0}, {"event": "stop", "end": 3.9}]
     rec.start(4)
     rec.push("/roboalign/instruction", 30, serialize_message(String(data="x")))
     assert rec.stop(save=False) is None

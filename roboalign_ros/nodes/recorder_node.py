@@ -74,6 +74,7 @@ PARAMETERS = {
     "video.threads": 1,
     "bag.enabled": False,  # also write each episode's raw topics as a rosbag2 (MCAP)
     "bag.queue_size": 2000,  # messages waiting for the bag writer before they drop
+    "bag.preroll": 1.0,  # s of each topic before the start also in the bag (+ its newest)
 }
 DESCRIPTIONS = {
     "dataset_root": "LeRobot v3 dataset directory (created on the first episode, else appended)",
@@ -150,7 +151,8 @@ class RecorderNode(Node):
                 sub(ActionChunk, p["action_chunk_topic"], None, COMMAND_SUB_QOS)
             sub(Reasoning, p["reasoning_topic"], None, COMMAND_SUB_QOS)
             self.bag = BagRecorder(Path(p["dataset_root"]).expanduser(), self._bag_topics,
-                                   p["bag.queue_size"])
+                                   p["bag.queue_size"], p["bag.preroll"],
+                                   f"{self.get_fully_qualified_name()}/episode_events")
         self.create_timer(1.0 / p["fps"], self.session.tick)
 
         self.create_service(StartEpisode, "~/start_episode", self.on_start)
@@ -176,7 +178,7 @@ class RecorderNode(Node):
 
         def both(msg):
             bag = self.bag
-            if bag is not None and bag.recording:
+            if bag is not None:  # between episodes: the next bag's pre-roll
                 bag.push(topic, self.get_clock().now().nanoseconds, serialize_message(msg))
             if callback is not None:
                 callback(msg)
@@ -228,7 +230,10 @@ class RecorderNode(Node):
         self._log_result("start_episode", r)
         if r.success and self.bag is not None:
             try:
-                self.bag.start(r.episode_index)
+                s = self.session
+                self.bag.start(r.episode_index, self.get_clock().now().nanoseconds, {
+                    "event": "start", "episode": r.episode_index, "grid_start": s.grid_start,
+                    "task": s.status().task, "fps": s.config.fps})
             except Exception as exc:  # noqa: BLE001 - the episode records without its bag
                 self.get_logger().error(f"bag of episode {r.episode_index} not started: {exc}")
         return response
@@ -245,7 +250,10 @@ class RecorderNode(Node):
         r = self.session.stop_episode(bool(request.save), success)
         if self.bag is not None and self.bag.recording:
             try:  # kept exactly when the episode was saved
-                path = self.bag.stop(save=bool(request.save) and r.success)
+                path = self.bag.stop(save=bool(request.save) and r.success,
+                                     stamp_ns=self.get_clock().now().nanoseconds,
+                                     event={"event": "stop", "episode": r.episode_index,
+                                            "end": self.session.episode_end})
                 if path is not None:
                     self.get_logger().info(f"bag of episode {r.episode_index}: {path}")
             except Exception as exc:  # noqa: BLE001

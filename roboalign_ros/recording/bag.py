@@ -7,15 +7,22 @@ bag is the standard layout (``metadata.yaml`` + ``<name>.mcap``) that ``ros2 bag
 ``<dataset>/bags/tmp/`` and only moved to ``<dataset>/bags/episode_<index>/`` when the episode
 is saved; a discarded episode's bag is deleted, and a crash leaves only a ``tmp/`` entry that
 the next start removes (with the episode it belonged to).
+
+A bag holds everything the recorder used for its frames: each topic's messages of the last
+``preroll`` seconds before the start (and always its newest one: a gripper command sent once
+before the episode still sets its actions), and an episode-events topic (std_msgs/String,
+JSON) with the recorder's frame grid, so that ``roboalign data from-bag`` rebuilds the very
+frames the recorder stored.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import shutil
 import threading
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -112,8 +119,14 @@ class BagRecorder:
     """
 
     def __init__(self, dataset_root: str | Path, topics: dict[str, str],
-                 queue_size: int = 2000):
+                 queue_size: int = 2000, preroll: float = 1.0, events_topic: str = ""):
         self.root, self.topics = Path(dataset_root), dict(topics)
+        self.events_topic = events_topic
+        if events_topic:
+            self.topics[events_topic] = "std_msgs/msg/String"
+        self.preroll_ns = int(preroll * 1e9)
+        self._recent: dict[str, deque] = {t: deque() for t in self.topics}
+        self._recent_lock = threading.Lock()
         removed = remove_unfinished(self.root)
         if removed:
             log.warning("removed the bags of unfinished episodes: %s", ", ".join(removed))
@@ -131,19 +144,54 @@ class BagRecorder:
         """Whether an episode's bag is open."""
         return self._open
 
-    def start(self, episode_index: int) -> None:
-        """Open the bag of episode ``episode_index`` (messages from now on go into it)."""
-        self._call("start", bag_name(episode_index))
-        self._open = True
+    def start(self, episode_index: int, stamp_ns: int = 0, event: dict | None = None) -> None:
+        """Open the bag of episode ``episode_index``: the pre-roll, then what comes next.
 
-    def stop(self, save: bool) -> Path | None:
-        """Close the bag: committed with ``save``, else deleted. Returns the committed path."""
+        ``event`` (JSON-able) is written on the events topic at ``stamp_ns`` after the
+        pre-roll (the recorder's start: its frame grid).
+        """
+        with self._recent_lock:  # nothing pushed meanwhile falls between pre-roll and bag
+            preroll = sorted(((t, *m) for t, ms in self._recent.items() for m in ms),
+                             key=lambda m: m[1])
+            for ms in self._recent.values():
+                ms.clear()
+            pending = self._request("start", bag_name(episode_index), preroll)
+            self._open = True  # from here on push() queues for the bag
+        self._wait(*pending)
+        if event is not None:
+            self.event(stamp_ns, event)
+
+    def event(self, stamp_ns: int, event: dict) -> None:
+        """Write ``event`` (JSON) on the events topic of the open bag."""
+        if self._open and self.events_topic:
+            data = self._store.serialize_cdr(
+                self._store.types["std_msgs/msg/String"](data=json.dumps(event)),
+                "std_msgs/msg/String")
+            self._queue.put(("msg", self.events_topic, stamp_ns, bytes(data)))
+
+    def stop(self, save: bool, stamp_ns: int = 0, event: dict | None = None) -> Path | None:
+        """Close the bag: committed with ``save``, else deleted. Returns the committed path.
+
+        ``event`` is written first (the recorder's stop: the last frame time).
+        """
+        if event is not None:
+            self.event(stamp_ns, event)
         self._open = False
         return self._call("stop", save)
 
     def push(self, topic: str, stamp_ns: int, data: bytes) -> None:
-        """Queue one serialized message (dropped, and counted, when the writer lags)."""
-        if not self._open or topic not in self.topics:
+        """Queue one serialized message (dropped, and counted, when the writer lags).
+
+        Between episodes it is kept for the next bag's pre-roll instead.
+        """
+        if topic not in self.topics:
+            return
+        if not self._open:
+            with self._recent_lock:
+                recent = self._recent[topic]
+                recent.append((stamp_ns, data))
+                while len(recent) > 1 and recent[0][0] < stamp_ns - self.preroll_ns:
+                    recent.popleft()
             return
         try:
             self._queue.put_nowait(("msg", topic, stamp_ns, data))
@@ -157,14 +205,20 @@ class BagRecorder:
         self._queue.put(("quit",))
         self._thread.join(10)
 
-    def _call(self, *request):
-        done = threading.Event()
-        box: dict = {}
+    def _request(self, *request) -> tuple[threading.Event, dict]:
+        done, box = threading.Event(), {}
         self._queue.put((*request, done, box))
+        return done, box
+
+    @staticmethod
+    def _wait(done: threading.Event, box: dict):
         done.wait(60)
         if "error" in box:
             raise box["error"]
         return box.get("result")
+
+    def _call(self, *request):
+        return self._wait(*self._request(*request))
 
     def _run(self) -> None:
         while True:
@@ -186,6 +240,8 @@ class BagRecorder:
                     if self._bag is not None:
                         self._bag.discard()
                     self._bag = EpisodeBag(self.root, args[0], self.topics, self._store)
+                    for topic, stamp_ns, data in args[1]:
+                        self._bag.write(topic, stamp_ns, data)
                     self.error = None
                 elif kind == "stop":
                     bag, self._bag = self._bag, None

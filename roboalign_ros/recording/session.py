@@ -217,6 +217,7 @@ class RecordingSession:
         self._drops: Counter[str] = Counter()
         self._shapes: dict[str, tuple[int, int]] | None = None
         self._episodes_saved = 0
+        self.grid_start = self.episode_end = None  # of the latest episode (frame times, s)
         self._writer: DatasetWriter | None = None
         qsize = max(4, int(math.ceil(c.queue_seconds * c.fps)))
         self._queue: queue.Queue[tuple] = queue.Queue(maxsize=qsize)
@@ -300,8 +301,13 @@ class RecordingSession:
     # ------------------------------------------------------------------ control
 
     def start_episode(self, task: str = "", operator: str = "", source: str = "teleop",
-                      timeout: float = 30.0) -> Result:
-        """Begin an episode (``task`` empty: the latest instruction)."""
+                      timeout: float = 30.0, grid_start: float | None = None) -> Result:
+        """Begin an episode (``task`` empty: the latest instruction).
+
+        ``grid_start``: the first frame time (default: the first grid time from now, in phase
+        with the first camera); a replayed recording passes the one the live recorder used
+        (``episode_window``).
+        """
         with self._control:
             index = self._episodes_saved
             if self._state == RecorderState.RECORDING:
@@ -354,12 +360,17 @@ class RecordingSession:
                 self._task = task
                 self._episode_frames, self._episode_skew = 0, 0.0
                 self._drops = Counter()
-            self.sampler.start(self._grid_start())
+            self.grid_start = self._grid_start() if grid_start is None else float(grid_start)
+            self.sampler.start(self.grid_start)
             return Result(True, f"recording episode {index}: {task!r}", index)
 
     def stop_episode(self, save: bool = True, success: bool | None = None,
-                     timeout: float = 60.0) -> Result:
-        """Stop the episode; save it (with its outcome) or discard it."""
+                     timeout: float = 60.0, end: float | None = None) -> Result:
+        """Stop the episode; save it (with its outcome) or discard it.
+
+        ``end``: the last frame time allowed (default: a little before now, see below); a
+        replay passes the live recorder's (``episode_window``).
+        """
         with self._control:
             index = self._episodes_saved
             if self._state != RecorderState.RECORDING:
@@ -370,7 +381,10 @@ class RecordingSession:
             # frame time + max_skew have arrived by now (no waiting: callbacks may share
             # this thread).
             now = self.clock()
-            self.sampler.stop(now - min(self.sampler.delay, self.config.max_skew + STOP_MARGIN))
+            if end is None:
+                end = now - min(self.sampler.delay, self.config.max_skew + STOP_MARGIN)
+            self.episode_end = float(end)
+            self.sampler.stop(end)
             self.tick(flush=True)
             self.sampler.halt()
             drops = dict(self._drops)
