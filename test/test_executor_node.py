@@ -314,3 +314,39 @@ def test_go_home_sends_one_slow_trajectory_then_holds_home_and_refuses_under_est
     assert spin_until(rig.executor, lambda: "E-STOP engaged" in rig.log.read_text(), 10)
     refused = call()
     assert not refused.success and "e-stop" in refused.message
+
+
+def test_each_accepted_chunk_is_drawn_as_its_tool_path_in_the_base_frame(rig):
+    """The MarkerArray's planned path ends at the FK of the chunk's last joint target (1 mm),
+    the executed part follows the commands sent, and clamped rows are marked."""
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    from roboalign_ros.control.kinematics import Kinematics
+
+    arrays = []
+    rig.node.create_subscription(MarkerArray, "/executor_node/planned_path", arrays.append, 10)
+    assert spin_until(rig.executor, lambda: rig.chunk_pub.get_subscription_count() > 0, 10)
+    rig.wait(0.5)
+    horizon = 20
+    ramp = np.linspace(0.0, 0.4, horizon)[:, None] * np.array([1.0, -0.5, 0.3, 0, 0, 0])
+    actions = np.hstack([rig.robot.home + ramp, np.ones((horizon, 1))]).astype(np.float32)
+    actions[-1, 1] = rig.robot.upper[1] + 0.5      # past the joint limit: clamped
+    for _ in range(5):
+        rig.chunk_pub.publish(rig.chunk(None, actions=actions))
+        rig.wait(0.1)
+    assert spin_until(rig.executor, lambda: len(arrays) >= 3, 10), diagnostics(rig)
+    markers = {m.id: m for m in arrays[-1].markers}
+    planned, executed, clamped = markers[0], markers[1], markers[2]
+    assert planned.header.frame_id == rig.robot.base_frame and planned.type == Marker.LINE_STRIP
+    assert len(planned.points) == horizon and len(planned.colors) == horizon
+    kin = Kinematics(rig.robot)
+    for row in (0, horizon // 2, horizon - 1):
+        p = planned.points[row]
+        fk = kin.fk_position(actions[row, :6].astype(float))
+        assert np.linalg.norm(np.array([p.x, p.y, p.z]) - fk) < 1e-3, row
+    assert len(clamped.points) >= 1       # the last row, past the limit
+    assert len(executed.points) >= 1      # the arm has been commanded meanwhile
+    sent = [kin.fk_position(np.array(m.points[0].positions)) for _, m in rig.commands
+            if m.points]
+    last = executed.points[-1]
+    assert min(np.linalg.norm(np.array([last.x, last.y, last.z]) - s) for s in sent) < 1e-3

@@ -36,6 +36,7 @@ EXECUTOR_PARAMETERS: dict[str, Any] = {
     "chunk_topic": "/roboalign/action_chunk",
     "estop_topic": "/roboalign/estop",
     "instruction_topic": "/roboalign/instruction",
+    "path_topic": "~/planned_path",  # MarkerArray of each accepted chunk's tool path; "" = off
     "safety.velocity_scale": 0.5,
     "safety.max_step": 0.05,
     "safety.acc_max": 8.0,

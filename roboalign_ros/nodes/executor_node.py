@@ -26,10 +26,12 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
 
 from roboalign_ros.control.build import EXECUTOR_PARAMETERS, build_executor
 from roboalign_ros.control.chunk import Chunk, ChunkError
 from roboalign_ros.control.kinematics import Kinematics
+from roboalign_ros.control.planned_path import ExecutedPath, planned_path
 from roboalign_ros.conversions import (
     ConversionError,
     JointStateMapper,
@@ -54,6 +56,7 @@ from roboalign_ros.nodes.common import (
     now_seconds,
     run_node,
 )
+from roboalign_ros.nodes.markers import path_markers
 from roboalign_ros.robot import load_robot_config
 
 PARAMETERS = EXECUTOR_PARAMETERS  # one set of defaults for the node and in-process users
@@ -97,6 +100,11 @@ class ExecutorNode(Node):
         self.create_subscription(String, p["instruction_topic"], self.on_instruction,
                                  COMMAND_QOS)
         self.create_service(Trigger, "~/go_home", self.on_go_home)
+        # the planned tool path in RViz (joint_position chunks; FK of the envelope's model)
+        self.path_pub = self.executed = None
+        if p["path_topic"] and self.chunk_executor.joint_space:
+            self.path_pub = self.create_publisher(MarkerArray, p["path_topic"], 10)
+            self.executed = ExecutedPath(self.chunk_executor.envelope)
         self.diagnostics = Diagnostics(self, "executor_node: command stream")
         self.create_timer(1.0, self.publish_diagnostics)
         self._periods: deque[float] = deque(maxlen=500)
@@ -127,6 +135,17 @@ class ExecutorNode(Node):
         if not accepted:
             self.get_logger().warning(f"chunk {f.sequence} rejected: {reason}",
                                    throttle_duration_sec=1.0)
+        elif self.path_pub is not None:
+            self._publish_path(chunk, now)
+
+    def _publish_path(self, chunk: Chunk, now: float) -> None:
+        """The accepted chunk's tool path (and the part executed so far) for RViz."""
+        try:
+            path = planned_path(chunk, self.chunk_executor.envelope)
+        except ValueError:
+            return
+        self.path_pub.publish(path_markers(path, self.executed.positions,
+                                           self.robot.base_frame, now))
 
     def on_joint_state(self, msg: JointState) -> None:
         """Keep the latest measured arm position (joints matched by name) and its times."""
@@ -223,6 +242,11 @@ class ExecutorNode(Node):
         command = self.chunk_executor.tick(now, self.measured_q, self._state_stamp, age)
         if command.kind == "track" or command.stop or not self.chunk_executor.joint_space:
             self.backend.send(command)
+        if self.executed is not None:
+            if command.kind == "track":
+                self.executed.add(command.arm)
+            elif command.stop:
+                self.executed.clear()
         self.gripper.send(command.gripper, now)
         if command.kind != self._reported_kind:  # say so now, not at the next 1 Hz report
             self._reported_kind = command.kind
