@@ -1,7 +1,8 @@
 """The simulated closed loop: MuJoCo arm + VLA policy + executor (CPU is enough).
 
     ros2 launch roboalign_ros sim.launch.py [model_path:=tiny] [device:=cpu] \
-        [task:=pick_red_cube] [seed:=0] [reasoning_every:=5] [robot_state_publisher:=auto]
+        [task:=pick_red_cube] [seed:=0] [reasoning_every:=5] [robot_state_publisher:=auto] \
+        [rviz:=false]
 
 Parameters come from config/sim.yaml, config/policy.yaml and config/executor.yaml; the
 arguments below override those keys (edit the files for everything else). `roboalign demo`
@@ -34,6 +35,8 @@ ARGUMENTS = {  # name: (default, description, check of the value)
     "robot_state_publisher": ("auto", "publish TF from /joint_states and the URDF: true, "
                               "false or auto (when the package is installed)",
                               choice("true", "false", "auto")),
+    "rviz": ("false", "open RViz with config/roboalign.rviz: the robot, the camera, the "
+             "planned tool path", boolean),
 }
 
 
@@ -67,6 +70,19 @@ def state_publisher(context, share):
                  output="screen", parameters=[{"robot_description": robot_description}])]
 
 
+def rviz(context, share):
+    """rviz2 with the package's config when rviz:=true (rviz2 is not on PyPI)."""
+    if LaunchConfiguration("rviz").perform(context).strip().lower() != "true":
+        return []
+    try:
+        get_package_share_directory("rviz2")
+    except PackageNotFoundError:
+        raise RuntimeError("rviz:=true needs the rviz2 package (apt install "
+                           "ros-$ROS_DISTRO-rviz2); use rviz:=false without it") from None
+    return [Node(package="rviz2", executable="rviz2", name="rviz2", output="screen",
+                 arguments=["-d", os.path.join(share, "config", "roboalign.rviz")])]
+
+
 def generate_launch_description():
     """sim_node + policy_node + executor_node (+ robot_state_publisher)."""
     share = get_package_share_directory("roboalign_ros")
@@ -77,6 +93,7 @@ def generate_launch_description():
           for name, (default, description, _) in ARGUMENTS.items()],
         OpaqueFunction(function=check_arguments),
         OpaqueFunction(function=state_publisher, args=[share]),
+        OpaqueFunction(function=rviz, args=[share]),
         Node(package="roboalign_ros", executable="sim_node", name="sim_node", output="screen",
              parameters=[os.path.join(config, "sim.yaml"),
                          {"task": arg("task"),

@@ -40,7 +40,7 @@ def _classes(module_name, names):
 
 
 # packages _share does not find: optional ones, checked below (tests may change the set)
-MISSING = {"realsense2_camera", "robot_state_publisher"}
+MISSING = {"realsense2_camera", "robot_state_publisher", "rviz2"}
 
 
 def _share(package):
@@ -217,6 +217,24 @@ def test_sim_launch_without_robot_state_publisher(fake_launch, monkeypatch):
     assert type(info[0]).__name__ == "LogInfo" and "not installed" in info[0].kwargs["msg"]
     with pytest.raises(RuntimeError, match="robot_state_publisher package"):
         function(Context({"robot_state_publisher": "true"}), *args)
+
+
+def test_sim_launch_opens_rviz_with_the_package_config_when_asked(fake_launch, monkeypatch):
+    monkeypatch.setattr(fake_launch["launch.substitutions"].LaunchConfiguration, "perform",
+                        _perform, raising=False)
+    description = load_description(ROOT / "launch" / "sim.launch.py")
+    function, args = opaque(description, "rviz")
+    assert function(Context({"rviz": "false"}), *args) == []
+    with pytest.raises(RuntimeError, match="rviz2 package"):
+        function(Context({"rviz": "true"}), *args)
+    monkeypatch.setattr(sys.modules[__name__], "MISSING", set())   # a full ROS install
+    (node,) = function(Context({"rviz": "true"}), *args)
+    config = node.kwargs["arguments"][1]
+    assert node.kwargs["executable"] == "rviz2" and Path(config).is_file()
+    text = Path(config).read_text()
+    for topic in ("/executor_node/planned_path", "/camera/camera/color/image_raw",
+                  "/robot_description"):
+        assert topic in text, topic
 
 
 # ---------------------------------------------------------------- issue 10 (hostile probe)
