@@ -39,10 +39,12 @@ class GateLimits:
     max_image_age: float = 0.5
     max_state_skew: float = 0.1
     require_instruction: bool = True
+    max_camera_skew: float = 0.1  # between the first camera's frame and each other camera's
 
     def __post_init__(self):
-        if not self.max_image_age > 0 or not self.max_state_skew > 0:
-            raise ValueError("max_image_age / max_state_skew: must be > 0")
+        if not self.max_image_age > 0 or not self.max_state_skew > 0 \
+                or not self.max_camera_skew > 0:
+            raise ValueError("max_image_age / max_state_skew / max_camera_skew: must be > 0")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,11 @@ class InputLimits:
 
 COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8")
 INSTRUCTION, IMAGE, JOINT_STATE = "instruction", "image", "joint state"  # refusal kinds
+
+
+def image_kind(camera: str | None) -> str:
+    """The refusal kind of a camera's images (IMAGE for the first camera)."""
+    return IMAGE if camera is None else f"{IMAGE} {camera}"
 
 
 def preview(text: str, limit: int = 60) -> str:
@@ -112,8 +119,10 @@ def tokenizer_counter(tokenizer) -> Callable[[str], int]:
 class Snapshot:
     """The newest inputs, as copied for one decision.
 
-    ``refused`` maps an input kind to the reason its newest sample was refused (cleared by the
-    next good sample); the gate blocks on it before looking at what is stored.
+    ``image`` / ``image_stamp``: the first camera's newest frame (its stamp is the
+    observation's). ``images`` / ``image_stamps``: every other camera's frame nearest that
+    stamp. ``refused`` maps an input kind to the reason its newest sample was refused (cleared
+    by the next good sample); the gate blocks on it before looking at what is stored.
     """
 
     image: np.ndarray | None = None
@@ -121,8 +130,10 @@ class Snapshot:
     state: np.ndarray | None = None
     state_stamp: float | None = None
     instruction: str = ""
-    extra_images: dict[str, np.ndarray] = field(default_factory=dict)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    image_stamps: dict[str, float] = field(default_factory=dict)
+    cameras: tuple[str, ...] = ()  # every camera the policy needs, the first one first
 
 
 class ObservationGate:
@@ -147,6 +158,20 @@ class ObservationGate:
             return f"image {age:.2f} s old > max_image_age {lim.max_image_age:.2f} s"
         if age < -lim.max_state_skew:
             return f"image stamped {-age:.2f} s in the future (clock mismatch?)"
+        first = snap.cameras[0] if snap.cameras else "first camera"
+        for cam in snap.cameras[1:]:
+            if image_kind(cam) in snap.refused:
+                return snap.refused[image_kind(cam)]
+            stamp = snap.image_stamps.get(cam)
+            if stamp is None:
+                return f"no image yet from camera {cam!r}"
+            if now - stamp > lim.max_image_age:
+                return (f"camera {cam!r}: image {now - stamp:.2f} s old > max_image_age "
+                        f"{lim.max_image_age:.2f} s")
+            skew = abs(stamp - snap.image_stamp)
+            if skew > lim.max_camera_skew:
+                return (f"camera {cam!r} out of sync with {first!r}: {skew:.3f} s > "
+                        f"max_camera_skew {lim.max_camera_skew:.3f} s")
         if self.needs_state:
             if JOINT_STATE in snap.refused:
                 return snap.refused[JOINT_STATE]
@@ -327,9 +352,15 @@ class PolicyWorker:
                  clock: Callable[[], float], min_period: float = 0.0,
                  state_history: int = 256, limits: InputLimits | None = None,
                  count_tokens: Callable[[str], int] | None = None,
-                 reasoner: ReasoningWorker | None = None):
+                 reasoner: ReasoningWorker | None = None,
+                 cameras: tuple[str, ...] = ("scene",), camera_history: int = 8):
         self._predict, self._make_observation = predict, make_observation
         self.reasoner = reasoner
+        if not cameras or len(set(cameras)) != len(cameras):
+            raise ValueError(f"cameras: need distinct names, got {list(cameras)}")
+        self.cameras = tuple(cameras)
+        # the other cameras' recent frames: each is paired with the first camera's by stamp
+        self._frames = {c: deque(maxlen=camera_history) for c in self.cameras[1:]}
         self.gate, self._on_decision, self._clock = gate, on_decision, clock
         self.min_period = min_period
         self.limits = limits or InputLimits()
@@ -346,15 +377,27 @@ class PolicyWorker:
 
     # inputs (called from ROS callbacks: constant time, no copies of big arrays)
     def update_image(self, image: np.ndarray, stamp: float, name: str | None = None) -> None:
-        """Set the newest image (the main camera unless ``name`` is given)."""
+        """Add a camera's newest frame (the first camera unless ``name`` names another).
+
+        A frame of the first camera triggers a decision; the others wait to be paired.
+        """
+        first = name is None or name == self.cameras[0]
+        if not first and name not in self._frames:
+            raise ValueError(f"camera {name!r}: not one of the policy's {list(self.cameras)}")
         with self._lock:
-            if name is None:
+            if first:
                 self._snap.image, self._snap.image_stamp = image, stamp
                 self._snap.refused.pop(IMAGE, None)
             else:
-                self._snap.extra_images[name] = image
-        if name is None:
+                self._frames[name].append((stamp, image))
+                self._snap.refused.pop(image_kind(name), None)
+        if first:
             self._new_image.set()
+
+    def refuse_image(self, camera: str | None, reason: str) -> None:
+        """Record that ``camera``'s newest frame was refused (None or the first: IMAGE)."""
+        first = camera is None or camera == self.cameras[0]
+        self.refuse(IMAGE if first else image_kind(camera), reason)
 
     def update_state(self, state: np.ndarray, stamp: float) -> None:
         """Add a proprioceptive state sample (kept for pairing with images by stamp)."""
@@ -420,8 +463,16 @@ class PolicyWorker:
                 else:
                     state_stamp, state = min(self._states,
                                              key=lambda item: abs(item[0] - s.image_stamp))
+            images, stamps = {}, {}
+            if s.image is not None:
+                images[self.cameras[0]], stamps[self.cameras[0]] = s.image, s.image_stamp
+            for cam, frames in self._frames.items():
+                if frames:  # the frame nearest the first camera's (approximate time)
+                    t, img = frames[-1] if s.image_stamp is None else \
+                        min(frames, key=lambda f: abs(f[0] - s.image_stamp))
+                    images[cam], stamps[cam] = img, t
             return Snapshot(s.image, s.image_stamp, state, state_stamp, s.instruction,
-                            dict(s.extra_images), dict(s.refused))
+                            images, dict(s.refused), stamps, self.cameras)
 
     def _tokens_problem(self, instruction: str) -> str | None:
         if self._count_tokens is None or not instruction:
@@ -487,6 +538,24 @@ class PolicyWorker:
 
 
 TINY = "tiny"  # model_path value that builds a random tiny policy (demos and tests)
+
+
+def checkpoint_cameras(model_path: str) -> list[str]:
+    """The camera names a checkpoint expects, from its vla_config.json (no model is loaded).
+
+    ``tiny``: its one ``scene`` camera. An unreadable config gives ``["scene"]``; loading the
+    model then says what is wrong with it.
+    """
+    import json
+    from pathlib import Path
+
+    if model_path == TINY:
+        return ["scene"]
+    try:
+        names = json.loads((Path(model_path) / "vla_config.json").read_text())["camera_names"]
+        return [str(n) for n in names] or ["scene"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ["scene"]
 
 
 def load_policy(model_path: str, robot, device: str = "auto", reasoning_every: int = -1):

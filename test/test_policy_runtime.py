@@ -339,3 +339,43 @@ def test_the_reasoning_thread_runs_at_its_own_rate_next_to_a_fast_action_path():
     assert 2 <= len(results) <= 6                  # the reasoning at ~1 / 0.3 s
     used = {d.reasoning.sequence for d in decisions if d.reasoning is not None}
     assert used and used <= {r.sequence for r in results}
+
+
+# ---------------------------------------------------------------- several cameras
+
+
+def test_every_camera_is_paired_by_stamp_and_a_missing_or_stopped_one_is_named():
+    clock, decisions = Clock(10.0), []
+    worker = PolicyWorker(lambda obs: sorted(obs.images), lambda snap: snap, gate(),
+                          decisions.append, clock, cameras=("scene", "wrist"))
+    worker.set_instruction("go")
+    worker.update_state(STATE, 10.0)
+    worker.update_image(IMAGE, 10.0)                       # the first camera
+    assert worker.step().blocked == "no image yet from camera 'wrist'"
+    wrist = [np.full((4, 4, 3), k, np.uint8) for k in range(3)]
+    for k, t in enumerate((9.90, 9.98, 10.05)):
+        worker.update_image(wrist[k], t, "wrist")
+    d = worker.step()
+    assert d.output == ["scene", "wrist"]
+    assert d.snapshot.image_stamps["wrist"] == 9.98        # the frame nearest 10.0
+    assert d.snapshot.images["wrist"] is wrist[1]
+    # the wrist camera stops: its newest frame ages past max_image_age, and says so
+    clock.t = 10.7
+    worker.update_state(STATE, 10.7)
+    worker.update_image(IMAGE, 10.7)
+    assert worker.step().blocked == "camera 'wrist': image 0.65 s old > max_image_age 0.50 s"
+    # out of sync, though fresh
+    clock.t, lim = 10.75, GateLimits(max_image_age=0.5, max_camera_skew=0.02)
+    worker.gate = ObservationGate(lim)
+    worker.update_image(wrist[0], 10.60, "wrist")
+    worker.update_image(IMAGE, 10.75)
+    worker.update_state(STATE, 10.75)
+    assert "camera 'wrist' out of sync with 'scene': 0.150 s > max_camera_skew" in \
+        worker.step().blocked
+    # a refused wrist frame is the reason until a good one arrives
+    worker.refuse_image("wrist", "camera 'wrist': image refused: encoding mono8")
+    assert worker.step().blocked == "camera 'wrist': image refused: encoding mono8"
+    with pytest.raises(ValueError, match="not one of"):
+        worker.update_image(IMAGE, 11.0, "thermal")
+    with pytest.raises(ValueError, match="distinct"):
+        PolicyWorker(None, None, gate(), None, clock, cameras=("scene", "scene"))

@@ -267,7 +267,7 @@ class SimEvaluator:
 
         self.observation_stamp = snap.image_stamp
         # as policy_node._observation: the model's camera <- the sim's scene camera
-        images = {self.camera_name: np.ascontiguousarray(snap.image), **snap.extra_images}
+        images = {name: np.ascontiguousarray(img) for name, img in snap.images.items()}
         return Observation(images=images, state=snap.state, instruction=snap.instruction)
 
     def _infer(self, worker, frames: deque, pending: deque, busy_until: float, t: float,
@@ -363,7 +363,8 @@ class SimEvaluator:
         tokenizer = getattr(self.policy, "tokenizer", None)
         worker = PolicyWorker(self._predict, self._observation, self.gate, lambda d: None,
                               lambda: self._clock, limits=self.limits,
-                              count_tokens=tokenizer_counter(tokenizer) if tokenizer else None)
+                              count_tokens=tokenizer_counter(tokenizer) if tokenizer else None,
+                              cameras=(self.camera_name,))
         problem = worker.set_instruction(instruction)
         if problem:
             raise ValueError(f"task {task}: {problem}")

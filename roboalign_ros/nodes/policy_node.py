@@ -48,7 +48,6 @@ from roboalign_ros.nodes.common import (
     sensor_qos_for,
 )
 from roboalign_ros.policy_runtime import (
-    IMAGE,
     JOINT_STATE,
     Decision,
     GateLimits,
@@ -58,6 +57,7 @@ from roboalign_ros.policy_runtime import (
     ReasoningResult,
     ReasoningWorker,
     Snapshot,
+    checkpoint_cameras,
     image_problem,
     load_policy,
     preview,
@@ -69,14 +69,16 @@ PARAMETERS = {
     "robot": "sim_arm",
     "model_path": "",
     "device": "auto",
-    "camera": "scene",
-    "color_topic": "",  # empty: the robot config's color topic
+    "cameras": [],  # the model's camera names to subscribe (empty: all, from its checkpoint)
+    "camera_topics": [],  # one colour topic per camera; "" or none: the first camera -> the
+    #                       robot config's color topic, camera C -> /camera/C/color/image_raw
     "instruction_topic": "/roboalign/instruction",
     "chunk_topic": "/roboalign/action_chunk",
     "reasoning_topic": "/roboalign/reasoning",
     "status_topic": "/roboalign/status",
     "max_image_age": 0.5,
     "max_state_skew": 0.1,
+    "max_camera_skew": 0.1,  # s between the first camera's frame and each other camera's
     "max_instruction_chars": 1000,
     "max_instruction_tokens": 256,  # counted with the policy's tokenizer
     "max_image_width": 1920,
@@ -105,7 +107,9 @@ class PolicyNode(Node):
         p = declare_parameters(self, PARAMETERS)
         self.p = p
         self.robot = load_robot_config(p["robot"])
-        self.gate = ObservationGate(GateLimits(p["max_image_age"], p["max_state_skew"]))
+        self.gate = ObservationGate(GateLimits(p["max_image_age"], p["max_state_skew"],
+                                               max_camera_skew=p["max_camera_skew"]))
+        self.cameras, topics = self._camera_topics(p)
         self.limits = InputLimits(**{name: p[name] for name in _LIMITS})
         self.state_of = JointStateMapper(self.robot)
         self.chunk_pub = self.create_publisher(ActionChunk, p["chunk_topic"], 10)
@@ -127,8 +131,9 @@ class PolicyNode(Node):
         self.latencies: deque[float] = deque(maxlen=100)
         self.publish_times: deque[float] = deque(maxlen=20)
         self.last_age = 0.0
-        self.create_subscription(Image, p["color_topic"] or self.robot.color_topic,
-                                 self.on_image, sensor_qos_for(p["sensor_reliability"], 2))
+        for cam, topic in zip(self.cameras, topics):
+            self.create_subscription(Image, topic, lambda m, c=cam: self.on_image(m, c),
+                                     sensor_qos_for(p["sensor_reliability"], 2))
         self.create_subscription(JointState, self.robot.topics["joint_states"],
                                  self.on_joint_state,
                                  sensor_qos_for(p["sensor_reliability"], 50))
@@ -137,6 +142,17 @@ class PolicyNode(Node):
         self.create_timer(1.0, self.publish_diagnostics)
         self._pending_instruction = ""
         threading.Thread(target=self._load, daemon=True).start()
+
+    def _camera_topics(self, p) -> tuple[tuple[str, ...], list[str]]:
+        """The cameras to subscribe (the parameter, else the checkpoint's) and their topics."""
+        cameras = list(p["cameras"]) or checkpoint_cameras(p["model_path"])
+        topics = list(p["camera_topics"]) or [""] * len(cameras)
+        if len(topics) != len(cameras) or len(set(cameras)) != len(cameras):
+            raise ValueError(f"camera_topics: {len(topics)} topics for cameras {cameras} "
+                             "(one per camera, distinct names)")
+        defaults = [self.robot.color_topic] + [f"/camera/{c}/color/image_raw"
+                                               for c in cameras[1:]]
+        return tuple(cameras), [t or d for t, d in zip(topics, defaults)]
 
     def _load(self) -> None:
         p = self.p
@@ -153,6 +169,9 @@ class PolicyNode(Node):
             if cfg.action_space == "joint_position" and list(cfg.dimension_names) != expected:
                 raise ValueError(f"model dimension_names {cfg.dimension_names} do not match "
                                  f"robot {self.robot.name}: {expected}")
+            if set(cfg.camera_names) != set(self.cameras):
+                raise ValueError(f"cameras {list(self.cameras)} do not match the model's "
+                                 f"camera_names {list(cfg.camera_names)}")
         except Exception as exc:  # the node stays up and says why in its status
             self._set_state(PolicyStatus.STATE_ERROR, f"model failed to load: {exc}")
             self.get_logger().error(f"model failed to load: {exc}")
@@ -169,7 +188,7 @@ class PolicyNode(Node):
                                    1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0,
                                    limits=self.limits,
                                    count_tokens=tokenizer_counter(self.policy.tokenizer),
-                                   reasoner=self.reasoner)
+                                   reasoner=self.reasoner, cameras=self.cameras)
         self._instruct(self._pending_instruction)
         if self.reasoner is not None:
             self.reasoner.start()
@@ -193,8 +212,8 @@ class PolicyNode(Node):
 
     # ------------------------------------------------------------------ inputs (never block)
 
-    def on_image(self, msg: Image) -> None:
-        """Keep the newest image as a zero-copy view (RGB); refuse it by its header first."""
+    def on_image(self, msg: Image, camera: str) -> None:
+        """Keep a camera's newest image as a zero-copy view (RGB); refuse it by its header."""
         if self.worker is None:
             return
         problem = image_problem(msg.width, msg.height, msg.encoding, len(msg.data), self.limits)
@@ -206,9 +225,10 @@ class PolicyNode(Node):
         if problem is not None:
             self.rejected += 1
             self.get_logger().error(problem, throttle_duration_sec=2.0)
-            self.worker.refuse(IMAGE, problem)
+            self.worker.refuse_image(camera, f"camera {camera!r}: {problem}"
+                                     if camera != self.cameras[0] else problem)
             return
-        self.worker.update_image(image, stamp_to_seconds(msg.header.stamp))
+        self.worker.update_image(image, stamp_to_seconds(msg.header.stamp), camera)
 
     def on_joint_state(self, msg: JointState) -> None:
         """Keep the newest proprioceptive state (arm joints + gripper opening)."""
@@ -240,7 +260,7 @@ class PolicyNode(Node):
     def _observation(self, snap: Snapshot):
         from roboalign_ros.model import Observation
 
-        images = {self.p["camera"]: np.ascontiguousarray(snap.image), **snap.extra_images}
+        images = {name: np.ascontiguousarray(img) for name, img in snap.images.items()}
         return Observation(images=images, state=snap.state, instruction=snap.instruction)
 
     # ------------------------------------------------------------------ outputs
