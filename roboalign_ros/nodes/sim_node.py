@@ -52,6 +52,10 @@ PARAMETERS = {
     "camera.depth": True,
     "camera.frame_id": "camera_color_optical_frame",
     "camera.namespace": "/camera/camera",
+    # a second camera on the hand (URDF wrist_camera frame), same size, rate and stamps
+    "wrist_camera.enabled": False,
+    "wrist_camera.namespace": "/camera/wrist",
+    "wrist_camera.frame_id": "wrist_camera_color_optical_frame",
     "servo.timeout": 0.2,
     "servo.max_linear": 0.25,
     "servo.max_angular": 1.0,
@@ -76,13 +80,15 @@ class SimNode(Node):
         self.joint_pub = self.create_publisher(JointState, topics["joint_states"], 10)
         self.status_pub = self.create_publisher(TaskStatus, "/roboalign/task_status", 10)
         self.instruction_pub = self.create_publisher(String, p["instruction_topic"], LATCHED_QOS)
-        ns = p["camera.namespace"].rstrip("/")
-        self.color_pub = self.create_publisher(Image, f"{ns}/color/image_raw", IMAGE_QOS)
-        self.info_pub = self.create_publisher(CameraInfo, f"{ns}/color/camera_info", IMAGE_QOS)
-        self.depth_pub = self.create_publisher(
-            Image, f"{ns}/aligned_depth_to_color/image_raw", IMAGE_QOS)
-        self.depth_info_pub = self.create_publisher(
-            CameraInfo, f"{ns}/aligned_depth_to_color/camera_info", IMAGE_QOS)
+        # realsense2_camera's layout per camera: colour, aligned depth, their camera_info
+        self.cameras = [("scene", p["camera.frame_id"], self._camera_publishers(p["camera.namespace"]))]
+        if p["wrist_camera.enabled"]:
+            if "wrist" not in [self.server.env.model.camera(i).name
+                               for i in range(self.server.env.model.ncam)]:
+                raise ValueError("wrist_camera.enabled: the robot's URDF has no wrist camera "
+                                 "frame (xacro wrist_camera:=true)")
+            self.cameras.append(("wrist", p["wrist_camera.frame_id"],
+                                 self._camera_publishers(p["wrist_camera.namespace"])))
         self.create_subscription(JointTrajectory, topics["trajectory"], self.on_trajectory,
                                  COMMAND_QOS)
         self.create_subscription(TwistStamped, topics["servo"], self.on_twist, COMMAND_QOS)
@@ -217,25 +223,37 @@ class SimNode(Node):
                                                 "rate_clamped_steps": limiter.clamped,
                                                 "rate_jumps_held": limiter.jumps})
 
+    def _camera_publishers(self, namespace: str) -> dict:
+        ns = namespace.rstrip("/")
+        return {"color": self.create_publisher(Image, f"{ns}/color/image_raw", IMAGE_QOS),
+                "info": self.create_publisher(CameraInfo, f"{ns}/color/camera_info", IMAGE_QOS),
+                "depth": self.create_publisher(
+                    Image, f"{ns}/aligned_depth_to_color/image_raw", IMAGE_QOS),
+                "depth_info": self.create_publisher(
+                    CameraInfo, f"{ns}/aligned_depth_to_color/camera_info", IMAGE_QOS)}
+
     def _camera_loop(self) -> None:
         p = self.p
-        camera = SceneCamera(self.server, p["camera.width"], p["camera.height"],
-                             depth=p["camera.depth"])
-        info = self._camera_info(camera)
+        # every camera renders in this thread (the GL contexts are per thread) with the same
+        # stamp: their frames are in sync by construction
+        cameras = [(SceneCamera(self.server, p["camera.width"], p["camera.height"], name,
+                                depth=p["camera.depth"]), frame_id, pubs)
+                   for name, frame_id, pubs in self.cameras]
+        infos = [self._camera_info(cam, frame_id) for cam, frame_id, _ in cameras]
         period, deadline = 1.0 / p["camera.rate"], time.perf_counter()
         try:
             while not self._stop.is_set():
                 stamp = now_seconds(self)  # time of the state snapshot = observation time
-                frame = camera.render()
-                frame_id = p["camera.frame_id"]
-                self.color_pub.publish(numpy_to_image(frame.rgb, "rgb8", stamp=stamp,
-                                                      frame_id=frame_id))
-                seconds_to_stamp(stamp, info.header.stamp)
-                self.info_pub.publish(info)
-                if frame.depth_mm is not None:
-                    self.depth_pub.publish(numpy_to_image(frame.depth_mm, "16UC1", stamp=stamp,
-                                                          frame_id=frame_id))
-                    self.depth_info_pub.publish(info)
+                for (camera, frame_id, pubs), info in zip(cameras, infos):
+                    frame = camera.render()
+                    pubs["color"].publish(numpy_to_image(frame.rgb, "rgb8", stamp=stamp,
+                                                         frame_id=frame_id))
+                    seconds_to_stamp(stamp, info.header.stamp)
+                    pubs["info"].publish(info)
+                    if frame.depth_mm is not None:
+                        pubs["depth"].publish(numpy_to_image(frame.depth_mm, "16UC1",
+                                                             stamp=stamp, frame_id=frame_id))
+                        pubs["depth_info"].publish(info)
                 deadline += period
                 delay = deadline - time.perf_counter()
                 if delay > 0:
@@ -243,16 +261,17 @@ class SimNode(Node):
                 else:
                     deadline = time.perf_counter()  # rendering slower than the rate: no backlog
         finally:
-            camera.close()
+            for camera, _, _ in cameras:
+                camera.close()
 
-    def _camera_info(self, camera: SceneCamera) -> CameraInfo:
+    def _camera_info(self, camera: SceneCamera, frame_id: str) -> CameraInfo:
         fx, fy, cx, cy = camera.intrinsics
         info = CameraInfo(width=camera.width, height=camera.height,
                           distortion_model="plumb_bob", d=[0.0] * 5)
         info.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
         info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
         info.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
-        info.header.frame_id = self.p["camera.frame_id"]
+        info.header.frame_id = frame_id
         return info
 
     def close(self) -> None:

@@ -22,6 +22,8 @@ TABLE_SIZE = (0.45, 0.55, 0.02)  # half extents (x, y, z)
 TABLE_CENTER = (0.35, 0.0, -0.02)  # top surface at z = 0 (base_link origin)
 
 
+WRIST_CAMERA_FRAME = 'wrist_camera_color_optical_frame'  # urdf/sim_arm.urdf.xacro
+
 @dataclass(frozen=True)
 class ObjectSpec:
     """A free object on the table.
@@ -89,6 +91,7 @@ class SceneConfig:
     shadow_size: int = 0
     msaa_samples: int = 0  # multisample anti-aliasing of the offscreen buffer (costly on CPU)
     extra_cameras: dict[str, tuple] = field(default_factory=dict)
+    wrist_fovy_deg: float = 70.0  # the wrist camera's (when the URDF has its frame)
 
 
 def _urdf_with_mujoco_options(urdf_xml: str) -> str:
@@ -225,6 +228,10 @@ def build_tabletop_spec(robot, cfg: SceneConfig | None = None) -> mujoco.MjSpec:
     cam_body.add_camera(name='scene', quat=[0, 1, 0, 0], fovy=cfg.camera_fovy_deg)
     for name, (frame, fovy) in cfg.extra_cameras.items():
         spec.body(frame).add_camera(name=name, quat=[0, 1, 0, 0], fovy=fovy)
+    # the URDF's optional wrist camera (xacro wrist_camera:=true): a camera named "wrist"
+    wrist = spec.body(WRIST_CAMERA_FRAME)
+    if wrist is not None and 'wrist' not in cfg.extra_cameras:
+        wrist.add_camera(name='wrist', quat=[0, 1, 0, 0], fovy=cfg.wrist_fovy_deg)
 
     # --- objects
     for obj in cfg.objects:
