@@ -5,9 +5,11 @@ A publisher process plays the robot (two synthetic cameras, /joint_states at 500
 50 Hz joint trajectory commands, a gripper command); recorder_node runs in its own process
 and records one episode of ``--seconds`` at 30 fps through its services. Prints frames
 recorded and dropped (with reasons), the CPU use of each process (fraction of one core), the
-save time and the dataset size.
+save time and the dataset size (and MB per minute). ``--depth`` adds an aligned 16UC1 depth
+stream per camera (stored losslessly), ``--bag`` the rosbag2 (MCAP) of the raw topics.
 
     python scripts/bench_recorder.py [--seconds 120] [--fps 30] [--width 640 --height 480]
+                                     [--depth] [--bag]
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import time
 from pathlib import Path
 
 CAM_TOPICS = ["/bench/cam0/color/image_raw", "/bench/cam1/color/image_raw"]
+DEPTH_TOPICS = ["/bench/cam0/aligned_depth_to_color/image_raw",
+                "/bench/cam1/aligned_depth_to_color/image_raw"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -43,7 +47,7 @@ def publisher(args) -> None:
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
     from roboalign_ros.conversions import numpy_to_image, seconds_to_stamp
-    from roboalign_ros.data.synthetic import synthetic_image
+    from roboalign_ros.data.synthetic import synthetic_depth, synthetic_image
     from roboalign_ros.nodes.common import COMMAND_QOS, IMAGE_QOS
     from roboalign_ros.robot import load_robot_config
 
@@ -58,6 +62,10 @@ def publisher(args) -> None:
     # pre-rendered frames (rendering 640x480 costs more than publishing it)
     frames = [[numpy_to_image(synthetic_image(k, args.height, args.width, seed=c), "rgb8")
                for k in range(0, 90, 3)] for c in range(2)]
+    depth_pubs = [node.create_publisher(type(frames[0][0]), t, IMAGE_QOS)
+                  for t in DEPTH_TOPICS] if args.depth else []
+    depths = [[numpy_to_image(synthetic_depth(k, args.height, args.width, seed=c), "16UC1")
+               for k in range(0, 90, 3)] for c in range(2)] if args.depth else []
     names = list(robot.arm_joints) + list(robot.gripper_joints)
     js = JointState(name=names)
     print("READY", flush=True)
@@ -104,6 +112,10 @@ def publisher(args) -> None:
                 msg = frames[c][k % len(frames[c])]
                 seconds_to_stamp(now, msg.header.stamp)
                 publish(cams[c], msg)
+                if depth_pubs:
+                    msg = depths[c][k % len(depths[c])]
+                    seconds_to_stamp(now, msg.header.stamp)
+                    publish(depth_pubs[c], msg)
             sent["images"] += 1
             k += 1
         wait = min(next_img, next_joint, next_cmd) - time.time()
@@ -120,6 +132,8 @@ def main() -> int:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--max-skew", type=float, default=0.025)
+    ap.add_argument("--depth", action="store_true", help="and an aligned depth per camera")
+    ap.add_argument("--bag", action="store_true", help="recorder_node bag.enabled (MCAP)")
     ap.add_argument("--keep", help="write the dataset here instead of a temp dir")
     ap.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -140,14 +154,18 @@ def main() -> int:
     env = dict(os.environ)
     pub = subprocess.Popen([sys.executable, __file__, "--publisher", "--seconds",
                             str(args.seconds), "--camera-rate", str(args.camera_rate),
-                            "--width", str(args.width), "--height", str(args.height)],
+                            "--width", str(args.width), "--height", str(args.height),
+                            *(["--depth"] if args.depth else [])],
                            stdout=subprocess.PIPE, text=True, env=env)
     rec_log = open(tmp / "recorder.log", "w")  # noqa: SIM115
     rec = subprocess.Popen(
         [sys.executable, "-m", "roboalign_ros.nodes.recorder_node", "--ros-args",
          "-p", f"dataset_root:={root}", "-p", f"fps:={args.fps}",
          "-p", f"max_skew:={args.max_skew}", "-p", "cameras:=[cam0,cam1]",
-         "-p", f"camera_topics:=[{CAM_TOPICS[0]},{CAM_TOPICS[1]}]"],
+         "-p", f"camera_topics:=[{CAM_TOPICS[0]},{CAM_TOPICS[1]}]",
+         *(["-p", "depth_cameras:=[cam0_depth,cam1_depth]",
+            "-p", f"depth_topics:=[{DEPTH_TOPICS[0]},{DEPTH_TOPICS[1]}]"] if args.depth else []),
+         *(["-p", "bag.enabled:=true"] if args.bag else [])],
         stdout=rec_log, stderr=subprocess.STDOUT, env=env)
     rclpy.init()
     node = Node("bench_driver")
@@ -210,7 +228,11 @@ def main() -> int:
             "machine_cores": os.cpu_count(),
             "loadavg_1min_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
             "save_seconds": round(save_s, 2), "save_cpu_seconds": round(c2 - c1[rec.pid], 2),
+            "depth": args.depth, "bag": args.bag,
             "dataset_mb": round(size / 1e6, 1),
+            "mb_per_minute": round(size / 1e6 / (wall / 60), 1),
+            "bag_mb": round(sum(p.stat().st_size for p in (root / "bags").rglob("*")
+                                if p.is_file()) / 1e6, 1) if (root / "bags").is_dir() else 0.0,
             "publisher_during_episode": {
                 k: sent1.get(k, 0) - sent0.get(k, 0) for k in (
                     "images", "joint_states", "images_late_10ms", "publish_errors")},
