@@ -158,6 +158,22 @@ def test_depth_is_recorded_when_asked_and_an_append_must_match(tmp_path):
         bulk.record_bulk(dataclasses.replace(cfg, depth=False))
 
 
+def test_the_wrist_camera_is_recorded_at_the_same_instants(tmp_path):
+    root = tmp_path / "wrist"
+    cfg = bulk.BulkConfig(root, ["pick_red_cube"], episodes=1, width=64, height=48, fps=FPS,
+                          wrist=True, progress=False).resolved()
+    bulk.record_bulk(cfg)
+    r = DatasetReader(root)
+    assert r.cameras == {"scene": (48, 64), "wrist": (48, 64)}
+    ep = r.episode(0)
+    scene, wrist = ep.frames["scene"], ep.frames["wrist"]
+    assert wrist.shape == scene.shape and not np.allclose(wrist.mean(), scene.mean(), atol=1)
+    # the hand camera sees the scene change as the arm moves in
+    assert np.abs(wrist[-1].astype(int) - wrist[0].astype(int)).mean() > 5
+    with pytest.raises(ValueError, match="cameras"):
+        bulk.record_bulk(dataclasses.replace(cfg, wrist=False))
+
+
 def test_cli_options_and_defaults(tmp_path):
     args = bulk.parse_args(["--tasks", "pick_red_cube, push_red_cube_right", "--out",
                             str(tmp_path), "--image-size", "224", "-n", "7"])

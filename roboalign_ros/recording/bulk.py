@@ -45,6 +45,7 @@ from roboalign_ros.recording.sampler import HOLD, NEAREST, FrameSampler, Sampled
 
 CAMERA = "scene"  # config/recorder.yaml cameras
 DEPTH_CAMERA = "scene_depth"  # its aligned depth (with --depth)
+WRIST_CAMERA = "wrist"  # the camera on the hand (with --wrist), sim_node's wrist_camera
 STATE, COMMAND, GRIPPER, PHASE = "state", "command", "gripper", "phase"
 ACTION_SOURCE = "joint_trajectory"
 OPERATOR = "scripted_expert"
@@ -88,6 +89,7 @@ class BulkConfig:
     max_attempts: int | None = None  # per task (default 2 * episodes + 10)
     workers: int = 1
     depth: bool = False  # also record the scene camera's aligned depth (lossless, mm)
+    wrist: bool = False  # also record the wrist camera (same size, same instants)
     codec: str | None = None
     gop: int | None = None
     crf: int | None = None
@@ -241,11 +243,12 @@ class RecordedEpisode:
 class FrameRenderer:
     """Renders snapshots exactly as sim_node's SceneCamera renders the live state."""
 
-    def __init__(self, env, width: int, height: int, camera: str = CAMERA, depth: bool = False):
+    def __init__(self, env, width: int, height: int, camera: str = CAMERA, depth: bool = False,
+                 wrist: bool = False):
         import mujoco
 
         self.env, self.width, self.height, self.camera = env, int(width), int(height), camera
-        self.depth = depth
+        self.depth, self.wrist = depth, wrist
         self._data = mujoco.MjData(env.model)
         self.intrinsics = env.camera_intrinsics(self.width, self.height, camera)
 
@@ -263,6 +266,9 @@ class FrameRenderer:
         images = {CAMERA: rgb}
         if self.depth:
             images[DEPTH_CAMERA] = depth_millimetres(meters)
+        if self.wrist:  # the same state: both cameras show the same instant
+            images[WRIST_CAMERA], _ = self.env.render(self.width, self.height, WRIST_CAMERA,
+                                                      depth=False, data=data)
         return images, scene_state(self.env, data)
 
 
@@ -294,14 +300,14 @@ _WORKER: dict[str, Any] = {}
 
 
 def _worker_init(robot: str, width: int, height: int, fps: int, max_skew: float,
-                 settle: float, depth: bool = False) -> None:
+                 settle: float, depth: bool = False, wrist: bool = False) -> None:
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     from roboalign_ros.sim import TabletopEnv
     from roboalign_ros.sim.expert import ScriptedExpert
 
     env = TabletopEnv(robot)
     _WORKER.update(env=env, expert=ScriptedExpert(env),
-                   renderer=FrameRenderer(env, width, height, depth=depth),
+                   renderer=FrameRenderer(env, width, height, depth=depth, wrist=wrist),
                    args=(fps, max_skew, settle))
 
 
@@ -314,7 +320,8 @@ class _Runner:
     """Runs episodes in this process or in a pool of worker processes (same results)."""
 
     def __init__(self, cfg: BulkConfig):
-        args = (cfg.robot, cfg.width, cfg.height, cfg.fps, cfg.max_skew, cfg.settle, cfg.depth)
+        args = (cfg.robot, cfg.width, cfg.height, cfg.fps, cfg.max_skew, cfg.settle, cfg.depth,
+                cfg.wrist)
         self.pool = None
         if cfg.workers > 1:
             import multiprocessing
@@ -368,9 +375,10 @@ def _open_dataset(cfg: BulkConfig, env, meta: ss.SimMetadata):
     features = ss.scene_features(list(env.objects))
     video = dict(gop=cfg.gop, crf=cfg.crf, encoder_threads=cfg.encoder_threads)
     depth = {DEPTH_CAMERA: (cfg.height, cfg.width)} if cfg.depth else {}
+    cameras = {c: (cfg.height, cfg.width) for c in (CAMERA, *([WRIST_CAMERA] * cfg.wrist))}
     if not (cfg.root / fmt.INFO_PATH).exists():
         writer = DatasetWriter.create(
-            cfg.root, cfg.fps, state_names, action_names, {CAMERA: (cfg.height, cfg.width)},
+            cfg.root, cfg.fps, state_names, action_names, cameras,
             robot.name, codec=cfg.codec, extra_features=features, depth_cameras=depth,
             metadata={"sim": meta.to_json(), "recorder": "roboalign record bulk"}, **video)
         split = sp.SeedSplit(split_seed=cfg.split_seed)
@@ -382,8 +390,8 @@ def _open_dataset(cfg: BulkConfig, env, meta: ss.SimMetadata):
         problems.append(f"fps {writer.fps} (asked: {cfg.fps})")
     if writer.state_names != state_names or writer.action_names != action_names:
         problems.append("state/action names")
-    if writer.cameras != {CAMERA: (cfg.height, cfg.width)}:
-        problems.append(f"cameras {writer.cameras} (asked: {CAMERA} {cfg.height}x{cfg.width})")
+    if writer.cameras != cameras:
+        problems.append(f"cameras {writer.cameras} (asked: {cameras})")
     if writer.depth_cameras != depth:
         problems.append(f"depth cameras {writer.depth_cameras} (asked: {depth or 'none'})")
     if writer.extra_features != {k: dict(v) for k, v in features.items()}:
@@ -547,6 +555,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="episodes tried per task at most (default 2 x episodes + 10)")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes simulating and rendering (the writer stays in this one)")
+    ap.add_argument("--wrist", action="store_true",
+                    help="also record the wrist camera (sim_node's wrist_camera)")
     ap.add_argument("--depth", action="store_true",
                     help="also record the scene camera's aligned depth (scene_depth, lossless)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -564,7 +574,8 @@ def config_from_args(args: argparse.Namespace) -> BulkConfig:
     return BulkConfig(root=Path(args.out), tasks=tasks, episodes=args.episodes,
                       split_seed=args.split_seed, robot=args.robot, width=width, height=height,
                       fps=args.fps, settle=args.settle, max_attempts=args.max_attempts,
-                      workers=args.workers, depth=args.depth, progress=not args.quiet)
+                      workers=args.workers, depth=args.depth, wrist=args.wrist,
+                      progress=not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:
