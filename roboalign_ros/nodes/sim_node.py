@@ -81,7 +81,8 @@ class SimNode(Node):
         self.status_pub = self.create_publisher(TaskStatus, "/roboalign/task_status", 10)
         self.instruction_pub = self.create_publisher(String, p["instruction_topic"], LATCHED_QOS)
         # realsense2_camera's layout per camera: colour, aligned depth, their camera_info
-        self.cameras = [("scene", p["camera.frame_id"], self._camera_publishers(p["camera.namespace"]))]
+        self.cameras = [("scene", p["camera.frame_id"],
+                         self._camera_publishers(p["camera.namespace"]))]
         if p["wrist_camera.enabled"]:
             if "wrist" not in [self.server.env.model.camera(i).name
                                for i in range(self.server.env.model.ncam)]:
