@@ -46,7 +46,8 @@ def test_xacro_parses_with_urdfdom_and_has_inertials_and_limits(spec):
         assert min(ine.ixx, ine.iyy, ine.izz) > 0
     for frame in ('world', 'base_link', 'tool0', 'camera_link', 'camera_color_optical_frame'):
         assert frame in links
-    assert 'wrist_camera_link' not in links
+    # config/robots/sim_arm.yaml turns the xacro's wrist_camera option on (the sim's wrist camera)
+    assert 'wrist_camera_color_optical_frame' in links
 
 
 @pytest.mark.skipif(shutil.which('xmllint') is None, reason='xmllint not installed')
@@ -80,6 +81,8 @@ def test_bad_hardware_arg_and_wrist_camera_option():
         expand_xacro(XACRO, {'hardware': 'bogus'})
     _, links = parse_urdf_joints(expand_xacro(XACRO, {'wrist_camera': 'true'}))
     assert {'wrist_camera_link', 'wrist_camera_color_optical_frame'} <= links
+    _, links = parse_urdf_joints(expand_xacro(XACRO))   # the xacro's own default: off
+    assert 'wrist_camera_link' not in links
 
 
 def test_spec_from_urdf_and_config(spec):
