@@ -160,46 +160,23 @@ def make_features(
         STATE_KEY: {"dtype": "float32", "shape": [len(state_names)], "names": list(state_names)},
         ACTION_KEY: {"dtype": "float32", "shape": [len(action_names)], "names": list(action_names)},
     }
-    for cam, hw in cameras.items():
-        if not _CAMERA_NAME.match(cam):
-            raise ValueError(f"cameras: bad camera name {cam!r} (letters, digits, _ and - only)")
+    streams = [(cam, hw, False) for cam, hw in cameras.items()]
+    streams += [(cam, hw, True) for cam, hw in (depth_cameras or {}).items()]
+    for cam, hw, depth in streams:
+        what = "depth_cameras" if depth else "cameras"
+        if not _CAMERA_NAME.match(str(cam)) or camera_key(cam) in features:
+            raise ValueError(f"{what}: bad or repeated camera name {cam!r} (letters, digits, "
+                             "_ and - only)")
         h, w = (int(v) for v in hw)
         if h <= 0 or w <= 0 or h % 2 or w % 2:
-            raise ValueError(f"cameras[{cam!r}]: height/width must be positive and even, got {hw}")
-        features[camera_key(cam)] = {
-            "dtype": "video",
-            "shape": [h, w, 3],
-            "names": ["height", "width", "channels"],
-            "info": {
-                "video.height": h,
-                "video.width": w,
-                "video.codec": video_codec,
-                "video.pix_fmt": "yuv420p",
-                "video.is_depth_map": False,
-                "video.fps": fps,
-                "video.channels": 3,
-                "has_audio": False,
-            },
-        }
-    for cam, (h, w) in (depth_cameras or {}).items():
-        if not _CAMERA_NAME.match(str(cam)) or camera_key(cam) in features:
-            raise ValueError(f"depth_cameras: bad or repeated name {cam!r}")
-        features[camera_key(cam)] = {
-            "dtype": "video",
-            "shape": [h, w, 1],
-            "names": ["height", "width", "channels"],
-            "info": {
-                "video.height": h,
-                "video.width": w,
-                "video.codec": DEPTH_CODEC,
-                "video.pix_fmt": DEPTH_PIX_FMT,
-                "video.is_depth_map": True,
-                "video.fps": fps,
-                "video.channels": 1,
-                "video.depth_unit": "mm",
-                "has_audio": False,
-            },
-        }
+            raise ValueError(f"{what}[{cam!r}]: height/width must be positive and even, got {hw}")
+        info = {"video.height": h, "video.width": w,
+                "video.codec": DEPTH_CODEC if depth else video_codec,
+                "video.pix_fmt": DEPTH_PIX_FMT if depth else "yuv420p",
+                "video.is_depth_map": depth, "video.fps": fps, "video.channels": 1 if depth else 3,
+                **({"video.depth_unit": "mm"} if depth else {}), "has_audio": False}
+        features[camera_key(cam)] = {"dtype": "video", "shape": [h, w, 1 if depth else 3],
+                                     "names": ["height", "width", "channels"], "info": info}
     for key, ft in (extra or {}).items():
         features[key] = check_extra_feature(key, ft, reserved=features)
     for key, dtype in INDEX_FEATURES.items():
