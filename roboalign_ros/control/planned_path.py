@@ -52,7 +52,11 @@ def planned_path(chunk: Chunk, envelope: SafetyEnvelope) -> PlannedPath:
 
 
 class ExecutedPath:
-    """The tool positions of the last ``maxlen`` joint commands sent (oldest first)."""
+    """The tool positions of the last ``maxlen`` joint commands sent (oldest first).
+
+    ``add`` only keeps the joint position (it runs in the control loop); the forward
+    kinematics run when the path is read, at the chunk rate.
+    """
 
     def __init__(self, envelope: SafetyEnvelope, maxlen: int = 300):
         self.envelope = envelope
@@ -60,7 +64,7 @@ class ExecutedPath:
 
     def add(self, q: np.ndarray) -> None:
         """Record one commanded arm position."""
-        self._points.append(self.envelope.tool_position(np.asarray(q, np.float64)))
+        self._points.append(np.array(q, np.float64))
 
     def clear(self) -> None:
         """Forget the path (a hold, an e-stop, a new task)."""
@@ -70,4 +74,6 @@ class ExecutedPath:
     def positions(self) -> np.ndarray:
         """[N, 3] tool positions, oldest first."""
         points = list(self._points)  # one atomic copy: the control thread appends meanwhile
-        return np.stack(points) if points else np.zeros((0, 3))
+        if not points:
+            return np.zeros((0, 3))
+        return np.stack([self.envelope.tool_position(q) for q in points])
