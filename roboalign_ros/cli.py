@@ -9,6 +9,7 @@
     roboalign train {sft,rationale,align,head} --config C [--set k=v ...]
     roboalign eval ...                   evaluation trials (see `roboalign eval -h`)
     roboalign eval sim --model DIR --task T --seeds A-B   the same, headless, in sim time
+    roboalign explain --model M --dataset D --episode E --frame F   attention maps (PNG)
     roboalign repro mini                 record -> train (4 stages) -> evaluate -> report
     roboalign bench {policy,serving,executor,sim,closed-loop}
     roboalign model tiny OUT_DIR         write a tiny random policy checkpoint
@@ -42,6 +43,7 @@ DELEGATES = {
     ("model", "tiny"): ("roboalign_ros.model.tiny", "main"),
     ("eval", None): ("roboalign_ros.apps.evaluate", "main"),
     ("demo", None): ("roboalign_ros.apps.demo", "main"),
+    ("explain", None): ("roboalign_ros.apps.explain", "main"),
     ("repro", None): ("roboalign_ros.apps.repro", "main"),
 }
 SCRIPTS = {("bench", "executor"): "bench_executor.py", ("bench", "sim"): "bench_sim.py",

@@ -201,47 +201,57 @@ class Decision:
     reasoning: ReasoningResult | None = None
 
 
-@dataclass(frozen=True)
-class ReasoningResult:
-    """One finished generation of a :class:`ReasoningWorker`.
+@dataclass
+class OffPathResult:
+    """One finished job of an :class:`OffPathWorker`.
 
-    ``sequence`` counts the worker's generations from 1; ``stamp`` is the time of the
-    observation it was generated from; ``reasoning`` is what ``reason`` returned (a
-    ``model.Reasoning``), None with ``error``.
+    ``sequence`` counts the worker's jobs from 1; ``stamp`` is the time of the observation it
+    ran on; ``value`` is what the work function returned, None with ``error``.
     """
 
     sequence: int
     stamp: float
     instruction: str
-    reasoning: object | None = None
+    value: object | None = None
     seconds: float = 0.0
     error: str | None = None
 
 
-class ReasoningWorker:
-    """Generates reasoning on its own thread, off the action path.
+class ReasoningResult(OffPathResult):
+    """One finished generation of a :class:`ReasoningWorker` (``reasoning``: a ``Reasoning``)."""
 
-    ``reason(observation)`` is the slow generation; ``make_observation(snapshot)`` adapts a
+    @property
+    def reasoning(self):
+        """What ``reason`` returned (a ``model.Reasoning``), None with ``error``."""
+        return self.value
+
+
+class OffPathWorker:
+    """Runs slow work on the newest observation on its own thread, off the action path.
+
+    ``work(observation)`` is the slow function; ``make_observation(snapshot)`` adapts a
     snapshot. The action path hands every observation it accepts to :meth:`offer` (constant
-    time); the worker generates on the newest one when ``period`` seconds have passed since
-    its last start, and at once when the instruction changes. :meth:`latest` returns the newest
-    finished result for an instruction and never blocks. ``on_result`` receives every result
+    time); the worker runs on the newest one when ``period`` seconds have passed since its
+    last start, and at once when the instruction changes. ``on_result`` receives every result
     (from the worker thread). On CPU the thread lowers its own scheduling priority, so the
     action path keeps the cores when both want them.
     """
 
-    def __init__(self, reason: Callable, make_observation: Callable[[Snapshot], object],
-                 on_result: Callable[[ReasoningResult], None] | None = None,
+    result_type = OffPathResult
+    name = "off_path_worker"
+
+    def __init__(self, work: Callable, make_observation: Callable[[Snapshot], object],
+                 on_result: Callable[[OffPathResult], None] | None = None,
                  period: float = 1.0, nice: int = 10):
         if not period >= 0:
-            raise ValueError(f"reasoning period: must be >= 0 s, got {period!r}")
-        self._reason, self._make_observation = reason, make_observation
+            raise ValueError(f"{self.name} period: must be >= 0 s, got {period!r}")
+        self._work, self._make_observation = work, make_observation
         self._on_result = on_result or (lambda result: None)
         self.period, self.nice = period, nice
         self._lock = threading.Lock()
         self._offered: Snapshot | None = None
-        self._latest: ReasoningResult | None = None
-        self._started_for: str | None = None   # instruction of the last generation started
+        self._latest: OffPathResult | None = None
+        self._started_for: str | None = None   # instruction of the last job started
         self._last_start = -np.inf
         self._sequence = 0
         self._busy_since: float | None = None
@@ -255,15 +265,15 @@ class ReasoningWorker:
             self._offered = snap
         self._wake.set()
 
-    def latest(self, instruction: str) -> ReasoningResult | None:
-        """The newest finished reasoning for ``instruction`` (None: none yet). Never blocks."""
+    def latest(self, instruction: str) -> OffPathResult | None:
+        """The newest successful result for ``instruction`` (None: none yet). Never blocks."""
         with self._lock:
             r = self._latest
-        return r if r is not None and r.reasoning is not None and \
+        return r if r is not None and r.value is not None and \
             r.instruction == instruction else None
 
     def busy_for(self) -> float:
-        """Seconds the running generation has taken so far (0 when idle)."""
+        """Seconds the running job has taken so far (0 when idle)."""
         since = self._busy_since
         return 0.0 if since is None else time.monotonic() - since
 
@@ -278,39 +288,39 @@ class ReasoningWorker:
             self._offered = None
             return snap
 
-    def step(self) -> ReasoningResult | None:
-        """One generation if one is due (what the thread runs; callable directly in tests)."""
+    def step(self) -> OffPathResult | None:
+        """One job if one is due (what the thread runs; callable directly in tests)."""
         snap = self._due()
         if snap is None:
             return None
         self._started_for, self._last_start = snap.instruction, time.monotonic()
         self._busy_since = time.monotonic()
         try:
-            reasoning, error = self._reason(self._make_observation(snap)), None
-        except Exception as exc:  # a failing generation must not stop the action path
-            reasoning, error = None, f"{type(exc).__name__}: {exc}"
+            value, error = self._work(self._make_observation(snap)), None
+        except Exception as exc:  # a failing job must not stop the action path
+            value, error = None, f"{type(exc).__name__}: {exc}"
         finally:
             seconds = time.monotonic() - self._busy_since
             self._busy_since = None
         self._sequence += 1
-        result = ReasoningResult(self._sequence, snap.image_stamp, snap.instruction,
-                                 reasoning, seconds, error)
+        result = self.result_type(self._sequence, snap.image_stamp, snap.instruction,
+                                  value, seconds, error)
         try:
             self._on_result(result)  # published before any chunk may name it
         finally:
-            if reasoning is not None:
+            if value is not None:
                 with self._lock:
                     self._latest = result
         return result
 
     def start(self) -> None:
-        """Start the reasoning thread."""
+        """Start the worker thread."""
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="reasoning_worker", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop after the current generation."""
+        """Stop after the current job."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
@@ -328,6 +338,27 @@ class ReasoningWorker:
             if self._stop.is_set():
                 break
             self.step()
+
+
+class ReasoningWorker(OffPathWorker):
+    """Generates reasoning off the action path (:class:`OffPathWorker` with ``work=reason``).
+
+    The action path conditions on :meth:`latest`, the newest finished reasoning for the
+    instruction in force, and never waits for a generation.
+    """
+
+    result_type = ReasoningResult
+    name = "reasoning_worker"
+
+
+class AttentionWorker(OffPathWorker):
+    """Computes attention overlays off the action path (``work``: observation -> overlays).
+
+    ``policy_node`` runs it at a low rate on the newest accepted observation, with its own
+    eager-attention copy of the model (``model.attention.AttentionExplainer``).
+    """
+
+    name = "attention_worker"
 
 
 class PolicyWorker:

@@ -17,6 +17,27 @@ ACTION_START, ACTION_END = "<ACTION_START>", "<ACTION_END>"
 ACTION_TOKEN_FORMAT = "<ACT_{}>"
 _ACT_RE = re.compile(r"<ACT_(\d{1,9})>")
 
+# ReFineVLA's four rationale sections, each opened by its tag (closing tags optional)
+SECTIONS = ("Observation", "Situation Analysis", "Spatial Reasoning", "Task Planning")
+_SECTION_RE = re.compile("<(" + "|".join(SECTIONS) + ")>")
+
+
+def section_spans(text: str) -> dict[str, tuple[int, int]]:
+    """Character span of each rationale section found in ``text``: tag to the next tag.
+
+    A section ends at the next section tag, ``</think>`` or the end of the text.
+    """
+    marks = [(m.start(), m.group(1)) for m in _SECTION_RE.finditer(text)]
+    end = text.find(THINK_END)
+    end = len(text) if end < 0 else end
+    spans = {}
+    for i, (start, name) in enumerate(marks):
+        if start >= end:
+            break
+        stop = marks[i + 1][0] if i + 1 < len(marks) else end
+        spans.setdefault(name, (start, min(stop, end)))
+    return spans
+
 
 def action_token_strings(vocab_size: int) -> list[str]:
     """The MLLM vocabulary additions for ``vocab_size`` action tokens (without start/end)."""

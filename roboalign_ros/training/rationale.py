@@ -43,12 +43,12 @@ from typing import Protocol
 
 import numpy as np
 
+from ..model.reasoning import SECTIONS
 from .config import ConfigError, DataConfig, RunConfig, check, load_config
 from .sim_teacher import SimTeacher, SimTeacherConfig
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("Observation", "Situation Analysis", "Spatial Reasoning", "Task Planning")
 RATIONALES_FILE = "rationales.jsonl"
 REJECTED_FILE = "rationales_rejected.jsonl"
 
