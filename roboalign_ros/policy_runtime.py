@@ -361,6 +361,24 @@ class AttentionWorker(OffPathWorker):
     name = "attention_worker"
 
 
+def attention_overlays(explainer, latest_reasoning: Callable[[str], str | None],
+                       source: str = "action head") -> Callable:
+    """An :class:`AttentionWorker` job: observation -> ``{camera: overlay [H, W, 3] uint8}``.
+
+    ``explainer``: a ``model.attention.AttentionExplainer``; ``latest_reasoning(instruction)``
+    the newest generated text to explain (None: the head's map only; it never generates).
+    ``source``: which map to draw ("action head", "reasoning", a section name, "action
+    tokens"); when the observation has no such map, the head's.
+    """
+    def work(observation) -> dict[str, np.ndarray]:
+        maps = explainer.explain(observation, latest_reasoning(observation.instruction),
+                                 generate=False)
+        chosen = source if source in maps.maps else maps.sources[-1]
+        return {camera: maps.overlay(chosen, camera) for camera in maps.images}
+
+    return work
+
+
 class PolicyWorker:
     """Runs ``predict`` in its own thread on the newest observation; updates never block.
 
@@ -375,7 +393,9 @@ class PolicyWorker:
 
     With a ``reasoner``, every accepted observation is offered to it and ``predict`` is called
     as ``predict(observation, reasoning)`` with its newest finished result's ``reasoning``
-    (None: none yet for this instruction); the decision records that result.
+    (None: none yet for this instruction); the decision records that result. ``observers``
+    (other :class:`OffPathWorker`, e.g. an :class:`AttentionWorker`) are offered every
+    accepted observation too; the action path never waits for them.
     """
 
     def __init__(self, predict: Callable, make_observation: Callable[[Snapshot], object],
@@ -384,9 +404,11 @@ class PolicyWorker:
                  state_history: int = 256, limits: InputLimits | None = None,
                  count_tokens: Callable[[str], int] | None = None,
                  reasoner: ReasoningWorker | None = None,
-                 cameras: tuple[str, ...] = ("scene",), camera_history: int = 8):
+                 cameras: tuple[str, ...] = ("scene",), camera_history: int = 8,
+                 observers: tuple[OffPathWorker, ...] = ()):
         self._predict, self._make_observation = predict, make_observation
         self.reasoner = reasoner
+        self.observers = list(observers)
         if not cameras or len(set(cameras)) != len(cameras):
             raise ValueError(f"cameras: need distinct names, got {list(cameras)}")
         self.cameras = tuple(cameras)
@@ -522,6 +544,8 @@ class PolicyWorker:
             return Decision(snap, blocked=reason)
         age = now - snap.image_stamp
         conditioned = None
+        for observer in self.observers:
+            observer.offer(snap)
         if self.reasoner is not None:
             self.reasoner.offer(snap)
             conditioned = self.reasoner.latest(snap.instruction)

@@ -1,5 +1,9 @@
 """Action-chunk inter-arrival while reasoning runs: async (dual rate) vs inline vs off.
 
+``attention`` is ``async`` plus the attention overlays ``policy_node`` publishes with
+``attention.enabled`` (an :class:`AttentionWorker` every ``--attention-period`` s): compare its
+row with ``async`` to see what the attention topic costs the action path.
+
 Serves a policy the way ``policy_node`` does, without ROS: a camera thread feeds frames at
 ``--camera-rate`` into a :class:`PolicyWorker`; the reasoning is off, runs inside the action
 path every ``--every`` chunks (``inline``, what ``predict`` does) or on its own thread
@@ -27,11 +31,13 @@ from roboalign_ros.model import Observation
 from roboalign_ros.policy_runtime import (
     GateLimits,
     ObservationGate,
+    AttentionWorker,
     PolicyWorker,
     ReasoningWorker,
+    attention_overlays,
 )
 
-MODES = ("off", "inline", "async")
+MODES = ("off", "inline", "async", "attention")
 
 
 def load(args):
@@ -55,15 +61,16 @@ def load(args):
     return pol
 
 
-def serve(pol, mode: str, seconds: float, camera_rate: float, every: int, period: float):
-    """Run one mode for ``seconds``; returns chunk times and reasoning durations."""
+def serve(pol, mode: str, seconds: float, camera_rate: float, every: int, period: float,
+          attention_period: float = 1.0):
+    """Run one mode for ``seconds``; returns chunk times, reasoning and attention durations."""
     h, w = pol.config.image_size or (224, 224)
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
     state = np.zeros(pol.config.state_dim, np.float32)
     t_start = time.monotonic()
     clock = time.monotonic
-    chunks, thoughts = [], []
+    chunks, thoughts, overlays = [], [], []
 
     def observe(snap):
         return Observation({n: snap.image for n in pol.config.camera_names}, state,
@@ -71,12 +78,21 @@ def serve(pol, mode: str, seconds: float, camera_rate: float, every: int, period
 
     pol.reset()
     pol.config.reasoning_every = every if mode == "inline" else (0 if mode == "off" else 1)
-    reasoner = None
+    reasoner = attention = None
     predict = pol.predict
-    if mode == "async":
+    if mode in ("async", "attention"):
         reasoner = ReasoningWorker(pol.reason, observe,
                                    lambda r: thoughts.append(r.seconds), period)
         predict = pol.act
+    if mode == "attention":
+        from roboalign_ros.model.attention import AttentionExplainer
+
+        def latest(instruction):
+            r = reasoner.latest(instruction)
+            return r.reasoning.text if r is not None else None
+
+        attention = AttentionWorker(attention_overlays(AttentionExplainer(pol), latest), observe,
+                                    lambda r: overlays.append(r.seconds), attention_period)
 
     def on_decision(d):
         if d.output is not None:
@@ -88,6 +104,7 @@ def serve(pol, mode: str, seconds: float, camera_rate: float, every: int, period
     worker = PolicyWorker(predict, observe, ObservationGate(GateLimits(max_image_age=60.0),
                                                             needs_state=False),
                           on_decision, clock, reasoner=reasoner)
+    worker.observers = [attention] if attention is not None else []
     worker.set_instruction("pick up the red cube")
     stop = threading.Event()
 
@@ -97,21 +114,24 @@ def serve(pol, mode: str, seconds: float, camera_rate: float, every: int, period
             stop.wait(1.0 / camera_rate)
 
     cam = threading.Thread(target=camera, daemon=True)
-    if reasoner is not None:
-        reasoner.start()
+    for background in (reasoner, attention):
+        if background is not None:
+            background.start()
     worker.start()
     cam.start()
     time.sleep(seconds)
     stop.set()
     worker.stop()
-    if reasoner is not None:
-        reasoner.stop()
+    for background in (reasoner, attention):
+        if background is not None:
+            background.stop()
     cam.join()
-    return np.asarray(chunks) - t_start, np.asarray(thoughts)
+    return np.asarray(chunks) - t_start, np.asarray(thoughts), np.asarray(overlays)
 
 
-def summarize(chunks: np.ndarray, thoughts: np.ndarray, seconds: float) -> dict:
-    """Chunk rate, inter-arrival percentiles (ms) and reasoning count / p50 of one mode."""
+def summarize(chunks: np.ndarray, thoughts: np.ndarray, overlays: np.ndarray,
+              seconds: float) -> dict:
+    """Chunk rate, inter-arrival percentiles (ms), reasoning and attention counts of a mode."""
     gaps = np.diff(chunks) * 1e3 if len(chunks) > 1 else np.asarray([np.nan])
     return {"chunks": int(len(chunks)), "chunk_rate_hz": len(chunks) / seconds,
             "inter_arrival_p50_ms": float(np.percentile(gaps, 50)),
@@ -119,7 +139,8 @@ def summarize(chunks: np.ndarray, thoughts: np.ndarray, seconds: float) -> dict:
             "inter_arrival_max_ms": float(np.max(gaps)),
             "reasonings": int(len(thoughts)),
             "reasoning_p50_ms": float(np.percentile(thoughts, 50) * 1e3) if len(thoughts)
-            else float("nan")}
+            else float("nan"),
+            "attention_maps": int(len(overlays))}
 
 
 def main(argv=None) -> dict:
@@ -134,6 +155,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--every", type=int, default=5, help="inline: reasoning every N chunks")
     ap.add_argument("--period", type=float, default=0.0,
                     help="async: seconds between generations (0: back to back, the worst case)")
+    ap.add_argument("--attention-period", type=float, default=1.0,
+                    help="attention: seconds between attention maps (policy_node's default)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--image-size", type=int, nargs=2, default=(112, 112))
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -146,17 +169,18 @@ def main(argv=None) -> dict:
     pol.warmup()
     rows = {}
     for mode in a.modes:
-        rows[mode] = summarize(*serve(pol, mode, a.seconds, a.camera_rate, a.every, a.period),
+        rows[mode] = summarize(*serve(pol, mode, a.seconds, a.camera_rate, a.every, a.period,
+                                       a.attention_period),
                                a.seconds)
     print(f"model={a.model} preset={a.preset} device={pol.device} threads="
           f"{torch.get_num_threads()} camera={a.camera_rate:g} Hz new_tokens={a.new_tokens} "
           f"seconds/mode={a.seconds:g} inline every={a.every} async period={a.period:g} s")
     print(f"{'mode':<8}{'chunks/s':>9}{'gap p50':>9}{'gap p99':>9}{'gap max':>9}"
-          f"{'reasonings':>11}{'reason p50':>11}   (ms)")
+          f"{'reasonings':>11}{'reason p50':>11}{'attn maps':>10}   (ms)")
     for mode, r in rows.items():
         print(f"{mode:<8}{r['chunk_rate_hz']:>9.1f}{r['inter_arrival_p50_ms']:>9.0f}"
               f"{r['inter_arrival_p99_ms']:>9.0f}{r['inter_arrival_max_ms']:>9.0f}"
-              f"{r['reasonings']:>11}{r['reasoning_p50_ms']:>11.0f}")
+              f"{r['reasonings']:>11}{r['reasoning_p50_ms']:>11.0f}{r['attention_maps']:>10}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=2)
