@@ -2,23 +2,37 @@
 
     ros2 launch roboalign_ros bringup.launch.py robot:=fr3 model_path:=/models/roboalign \
         [device:=cuda] [backend:=joint_trajectory] [camera:=realsense2_camera|camera_node|none] \
-        [moveit:=false]
+        [moveit:=false] [autostart:=true]
 
 The arm's own bringup (ros2_control with a joint_trajectory_controller, or MoveIt Servo for
 backend:=servo) runs separately, as the robot vendor ships it; config/robots/<robot>.yaml
 names its controller topics, joints and limits. Safety limits are on (config/executor.yaml).
+policy_node and executor_node are lifecycle nodes: configured by the launch, then activated
+(autostart:=false leaves them inactive until `ros2 lifecycle set /executor_node activate` and
+`ros2 lifecycle set /policy_node activate`; `deactivate` holds the arm where it is).
 """
 
 import os
 
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, OpaqueFunction
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    IncludeLaunchDescription,
+    OpaqueFunction,
+    RegisterEventHandler,
+)
+from launch.conditions import IfCondition
+from launch.events import matches_action
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PythonExpression
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
 
-from roboalign_ros.launch_arguments import DEVICE, choice, text, validate
+from roboalign_ros.launch_arguments import DEVICE, boolean, choice, text, validate
 
 ARGUMENTS = {  # name: (default, description, check of the value)
     "robot": ("sim_arm", "robot config in config/robots/ (sim_arm, fr3, ur5e) or a YAML path",
@@ -32,6 +46,8 @@ ARGUMENTS = {  # name: (default, description, check of the value)
     "camera": ("realsense2_camera", "realsense2_camera, camera_node (pyrealsense2) or none",
                choice("realsense2_camera", "camera_node", "none")),
     "moveit": ("false", "use MoveItPy (moveit_py) for ~/go_home", choice("true", "false")),
+    "autostart": ("true", "activate policy_node and executor_node once configured (false: "
+                  "they wait, inactive, for `ros2 lifecycle set /<node> activate`)", boolean),
 }
 
 
@@ -40,6 +56,26 @@ def check_arguments(context):
     validate({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS},
              {name: spec[2] for name, spec in ARGUMENTS.items()})
     return []
+
+
+def managed(node):
+    """Drive lifecycle ``node`` from the launch: configure it once it is up, then activate it
+    when it reaches inactive from configuring (only then: a later deactivate by hand stays)
+    if ``autostart:=true``; with ``autostart:=false`` it waits, configured (inactive), for
+    ``ros2 lifecycle set /<node> activate``."""
+    def change(transition_id, **kwargs):
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                           transition_id=transition_id), **kwargs)
+
+    return [
+        RegisterEventHandler(OnStateTransition(
+            target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
+            entities=[change(Transition.TRANSITION_ACTIVATE,
+                             condition=IfCondition(LaunchConfiguration("autostart")))],
+            handle_once=True)),
+        node,
+        change(Transition.TRANSITION_CONFIGURE),
+    ]
 
 
 def camera_driver(context, config):
@@ -76,17 +112,18 @@ def generate_launch_description():
                for name, (default, description, _) in ARGUMENTS.items()]
     actions.append(OpaqueFunction(function=check_arguments))
     actions.append(OpaqueFunction(function=camera_driver, args=[config]))
-    actions += [
-        Node(package="roboalign_ros", executable="policy_node", name="policy_node",
-             output="screen", sigterm_timeout="15",  # let a running inference finish
-             parameters=[os.path.join(config, "policy.yaml"),
-                         {"robot": arg("robot"), "model_path": arg("model_path"),
-                          "device": arg("device")}]),
-        Node(package="roboalign_ros", executable="executor_node", name="executor_node",
-             output="screen",
-             parameters=[os.path.join(config, "executor.yaml"),
-                         {"robot": arg("robot"), "backend": arg("backend"),
-                          "action_space": arg("action_space"),
-                          "home_backend": home_backend}]),
-    ]
+    policy = LifecycleNode(
+        package="roboalign_ros", executable="policy_node", name="policy_node", namespace="",
+        output="screen", sigterm_timeout="15",  # let a running inference finish
+        parameters=[os.path.join(config, "policy.yaml"),
+                    {"autostart": False,  # the launch drives its transitions (managed())
+                     "robot": arg("robot"), "model_path": arg("model_path"),
+                     "device": arg("device")}])
+    executor = LifecycleNode(
+        package="roboalign_ros", executable="executor_node", name="executor_node", namespace="",
+        output="screen",
+        parameters=[os.path.join(config, "executor.yaml"),
+                    {"autostart": False, "robot": arg("robot"), "backend": arg("backend"),
+                     "action_space": arg("action_space"), "home_backend": home_backend}])
+    actions += [*managed(policy), *managed(executor)]
     return LaunchDescription(actions)

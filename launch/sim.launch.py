@@ -2,9 +2,11 @@
 
     ros2 launch roboalign_ros sim.launch.py [model_path:=tiny] [device:=cpu] \
         [task:=pick_red_cube] [seed:=0] [reasoning_every:=5] [robot_state_publisher:=auto] \
-        [rviz:=false]
+        [rviz:=false] [autostart:=true]
 
-Parameters come from config/sim.yaml, config/policy.yaml and config/executor.yaml; the
+policy_node and executor_node are lifecycle nodes: the launch configures them, then activates
+them (autostart:=false leaves them configured, inactive: `ros2 lifecycle set /policy_node
+activate`). Parameters come from config/sim.yaml, config/policy.yaml and config/executor.yaml; the
 arguments below override those keys (edit the files for everything else). `roboalign demo`
 starts the same three nodes without the ros2 CLI.
 """
@@ -13,10 +15,21 @@ import os
 
 from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    LogInfo,
+    OpaqueFunction,
+    RegisterEventHandler,
+)
+from launch.conditions import IfCondition
+from launch.events import matches_action
 from launch.substitutions import Command, FindExecutable, LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
+from lifecycle_msgs.msg import Transition
 
 from roboalign_ros.launch_arguments import DEVICE, boolean, choice, integer, number, text, validate
 
@@ -37,6 +50,8 @@ ARGUMENTS = {  # name: (default, description, check of the value)
                               choice("true", "false", "auto")),
     "rviz": ("false", "open RViz with config/roboalign.rviz: the robot, the camera, the "
              "planned tool path", boolean),
+    "autostart": ("true", "activate policy_node and executor_node once configured (false: "
+                  "they wait, inactive, for `ros2 lifecycle set /<node> activate`)", boolean),
 }
 
 
@@ -45,6 +60,26 @@ def check_arguments(context):
     validate({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS},
              {name: spec[2] for name, spec in ARGUMENTS.items()})
     return []
+
+
+def managed(node):
+    """Drive lifecycle ``node`` from the launch: configure it once it is up, then activate it
+    when it reaches inactive from configuring (only then: a later deactivate by hand stays)
+    if ``autostart:=true``; with ``autostart:=false`` it waits, configured (inactive), for
+    ``ros2 lifecycle set /<node> activate``."""
+    def change(transition_id, **kwargs):
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                           transition_id=transition_id), **kwargs)
+
+    return [
+        RegisterEventHandler(OnStateTransition(
+            target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
+            entities=[change(Transition.TRANSITION_ACTIVATE,
+                             condition=IfCondition(LaunchConfiguration("autostart")))],
+            handle_once=True)),
+        node,
+        change(Transition.TRANSITION_CONFIGURE),
+    ]
 
 
 def state_publisher(context, share):
@@ -88,6 +123,18 @@ def generate_launch_description():
     share = get_package_share_directory("roboalign_ros")
     config = os.path.join(share, "config")
     arg = LaunchConfiguration
+    policy = LifecycleNode(
+        package="roboalign_ros", executable="policy_node", name="policy_node", namespace="",
+        output="screen", sigterm_timeout="15",  # a CPU inference can outlast the 5 s
+        parameters=[os.path.join(config, "policy.yaml"),
+                    {"autostart": False,  # the launch drives its transitions (managed())
+                     "model_path": arg("model_path"), "device": arg("device"),
+                     "reasoning_every": ParameterValue(arg("reasoning_every"), value_type=int),
+                     "torch_threads": ParameterValue(arg("torch_threads"), value_type=int)}])
+    executor = LifecycleNode(
+        package="roboalign_ros", executable="executor_node", name="executor_node", namespace="",
+        output="screen", parameters=[os.path.join(config, "executor.yaml"),
+                                     {"autostart": False}])
     return LaunchDescription([
         *[DeclareLaunchArgument(name, default_value=default, description=description)
           for name, (default, description, _) in ARGUMENTS.items()],
@@ -101,14 +148,6 @@ def generate_launch_description():
                                                                 value_type=bool),
                           "seed": ParameterValue(arg("seed"), value_type=int),
                           "camera.rate": ParameterValue(arg("camera_rate"), value_type=float)}]),
-        Node(package="roboalign_ros", executable="policy_node", name="policy_node",
-             output="screen", sigterm_timeout="15",  # a CPU inference can outlast the 5 s
-             parameters=[os.path.join(config, "policy.yaml"),
-                         {"model_path": arg("model_path"), "device": arg("device"),
-                          "reasoning_every": ParameterValue(arg("reasoning_every"),
-                                                            value_type=int),
-                          "torch_threads": ParameterValue(arg("torch_threads"),
-                                                          value_type=int)}]),
-        Node(package="roboalign_ros", executable="executor_node", name="executor_node",
-             output="screen", parameters=[os.path.join(config, "executor.yaml")]),
+        *managed(policy),
+        *managed(executor),
     ])

@@ -372,3 +372,16 @@ def test_home_move_is_reachable_from_the_arm_and_from_the_last_command():
     assert seconds == pytest.approx(np.max(np.abs(home - last)) / 0.6)
     assert ex.tick(t + 0.01, Q0).kind == 'paused'
     assert ex.home_move(t, Q0, Q0, speed=0.3) == 0.5      # never shorter than min_seconds
+
+
+def test_resume_after_an_open_ended_pause_takes_chunks_observed_from_then_on():
+    """A pause until inf (an inactive executor_node, MoveItPy homing) ended by resume(now):
+    older chunks stay refused, newer ones are tracked (they were refused for an hour)."""
+    ex = make_exec(watchdog_timeout=10.0)
+    ex.tick(0.0, Q0)
+    ex.pause(0.0, float('inf'), 'inactive')
+    assert ex.tick(0.1, Q0).kind == 'paused'
+    ex.resume(1.0)
+    assert not ex.submit(ramp_chunk(0.9, 1, h=100), now=1.0)[0]
+    assert ex.submit(ramp_chunk(1.0, 2, h=100), now=1.0)[0]
+    assert ex.tick(1.01, Q0).kind == 'track'

@@ -15,7 +15,7 @@ def test_package_xml_is_valid_format_3_with_the_real_dependencies():
     names = {d.name for d in package.build_depends + package.exec_depends}
     for needed in ("rclpy", "sensor_msgs", "trajectory_msgs", "geometry_msgs", "std_srvs",
                    "diagnostic_msgs", "std_msgs", "builtin_interfaces", "moveit_py",
-                   "realsense2_camera"):
+                   "realsense2_camera", "lifecycle_msgs"):
         assert needed in names, f"package.xml lacks {needed}"
     assert "rosidl_interface_packages" in [g.name for g in package.member_of_groups]
     assert package.get_build_type() == "ament_cmake"

@@ -59,7 +59,7 @@ def fake_launch(monkeypatch):
         "launch.actions": _classes("launch.actions", [
             "DeclareLaunchArgument", "IncludeLaunchDescription", "OpaqueFunction",
             "RegisterEventHandler", "GroupAction", "TimerAction", "LogInfo", "EmitEvent"]),
-        "launch.events": _classes("launch.events", ["Shutdown"]),
+        "launch.events": _classes("launch.events", ["Shutdown", "matches_action"]),
         "launch.conditions": _classes("launch.conditions", [
             "IfCondition", "UnlessCondition", "LaunchConfigurationEquals"]),
         "launch.substitutions": _classes("launch.substitutions", [
@@ -69,7 +69,11 @@ def fake_launch(monkeypatch):
             "launch.launch_description_sources", ["PythonLaunchDescriptionSource"]),
         "launch.event_handlers": _classes("launch.event_handlers", ["OnProcessExit"]),
         "launch_ros": types.ModuleType("launch_ros"),
-        "launch_ros.actions": _classes("launch_ros.actions", ["Node"]),
+        "launch_ros.actions": _classes("launch_ros.actions", ["Node", "LifecycleNode"]),
+        "launch_ros.event_handlers": _classes("launch_ros.event_handlers",
+                                              ["OnStateTransition"]),
+        "launch_ros.events": types.ModuleType("launch_ros.events"),
+        "launch_ros.events.lifecycle": _classes("launch_ros.events.lifecycle", ["ChangeState"]),
         "launch_ros.parameter_descriptions": _classes("launch_ros.parameter_descriptions",
                                                       ["ParameterValue"]),
         "launch_ros.substitutions": _classes("launch_ros.substitutions", ["FindPackageShare"]),
@@ -188,12 +192,63 @@ def test_launch_file_wiring(path, fake_launch, monkeypatch):
     started = set()
     for values in choices:
         for action in walk(description.args, Context(values)):
-            if type(action).__name__ == "Node":
+            if type(action).__name__ in ("Node", "LifecycleNode"):
                 started.add(check_node(action, declared))
     if path.name == "sim.launch.py":
         assert {"sim_node", "policy_node", "executor_node"} <= started
     if path.name == "bringup.launch.py":
         assert {"camera_node", "policy_node", "executor_node"} <= started
+
+
+@pytest.mark.parametrize("name", ["sim.launch.py", "bringup.launch.py"])
+def test_policy_and_executor_are_lifecycle_nodes_configured_then_activated(name, fake_launch,
+                                                                          monkeypatch):
+    """Issue 14: both start with autostart false; the launch emits configure for each, and
+    activate when it reaches inactive from configuring (once: a later manual deactivate is
+    not undone), only with autostart:=true."""
+    from lifecycle_msgs.msg import Transition
+
+    from roboalign_ros.nodes import executor_node, policy_node
+
+    monkeypatch.setattr(fake_launch["launch.substitutions"].LaunchConfiguration, "perform",
+                        _perform, raising=False)
+    monkeypatch.setattr(sys.modules[__name__], "MISSING", set())
+    description = load_description(ROOT / "launch" / name)
+    defaults = declared_defaults(description)
+    assert defaults["autostart"] == "true"
+    top = list(description.args[0])
+    for node, module in (("policy_node", policy_node), ("executor_node", executor_node)):
+        assert module.PARAMETERS["autostart"] is True      # ros2 run / the apps: unchanged
+        (action,) = [a for a in top if type(a).__name__ == "LifecycleNode"
+                     and a.kwargs["executable"] == node]
+        assert action.kwargs["name"] == node and "namespace" in action.kwargs
+        overrides = [e for e in action.kwargs["parameters"] if isinstance(e, dict)]
+        assert overrides and overrides[-1]["autostart"] is False   # last: wins over the file
+
+        def change_events(entities, node_action):
+            return [e.kwargs["event"] for e in entities if type(e).__name__ == "EmitEvent"
+                    and type(e.kwargs["event"]).__name__ == "ChangeState"
+                    and e.kwargs["event"].kwargs["lifecycle_node_matcher"].args == (node_action,)]
+
+        (configure,) = change_events(top, action)
+        assert configure.kwargs["transition_id"] == Transition.TRANSITION_CONFIGURE
+        assert top.index(action) < top.index(next(e for e in top if type(e).__name__ ==
+                                                  "EmitEvent" and e.kwargs["event"] is configure))
+        handlers = [r.args[0] for r in top if type(r).__name__ == "RegisterEventHandler"
+                    and r.args[0].kwargs.get("target_lifecycle_node") is action]
+        (handler,) = handlers
+        assert type(handler).__name__ == "OnStateTransition"
+        kw = handler.kwargs
+        assert (kw["start_state"], kw["goal_state"], kw.get("handle_once")) == \
+            ("configuring", "inactive", True)
+        (activate,) = change_events(kw["entities"], action)
+        assert activate.kwargs["transition_id"] == Transition.TRANSITION_ACTIVATE
+        (emit,) = kw["entities"]
+        condition = emit.kwargs["condition"]
+        assert type(condition).__name__ == "IfCondition"
+        assert condition.args[0].args[0] == "autostart"
+    assert not [a for a in walk(description.args, Context(defaults)) if type(a).__name__ == "Node"
+                and a.kwargs["executable"] in ("policy_node", "executor_node")]
 
 
 def test_bringup_refuses_unknown_camera_and_explains_missing_realsense(fake_launch, monkeypatch):
@@ -266,6 +321,8 @@ BAD_VALUES = [
     ("sim.launch.py", "device", "gpu", "not a device"),
     ("sim.launch.py", "robot_state_publisher", "sometimes", "not one of true, false, auto"),
     ("sim.launch.py", "model_path", "", "must not be empty"),
+    ("sim.launch.py", "autostart", "later", "not a boolean"),
+    ("bringup.launch.py", "autostart", "2", "not a boolean"),
     ("bringup.launch.py", "backend", "moveit_py", "not one of joint_trajectory, servo"),
     ("bringup.launch.py", "moveit", "yes please", "not one of true, false"),
     ("eval.launch.py", "mode", "fake", "not one of sim, real"),

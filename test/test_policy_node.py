@@ -90,9 +90,8 @@ def probe(rclpy_context, policy_process):
             p.executor.spin_once(timeout_sec=0.01)
 
     p.now, p.send_image, p.wait = now, send_image, wait
-    assert spin_until(p.executor, lambda: any(s.state == PolicyStatus.STATE_WAITING or
-                                              s.state == PolicyStatus.STATE_BLOCKED
-                                              for s in p.statuses), 120), "model never loaded"
+    assert spin_until(p.executor, lambda: any(s.lifecycle_state == "active"
+                                              for s in p.statuses), 120), "never activated"
     assert spin_until(p.executor, lambda: p.image_pub.get_subscription_count() > 0, 10)
     yield p
     p.executor.shutdown()

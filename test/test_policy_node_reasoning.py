@@ -69,8 +69,7 @@ def test_chunks_flow_while_reasoning_runs_and_name_the_reasoning_they_used(
     executor.add_node(node)
     try:
         assert spin_until(executor, lambda: any(
-            s.state in (PolicyStatus.STATE_WAITING, PolicyStatus.STATE_BLOCKED)
-            for s in statuses), 120), "model never loaded"
+            s.lifecycle_state == "active" for s in statuses), 120), "never activated"
         instruction_pub.publish(String(data="pick up the red cube"))
         node.create_timer(0.05, publish_image)
         assert spin_until(executor, lambda: len(reasonings) >= 2 and len(chunks) >= 10, 60)

@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from roboalign_ros.control.blending import BLEND_MODES
 from roboalign_ros.control.executor import ChunkExecutor, ExecutorConfig
 from roboalign_ros.control.safety import SafetyEnvelope
 
@@ -43,6 +44,7 @@ EXECUTOR_PARAMETERS: dict[str, Any] = {
     "safety.margin": 0.02,
     "safety.workspace": True,
     "safety.workspace_mode": "hold",
+    "autostart": True,  # the node configures + activates itself at startup (lifecycle)
 }
 
 SPACE_BACKEND = {"joint_position": "joint_trajectory", "ee_delta": "servo"}
@@ -68,6 +70,10 @@ def build_executor(params: Mapping[str, Any], robot=None, kinematics=None) -> Ch
     from roboalign_ros.robot import load_robot_config
 
     p = params
+    if p["blend"] not in BLEND_MODES:  # named here as the parameter (the blender says "mode")
+        raise ValueError(f"blend: {p['blend']!r} is not one of {', '.join(BLEND_MODES)}")
+    if not p["rate"] > 0:
+        raise ValueError(f"rate: must be > 0 Hz, got {p['rate']}")
     robot = robot if robot is not None else load_robot_config(p["robot"])
     space = p["action_space"]
     if SPACE_BACKEND.get(space) != p["backend"]:

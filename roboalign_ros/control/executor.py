@@ -276,10 +276,14 @@ class ChunkExecutor:
             return seconds
 
     def resume(self, now: float) -> None:
-        """End a pause early (the other motion finished at ``now``)."""
+        """End a pause early (the other motion finished at ``now``).
+
+        Chunks observed from ``now`` on are taken (a pause until ``inf`` refused them for an
+        hour ahead).
+        """
         with self._lock:
             self._paused_until = -math.inf
-            self._not_before = max(self._not_before, now)
+            self._not_before = now
 
     # -- the control tick ------------------------------------------------------------------
 

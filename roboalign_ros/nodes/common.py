@@ -69,6 +69,82 @@ def declare_parameters(node: Node, defaults: Mapping[str, object],
     return values
 
 
+def parameter_values(node: Node, defaults: Mapping[str, object]) -> dict[str, object]:
+    """The current values of the parameters of ``defaults`` (see :func:`declare_parameters`).
+
+    What a lifecycle node reads when it configures, so that ``ros2 param set`` before
+    ``configure`` takes effect.
+    """
+    from rclpy.exceptions import ParameterUninitializedException
+
+    values = {}
+    for name, default in defaults.items():
+        try:
+            value = node.get_parameter(name).value
+        except ParameterUninitializedException:  # a typed empty list nobody has set
+            value = None
+        values[name] = list(value or []) if isinstance(default, list) else value
+    return values
+
+
+def lifecycle_state(node: Node) -> str:
+    """A lifecycle node's current state label: unconfigured, inactive, active, configuring, ...
+
+    (rclpy has no public getter; the ``get_state`` service reads the same state machine.)
+    """
+    return node._state_machine.current_state[1]
+
+
+def autostart(node: Node) -> None:
+    """Configure, then activate, ``node`` as soon as it spins (the ``autostart`` parameter).
+
+    ``ros2 run`` and the apps get a working node; a launch file drives the transitions instead.
+    A configure that fails (the node has said why) ends the process with exit code 1, as a
+    node that cannot start did before it was managed: the programs that start nodes see it at
+    once. Driven by a lifecycle manager (``autostart: false``), it stays up unconfigured.
+    """
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    def start():
+        timer.cancel()
+        node.destroy_timer(timer)
+        if node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+            node.trigger_activate()
+        else:
+            node.get_logger().fatal("autostart: configure failed (see above); exiting. With "
+                                    "autostart:=false the node stays up, unconfigured.")
+            node.finished, node.exit_code = True, 1
+
+    timer = node.create_timer(0.0, start)
+
+
+_ENTITY_KINDS = ("timers", "subscriptions", "services", "clients", "publishers")
+
+
+class Entities:
+    """What a node creates from now on (a lifecycle node's configure), destroyed together.
+
+    Its cleanup, or a configure that failed half way: publishers, subscriptions, services,
+    clients and timers, including those that helpers (backends) create on the node.
+    """
+
+    def __init__(self, node: Node):
+        self._node = node
+        self._before = {kind: set(getattr(node, kind)) for kind in _ENTITY_KINDS}
+
+    def destroy(self) -> None:
+        """Destroy everything created since this object was made."""
+        from rclpy.lifecycle import LifecyclePublisher
+
+        node = self._node
+        for kind in _ENTITY_KINDS:
+            for entity in [e for e in getattr(node, kind) if e not in self._before[kind]]:
+                if isinstance(entity, LifecyclePublisher):
+                    node.destroy_lifecycle_publisher(entity)
+                else:
+                    getattr(node, f"destroy_{kind[:-1]}")(entity)
+
+
 def now_seconds(node: Node) -> float:
     """The node's clock (ROS time) in float seconds."""
     return node.get_clock().now().nanoseconds * 1e-9

@@ -136,8 +136,9 @@ class EvalNode(Node):
             self.apply(self.session.on_task_success(now_seconds(self), msg.elapsed))
 
     def on_policy_status(self, msg: PolicyStatus) -> None:
-        """Trials wait until the policy has a model loaded."""
-        self.session.on_policy_status(msg.state not in _NOT_READY, msg.message)
+        """Trials wait until the policy has a model loaded and is active (publishes chunks)."""
+        active = msg.lifecycle_state in ("", "active")   # "": a policy that is not managed
+        self.session.on_policy_status(msg.state not in _NOT_READY and active, msg.message)
 
     def on_start_trial(self, request, response):
         """The technician has reset the scene: start the trial (real mode)."""

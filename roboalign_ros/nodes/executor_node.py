@@ -8,6 +8,12 @@ plan/execute), then hold there until a chunk observed after homing arrives. Dela
 compensation, blending, the watchdogs, the feasibility rule and the safety envelope live in
 roboalign_ros.control.
 
+A lifecycle (managed) node: ``configure`` reads the parameters, builds the executor with its
+limits and backend and subscribes; ``activate`` starts the command stream; ``deactivate`` stops
+it and holds the arm where it is (the controller's stop, mid-chunk included; chunks are refused
+until the next activate, and streaming then resumes from the measured position); ``cleanup``
+releases it all. ``autostart`` (default true) configures and activates at startup.
+
 The e-stop is subscribed twice, reliable and best effort, so that any publisher is heard
 (a best-effort subscription alone would lose a reliable publisher's retransmissions; a
 reliable one alone does not match a best-effort publisher at all). A message heard on both
@@ -21,7 +27,7 @@ import time
 from collections import OrderedDict, deque
 
 import numpy as np
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
@@ -52,8 +58,12 @@ from roboalign_ros.nodes.common import (
     SENSOR_QOS,
     WARN,
     Diagnostics,
+    Entities,
+    autostart,
     declare_parameters,
+    lifecycle_state,
     now_seconds,
+    parameter_values,
     run_node,
 )
 from roboalign_ros.nodes.markers import path_markers
@@ -67,19 +77,58 @@ ESTOP_BEST_EFFORT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_
 _LEVEL = {"track": OK, "hold": WARN, "paused": WARN, "no_state": ERROR, "estop": ERROR}
 
 
-class ExecutorNode(Node):
+class ExecutorNode(LifecycleNode):
     """Wires :class:`~roboalign_ros.control.executor.ChunkExecutor` to topics and a backend."""
 
     def __init__(self, **overrides):
         super().__init__("executor_node", **overrides)
-        p = declare_parameters(self, PARAMETERS)
+        declare_parameters(self, PARAMETERS)  # read at configure (ros2 param set works before)
+        self.p: dict | None = None
+        self.chunk_executor = self.backend = self._entities = None
+        self._active = False
+        self._error = ""                          # why the last configure failed
+        self._periods: deque[float] = deque(maxlen=500)
+        self._reported_kind = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.diagnostics = Diagnostics(self, "executor_node: command stream")  # in every state
+        self.create_timer(1.0, self.publish_diagnostics)
+        if self.get_parameter("autostart").value:
+            autostart(self)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        """Parameters -> robot config, executor and limits, backend, subscriptions."""
+        self._entities = Entities(self)
+        try:
+            self._configure(parameter_values(self, PARAMETERS))
+        except Exception as exc:  # a bad parameter: say which, stay unconfigured
+            self._release()
+            self._error = f"configure failed: {exc}"
+            self.get_logger().error(self._error)
+            self.publish_diagnostics("unconfigured")
+            return TransitionCallbackReturn.FAILURE
+        self._error = ""
+        p = self.p
+        self.get_logger().info(
+            f"configured: {p['action_space']} chunks on {self.robot.name} via {p['backend']} at "
+            f"{p['rate']:.0f} Hz (blend {p['blend']}, safety envelope on: velocity "
+            f"x{p['safety.velocity_scale']}, max step {p['safety.max_step']} rad, acceleration "
+            f"{p['safety.acc_max']} rad/s^2, workspace {p['safety.workspace']}; joint-state "
+            f"watchdog {p['state_timeout']} s)")
+        self.publish_diagnostics("inactive")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self, p: dict) -> None:
         self.p = p
         robot = load_robot_config(p["robot"])
         self.robot = robot
-        space = p["action_space"]
         if not p["safety.workspace"]:
             self.get_logger().warning("safety.workspace is off: the tool box is not enforced")
         self.chunk_executor = build_executor(p, robot, Kinematics(robot))
+        # nothing streams before activate: chunks observed until then are refused
+        self.chunk_executor.pause(now_seconds(self), float("inf"), "inactive")
         self.backend = make_backend(p["backend"], self, robot, p["lead_time"])
         self.gripper = GripperPublisher(self, robot.gripper_topic)
         self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"])
@@ -103,25 +152,80 @@ class ExecutorNode(Node):
         # the planned tool path in RViz (joint_position chunks; FK of the envelope's model)
         self.path_pub = self.executed = None
         if p["path_topic"] and self.chunk_executor.joint_space:
-            self.path_pub = self.create_publisher(MarkerArray, p["path_topic"], 10)
+            self.path_pub = self.create_lifecycle_publisher(MarkerArray, p["path_topic"], 10)
             self.executed = ExecutedPath(self.chunk_executor.envelope)
-        self.diagnostics = Diagnostics(self, "executor_node: command stream")
-        self.create_timer(1.0, self.publish_diagnostics)
-        self._periods: deque[float] = deque(maxlen=500)
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        """Start the command stream: chunks observed from now on, from the measured position."""
+        self.chunk_executor.resume(now_seconds(self))
         self._reported_kind = None
-        self._stop = threading.Event()
+        self._periods.clear()
+        self._active = True
+        self._stop.clear()
         self._thread = threading.Thread(target=self._control_loop, daemon=True)
         self._thread.start()
-        self.get_logger().info(
-            f"executing {space} chunks on {robot.name} via {p['backend']} at {p['rate']:.0f} Hz "
-            f"(blend {p['blend']}, safety envelope on: velocity x{p['safety.velocity_scale']}, "
-            f"max step {p['safety.max_step']} rad, acceleration {p['safety.acc_max']} rad/s^2, "
-            f"workspace {p['safety.workspace']}; joint-state watchdog {p['state_timeout']} s)")
+        self.get_logger().info("active: following chunks")
+        self.publish_diagnostics("active")
+        return super().on_activate(state)  # enables the lifecycle publishers
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        """Stop the stream and hold the arm where it is now (mid-chunk too)."""
+        self._hold()
+        self.get_logger().info("inactive: holding the arm at its current position")
+        self.publish_diagnostics("inactive")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        """Release the executor, its limits, backend and topics: back to unconfigured."""
+        self._release()
+        self.publish_diagnostics("unconfigured")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        """Hold the arm (if it was streaming) and release everything."""
+        if self.backend is not None:
+            self._hold()
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        """A transition raised: hold, release, and go back to unconfigured."""
+        self.get_logger().error(f"transition from {state.label} failed: releasing everything")
+        self.on_shutdown(state)
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_stream(self) -> None:
+        self._active = False
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+            self._thread = None
+
+    def _hold(self) -> None:
+        """No more commands from the stream; the controller stops where the arm is."""
+        self._stop_stream()
+        self.chunk_executor.pause(now_seconds(self), float("inf"), "inactive")
+        self.backend.stop()
+        if self.executed is not None:
+            self.executed.clear()
+
+    def _release(self) -> None:
+        self._stop_stream()
+        if self._entities is not None:
+            self._entities.destroy()
+        self._entities = self.chunk_executor = self.backend = self.p = None
+        self.home_backend = self.home_trajectory = self.gripper = None
+        self.path_pub = self.executed = None
 
     # ------------------------------------------------------------------ inputs
 
     def on_chunk(self, msg: ActionChunk) -> None:
         """Validate and queue a chunk; refusals are logged (throttled) and counted."""
+        if not self._active:
+            self.chunk_executor.counters["rejected_inactive"] += 1
+            self.get_logger().warning("chunk ignored: executor_node is inactive (activate it "
+                                      "to follow chunks)", throttle_duration_sec=5.0)
+            return
         now = now_seconds(self)
         try:
             f = action_chunk_to_numpy(msg)
@@ -194,6 +298,10 @@ class ExecutorNode(Node):
 
     def on_go_home(self, request, response):
         """Move to the robot's home pose slowly, with streaming paused meanwhile."""
+        if not self._active:
+            response.success = False
+            response.message = "executor_node is inactive (activate it first)"
+            return response
         if self.chunk_executor.engaged:
             response.success, response.message = False, "e-stop engaged"
             return response
@@ -254,11 +362,22 @@ class ExecutorNode(Node):
                 self.get_logger().error(f"{command.kind}: {command.reasons[0]}")
             self.publish_diagnostics()
 
-    def publish_diagnostics(self) -> None:
-        """Counters, state and command-period jitter on /diagnostics."""
-        status = self.chunk_executor.status(now_seconds(self))
+    def publish_diagnostics(self, lifecycle: str | None = None) -> None:
+        """Lifecycle state, counters, command state and period jitter on /diagnostics.
+
+        ``lifecycle``: the state being entered (during a transition); default the current one.
+        """
+        lifecycle = lifecycle or lifecycle_state(self)
+        executor = self.chunk_executor
+        if executor is None:  # unconfigured (or finalized): nothing built, nothing commanded
+            self.diagnostics.publish(ERROR if self._error else WARN,
+                                     f"{lifecycle}: {self._error or 'not configured'}",
+                                     {"lifecycle_state": lifecycle})
+            return
+        status = executor.status(now_seconds(self))
         periods = np.asarray(self._periods) * 1e3
-        values = {"state": status.last_kind, "reason": status.reason, "estop": status.estop,
+        values = {"lifecycle_state": lifecycle, "state": status.last_kind,
+                  "reason": status.reason, "estop": status.estop,
                   "active_chunks": status.active_chunks,
                   "seconds_since_chunk": status.seconds_since_chunk or -1.0}
         if periods.size:
@@ -270,13 +389,17 @@ class ExecutorNode(Node):
         message = "e-stop" if status.estop else status.last_kind
         if status.last_kind in ("no_state", "paused"):
             message = f"{status.last_kind}: {status.reason}"
-        self.diagnostics.publish(level, message, values)
+        if lifecycle != "active":
+            level = max(level, WARN)
+            message = "e-stop" if status.estop else "holding, not streaming (activate to follow "\
+                "chunks)"
+        self.diagnostics.publish(level, f"{lifecycle}: {message}", values)
 
     def close(self) -> None:
         """Stop the control thread and leave the arm holding."""
-        self._stop.set()
-        self._thread.join(timeout=1.0)
-        self.backend.stop()
+        self._stop_stream()
+        if self.backend is not None:
+            self.backend.stop()
 
 
 def main(args=None) -> int:

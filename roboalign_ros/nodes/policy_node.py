@@ -11,19 +11,27 @@ at once on a new instruction; each chunk is conditioned on the newest finished r
 inside the action path every ``reasoning_every`` chunks (as ``VLAPolicy.predict`` and the
 headless evaluator do); ``action_source: tokens`` models always run inline. Every reasoning is
 published as a ``roboalign_ros/Reasoning`` stamped with its observation's time.
-The model loads in the background so the node is up (status LOADING) at once. Inputs beyond
+With ``attention.enabled``, an :class:`~roboalign_ros.policy_runtime.AttentionWorker` draws
+where the policy looks (``model.attention``) on the newest accepted observation every
+``attention.period`` seconds and publishes it on ``~/attention/<camera>`` (rgb8, the camera's
+stamp and frame), from its own thread and its own copy of the model.
+A lifecycle (managed) node: ``configure`` reads the parameters, loads the model, warms it up
+and subscribes (status LOADING meanwhile; a bad parameter fails the transition, names the
+parameter and leaves the node unconfigured); ``activate`` starts the action (and reasoning)
+path and the chunk / reasoning publishers; ``deactivate`` stops them (no chunk while inactive);
+``cleanup`` releases the model. ``autostart`` (default true) configures and activates at
+startup. Status and /diagnostics name the lifecycle state in every state. Inputs beyond
 the ``max_instruction_*`` / ``max_image_*`` bounds are refused before the model sees them, and
 the refusal is what the status and /diagnostics report.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
 
 import numpy as np
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
@@ -32,9 +40,11 @@ from roboalign_ros.conversions import (
     JointStateMapper,
     image_to_numpy,
     numpy_to_action_chunk,
+    numpy_to_image,
     seconds_to_stamp,
     stamp_to_seconds,
 )
+from roboalign_ros.model.reasoning import SECTIONS
 from roboalign_ros.msg import ActionChunk, PolicyStatus, Reasoning
 from roboalign_ros.nodes.common import (
     COMMAND_QOS,
@@ -42,13 +52,18 @@ from roboalign_ros.nodes.common import (
     OK,
     WARN,
     Diagnostics,
+    Entities,
+    autostart,
     declare_parameters,
+    lifecycle_state,
     now_seconds,
+    parameter_values,
     run_node,
     sensor_qos_for,
 )
 from roboalign_ros.policy_runtime import (
     JOINT_STATE,
+    AttentionWorker,
     Decision,
     GateLimits,
     InputLimits,
@@ -57,6 +72,7 @@ from roboalign_ros.policy_runtime import (
     ReasoningResult,
     ReasoningWorker,
     Snapshot,
+    attention_overlays,
     checkpoint_cameras,
     image_problem,
     load_policy,
@@ -90,47 +106,96 @@ PARAMETERS = {
     "reasoning_period": 1.0,  # s between generations in async mode (0: back to back)
     "torch_threads": 0,  # CPU inference threads; 0 = torch's default
     "sensor_reliability": "reliable",  # camera/joint-state QoS: reliable | best_effort
+    "autostart": True,  # configure + activate at startup (launch files drive them instead)
+    # attention overlays on ~/attention/<camera> (sensor_msgs/Image), off the action path
+    "attention.enabled": False,
+    "attention.period": 1.0,  # s between overlays
+    "attention.source": "action head",  # action head | reasoning | action tokens | a section
 }
 
 REASONING_MODES = ("async", "inline")
+ATTENTION_SOURCES = ("action head", "reasoning", "action tokens", *SECTIONS)
 _RGB_FROM = {"rgb8": lambda a: a, "bgr8": lambda a: a[..., ::-1],
              "rgba8": lambda a: a[..., :3]}
 _LIMITS = ("max_instruction_chars", "max_instruction_tokens", "max_image_width",
            "max_image_height", "max_image_bytes")
 
 
-class PolicyNode(Node):
+class PolicyNode(LifecycleNode):
     """Wires a :class:`~roboalign_ros.model.VLAPolicy` to the ROS graph."""
 
     def __init__(self, **overrides):
         super().__init__("policy_node", **overrides)
-        p = declare_parameters(self, PARAMETERS)
-        self.p = p
+        declare_parameters(self, PARAMETERS)  # read at configure (ros2 param set works before)
+        self.p = parameter_values(self, PARAMETERS)
+        self.policy = self._entities = None
+        self.worker: PolicyWorker | None = None
+        self.reasoner: ReasoningWorker | None = None
+        self.attention: AttentionWorker | None = None
+        self._active = False
+        self._reset()
+        # status and diagnostics in every state (the status topic is read once, here)
+        self.status_pub = self.create_publisher(PolicyStatus, self.p["status_topic"], 10)
+        self.diagnostics = Diagnostics(self, "policy_node: inference")
+        self._set_state(PolicyStatus.STATE_UNCONFIGURED, "not configured", "unconfigured")
+        self.create_timer(1.0, self.publish_diagnostics)
+        if self.p["autostart"]:
+            autostart(self)
+
+    def _reset(self) -> None:
+        """The counters and inputs of one configured lifetime."""
+        self.reasoning_sequence = 0  # of the newest reasoning published
+        self.chunk_reasoning = 0     # reasoning_sequence of the last chunk published
+        self.reasoning_times: deque[float] = deque(maxlen=20)
+        self.sequence = self.published = self.rejected = self.dropped = 0
+        self.latencies: deque[float] = deque(maxlen=100)
+        self.publish_times: deque[float] = deque(maxlen=20)
+        self.last_age = 0.0
+        self._pending_instruction = ""
+        self.mode = "unconfigured"
+        self.frame_ids: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def on_configure(self, state: State) -> TransitionCallbackReturn:
+        """Parameters -> gate, limits, topics; load the model and warm it up."""
+        self._entities = Entities(self)
+        self.p = p = parameter_values(self, PARAMETERS)
+        self._set_state(PolicyStatus.STATE_LOADING, f"loading {p['model_path']}")
+        try:
+            self._configure(p)
+        except Exception as exc:  # a bad parameter or model: say which, stay unconfigured
+            self._release()
+            self._set_state(PolicyStatus.STATE_ERROR, f"configure failed: {exc}",
+                            "unconfigured")
+            self.get_logger().error(f"configure failed: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self._set_state(PolicyStatus.STATE_BLOCKED, "model ready, not acting (activate to "
+                        "publish chunks)", "inactive")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self, p) -> None:
+        if p["reasoning_mode"] not in REASONING_MODES:
+            raise ValueError(f"reasoning_mode: {p['reasoning_mode']!r}; one of {REASONING_MODES}")
+        if not p["reasoning_period"] >= 0:
+            raise ValueError(f"reasoning_period: must be >= 0 s, got {p['reasoning_period']}")
+        if p["attention.enabled"]:
+            if not p["attention.period"] > 0:
+                raise ValueError(f"attention.period: must be > 0 s, got {p['attention.period']}")
+            if p["attention.source"] not in ATTENTION_SOURCES:
+                raise ValueError(f"attention.source: {p['attention.source']!r}; one of "
+                                 f"{ATTENTION_SOURCES}")
         self.robot = load_robot_config(p["robot"])
         self.gate = ObservationGate(GateLimits(p["max_image_age"], p["max_state_skew"],
                                                max_camera_skew=p["max_camera_skew"]))
         self.cameras, topics = self._camera_topics(p)
         self.limits = InputLimits(**{name: p[name] for name in _LIMITS})
         self.state_of = JointStateMapper(self.robot)
-        self.chunk_pub = self.create_publisher(ActionChunk, p["chunk_topic"], 10)
-        if p["reasoning_mode"] not in REASONING_MODES:
-            raise ValueError(f"reasoning_mode: {p['reasoning_mode']!r}; one of {REASONING_MODES}")
-        if not p["reasoning_period"] >= 0:
-            raise ValueError(f"reasoning_period: must be >= 0 s, got {p['reasoning_period']}")
-        self.reasoning_pub = self.create_publisher(Reasoning, p["reasoning_topic"], 10)
-        self.status_pub = self.create_publisher(PolicyStatus, p["status_topic"], 10)
-        self.diagnostics = Diagnostics(self, "policy_node: inference")
-        self.policy = None
-        self.worker: PolicyWorker | None = None
-        self.reasoner: ReasoningWorker | None = None
-        self.reasoning_sequence = 0  # of the newest reasoning published
-        self.chunk_reasoning = 0     # reasoning_sequence of the last chunk published
-        self.reasoning_times: deque[float] = deque(maxlen=20)
-        self.state, self.message = PolicyStatus.STATE_LOADING, f"loading {p['model_path']}"
-        self.sequence = self.published = self.rejected = self.dropped = 0
-        self.latencies: deque[float] = deque(maxlen=100)
-        self.publish_times: deque[float] = deque(maxlen=20)
-        self.last_age = 0.0
+        self.chunk_pub = self.create_lifecycle_publisher(ActionChunk, p["chunk_topic"], 10)
+        self.reasoning_pub = self.create_lifecycle_publisher(Reasoning, p["reasoning_topic"], 10)
+        self._load(p)
+        if p["attention.enabled"]:
+            self._attention_path(p)
         for cam, topic in zip(self.cameras, topics):
             self.create_subscription(Image, topic, lambda m, c=cam: self.on_image(m, c),
                                      sensor_qos_for(p["sensor_reliability"], 2))
@@ -139,9 +204,70 @@ class PolicyNode(Node):
                                  sensor_qos_for(p["sensor_reliability"], 50))
         self.create_subscription(String, p["instruction_topic"], self.on_instruction,
                                  COMMAND_QOS)
-        self.create_timer(1.0, self.publish_diagnostics)
-        self._pending_instruction = ""
-        threading.Thread(target=self._load, daemon=True).start()
+
+    def on_activate(self, state: State) -> TransitionCallbackReturn:
+        """Start the action (and reasoning) path: chunks are published from now on."""
+        result = super().on_activate(state)  # enables the chunk and reasoning publishers
+        self._active = True
+        for background in (self.reasoner, self.attention):
+            if background is not None:
+                background.start()
+        self.worker.start()
+        self.get_logger().info("active: publishing chunks")
+        self._set_state(PolicyStatus.STATE_WAITING, "model ready", "active")
+        return result
+
+    def on_deactivate(self, state: State) -> TransitionCallbackReturn:
+        """Stop publishing chunks (an inference in progress is dropped) and the threads."""
+        self._active = False
+        result = super().on_deactivate(state)
+        self._stop_workers()
+        self.get_logger().info("inactive: no chunks until activated")
+        self._set_state(PolicyStatus.STATE_BLOCKED, "not acting (activate to publish chunks)",
+                        "inactive")
+        return result
+
+    def on_cleanup(self, state: State) -> TransitionCallbackReturn:
+        """Release the model, the workers and the topics: back to unconfigured."""
+        self._release()
+        self._set_state(PolicyStatus.STATE_UNCONFIGURED, "not configured", "unconfigured")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: State) -> TransitionCallbackReturn:
+        """Stop and release everything."""
+        self._active = False
+        self._release()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: State) -> TransitionCallbackReturn:
+        """A transition raised: release everything and go back to unconfigured."""
+        self.get_logger().error(f"transition from {state.label} failed: releasing the model")
+        self.on_shutdown(state)
+        self._set_state(PolicyStatus.STATE_ERROR, f"transition from {state.label} failed",
+                        "unconfigured")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_workers(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+        for background in (self.reasoner, self.attention):
+            if background is not None:
+                background.stop()
+
+    def _release(self) -> None:
+        self._stop_workers()
+        if self._entities is not None:
+            self._entities.destroy()
+        device = getattr(self.policy, "device", None)
+        self.policy = self.worker = self.reasoner = self.attention = self._entities = None
+        self._reset()
+        if getattr(device, "type", "") == "cuda":  # give the GPU memory back now
+            import gc
+
+            import torch
+
+            gc.collect()
+            torch.cuda.empty_cache()
 
     def _camera_topics(self, p) -> tuple[tuple[str, ...], list[str]]:
         """The cameras to subscribe (the parameter, else the checkpoint's) and their topics."""
@@ -154,28 +280,28 @@ class PolicyNode(Node):
                                                for c in cameras[1:]]
         return tuple(cameras), [t or d for t, d in zip(topics, defaults)]
 
-    def _load(self) -> None:
-        p = self.p
-        try:
-            t0 = time.perf_counter()
-            if p["torch_threads"] > 0:
-                import torch
+    def _load(self, p) -> None:
+        """Load the model, check it, warm it up, build the workers (started by activate)."""
+        t0 = time.perf_counter()
+        if p["torch_threads"] > 0:
+            import torch
 
-                torch.set_num_threads(p["torch_threads"])
+            torch.set_num_threads(p["torch_threads"])
+        try:
             self.policy = load_policy(p["model_path"], self.robot, p["device"],
                                       p["reasoning_every"])
-            cfg = self.policy.config
-            expected = list(self.robot.arm_joints) + ["gripper"]
-            if cfg.action_space == "joint_position" and list(cfg.dimension_names) != expected:
-                raise ValueError(f"model dimension_names {cfg.dimension_names} do not match "
-                                 f"robot {self.robot.name}: {expected}")
-            if set(cfg.camera_names) != set(self.cameras):
-                raise ValueError(f"cameras {list(self.cameras)} do not match the model's "
-                                 f"camera_names {list(cfg.camera_names)}")
-        except Exception as exc:  # the node stays up and says why in its status
-            self._set_state(PolicyStatus.STATE_ERROR, f"model failed to load: {exc}")
-            self.get_logger().error(f"model failed to load: {exc}")
-            return
+        except Exception as exc:
+            raise ValueError(f"model_path: {p['model_path']!r}: model failed to load: "
+                             f"{exc}") from exc
+        cfg = self.policy.config
+        expected = list(self.robot.arm_joints) + ["gripper"]
+        if cfg.action_space == "joint_position" and list(cfg.dimension_names) != expected:
+            raise ValueError(f"model_path: model dimension_names {cfg.dimension_names} do not "
+                             f"match robot {self.robot.name}: {expected}")
+        if set(cfg.camera_names) != set(self.cameras):
+            raise ValueError(f"cameras {list(self.cameras)} do not match the model's "
+                             f"camera_names {list(cfg.camera_names)}")
+        self._warm_up()
         self.gate.needs_state = bool(cfg.state_dim)  # a model without proprioception
         self.mode = self._reasoning_mode()
         predict = self.policy.predict
@@ -189,17 +315,57 @@ class PolicyNode(Node):
                                    limits=self.limits,
                                    count_tokens=tokenizer_counter(self.policy.tokenizer),
                                    reasoner=self.reasoner, cameras=self.cameras)
-        self._instruct(self._pending_instruction)
-        if self.reasoner is not None:
-            self.reasoner.start()
-        self.worker.start()
-        self._set_state(PolicyStatus.STATE_WAITING, "model ready")
         when = {"off": "off", "inline": f"inline every {cfg.reasoning_every} chunks",
                 "async": f"on its own thread every {p['reasoning_period']} s"}[self.mode]
         self.get_logger().info(
             f"policy ready in {time.perf_counter() - t0:.1f} s on {self.policy.device}: "
             f"{cfg.action_space} chunks {cfg.horizon}x{cfg.action_dim} @ dt {cfg.dt} s, "
-            f"reasoning {when}")
+            f"reasoning {when} (inactive until activated)")
+
+    def _attention_path(self, p) -> None:
+        """The attention overlays: an eager-attention copy of the model on its own thread."""
+        from roboalign_ros.model.attention import AttentionExplainer
+
+        explainer = AttentionExplainer(self.policy)
+        self.attention_pubs = {
+            cam: self.create_lifecycle_publisher(Image, f"~/attention/{cam}", 1)
+            for cam in self.policy.config.camera_names}
+
+        def latest(instruction: str):
+            result = self.reasoner.latest(instruction) if self.reasoner is not None else None
+            return result.reasoning.text if result is not None else None
+
+        self.attention = AttentionWorker(
+            attention_overlays(explainer, latest, p["attention.source"]), self._observation,
+            self.on_attention, p["attention.period"])
+        self.worker.observers.append(self.attention)
+
+    def on_attention(self, result) -> None:
+        """Publish the overlays of one attention map (called from the attention thread)."""
+        if result.error:
+            self.get_logger().error(f"attention failed: {result.error}",
+                                    throttle_duration_sec=5.0)
+            return
+        if not self._active:
+            return
+        for cam, overlay in result.value.items():
+            msg = numpy_to_image(overlay, "rgb8", stamp=result.stamp,
+                                 frame_id=self.frame_ids.get(cam, ""))
+            self.attention_pubs[cam].publish(msg)
+
+    def _warm_up(self) -> None:
+        """One action-path call on blank inputs, so that the first real chunk is not slow."""
+        from roboalign_ros.model import Observation
+
+        cfg = self.policy.config
+        size = cfg.image_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
+        images = {name: np.zeros((h, w, 3), np.uint8) for name in cfg.camera_names}
+        state = np.zeros(cfg.state_dim, np.float32) if cfg.state_dim else None
+        try:
+            self.policy.act(Observation(images=images, state=state, instruction="warm up"))
+        except Exception as exc:
+            raise RuntimeError(f"model_path: warm-up inference failed: {exc}") from exc
 
     def _reasoning_mode(self) -> str:
         """The reasoning mode (off, inline or async), from the parameters and the checkpoint."""
@@ -228,6 +394,7 @@ class PolicyNode(Node):
             self.worker.refuse_image(camera, f"camera {camera!r}: {problem}"
                                      if camera != self.cameras[0] else problem)
             return
+        self.frame_ids[camera] = msg.header.frame_id   # the overlays' frame
         self.worker.update_image(image, stamp_to_seconds(msg.header.stamp), camera)
 
     def on_joint_state(self, msg: JointState) -> None:
@@ -296,6 +463,8 @@ class PolicyNode(Node):
 
     def on_decision(self, decision: Decision) -> None:
         """Publish a chunk (+ reasoning) or say why the policy did not act."""
+        if not self._active:
+            return  # deactivated while this inference ran: nothing goes out
         if decision.dropped:
             self.dropped += 1
             self.get_logger().warning(decision.blocked, throttle_duration_sec=2.0)
@@ -339,9 +508,16 @@ class PolicyNode(Node):
         t = self.publish_times
         return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
 
-    def _set_state(self, state: int, message: str) -> None:
-        self.state, self.message = state, message
-        status = PolicyStatus(state=state, message=message, model=self.p["model_path"],
+    def _set_state(self, state: int, message: str, lifecycle: str | None = None) -> None:
+        """Publish a PolicyStatus; its message starts with the lifecycle state ("active: ...").
+
+        ``lifecycle``: the state being entered (during a transition); default the current one.
+        """
+        self.lifecycle = lifecycle or lifecycle_state(self)
+        self.state, self._text = state, message
+        self.message = f"{self.lifecycle}: {message}"
+        status = PolicyStatus(state=state, message=self.message,
+                              lifecycle_state=self.lifecycle, model=self.p["model_path"],
                               device=str(getattr(self.policy, "device", self.p["device"])),
                               instruction=preview(self._pending_instruction, 200),
                               observation_age=float(self.last_age),
@@ -352,14 +528,20 @@ class PolicyNode(Node):
         self.status_pub.publish(status)
 
     def publish_diagnostics(self) -> None:
-        """Latency, observation age and chunk rate on /diagnostics."""
+        """Lifecycle state, latency, observation age and chunk rate on /diagnostics.
+
+        When not active the status goes out again too: no decision publishes one then.
+        """
+        if not self._active:
+            self._set_state(self.state, self._text)
         lat = np.asarray(self.latencies) * 1e3
         busy = self.worker.busy_for() if self.worker is not None else 0.0
-        values = {"state": self.state, "message": self.message,
+        values = {"lifecycle_state": self.lifecycle, "state": self.state,
+                  "message": self.message,
                   "chunks_published": self.published, "observations_rejected": self.rejected,
                   "chunks_dropped": self.dropped, "inference_running_s": busy,
                   "chunk_rate_hz": self._rate(), "observation_age_s": float(self.last_age),
-                  "reasoning_mode": getattr(self, "mode", "loading"),
+                  "reasoning_mode": self.mode,
                   "reasonings_published": self.reasoning_sequence,
                   "reasoning_running_s": self.reasoner.busy_for() if self.reasoner else 0.0}
         if self.reasoning_times:
@@ -370,18 +552,16 @@ class PolicyNode(Node):
         level = {PolicyStatus.STATE_ACTING: OK, PolicyStatus.STATE_ERROR: ERROR}.get(
             self.state, WARN)
         message = self.message
-        if busy > self.gate.limits.max_image_age:  # a stuck inference is not "acting"
+        if self.worker is not None and busy > self.gate.limits.max_image_age:  # stuck
             level = max(level, WARN)
-            message = (f"inference running for {busy:.1f} s > max_image_age "
+            message = (f"{self.lifecycle}: inference running for {busy:.1f} s > max_image_age "
                        f"{self.gate.limits.max_image_age:.2f} s (its chunk will be dropped)")
         self.diagnostics.publish(level, message, values)
 
     def close(self) -> None:
         """Stop the worker threads."""
-        if self.worker is not None:
-            self.worker.stop()
-        if self.reasoner is not None:
-            self.reasoner.stop()
+        self._active = False
+        self._stop_workers()
 
 
 def main(args=None) -> int:

@@ -1,0 +1,98 @@
+"""policy_node's attention overlays over DDS: ``attention.enabled`` publishes where the policy
+looks on ``~/attention/<camera>`` (rgb8, the camera's stamp and frame) while chunks keep
+flowing; a bad ``attention.source`` stops the node at configure and names the parameter."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import spin_until
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(scope="module")
+def policy_process(tmp_path_factory):
+    log = tmp_path_factory.mktemp("policy") / "policy_node.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "roboalign_ros.nodes.policy_node", "--ros-args",
+             "-p", "model_path:=tiny", "-p", "device:=cpu", "-p", "reasoning_every:=1",
+             "-p", "reasoning_period:=0.2", "-p", "torch_threads:=1",
+             "-p", "attention.enabled:=true", "-p", "attention.period:=0.2",
+             "-p", "attention.source:=reasoning"],
+            stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    yield log
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_overlays_arrive_with_the_cameras_stamp_and_frame_while_chunks_flow(
+        rclpy_context, policy_process):
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+
+    from roboalign_ros.conversions import image_to_numpy, numpy_to_image, stamp_to_seconds
+    from roboalign_ros.msg import ActionChunk, PolicyStatus
+    from roboalign_ros.robot import load_robot_config
+
+    robot = load_robot_config("sim_arm")
+    node = Node("attention_probe", context=rclpy_context)
+    chunks, overlays, statuses = [], [], []
+    node.create_subscription(ActionChunk, "/roboalign/action_chunk", chunks.append, 50)
+    node.create_subscription(Image, "/policy_node/attention/scene", overlays.append, 10)
+    node.create_subscription(PolicyStatus, "/roboalign/status", statuses.append, 50)
+    image_pub = node.create_publisher(Image, robot.color_topic, 10)
+    js_pub = node.create_publisher(JointState, "/joint_states", 10)
+    instruction_pub = node.create_publisher(String, "/roboalign/instruction", 10)
+    image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    sent = []
+
+    def now():
+        return node.get_clock().now().nanoseconds * 1e-9
+
+    def publish_state():
+        msg = JointState(name=list(robot.joint_names),
+                         position=[*map(float, robot.home), 0.02, 0.02])
+        msg.header.stamp = node.get_clock().now().to_msg()
+        js_pub.publish(msg)
+
+    def publish_image():
+        sent.append(now())
+        image_pub.publish(numpy_to_image(image, "rgb8", stamp=sent[-1],
+                                         frame_id="camera_color_optical_frame"))
+
+    node.create_timer(0.01, publish_state)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(node)
+    try:
+        assert spin_until(executor, lambda: any(
+            s.lifecycle_state == "active" for s in statuses), 120), "policy never activated"
+        instruction_pub.publish(String(data="pick up the red cube"))
+        node.create_timer(0.05, publish_image)
+        assert spin_until(executor, lambda: len(overlays) >= 3 and len(chunks) >= 10, 60), \
+            (len(overlays), len(chunks))
+    finally:
+        executor.shutdown()
+    msg = overlays[-1]
+    assert msg.encoding == "rgb8" and msg.header.frame_id == "camera_color_optical_frame"
+    pixels = image_to_numpy(msg)
+    assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.std() > 0
+    sent_stamps = np.asarray(sent)
+    assert np.min(np.abs(sent_stamps - stamp_to_seconds(msg.header.stamp))) < 1e-6
+    # the action path did not wait for the maps: many more chunks than overlays
+    assert len(chunks) > len(overlays)
+
+
+def test_a_bad_attention_source_is_named_and_the_node_stops():
+    proc = subprocess.run(
+        [sys.executable, "-m", "roboalign_ros.nodes.policy_node", "--ros-args",
+         "-p", "model_path:=tiny", "-p", "device:=cpu", "-p", "attention.enabled:=true",
+         "-p", "attention.source:=elbow"],
+        capture_output=True, text=True, timeout=120, env=os.environ.copy())
+    assert proc.returncode == 1
+    assert "attention.source" in proc.stdout + proc.stderr
