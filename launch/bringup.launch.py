@@ -18,21 +18,15 @@ from ament_index_python.packages import PackageNotFoundError, get_package_share_
 from launch import LaunchDescription
 from launch.actions import (
     DeclareLaunchArgument,
-    EmitEvent,
     IncludeLaunchDescription,
     OpaqueFunction,
-    RegisterEventHandler,
 )
-from launch.conditions import IfCondition
-from launch.events import matches_action
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PythonExpression
 from launch_ros.actions import LifecycleNode, Node
-from launch_ros.event_handlers import OnStateTransition
-from launch_ros.events.lifecycle import ChangeState
-from lifecycle_msgs.msg import Transition
 
 from roboalign_ros.launch_arguments import DEVICE, boolean, choice, text, validate
+from roboalign_ros.launch_lifecycle import managed
 
 ARGUMENTS = {  # name: (default, description, check of the value)
     "robot": ("sim_arm", "robot config in config/robots/ (sim_arm, fr3, ur5e) or a YAML path",
@@ -56,26 +50,6 @@ def check_arguments(context):
     validate({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS},
              {name: spec[2] for name, spec in ARGUMENTS.items()})
     return []
-
-
-def managed(node):
-    """Drive lifecycle ``node`` from the launch: configure it once it is up, then activate it
-    when it reaches inactive from configuring (only then: a later deactivate by hand stays)
-    if ``autostart:=true``; with ``autostart:=false`` it waits, configured (inactive), for
-    ``ros2 lifecycle set /<node> activate``."""
-    def change(transition_id, **kwargs):
-        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
-                                           transition_id=transition_id), **kwargs)
-
-    return [
-        RegisterEventHandler(OnStateTransition(
-            target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
-            entities=[change(Transition.TRANSITION_ACTIVATE,
-                             condition=IfCondition(LaunchConfiguration("autostart")))],
-            handle_once=True)),
-        node,
-        change(Transition.TRANSITION_CONFIGURE),
-    ]
 
 
 def camera_driver(context, config):
