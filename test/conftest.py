@@ -47,3 +47,38 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("ros") and not item.get_closest_marker("flaky"):
             item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
+
+
+class PolicyInputs:
+    """What a policy_node needs over DDS, published from ``node``: joint states at 100 Hz
+    (the robot at home), images on the robot's colour topic and instructions."""
+
+    def __init__(self, node, robot, image):
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import String
+
+        self.node, self.robot, self.image, self.sent = node, robot, image, []
+        self.image_pub = node.create_publisher(Image, robot.color_topic, 10)
+        self.js_pub = node.create_publisher(JointState, "/joint_states", 10)
+        self.instruction_pub = node.create_publisher(String, "/roboalign/instruction", 10)
+        self._String, self._JointState = String, JointState
+        node.create_timer(0.01, self.publish_state)
+
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def publish_state(self) -> None:
+        msg = self._JointState(name=list(self.robot.joint_names),
+                               position=[*map(float, self.robot.home), 0.02, 0.02])
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.js_pub.publish(msg)
+
+    def publish_image(self, frame_id: str = "") -> None:
+        from roboalign_ros.conversions import numpy_to_image
+
+        self.sent.append(self.now())
+        self.image_pub.publish(numpy_to_image(self.image, "rgb8", stamp=self.sent[-1],
+                                              frame_id=frame_id))
+
+    def instruct(self, text: str) -> None:
+        self.instruction_pub.publish(self._String(data=text))

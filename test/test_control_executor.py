@@ -280,16 +280,21 @@ def test_state_watchdog_stops_and_resumes_only_from_a_fresh_state():
 def test_a_jump_in_the_joint_state_flushes_and_resumes_from_the_new_state():
     ex = make_exec(watchdog_timeout=10.0)
     ex.tick(0.0, Q0, state_stamp=0.0)
-    assert ex.submit(ramp_chunk(0.0, 1, slope=0.2, h=100), now=0.0)[0]
-    assert ex.tick(0.01, Q0, state_stamp=0.01).kind == 'track'
+    assert ex.submit(ramp_chunk(0.0, 1, slope=0.2, h=100, grip=0.0), now=0.0)[0]
+    cmd = ex.tick(0.01, Q0, state_stamp=0.01)
+    assert cmd.kind == 'track' and cmd.gripper == 0.0   # the hand closed on something
     reset = np.array([0.8, -0.4])                      # the sim was reset: 0.8 rad in 10 ms
     cmd = ex.tick(0.02, reset, state_stamp=0.02)
     assert cmd.kind == 'no_state' and cmd.stop and 'jumped' in cmd.reasons[0]
-    assert ex.tick(0.03, reset, state_stamp=0.03).kind == 'hold'   # old plan gone
+    # the old plan is gone, and so is its gripper command: repeated, it would close the
+    # hand the reset opened before the first new plan arrives
+    cmd = ex.tick(0.03, reset, state_stamp=0.03)
+    assert cmd.kind == 'hold' and cmd.gripper is None
     assert ex.status().counters['state_jumps'] == 1
     assert ex.submit(ramp_chunk(0.03, 2, start=0.8, slope=0.0, h=100), now=0.03)[0]
     cmd = ex.tick(0.04, reset, state_stamp=0.04)
     assert cmd.kind == 'track' and np.max(np.abs(cmd.arm - reset)) <= 0.01 + 1e-9
+    assert cmd.gripper == 0.5
 
 
 def test_pause_for_homing_then_hold_until_a_chunk_observed_after_it():

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import spin_until
+from conftest import PolicyInputs, spin_until
 
 pytestmark = pytest.mark.ros
 
@@ -33,47 +33,27 @@ def test_overlays_arrive_with_the_cameras_stamp_and_frame_while_chunks_flow(
         rclpy_context, policy_process):
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
-    from sensor_msgs.msg import Image, JointState
-    from std_msgs.msg import String
+    from sensor_msgs.msg import Image
 
-    from roboalign_ros.conversions import image_to_numpy, numpy_to_image, stamp_to_seconds
+    from roboalign_ros.conversions import image_to_numpy, stamp_to_seconds
     from roboalign_ros.msg import ActionChunk, PolicyStatus
     from roboalign_ros.robot import load_robot_config
 
-    robot = load_robot_config("sim_arm")
     node = Node("attention_probe", context=rclpy_context)
     chunks, overlays, statuses = [], [], []
     node.create_subscription(ActionChunk, "/roboalign/action_chunk", chunks.append, 50)
     node.create_subscription(Image, "/policy_node/attention/scene", overlays.append, 10)
     node.create_subscription(PolicyStatus, "/roboalign/status", statuses.append, 50)
-    image_pub = node.create_publisher(Image, robot.color_topic, 10)
-    js_pub = node.create_publisher(JointState, "/joint_states", 10)
-    instruction_pub = node.create_publisher(String, "/roboalign/instruction", 10)
-    image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
-    sent = []
-
-    def now():
-        return node.get_clock().now().nanoseconds * 1e-9
-
-    def publish_state():
-        msg = JointState(name=list(robot.joint_names),
-                         position=[*map(float, robot.home), 0.02, 0.02])
-        msg.header.stamp = node.get_clock().now().to_msg()
-        js_pub.publish(msg)
-
-    def publish_image():
-        sent.append(now())
-        image_pub.publish(numpy_to_image(image, "rgb8", stamp=sent[-1],
-                                         frame_id="camera_color_optical_frame"))
-
-    node.create_timer(0.01, publish_state)
+    inputs = PolicyInputs(node, load_robot_config("sim_arm"),
+                          np.random.default_rng(0).integers(0, 256, (120, 160, 3), np.uint8))
+    sent = inputs.sent
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)
     try:
         assert spin_until(executor, lambda: any(
             s.lifecycle_state == "active" for s in statuses), 120), "policy never activated"
-        instruction_pub.publish(String(data="pick up the red cube"))
-        node.create_timer(0.05, publish_image)
+        inputs.instruct("pick up the red cube")
+        node.create_timer(0.05, lambda: inputs.publish_image("camera_color_optical_frame"))
         assert spin_until(executor, lambda: len(overlays) >= 3 and len(chunks) >= 10, 60), \
             (len(overlays), len(chunks))
     finally:

@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import spin_until
+from conftest import PolicyInputs, spin_until
 
 pytestmark = pytest.mark.ros
 
@@ -32,46 +32,26 @@ def test_chunks_flow_while_reasoning_runs_and_name_the_reasoning_they_used(
         rclpy_context, policy_process):
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
-    from sensor_msgs.msg import Image, JointState
-    from std_msgs.msg import String
 
-    from roboalign_ros.conversions import numpy_to_image, stamp_to_seconds
+    from roboalign_ros.conversions import stamp_to_seconds
     from roboalign_ros.msg import ActionChunk, PolicyStatus, Reasoning
     from roboalign_ros.robot import load_robot_config
 
-    robot = load_robot_config("sim_arm")
     node = Node("reasoning_probe", context=rclpy_context)
     chunks, reasonings, statuses = [], [], []
     node.create_subscription(ActionChunk, "/roboalign/action_chunk", chunks.append, 50)
     node.create_subscription(Reasoning, "/roboalign/reasoning", reasonings.append, 50)
     node.create_subscription(PolicyStatus, "/roboalign/status", statuses.append, 50)
-    image_pub = node.create_publisher(Image, robot.color_topic, 10)
-    js_pub = node.create_publisher(JointState, "/joint_states", 10)
-    instruction_pub = node.create_publisher(String, "/roboalign/instruction", 10)
-    image = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
-    sent = []
-
-    def now():
-        return node.get_clock().now().nanoseconds * 1e-9
-
-    def publish_state():
-        msg = JointState(name=list(robot.joint_names),
-                         position=[*map(float, robot.home), 0.02, 0.02])
-        msg.header.stamp = node.get_clock().now().to_msg()
-        js_pub.publish(msg)
-
-    def publish_image():  # a 20 Hz camera
-        sent.append(now())
-        image_pub.publish(numpy_to_image(image, "rgb8", stamp=sent[-1]))
-
-    node.create_timer(0.01, publish_state)
+    inputs = PolicyInputs(node, load_robot_config("sim_arm"),
+                          np.random.default_rng(0).integers(0, 256, (120, 160, 3), np.uint8))
+    sent = inputs.sent
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)
     try:
         assert spin_until(executor, lambda: any(
             s.lifecycle_state == "active" for s in statuses), 120), "never activated"
-        instruction_pub.publish(String(data="pick up the red cube"))
-        node.create_timer(0.05, publish_image)
+        inputs.instruct("pick up the red cube")
+        node.create_timer(0.05, inputs.publish_image)  # a 20 Hz camera
         assert spin_until(executor, lambda: len(reasonings) >= 2 and len(chunks) >= 10, 60)
         t0 = time.monotonic()
         spin_until(executor, lambda: time.monotonic() - t0 > 2.0, 3)

@@ -373,6 +373,9 @@ class ChunkExecutor:
                     self.counters['state_jumps'] += 1
                     self.blender.clear()
                     self._not_before = max(self._not_before, now)
+                    # nor the gripper: re-sent after a reset it would close an opened hand
+                    # (the gripper publisher repeats its last value) before the first new plan
+                    self._gripper = None
                     return (f'joint state jumped: {self.envelope.limits.joint_names[j]} moved '
                             f'{moved[j]:.3f} rad in {stamp - prev_t:.3f} s (reset or restart); '
                             'resuming from the new state')
