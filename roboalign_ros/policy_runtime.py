@@ -372,7 +372,7 @@ def attention_overlays(explainer, latest_reasoning: Callable[[str], str | None],
     """
     def work(observation) -> dict[str, np.ndarray]:
         maps = explainer.explain(observation, latest_reasoning(observation.instruction),
-                                 generate=False)
+                                 generate=False, head_only=source == "action head")
         chosen = source if source in maps.maps else maps.sources[-1]
         return {camera: maps.overlay(chosen, camera) for camera in maps.images}
 

@@ -114,19 +114,20 @@ class AttentionExplainer:
     # ------------------------------------------------------------------ public
     @torch.no_grad()
     def explain(self, observation, reasoning_text: str | None = None, generate: bool = True,
-                seed: int = 0) -> AttentionMaps:
+                seed: int = 0, head_only: bool = False) -> AttentionMaps:
         """Attention maps of ``observation``.
 
         ``reasoning_text``: the generated text (``Reasoning.text``, starting with ``<think>``)
         to explain; None with ``generate`` runs the policy's generation first, None without it
-        gives only the action head's map.
+        gives only the action head's map. ``head_only``: skip the reasoning pass (the text
+        still conditions the head if the policy's head reads reasoning).
         """
         policy = self.policy
         policy.check_observation(observation)
         if reasoning_text is None and generate:
             reasoning_text = policy.reason(observation).text
         maps, share = {}, {}
-        if reasoning_text:
+        if reasoning_text and not head_only:
             for name, (m, s) in self._reasoning_maps(observation, reasoning_text).items():
                 maps[name], share[name] = m, s
         if policy.config.action_source != "tokens" or not maps:

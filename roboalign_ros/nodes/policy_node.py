@@ -109,7 +109,7 @@ PARAMETERS = {
     "autostart": True,  # configure + activate at startup (launch files drive them instead)
     # attention overlays on ~/attention/<camera> (sensor_msgs/Image), off the action path
     "attention.enabled": False,
-    "attention.period": 1.0,  # s between overlays
+    "attention.period": 2.0,  # s between overlays (each costs ~0.3 s of a CPU core, mini)
     "attention.source": "action head",  # action head | reasoning | action tokens | a section
 }
 
