@@ -220,3 +220,17 @@ def test_workers_record_the_same_dataset(tmp_path):
         tables.append([pq.read_table(p).to_pylist() for p in
                        sorted((cfg.root / "data").rglob("*.parquet"))])
     assert tables[0] == tables[1]
+
+
+def test_with_depth_the_wrist_camera_records_its_depth_too(tmp_path):
+    cfg = bulk.BulkConfig(tmp_path / "wrist_depth", ["pick_red_cube"], episodes=1, width=64,
+                          height=48, fps=FPS,
+                          wrist=True, depth=True, progress=False).resolved()
+    bulk.record_bulk(cfg)
+    r = DatasetReader(cfg.root)
+    assert r.depth_cameras == {"scene_depth": (48, 64), "wrist_depth": (48, 64)}
+    ep = r.episode(0, depth=True)
+    scene, wrist = ep.depth["scene_depth"], ep.depth["wrist_depth"]
+    assert wrist.dtype == np.uint16 and wrist.shape == scene.shape
+    # the hand's camera sees the table far closer than the scene camera does
+    assert np.median(wrist[0]) < np.median(scene[0])

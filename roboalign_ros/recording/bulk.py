@@ -46,6 +46,7 @@ from roboalign_ros.recording.sampler import HOLD, NEAREST, FrameSampler, Sampled
 CAMERA = "scene"  # config/recorder.yaml cameras
 DEPTH_CAMERA = "scene_depth"  # its aligned depth (with --depth)
 WRIST_CAMERA = "wrist"  # the camera on the hand (with --wrist), sim_node's wrist_camera
+WRIST_DEPTH_CAMERA = "wrist_depth"  # its aligned depth (with --wrist --depth)
 STATE, COMMAND, GRIPPER, PHASE = "state", "command", "gripper", "phase"
 ACTION_SOURCE = "joint_trajectory"
 OPERATOR = "scripted_expert"
@@ -256,7 +257,8 @@ class FrameRenderer:
         """The snapshot's frames and the scene state they show.
 
         ``{scene: RGB uint8 [H, W, 3]}``, plus ``scene_depth: uint16 mm [H, W]`` (as sim_node
-        publishes it) when the renderer records depth.
+        publishes it) when the renderer records depth, and the wrist camera's (``wrist``,
+        ``wrist_depth``) with ``wrist``.
         """
         from roboalign_ros.sim.server import depth_millimetres
 
@@ -267,8 +269,10 @@ class FrameRenderer:
         if self.depth:
             images[DEPTH_CAMERA] = depth_millimetres(meters)
         if self.wrist:  # the same state: both cameras show the same instant
-            images[WRIST_CAMERA], _ = self.env.render(self.width, self.height, WRIST_CAMERA,
-                                                      depth=False, data=data)
+            images[WRIST_CAMERA], meters = self.env.render(self.width, self.height, WRIST_CAMERA,
+                                                           depth=self.depth, data=data)
+            if self.depth:
+                images[WRIST_DEPTH_CAMERA] = depth_millimetres(meters)
         return images, scene_state(self.env, data)
 
 
@@ -374,7 +378,8 @@ def _open_dataset(cfg: BulkConfig, env, meta: ss.SimMetadata):
     action_names = act.action_names(ACTION_SOURCE, robot.arm_joints)
     features = ss.scene_features(list(env.objects))
     video = dict(gop=cfg.gop, crf=cfg.crf, encoder_threads=cfg.encoder_threads)
-    depth = {DEPTH_CAMERA: (cfg.height, cfg.width)} if cfg.depth else {}
+    depth = {c: (cfg.height, cfg.width) for c in
+             (DEPTH_CAMERA, *([WRIST_DEPTH_CAMERA] * cfg.wrist))} if cfg.depth else {}
     cameras = {c: (cfg.height, cfg.width) for c in (CAMERA, *([WRIST_CAMERA] * cfg.wrist))}
     if not (cfg.root / fmt.INFO_PATH).exists():
         writer = DatasetWriter.create(
@@ -558,7 +563,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--wrist", action="store_true",
                     help="also record the wrist camera (sim_node's wrist_camera)")
     ap.add_argument("--depth", action="store_true",
-                    help="also record the scene camera's aligned depth (scene_depth, lossless)")
+                    help="also record the aligned depth (scene_depth, and wrist_depth with "
+                         "--wrist; lossless, mm)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
