@@ -134,3 +134,20 @@ def test_explain_writes_the_overlays_and_names_bad_input(tmp_path, capsys):
     assert rc == 2 and "--dataset" in capsys.readouterr().err
     rc = explain_main(["--model", "tiny", *images, "--instruction", "x", "--layers", "a,b"])
     assert rc == 2 and "--layers" in capsys.readouterr().err
+
+
+def test_the_check_compares_the_named_object_with_the_other_objects_not_the_tool(tmp_path):
+    from roboalign_ros.apps.explain import attention_check
+    from roboalign_ros.data import DatasetReader
+    from roboalign_ros.recording import bulk
+
+    cfg = bulk.BulkConfig(tmp_path / "d", ["pick_red_cube"], episodes=1, width=112, height=84,
+                          progress=False).resolved()
+    bulk.record_bulk(cfg)
+    result = attention_check(AttentionExplainer(build_tiny_policy(seed=0)),
+                             DatasetReader(cfg.root), frames=1)
+    assert result["frames"] == 1 and result["rows"][0]["object"] == "red_cube"
+    mass = result["rows"][0][ACTION_HEAD]["mass"]
+    assert "tool" not in mass and "red_cube" in mass and len(mass) >= 2
+    assert result["chance_wins"] == pytest.approx(1 / len(mass))
+    assert 0 <= result["sources"][ACTION_HEAD]["named_mass"] <= 1

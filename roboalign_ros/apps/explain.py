@@ -76,22 +76,16 @@ def dataset_observation(reader, episode: int, frame: int, camera_names):
                        ep.task), ep
 
 
-def object_pixels(reader, ep, frame: int, size, camera: str = "scene") -> dict[str, np.ndarray]:
+def scene_pixels(reader, ep, frame: int, size) -> dict[str, np.ndarray]:
     """Pixel (u, v) of every object of a sim frame in an image of ``size`` (h, w)."""
     from roboalign_ros.data.scene_state import ENV_STATE_KEY
-    from roboalign_ros.sim import TabletopEnv
+    from roboalign_ros.training.localization import object_pixels, scene_objects
 
     if ENV_STATE_KEY not in ep.extra:
         raise ValueError(f"--check needs a sim dataset (it has no {ENV_STATE_KEY})")
     names = reader.extra_features[ENV_STATE_KEY]["names"]
-    values = ep.extra[ENV_STATE_KEY][frame]
-    index = {n: i for i, n in enumerate(names)}
-    objects = [n[:-2] for n in names if n.endswith(".x") and f"{n[:-2]}.z" in index]
-    xyz = np.array([[values[index[f"{o}.{a}"]] for a in "xyz"] for o in objects], np.float64)
-    h, w = size
-    with TabletopEnv() as env:
-        pixels = env.project(xyz, w, h, camera)
-    return dict(zip(objects, pixels))
+    pixels = object_pixels(names, ep.extra[ENV_STATE_KEY][frame][None], size)[0]
+    return dict(zip(scene_objects(names), pixels))
 
 
 def attention_check(explainer, reader, frames: int, radius: float = RADIUS_PX,
@@ -120,7 +114,7 @@ def attention_check(explainer, reader, frames: int, radius: float = RADIUS_PX,
         f = int(rng.integers(0, max(1, reader.episodes[e].length // 2)))
         obs, ep = dataset_observation(reader, int(e), f, explainer.policy.config.camera_names)
         size = explainer.policy._images(obs)[0].shape[:2]
-        pixels = object_pixels(reader, ep, f, size)
+        pixels = scene_pixels(reader, ep, f, size)
         if target not in pixels:
             skipped += 1
             continue

@@ -97,23 +97,40 @@ def localization_probe(readers, policy, keypoints: int,
                              len(policy.config.camera_names), cols, mean, std)
 
 
+def scene_objects(names) -> list[str]:
+    """The objects of an ``environment_state`` name list (the tool is not one).
+
+    In :func:`object_position_columns` order.
+    """
+    return [names[c][:-2] for c in object_position_columns(names)[::2]]   # "<obj>.x"
+
+
+def object_pixels(names, scene_states: np.ndarray, image_size, robot: str = "sim_arm",
+                  camera: str = "scene") -> np.ndarray:
+    """Pixels ``(u, v)`` [N, n_objects, 2] of the objects of sim frames in ``camera``.
+
+    ``names``: the ``environment_state`` names; ``scene_states`` [N, len(names)] their values,
+    recorded in the sim, whose fixed ``camera`` projects the objects' base-frame centres into
+    an image of ``image_size`` (h, w). Objects in :func:`scene_objects` order.
+    """
+    from ..sim import TabletopEnv
+
+    index = {n: i for i, n in enumerate(names)}
+    cols = [[index[f"{o}.{a}"] for a in "xyz"] for o in scene_objects(names)]
+    xyz = np.asarray(scene_states, np.float64)[:, cols]                # [N, O, 3]
+    height, width = image_size
+    with TabletopEnv(robot) as env:
+        return env.project(xyz.reshape(-1, 3), width, height, camera).reshape(*xyz.shape[:2], 2)
+
+
 def sim_token_points(names, scene_states: np.ndarray, token_grid, image_size,
                      robot: str = "sim_arm", camera: str = "scene") -> np.ndarray:
     """Token-grid points [N, n_objects, 2] of the objects of sim frames (for the token targets).
 
-    ``names``: the ``environment_state`` names; ``scene_states`` [N, len(names)] their values,
-    recorded in the sim, whose fixed ``camera`` projects the objects' base-frame centres.
-    Objects in the order of :func:`object_position_columns`.
+    As :func:`object_pixels`, on the token grid of ``VLAPolicy.token_grid``.
     """
-    from ..sim import TabletopEnv
-
-    objects = [names[c][:-2] for c in object_position_columns(names)[::2]]   # "<obj>.x"
-    index = {n: i for i, n in enumerate(names)}
-    cols = [[index[f"{o}.{a}"] for a in "xyz"] for o in objects]
-    xyz = np.asarray(scene_states, np.float64)[:, cols]                # [N, O, 3]
+    pixels = object_pixels(names, scene_states, image_size, robot, camera)
     height, width = image_size
-    with TabletopEnv(robot) as env:
-        pixels = env.project(xyz.reshape(-1, 3), width, height, camera).reshape(*xyz.shape[:2], 2)
     return pixels_to_grid(pixels, width, height, *image_grid_shape(token_grid)).astype(np.float32)
 
 
