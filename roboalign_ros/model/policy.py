@@ -411,13 +411,19 @@ class VLAPolicy:
             text += ANSWER_END  # stopped on <ACTION_END>: the closing tag is implied
         return parse_generation(text, self.action_tokenizer.vocab_size), text
 
-    def warmup(self, calls: int = 2) -> None:
-        """Run ``predict`` on a blank observation (compiles / captures CUDA graphs), then reset."""
+    def warmup(self, calls: int = 2, reasoning: bool = True) -> None:
+        """Run ``predict`` on a blank observation (compiles / captures CUDA graphs), then reset.
+
+        ``reasoning=False`` warms the action path alone (:meth:`act`, no generation).
+        """
         h, w = self.config.image_size or (224, 224)
         obs = Observation({n: np.zeros((h, w, 3), np.uint8) for n in self.config.camera_names},
                           np.zeros(self.config.state_dim, np.float32), "warm up")
         for _ in range(calls):
-            self.predict(obs, seed=0)
+            if reasoning:
+                self.predict(obs, seed=0)
+            else:
+                self.act(obs, seed=0)
         self.reset()
 
     def reset(self) -> None:

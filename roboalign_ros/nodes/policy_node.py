@@ -355,15 +355,8 @@ class PolicyNode(LifecycleNode):
 
     def _warm_up(self) -> None:
         """One action-path call on blank inputs, so that the first real chunk is not slow."""
-        from roboalign_ros.model import Observation
-
-        cfg = self.policy.config
-        size = cfg.image_size
-        h, w = (size, size) if isinstance(size, int) else tuple(size)[:2]
-        images = {name: np.zeros((h, w, 3), np.uint8) for name in cfg.camera_names}
-        state = np.zeros(cfg.state_dim, np.float32) if cfg.state_dim else None
         try:
-            self.policy.act(Observation(images=images, state=state, instruction="warm up"))
+            self.policy.warmup(calls=1, reasoning=False)
         except Exception as exc:
             raise RuntimeError(f"model_path: warm-up inference failed: {exc}") from exc
 
