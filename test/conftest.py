@@ -1,7 +1,10 @@
 """Shared fixtures: an isolated ROS 2 domain per test session and an rclpy context per test."""
 
+import contextlib
 import os
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -82,3 +85,22 @@ class PolicyInputs:
 
     def instruct(self, text: str) -> None:
         self.instruction_pub.publish(self._String(data=text))
+
+
+@contextlib.contextmanager
+def policy_node_process(log_dir, *params):
+    """policy_node (tiny model, CPU, 1 thread) in its own process with ``-p`` ``params``;
+    yields its log path and stops it afterwards."""
+    log = log_dir / "policy_node.log"
+    args = [sys.executable, "-m", "roboalign_ros.nodes.policy_node", "--ros-args",
+            "-p", "model_path:=tiny", "-p", "device:=cpu", "-p", "torch_threads:=1"]
+    for p in params:
+        args += ["-p", p]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                env=os.environ.copy())
+    try:
+        yield log
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

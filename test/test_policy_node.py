@@ -2,32 +2,22 @@
 observation time, instruction changes taken, wrong encodings refused, oversized inputs refused
 and named in the status and diagnostics."""
 
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import spin_until
+from conftest import policy_node_process, spin_until
 
 pytestmark = pytest.mark.ros
 
 
 @pytest.fixture(scope="module")
 def policy_process(tmp_path_factory):
-    log = tmp_path_factory.mktemp("policy") / "policy_node.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "roboalign_ros.nodes.policy_node", "--ros-args",
-             "-p", "model_path:=tiny", "-p", "device:=cpu", "-p", "reasoning_every:=0",
-             "-p", "torch_threads:=1",
-             # small image bounds, so that an oversized image is cheap to send here
-             "-p", "max_image_width:=200", "-p", "max_image_height:=150"],
-            stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-    yield log
-    proc.terminate()
-    proc.wait(timeout=10)
+    with policy_node_process(tmp_path_factory.mktemp("policy"),
+                             "reasoning_every:=0",
+                             # small image bounds, so that an oversized image is cheap to send
+                             "max_image_width:=200", "max_image_height:=150") as log:
+        yield log
 
 
 @pytest.fixture

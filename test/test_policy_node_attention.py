@@ -8,25 +8,18 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import PolicyInputs, spin_until
+from conftest import PolicyInputs, policy_node_process, spin_until
 
 pytestmark = pytest.mark.ros
 
 
 @pytest.fixture(scope="module")
 def policy_process(tmp_path_factory):
-    log = tmp_path_factory.mktemp("policy") / "policy_node.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "roboalign_ros.nodes.policy_node", "--ros-args",
-             "-p", "model_path:=tiny", "-p", "device:=cpu", "-p", "reasoning_every:=1",
-             "-p", "reasoning_period:=0.2", "-p", "torch_threads:=1",
-             "-p", "attention.enabled:=true", "-p", "attention.period:=0.2",
-             "-p", "attention.source:=reasoning"],
-            stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-    yield log
-    proc.terminate()
-    proc.wait(timeout=10)
+    with policy_node_process(tmp_path_factory.mktemp("policy"),
+                             "reasoning_every:=1", "reasoning_period:=0.2",
+                             "attention.enabled:=true", "attention.period:=0.2",
+                             "attention.source:=reasoning") as log:
+        yield log
 
 
 def test_overlays_arrive_with_the_cameras_stamp_and_frame_while_chunks_flow(

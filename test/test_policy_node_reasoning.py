@@ -2,30 +2,20 @@
 chunks flow while it generates, each Reasoning is stamped with the observation it came from,
 and each chunk names the reasoning it was conditioned on."""
 
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import PolicyInputs, spin_until
+from conftest import PolicyInputs, policy_node_process, spin_until
 
 pytestmark = pytest.mark.ros
 
 
 @pytest.fixture(scope="module")
 def policy_process(tmp_path_factory):
-    log = tmp_path_factory.mktemp("policy") / "policy_node.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "roboalign_ros.nodes.policy_node", "--ros-args",
-             "-p", "model_path:=tiny", "-p", "device:=cpu", "-p", "reasoning_every:=1",
-             "-p", "reasoning_period:=0.0", "-p", "torch_threads:=1"],
-            stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-    yield log
-    proc.terminate()
-    proc.wait(timeout=10)
+    with policy_node_process(tmp_path_factory.mktemp("policy"),
+                             "reasoning_every:=1", "reasoning_period:=0.0") as log:
+        yield log
 
 
 def test_chunks_flow_while_reasoning_runs_and_name_the_reasoning_they_used(
