@@ -350,6 +350,11 @@ class ReasoningWorker(OffPathWorker):
     result_type = ReasoningResult
     name = "reasoning_worker"
 
+    def latest_text(self, instruction: str) -> str | None:
+        """The generated text of :meth:`latest` (None: none yet). Never blocks."""
+        result = self.latest(instruction)
+        return result.reasoning.text if result is not None else None
+
 
 class AttentionWorker(OffPathWorker):
     """Computes attention overlays off the action path (``work``: observation -> overlays).

@@ -87,11 +87,8 @@ def serve(pol, mode: str, seconds: float, camera_rate: float, every: int, period
     if mode == "attention":
         from roboalign_ros.model.attention import AttentionExplainer
 
-        def latest(instruction):
-            r = reasoner.latest(instruction)
-            return r.reasoning.text if r is not None else None
-
-        attention = AttentionWorker(attention_overlays(AttentionExplainer(pol), latest), observe,
+        attention = AttentionWorker(attention_overlays(AttentionExplainer(pol),
+                                                       reasoner.latest_text), observe,
                                     lambda r: overlays.append(r.seconds), attention_period)
 
     def on_decision(d):

@@ -331,10 +331,7 @@ class PolicyNode(LifecycleNode):
             cam: self.create_lifecycle_publisher(Image, f"~/attention/{cam}", 1)
             for cam in self.policy.config.camera_names}
 
-        def latest(instruction: str):
-            result = self.reasoner.latest(instruction) if self.reasoner is not None else None
-            return result.reasoning.text if result is not None else None
-
+        latest = self.reasoner.latest_text if self.reasoner is not None else lambda _: None
         self.attention = AttentionWorker(
             attention_overlays(explainer, latest, p["attention.source"]), self._observation,
             self.on_attention, p["attention.period"])
