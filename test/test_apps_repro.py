@@ -1,6 +1,7 @@
 """roboalign repro mini: config checks, stage bookkeeping (resume, redo, timing), the report."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -21,12 +22,42 @@ def test_the_shipped_config_loads_and_names_known_tasks_and_stage_configs():
 
 @pytest.mark.parametrize("bad, field", [
     ({"tasks": ["fly_away"]}, "tasks"), ({"episodes": 0}, "episodes"),
-    ({"record_workers": 0}, "record_workers"),
+    ({"record_workers": 0}, "record_workers"), ({"eval_max_rate": -5.0}, "eval_max_rate"),
     ({"configurations": ["magic"]}, "configurations"), ({"overrides": {"nap": []}}, "overrides"),
 ])
 def test_bad_values_are_named(bad, field):
     with pytest.raises(ValueError, match=field):
         rp.ReproConfig(**bad).validate()
+
+
+def test_headless_and_graph_evaluations_share_the_decision_rate_cap(tmp_path, monkeypatch):
+    import types
+
+    from roboalign_ros.apps import evaluate as eval_cli
+    from roboalign_ros.evaluation import headless
+
+    seen = {}
+
+    def fake_evaluate(model, tasks, seeds, out, **options):
+        seen.setdefault("headless", []).append(options["max_rate"])
+        summary = {"overall": {"successes": 1, "trials": 2, "success_rate": 0.5}}
+        return types.SimpleNamespace(summary=summary, episodes_per_minute=1.0)
+
+    def fake_main(argv):
+        seen["graph"] = float(argv[argv.index("--max-rate") + 1])
+        results = Path(argv[argv.index("--results-dir") + 1]) / "repro_sft"
+        results.mkdir(parents=True)
+        (results / "summary.json").write_text(json.dumps({"overall": {}}))
+        return 0
+
+    monkeypatch.setattr(headless, "evaluate", fake_evaluate)
+    monkeypatch.setattr(eval_cli, "main", fake_main)
+    repro = rp.Repro(rp.ReproConfig(out=str(tmp_path), eval_max_rate=4.0,
+                                    configurations=["sft"], graph_seeds=2))
+    repro.state["evaluate"] = {"result": repro.stage_evaluate()}
+    assert repro.stage_graph()["configuration"] == "sft"
+    assert seen == {"headless": [4.0], "graph": 4.0}
+    assert eval_cli.parser().parse_args(["run", "--max-rate", "4"]).max_rate == 4.0
 
 
 def test_unknown_keys_in_the_yaml_are_refused(tmp_path):

@@ -125,6 +125,24 @@ def test_chunks_arrive_after_the_inference_delay(tmp_path):
     assert trace.sim_rejected == 0 and trace.dropped == 0
 
 
+def test_max_rate_spaces_decisions_as_policy_node_does(tmp_path):
+    config = hl.SimEvalConfig(fixed_latency=0.05, camera_rate=10.0, max_rate=4.0,
+                              episode_seconds=2.0, progress=False)
+    ev = hl.SimEvaluator(StillPolicy(), config, "still")
+    try:
+        ev.run_episode(TASK, SEED)
+        chunks = ev.trace.chunks
+    finally:
+        ev.close()
+    # free after 0.05 s, but the next start waits for 0.25 s after the last one and then
+    # takes the newest frame (0.2 at 0.25, 0.5 at 0.5, 0.7 at 0.75), as PolicyWorker._run
+    assert [round(c.stamp, 3) for c in chunks[:5]] == [0.0, 0.2, 0.5, 0.7, 1.0]
+    assert [round(c.arrival, 3) for c in chunks[:5]] == [0.05, 0.3, 0.55, 0.8, 1.05]
+    assert len(chunks) == 8  # 2 s at 4 Hz
+    with pytest.raises(ValueError, match="max_rate"):
+        hl.SimEvalConfig(max_rate=-1.0)
+
+
 def test_a_delay_beyond_max_image_age_drops_every_chunk(tmp_path):
     out = tmp_path / "slow"
     result = hl.evaluate(StillPolicy(), TASK, [SEED], out, fixed_latency=0.6,

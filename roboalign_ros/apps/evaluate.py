@@ -53,6 +53,7 @@ def run(a: argparse.Namespace) -> int:
     nodes.start("executor_node", "executor.yaml", executor)
     nodes.start("policy_node", "policy.yaml",
                 {"model_path": a.model, "device": a.device, "reasoning_every": a.reasoning_every,
+                 "max_rate": a.max_rate,
                  "torch_threads": 1 if a.device == "cpu" else 0})
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -131,7 +132,7 @@ def sim(a: argparse.Namespace) -> int:
             robot=a.robot, device=a.device, action_source=a.action_source,
             reasoning_every=a.reasoning_every, latency_scale=a.latency_scale,
             fixed_latency=a.fixed_latency, episode_seconds=a.episode_seconds,
-            camera_rate=a.camera_rate, image_size=tuple(a.image_size) if a.image_size else None,
+            camera_rate=a.camera_rate, max_rate=a.max_rate, image_size=tuple(a.image_size) if a.image_size else None,
             torch_threads=a.torch_threads, workers=a.workers,
             executor=hl.parse_executor_overrides(a.executor), progress=not a.quiet)
         result = hl.evaluate(a.model, a.task, seeds, out, config)
@@ -169,6 +170,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--camera-size", type=int, nargs=2, default=(320, 240), metavar=("W", "H"))
     r.add_argument("--camera-rate", type=float, default=10.0)
     r.add_argument("--reasoning-every", type=int, default=5)
+    r.add_argument("--max-rate", type=float, default=0.0,
+                   help="Hz cap on policy_node's chunks (0: as fast as the model goes)")
     r.add_argument("--startup-timeout", type=float, default=180.0,
                    help="s allowed for the nodes and the model to come up")
     r.add_argument("--log-dir", default="log/eval")
@@ -201,6 +204,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--episode-seconds", type=float, default=None,
                    help="s per episode (default: each task's)")
     s.add_argument("--camera-rate", type=float, default=None, help="Hz (default: sim.yaml)")
+    s.add_argument("--max-rate", type=float, default=0.0,
+                   help="Hz cap on the policy's decisions, as policy_node's max_rate (0: none)")
     s.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="camera image size (default: the policy's)")
     s.add_argument("--device", default="auto")

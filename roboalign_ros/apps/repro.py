@@ -84,6 +84,7 @@ class ReproConfig:
     eval_seeds: int = 50             # held-out seeds per task for every configuration ...
     eval_seeds_slow: int = 5         # ... except these (tokens: one generation per chunk)
     eval_workers: int = 2            # processes of the headless evaluation (one per core)
+    eval_max_rate: float = 5.0       # Hz cap on decisions, headless and graph (0: none)
     slow_configurations: list[str] = dataclasses.field(
         default_factory=lambda: ["untrained", "sft_tokens", "align_tokens"])
     configurations: list[str] = dataclasses.field(default_factory=lambda: list(CONFIGURATIONS))
@@ -102,6 +103,9 @@ class ReproConfig:
                      "record_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not self.eval_max_rate >= 0:
+            raise ValueError(f"eval_max_rate: must be >= 0 Hz (0: no cap), got "
+                             f"{self.eval_max_rate}")
         bad = [c for c in self.configurations if c not in CONFIGURATIONS]
         if bad:
             raise ValueError(f"configurations: unknown {bad}; known: {list(CONFIGURATIONS)}")
@@ -340,7 +344,8 @@ class Repro:
             rel, options = CONFIGURATIONS[name]
             res = evaluate(self.path(rel), self.cfg.tasks, self.eval_seeds(name),
                            self.path("eval", name), torch_threads=self.cfg.threads or 1,
-                           workers=self.cfg.eval_workers, **options)
+                           workers=self.cfg.eval_workers, max_rate=self.cfg.eval_max_rate,
+                           **options)
             out[name] = res.summary
             overall = res.summary.get("overall", {})
             self.log(f"  {name}: {overall.get('successes')}/{overall.get('trials')} "
@@ -384,6 +389,7 @@ class Repro:
                               "--camera-size", str(self.cfg.width), str(self.cfg.height),
                               "--camera-rate", str(self.cfg.graph_camera_rate),
                               "--reasoning-every", str(reasoning),
+                              "--max-rate", str(self.cfg.eval_max_rate),
                               "--log-dir", str(self.path("graph", "logs"))])
         if code:
             raise RuntimeError(f"graph: roboalign eval run exited with {code}")

@@ -74,6 +74,7 @@ class SimEvalConfig:
     fixed_latency: float | None = None  # s; replaces the measured delay
     episode_seconds: float | None = None  # None: each task's own
     camera_rate: float | None = None    # Hz; None: config/sim.yaml
+    max_rate: float = 0.0               # Hz cap on decisions, as policy_node's (0: no cap)
     image_size: tuple[int, int] | None = None  # (h, w); None: the policy's, else sim.yaml's
     torch_threads: int = 1              # CPU inference threads (0: torch's default)
     workers: int = 1                    # processes running episodes (a checkpoint path only)
@@ -91,6 +92,8 @@ class SimEvalConfig:
             raise ValueError(f"episode_seconds: must be > 0, got {self.episode_seconds}")
         if self.camera_rate is not None and not 0 < self.camera_rate <= 60:
             raise ValueError(f"camera_rate: {self.camera_rate} Hz is not in (0, 60]")
+        if not self.max_rate >= 0:
+            raise ValueError(f"max_rate: must be >= 0 Hz (0: no cap), got {self.max_rate}")
         if not self.workers >= 1:
             raise ValueError(f"workers: must be >= 1, got {self.workers}")
 
@@ -218,6 +221,7 @@ class SimEvaluator:
                                                           sim["camera.width"])
         self.camera = SceneCamera(self.server, w, h, depth=False)
         self.camera_rate = config.camera_rate or sim["camera.rate"]
+        self.min_period = 1.0 / config.max_rate if config.max_rate > 0 else 0.0
         self.status_every = max(1, round(1.0 / (sim["status_rate"] * self.server.control_period)))
         self.executor_params = executor_parameters({
             "robot": config.robot, "action_space": cfg.action_space,
@@ -280,12 +284,13 @@ class SimEvaluator:
             new = [f for f in frames if f[0] > self._last_frame]
             if not new:
                 return busy_until
-            # the worker wakes for the first new frame, or when it is free, on the newest one
-            start = max(busy_until, new[0][0])
+            # the worker wakes for the first new frame, or when it is free (and, under
+            # max_rate, min_period after its last start, as PolicyWorker._run), on the newest one
+            start = max(busy_until, new[0][0], self._last_start + self.min_period)
             if start > t + EPS:
                 return busy_until
             stamp, rgb = [f for f in new if f[0] <= start + EPS][-1]
-            self._last_frame = stamp
+            self._last_frame, self._last_start = stamp, start
             worker.update_image(rgb, stamp)
             self._clock, self._latency = start, None
             decision = worker.step()
@@ -369,7 +374,7 @@ class SimEvaluator:
         if problem:
             raise ValueError(f"task {task}: {problem}")
         self.trace = EpisodeTrace()
-        self._last_frame, self._gripper = -math.inf, None
+        self._last_frame, self._last_start, self._gripper = -math.inf, -math.inf, None
         clamped = server.limiter.clamped
         dt = server.control_period
         frame_period = 1.0 / self.camera_rate
@@ -587,6 +592,7 @@ def _setup(config: SimEvalConfig, policy, name: str) -> dict:
             "latency": (f"fixed {config.fixed_latency:g} s" if config.fixed_latency is not None
                         else f"measured x {config.latency_scale:g}"),
             "episode_seconds": config.episode_seconds, "camera_rate": config.camera_rate,
+            **({"max_rate": config.max_rate} if config.max_rate else {}),  # old results resume
             "image_size": list(config.image_size) if config.image_size else None,
             "executor": dict(config.executor)}
 
