@@ -132,7 +132,8 @@ def sim(a: argparse.Namespace) -> int:
             robot=a.robot, device=a.device, action_source=a.action_source,
             reasoning_every=a.reasoning_every, latency_scale=a.latency_scale,
             fixed_latency=a.fixed_latency, episode_seconds=a.episode_seconds,
-            camera_rate=a.camera_rate, max_rate=a.max_rate, image_size=tuple(a.image_size) if a.image_size else None,
+            camera_rate=a.camera_rate, max_rate=a.max_rate,
+            image_size=tuple(a.image_size) if a.image_size else None,
             torch_threads=a.torch_threads, workers=a.workers,
             executor=hl.parse_executor_overrides(a.executor), progress=not a.quiet)
         result = hl.evaluate(a.model, a.task, seeds, out, config)
