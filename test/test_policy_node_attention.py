@@ -61,11 +61,15 @@ def test_overlays_arrive_with_the_cameras_stamp_and_frame_while_chunks_flow(
     assert len(chunks) > len(overlays)
 
 
-def test_a_bad_attention_source_is_named_and_the_node_stops():
+@pytest.mark.parametrize("params, named", [
+    (["attention.enabled:=true", "attention.source:=elbow"], "attention.source"),
+    (["max_rate:=-5.0"], "max_rate: must be >= 0 Hz"),
+])
+def test_a_bad_parameter_is_named_and_the_node_stops(params, named):
     proc = subprocess.run(
         [sys.executable, "-m", "roboalign_ros.nodes.policy_node", "--ros-args",
-         "-p", "model_path:=tiny", "-p", "device:=cpu", "-p", "attention.enabled:=true",
-         "-p", "attention.source:=elbow"],
+         "-p", "model_path:=tiny", "-p", "device:=cpu",
+         *[arg for param in params for arg in ("-p", param)]],
         capture_output=True, text=True, timeout=120, env=os.environ.copy())
     assert proc.returncode == 1
-    assert "attention.source" in proc.stdout + proc.stderr
+    assert named in proc.stdout + proc.stderr

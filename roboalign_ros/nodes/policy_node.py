@@ -177,6 +177,9 @@ class PolicyNode(LifecycleNode):
     def _configure(self, p) -> None:
         if p["reasoning_mode"] not in REASONING_MODES:
             raise ValueError(f"reasoning_mode: {p['reasoning_mode']!r}; one of {REASONING_MODES}")
+        if not p["max_rate"] >= 0:
+            raise ValueError(f"max_rate: must be >= 0 Hz (0: as fast as the model goes), got "
+                             f"{p['max_rate']}")
         if not p["reasoning_period"] >= 0:
             raise ValueError(f"reasoning_period: must be >= 0 s, got {p['reasoning_period']}")
         if p["attention.enabled"]:
