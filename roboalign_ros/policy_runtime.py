@@ -110,6 +110,14 @@ def image_problem(width: int, height: int, encoding: str, nbytes: int,
     return None
 
 
+def min_period(max_rate: float) -> float:
+    """Seconds between decisions under a ``max_rate`` cap in Hz (0: none); ValueError if < 0."""
+    if not max_rate >= 0:
+        raise ValueError(f"max_rate: must be >= 0 Hz (0: as fast as the model goes), got "
+                         f"{max_rate}")
+    return 1.0 / max_rate if max_rate > 0 else 0.0
+
+
 def tokenizer_counter(tokenizer) -> Callable[[str], int]:
     """Count an instruction's tokens with the policy's own tokenizer."""
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -92,8 +92,9 @@ class SimEvalConfig:
             raise ValueError(f"episode_seconds: must be > 0, got {self.episode_seconds}")
         if self.camera_rate is not None and not 0 < self.camera_rate <= 60:
             raise ValueError(f"camera_rate: {self.camera_rate} Hz is not in (0, 60]")
-        if not self.max_rate >= 0:
-            raise ValueError(f"max_rate: must be >= 0 Hz (0: no cap), got {self.max_rate}")
+        from roboalign_ros.policy_runtime import min_period
+
+        min_period(self.max_rate)  # names a negative max_rate
         if not self.workers >= 1:
             raise ValueError(f"workers: must be >= 1, got {self.workers}")
 
@@ -221,7 +222,9 @@ class SimEvaluator:
                                                           sim["camera.width"])
         self.camera = SceneCamera(self.server, w, h, depth=False)
         self.camera_rate = config.camera_rate or sim["camera.rate"]
-        self.min_period = 1.0 / config.max_rate if config.max_rate > 0 else 0.0
+        from roboalign_ros.policy_runtime import min_period
+
+        self.min_period = min_period(config.max_rate)
         self.status_every = max(1, round(1.0 / (sim["status_rate"] * self.server.control_period)))
         self.executor_params = executor_parameters({
             "robot": config.robot, "action_space": cfg.action_space,

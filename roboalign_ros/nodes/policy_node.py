@@ -76,6 +76,7 @@ from roboalign_ros.policy_runtime import (
     checkpoint_cameras,
     image_problem,
     load_policy,
+    min_period,
     preview,
     tokenizer_counter,
 )
@@ -177,9 +178,7 @@ class PolicyNode(LifecycleNode):
     def _configure(self, p) -> None:
         if p["reasoning_mode"] not in REASONING_MODES:
             raise ValueError(f"reasoning_mode: {p['reasoning_mode']!r}; one of {REASONING_MODES}")
-        if not p["max_rate"] >= 0:
-            raise ValueError(f"max_rate: must be >= 0 Hz (0: as fast as the model goes), got "
-                             f"{p['max_rate']}")
+        min_period(p["max_rate"])  # names a negative max_rate
         if not p["reasoning_period"] >= 0:
             raise ValueError(f"reasoning_period: must be >= 0 s, got {p['reasoning_period']}")
         if p["attention.enabled"]:
@@ -314,7 +313,7 @@ class PolicyNode(LifecycleNode):
             predict = self.policy.act
         self.worker = PolicyWorker(predict, self._observation, self.gate,
                                    self.on_decision, lambda: now_seconds(self),
-                                   1.0 / p["max_rate"] if p["max_rate"] > 0 else 0.0,
+                                   min_period(p["max_rate"]),
                                    limits=self.limits,
                                    count_tokens=tokenizer_counter(self.policy.tokenizer),
                                    reasoner=self.reasoner, cameras=self.cameras)
