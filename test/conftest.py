@@ -44,12 +44,47 @@ def spin_until(executor, predicate, timeout: float) -> bool:
     return predicate()
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests across real DDS processes get one retry: on a loaded 2-core CI machine discovery
-    and scheduling delays can exceed a bound once; a real fault fails both runs."""
-    for item in items:
-        if item.get_closest_marker("ros") and not item.get_closest_marker("flaky"):
-            item.add_marker(pytest.mark.flaky(reruns=1, reruns_delay=2))
+def wait_matched(executor, *entities, timeout: float = 30.0, at_least: int = 1) -> None:
+    """wait_matched(executor, *entities, timeout=30.0, at_least=1) -> None
+
+    Spin ``executor`` until every entity is matched with its peers, both ways:
+    a Publisher has >= ``at_least`` matched subscriptions (``get_subscription_count``),
+    a Subscription >= ``at_least`` matched publishers (``get_publisher_count``), a service
+    Client / action ActionClient sees its server (``service_is_ready`` / ``server_is_ready``).
+    Raises AssertionError naming each topic or service still unmatched after ``timeout``.
+
+    Volatile topics drop what is sent before discovery completes, so every DDS test calls this
+    before it publishes to a node (its publishers) and before it triggers a one-shot message
+    from a node (its subscriptions), instead of waiting on the effect with a longer timeout.
+    Matching is seen from this process's side only: a node's writer may match our reader a
+    moment after our reader matched it, which reliable QoS covers (the writer's heartbeat
+    redelivers) but best-effort does not.
+    """
+
+    def unmatched():
+        missing = []
+        for e in entities:
+            if hasattr(e, "get_subscription_count"):  # Publisher (incl. lifecycle)
+                n, what = e.get_subscription_count(), "subscription(s)"
+            elif hasattr(e, "get_publisher_count"):  # Subscription
+                n, what = e.get_publisher_count(), "publisher(s)"
+            elif hasattr(e, "service_is_ready"):  # service Client
+                if not e.service_is_ready():
+                    missing.append(f"service {e.srv_name}: no server")
+                continue
+            elif hasattr(e, "server_is_ready"):  # action ActionClient
+                if not e.server_is_ready():
+                    missing.append(f"action {e._action_name}: no server")
+                continue
+            else:
+                raise TypeError(f"wait_matched: cannot wait on {e!r}")
+            if n < at_least:
+                missing.append(f"{type(e).__name__} {e.topic_name}: {n} matched {what}, "
+                               f"want >= {at_least}")
+        return missing
+
+    if not spin_until(executor, lambda: not unmatched(), timeout):
+        raise AssertionError(f"not matched after {timeout:g} s: " + "; ".join(unmatched()))
 
 
 class PolicyInputs:
