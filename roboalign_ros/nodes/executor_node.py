@@ -45,12 +45,7 @@ from roboalign_ros.conversions import (
     stamp_to_seconds,
 )
 from roboalign_ros.msg import ActionChunk
-from roboalign_ros.nodes.backends import (
-    GripperPublisher,
-    JointTrajectoryBackend,
-    MoveItPyBackend,
-    make_backend,
-)
+from roboalign_ros.nodes.backends import GripperPublisher, JointTrajectoryBackend, make_backend
 from roboalign_ros.nodes.common import (
     COMMAND_QOS,
     ERROR,
@@ -67,6 +62,7 @@ from roboalign_ros.nodes.common import (
     run_node,
 )
 from roboalign_ros.nodes.markers import path_markers
+from roboalign_ros.nodes.moveit_backend import MoveItPyBackend
 from roboalign_ros.robot import load_robot_config
 
 PARAMETERS = EXECUTOR_PARAMETERS  # one set of defaults for the node and in-process users
