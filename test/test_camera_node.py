@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import spin_until
+from conftest import spin_until, wait_matched
 
 pytest.importorskip("rclpy")  # before pyrealsense2, which bundles its own Fast-DDS (see core)
 pytest.importorskip("pyrealsense2")
@@ -40,14 +40,15 @@ def test_images_and_camera_info_over_dds(rclpy_context):
     listener = Node("camera_listener", context=rclpy_context)
     got = {k: [] for k in ("color", "color_info", "depth", "depth_info", "diag")}
     base = "/camera/camera"
-    listener.create_subscription(Image, f"{base}/color/image_raw", got["color"].append, 50)
-    listener.create_subscription(CameraInfo, f"{base}/color/camera_info",
-                                 got["color_info"].append, 50)
-    listener.create_subscription(Image, f"{base}/aligned_depth_to_color/image_raw",
-                                 got["depth"].append, 50)
-    listener.create_subscription(CameraInfo, f"{base}/aligned_depth_to_color/camera_info",
-                                 got["depth_info"].append, 50)
-    listener.create_subscription(DiagnosticArray, "/diagnostics", got["diag"].append, 50)
+    subs = [
+        listener.create_subscription(Image, f"{base}/color/image_raw", got["color"].append, 50),
+        listener.create_subscription(CameraInfo, f"{base}/color/camera_info",
+                                     got["color_info"].append, 50),
+        listener.create_subscription(Image, f"{base}/aligned_depth_to_color/image_raw",
+                                     got["depth"].append, 50),
+        listener.create_subscription(CameraInfo, f"{base}/aligned_depth_to_color/camera_info",
+                                     got["depth_info"].append, 50),
+        listener.create_subscription(DiagnosticArray, "/diagnostics", got["diag"].append, 50)]
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(camera)
     executor.add_node(listener)
@@ -58,6 +59,7 @@ def test_images_and_camera_info_over_dds(rclpy_context):
             and streaming
 
     try:
+        wait_matched(executor, *subs)  # all streams repeat: matched is enough
         assert spin_until(executor, enough, timeout=20.0), {k: len(v) for k, v in got.items()}
     finally:
         executor.shutdown()

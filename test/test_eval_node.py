@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import spin_until
+from conftest import spin_until, wait_matched
 
 pytestmark = pytest.mark.ros
 
@@ -46,12 +46,14 @@ class Probe:
 
         self.node = Node("eval_probe", context=context)
         self.instructions, self.estops, self.status = [], [], []
-        self.node.create_subscription(String, "/roboalign/instruction",
-                                      lambda m: self.instructions.append(m.data), LATCHED_QOS)
-        self.node.create_subscription(Bool, "/roboalign/estop",
-                                      lambda m: self.estops.append(m.data), COMMAND_QOS)
-        self.node.create_subscription(TaskStatus, "/roboalign/eval_status", self.status.append,
-                                      10)
+        self.subs = [
+            self.node.create_subscription(String, "/roboalign/instruction",
+                                          lambda m: self.instructions.append(m.data),
+                                          LATCHED_QOS),
+            self.node.create_subscription(TaskStatus, "/roboalign/eval_status",
+                                          self.status.append, 10)]
+        self.estop_sub = self.node.create_subscription(
+            Bool, "/roboalign/estop", lambda m: self.estops.append(m.data), COMMAND_QOS)
         self.estop_pub = self.node.create_publisher(Bool, "/roboalign/estop", COMMAND_QOS)
         self.label_client = self.node.create_client(LabelTrial, "/eval_node/label_trial")
         self.start_client = self.node.create_client(Trigger, "/eval_node/start_trial")
@@ -59,8 +61,16 @@ class Probe:
         self.executor.add_node(self.node)
         self.LabelTrial, self.Trigger, self.Bool = LabelTrial, Trigger, Bool
 
+    def matched(self, estop=False):
+        """Wait until eval_node is matched on every topic and service the test uses; with
+        ``estop``, also both ways on /roboalign/estop (eval_node and this probe each publish
+        and subscribe there, so 2 each): the node engages it once, at the time limit."""
+        wait_matched(self.executor, *self.subs, self.label_client, self.start_client)
+        if estop:
+            wait_matched(self.executor, self.estop_pub, self.estop_sub, at_least=2)
+
     def call(self, client, request):
-        assert client.wait_for_service(timeout_sec=30), f"{client.srv_name} not up"
+        wait_matched(self.executor, client)
         future = client.call_async(request)
         assert spin_until(self.executor, future.done, 10)
         return future.result()
@@ -100,6 +110,7 @@ def test_sim_mode_labels_from_the_service_and_auto_labels(rclpy_context, tmp_pat
     probe = Probe(rclpy_context)
     results = tmp_path / "results" / "dds" / "results.jsonl"
     try:
+        probe.matched()
         assert probe.until(lambda: "pick up the red cube" in probe.instructions, 60), \
             (tmp_path / "eval.log").read_text()
         for kwargs, text in [({"trial_index": 9}, "trial_index: 9 is unknown"),
@@ -146,7 +157,7 @@ def test_real_mode_start_stop_label_and_estop_repeat(rclpy_context, tmp_path):
     try:
         assert probe.until(lambda: "Reset the scene, then call /eval_node/start_trial"
                            in log.read_text(), 30), log.read_text()
-        assert probe.until(lambda: probe.estop_pub.get_subscription_count() > 1, 10)
+        probe.matched(estop=True)
         assert probe.start_trial().success
         assert probe.until(lambda: probe.instructions[-1:] == ["pick up the red cube"], 5)
         # time is up: instruction cleared and the e-stop engaged; the node waits for a label

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import spin_until
+from conftest import spin_until, wait_matched
 
 pytestmark = pytest.mark.ros
 
@@ -28,11 +28,12 @@ def test_chunk_and_image_cross_dds(rclpy_context):
                               env=os.environ.copy())
     node = Node("dds_listener", context=rclpy_context)
     chunks, images = [], []
-    node.create_subscription(ActionChunk, "/roboalign/action_chunk", chunks.append, 10)
-    node.create_subscription(Image, "/camera/camera/color/image_raw", images.append, 10)
+    subs = [node.create_subscription(ActionChunk, "/roboalign/action_chunk", chunks.append, 10),
+            node.create_subscription(Image, "/camera/camera/color/image_raw", images.append, 10)]
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)
     try:
+        wait_matched(executor, *subs)  # the talker repeats at 20 Hz: matched is enough
         assert spin_until(executor, lambda: chunks and images, timeout=30.0), \
             "no chunk/image arrived from the talker process within 30 s"
     finally:

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import spin_until
+from conftest import spin_until, wait_matched
 
 pytestmark = pytest.mark.ros
 
@@ -51,7 +51,7 @@ class Lifecycle:
         self.params = node.create_client(SetParameters, f"/{name}/set_parameters")
 
     def _call(self, client, request, timeout):
-        assert client.wait_for_service(timeout_sec=30), f"{client.srv_name} not up"
+        wait_matched(self.executor, client)
         future = client.call_async(request)
         assert spin_until(self.executor, future.done, timeout), f"{client.srv_name}: no answer"
         return future.result()
@@ -130,8 +130,9 @@ def arm(rclpy_context, tmp_path):
             if msg.points:
                 a.q = np.array(msg.points[0].positions)
 
-        a.node.create_subscription(JointTrajectory, a.robot.trajectory_topic, on_command, 100)
-        js_pub = a.node.create_publisher(JointState, "/joint_states", 10)
+        a.command_sub = a.node.create_subscription(JointTrajectory, a.robot.trajectory_topic,
+                                                   on_command, 100)
+        a.js_pub = js_pub = a.node.create_publisher(JointState, "/joint_states", 10)
         a.chunk_pub = a.node.create_publisher(ActionChunk, "/roboalign/action_chunk", 10)
 
         def publish_state():
@@ -160,7 +161,19 @@ def arm(rclpy_context, tmp_path):
             while time.monotonic() < deadline:
                 a.executor.spin_once(timeout_sec=0.005)
 
-        a.chunk, a.wait = chunk, wait
+        def holding():
+            """Wait until the active executor holds the arm it hears (its control loop runs and
+            has the fake arm's joint state: 'hold', not 'no_state')."""
+            return spin_until(a.executor, lambda: any(
+                v.get("lifecycle_state") == ACTIVE and v.get("state") == "hold"
+                for _, _, v in a.diagnostics), 10)
+
+        def configured():
+            """After configure: the executor's chunk, joint-state and command topics matched
+            with this probe's (the stop it sends on activate goes out once)."""
+            wait_matched(a.executor, a.chunk_pub, a.js_pub, a.command_sub)
+
+        a.chunk, a.wait, a.holding, a.configured = chunk, wait, holding, configured
         a.streamed = lambda: [m.points[0].positions for m in a.commands if m.points]
         yield a
     finally:
@@ -175,23 +188,24 @@ def test_executor_unconfigured_until_configured_bad_parameter_fails_cleanup_rele
     lc = arm.lifecycle
     assert lc.state() == UNCONFIGURED, "autostart:=false must leave the node unconfigured"
     assert said(arm.executor, arm.diagnostics, UNCONFIGURED)
-    arm.wait(0.5)
+    # its diagnostics and services answered: its endpoints are known here
     assert arm.chunk_pub.get_subscription_count() == 0, "unconfigured but subscribed"
     # blend:=bogus: configure fails, names the parameter, the node stays unconfigured and up
     assert not lc.transition(Transition.TRANSITION_CONFIGURE)
     assert lc.state() == UNCONFIGURED and arm.proc.poll() is None
     assert "configure failed: blend: 'bogus' is not one of" in arm.log_path.read_text()
     assert said(arm.executor, arm.diagnostics, UNCONFIGURED, "configure failed: blend")
+    assert arm.chunk_pub.get_subscription_count() == 0, "failed configure but subscribed"
     lc.set_parameter("blend", "latest")
     assert lc.transition(Transition.TRANSITION_CONFIGURE)
     assert lc.state() == INACTIVE
-    assert spin_until(arm.executor, lambda: arm.chunk_pub.get_subscription_count() > 0, 10)
+    arm.configured()
     assert said(arm.executor, arm.diagnostics, INACTIVE, "holding, not streaming")
-    # inactive: a chunk is not followed, nothing is commanded
+    # inactive: a chunk is not followed (the node says it ignored it), nothing is commanded
     arm.chunk_pub.publish(arm.chunk(arm.robot.home + 0.3))
-    arm.wait(0.5)
+    assert spin_until(arm.executor, lambda: "chunk ignored: executor_node is inactive"
+                      in arm.log_path.read_text(), 10), arm.log_path.read_text()[-800:]
     assert not arm.commands, "an inactive executor commanded the arm"
-    assert "chunk ignored: executor_node is inactive" in arm.log_path.read_text()
     # cleanup: back to unconfigured, the topics released
     assert lc.transition(Transition.TRANSITION_CLEANUP)
     assert lc.state() == UNCONFIGURED
@@ -210,11 +224,12 @@ def test_executor_deactivated_mid_chunk_holds_where_the_arm_is_then_resumes(arm)
     lc = arm.lifecycle
     lc.set_parameter("blend", "latest")
     assert lc.transition(Transition.TRANSITION_CONFIGURE)
+    arm.configured()
     assert lc.transition(Transition.TRANSITION_ACTIVATE)
     assert lc.state() == ACTIVE
     assert said(arm.executor, arm.diagnostics, ACTIVE)
     assert spin_until(arm.executor, lambda: arm.commands, 10), "no stop command on activate"
-    arm.wait(0.3)   # it has heard the fake arm
+    assert arm.holding(), arm.diagnostics[-3:]
     target = arm.robot.home + np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0])
     arm.chunk_pub.publish(arm.chunk(target))          # 4 s of chunk at <= 1 rad/s
     assert spin_until(arm.executor, lambda: arm.q[0] > arm.robot.home[0] + 0.1, 10), \
@@ -225,14 +240,15 @@ def test_executor_deactivated_mid_chunk_holds_where_the_arm_is_then_resumes(arm)
         "no controller stop (hold) after deactivate"
     held = np.array(arm.streamed()[-1])
     n = len(arm.commands)
-    arm.wait(0.8)
+    arm.wait(0.8)   # an observation window: nothing may come in it
     assert len(arm.commands) == n, "commanded the arm while inactive"
     np.testing.assert_allclose(arm.q, held)                   # the arm stays where it was
     assert held[0] < target[0] - 0.3, "followed the chunk to its end instead of holding"
     assert said(arm.executor, arm.diagnostics, INACTIVE, "holding")
     # activate again: a new chunk is followed from where the arm is, not from the old plan
+    arm.diagnostics.clear()
     assert lc.transition(Transition.TRANSITION_ACTIVATE)
-    arm.wait(0.2)
+    assert arm.holding(), arm.diagnostics[-3:]
     arm.chunk_pub.publish(arm.chunk(target))
     assert spin_until(arm.executor, lambda: len(arm.streamed()) > len(
         [m for m in arm.commands[:n] if m.points]), 10), "did not resume after activate"
@@ -264,8 +280,10 @@ def test_policy_unconfigured_bad_parameter_then_no_chunks_while_inactive(rclpy_c
     try:
         robot = load_robot_config("sim_arm")
         chunks, statuses = [], []
-        node.create_subscription(ActionChunk, "/roboalign/action_chunk", chunks.append, 10)
-        node.create_subscription(PolicyStatus, "/roboalign/status", statuses.append, 50)
+        chunk_sub = node.create_subscription(ActionChunk, "/roboalign/action_chunk",
+                                             chunks.append, 10)
+        status_sub = node.create_subscription(PolicyStatus, "/roboalign/status",
+                                              statuses.append, 50)
         diagnostics = diagnostics_of(node, "policy_node")
         image_pub = node.create_publisher(Image, robot.color_topic, 10)
         instruction_pub = node.create_publisher(String, "/roboalign/instruction", 10)
@@ -296,6 +314,11 @@ def test_policy_unconfigured_bad_parameter_then_no_chunks_while_inactive(rclpy_c
                 s.state == state and s.message.startswith(f"{lifecycle}: ") and needle in s.message
                 for s in statuses), 20), [s.message for s in statuses[-3:]]
 
+        def published_when_deactivated():
+            """chunks_published of the first status after deactivate: every chunk it sent."""
+            return next(s.chunks_published for s in statuses if s.state ==
+                        PolicyStatus.STATE_BLOCKED and s.message.startswith(f"{INACTIVE}: "))
+
         lc = Lifecycle(node, executor, "policy_node")
         assert lc.state() == UNCONFIGURED, "autostart:=false must leave the node unconfigured"
         ok, last = status_says(PolicyStatus.STATE_UNCONFIGURED, UNCONFIGURED)
@@ -316,8 +339,8 @@ def test_policy_unconfigured_bad_parameter_then_no_chunks_while_inactive(rclpy_c
         ok, last = status_says(PolicyStatus.STATE_BLOCKED, INACTIVE, "not acting")
         assert ok, last
         assert said(executor, diagnostics, INACTIVE)
-        # inactive: inputs arrive, no chunk goes out
-        assert spin_until(executor, lambda: image_pub.get_subscription_count() > 0, 10)
+        # inactive: inputs arrive, no chunk goes out (in a 1 s observation window)
+        wait_matched(executor, image_pub, instruction_pub, js_pub, chunk_sub, status_sub)
         wait(1.0)
         assert not chunks, "an inactive policy published chunks"
         # active: chunks
@@ -326,14 +349,16 @@ def test_policy_unconfigured_bad_parameter_then_no_chunks_while_inactive(rclpy_c
         assert spin_until(executor, lambda: chunks, 30), log_path.read_text()[-1500:]
         ok, last = status_says(PolicyStatus.STATE_ACTING, ACTIVE, "acting")
         assert ok, last
-        # inactive again: chunks stop
+        # inactive again: chunks stop. The status sent on deactivate counts every chunk
+        # published before it; once those have arrived, none may follow (1 s window).
+        statuses.clear()
         assert lc.transition(Transition.TRANSITION_DEACTIVATE)
-        wait(0.3)   # in flight
-        n = len(chunks)
-        wait(1.0)
-        assert len(chunks) == n, "published chunks after deactivate"
         ok, last = status_says(PolicyStatus.STATE_BLOCKED, INACTIVE, "not acting")
         assert ok, last
+        n = published_when_deactivated()
+        assert spin_until(executor, lambda: len(chunks) >= n, 10), (len(chunks), n)
+        wait(1.0)
+        assert len(chunks) == n, "published chunks after deactivate"
         # and resume
         assert lc.transition(Transition.TRANSITION_ACTIVATE)
         assert spin_until(executor, lambda: len(chunks) > n, 30), "no chunks after activate"

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import spin_until
+from conftest import spin_until, wait_matched
 
 pytestmark = pytest.mark.ros
 
@@ -41,9 +41,10 @@ def test_joy_to_twist_deadman_stale_and_gripper(rclpy_context):
     tester = Node("teleop_tester", context=rclpy_context)
     joy_pub = tester.create_publisher(Joy, "/joy", 10)
     twists, grippers = [], []
-    tester.create_subscription(TwistStamped, "/servo_node/delta_twist_cmds", twists.append, 100)
-    tester.create_subscription(Float64MultiArray, "/gripper_controller/commands",
-                               grippers.append, 10)
+    twist_sub = tester.create_subscription(TwistStamped, "/servo_node/delta_twist_cmds",
+                                           twists.append, 100)
+    gripper_sub = tester.create_subscription(Float64MultiArray, "/gripper_controller/commands",
+                                             grippers.append, 10)
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(teleop)
     executor.add_node(tester)
@@ -57,7 +58,8 @@ def test_joy_to_twist_deadman_stale_and_gripper(rclpy_context):
             spin_until(executor, lambda: False, 0.05)
 
     try:
-        assert spin_until(executor, lambda: joy_pub.get_subscription_count() > 0, 10.0)
+        # the zero twist on release and the gripper command are sent once: match both ways
+        wait_matched(executor, joy_pub, twist_sub, gripper_sub)
         pump(xbox_joy(ly=1.0), 0.3)  # stick without the dead-man: nothing
         assert twists == []
         pump(xbox_joy(ly=1.0, lb=1), 0.4)
@@ -78,7 +80,10 @@ def test_joy_to_twist_deadman_stale_and_gripper(rclpy_context):
         pump(xbox_joy(ly=1.0, lb=1), 0.2)
         assert len(twists) > count and twists[-1].twist.linear.x == pytest.approx(0.2)
         count = len(twists)
-        spin_until(executor, lambda: False, 0.6)  # Joy goes stale (> 0.3 s): zero, then silence
+        # no more Joy: stale after 0.3 s, one zero twist, then silence (a 0.3 s window)
+        assert spin_until(executor, lambda: any(t.twist.linear.x == 0.0
+                                                for t in twists[count:]), 5.0)
+        spin_until(executor, lambda: False, 0.3)
         stale = twists[count:]
         assert stale and stale[-1].twist.linear.x == 0.0
         assert sum(t.twist.linear.x == 0.0 for t in stale) == 1
@@ -120,10 +125,15 @@ def test_keyboard_mode_in_a_terminal(rclpy_context):
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)
     try:
-        assert spin_until(executor, lambda: sub.get_publisher_count() > 0, 15.0)
-        time.sleep(0.3)  # the reader thread is up once the publisher is
-        os.write(master, b"l")  # yaw right
-        assert spin_until(executor, lambda: any(t.twist.angular.z < 0 for t in twists), 5.0)
+        wait_matched(executor, sub)
+        # a held key repeats (the terminal's autorepeat, every 0.1 s here) until the arm moves:
+        # a press read before the node's twist publisher has matched this test's subscription
+        # would move it unseen. key_hold (0.3 s) bridges the repeats.
+        deadline = time.monotonic() + 15.0
+        while not any(t.twist.angular.z < 0 for t in twists) and time.monotonic() < deadline:
+            os.write(master, b"l")  # yaw right
+            spin_until(executor, lambda: any(t.twist.angular.z < 0 for t in twists), 0.1)
+        assert any(t.twist.angular.z < 0 for t in twists), "no twist for a held 'l'"
         assert min(t.twist.angular.z for t in twists) == pytest.approx(-0.5)
         assert spin_until(executor, lambda: twists[-1].twist.angular.z == 0.0, 3.0)
         os.write(master, b"q")

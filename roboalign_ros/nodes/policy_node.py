@@ -27,6 +27,7 @@ the refusal is what the status and /diagnostics report.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 
@@ -134,6 +135,9 @@ class PolicyNode(LifecycleNode):
         self.reasoner: ReasoningWorker | None = None
         self.attention: AttentionWorker | None = None
         self._active = False
+        # on_decision publishes under it and deactivate clears _active under it: a chunk is
+        # either out before the status deactivate sends (and counted in it) or not at all
+        self._publishing = threading.Lock()
         self._reset()
         # status and diagnostics in every state (the status topic is read once, here)
         self.status_pub = self.create_publisher(PolicyStatus, self.p["status_topic"], 10)
@@ -221,7 +225,8 @@ class PolicyNode(LifecycleNode):
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
         """Stop publishing chunks (an inference in progress is dropped) and the threads."""
-        self._active = False
+        with self._publishing:
+            self._active = False
         result = super().on_deactivate(state)
         self._stop_workers()
         self.get_logger().info("inactive: no chunks until activated")
@@ -455,8 +460,11 @@ class PolicyNode(LifecycleNode):
 
     def on_decision(self, decision: Decision) -> None:
         """Publish a chunk (+ reasoning) or say why the policy did not act."""
-        if not self._active:
-            return  # deactivated while this inference ran: nothing goes out
+        with self._publishing:
+            if self._active:  # else deactivated while this inference ran: nothing goes out
+                self._publish_decision(decision)
+
+    def _publish_decision(self, decision: Decision) -> None:
         if decision.dropped:
             self.dropped += 1
             self.get_logger().warning(decision.blocked, throttle_duration_sec=2.0)
