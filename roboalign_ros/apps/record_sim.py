@@ -126,10 +126,10 @@ class _Driver:
                                               points=[point]))
 
     def gripper(self, opening: float) -> None:
-        """Gripper opening command."""
+        """Gripper opening command, in the controller's units (the finger joint's position)."""
         from std_msgs.msg import Float64MultiArray
 
-        self.grip_pub.publish(Float64MultiArray(data=[float(opening)]))
+        self.grip_pub.publish(Float64MultiArray(data=[self.robot.gripper_to_joint(opening)]))
 
     def reset(self, task: str, seed: int) -> str:
         """Reset the sim; return the instruction."""

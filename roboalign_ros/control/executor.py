@@ -9,15 +9,22 @@ e-stop callback takes effect on the very next tick.
 measured state and from the previous command within the joint velocity and acceleration limits,
 given the time that *really* elapsed since the previous command (not the nominal tick): the
 envelope limits the step by that time, and :attr:`Command.duration` (the trajectory point's
-``time_from_start``) is computed from the distance to both, never a fixed lead. Holds are never
-a streamed position: they are the controller's own stop (``Command.stop``: an empty trajectory,
-the controller holds where the arm is), after which streaming resumes from a fresh measured
-state.
+``time_from_start``) is computed from the distance to both, never a fixed lead.
+
+**Stops a real controller executes.** A real joint_trajectory_controller refuses an empty
+trajectory (ros2_controllers ``validate_trajectory_msg``: "Empty trajectory received.") and
+goes on with the running one, so a stop is a trajectory too: from the last command's position
+and velocity to rest, braking at ``acc_max`` (:func:`braking`), ending at zero velocity. Every
+streamed command carries that braking tail as well (``Command.brake``): each message reaches
+its target with the stream's velocity (continuous across messages, a cubic in the JTC) and
+then comes to rest if no newer message replaces it. After a stop, streaming resumes from a
+fresh measured state.
 
 Tick priority: e-stop > paused (going home) > no joint state > watchdog hold > track.
 ``Command.kind`` says which:
 
-- ``estop``: stop sent on the first e-stop tick (the node also sends it from the callback);
+- ``estop``: stop sent on the first e-stop tick (the node ticks from its e-stop callback, so
+  whichever comes first sends it, once);
   latched until ``estop(False)``, which also flushes every chunk and refuses chunks observed
   before the release.
 - ``paused``: another motion owns the arm (``go_home``); chunks observed before it ends are
@@ -42,6 +49,7 @@ import numpy as np
 from .blending import ActionBlender, BlendMode
 from .chunk import Chunk, ChunkError, ChunkLimits, validate_chunk
 from .safety import FK, SafetyEnvelope
+from .trajectory import braking, cubic_segment
 
 TWIST_DIM = 6
 
@@ -67,6 +75,7 @@ class ExecutorConfig:
     lead_time: float = 0.02              # s, the shortest duration of a command
     duration_margin: float = 0.8         # commands move at most this fraction of vel_max
     state_timeout: float = 0.5           # s without a joint state -> stop (no_state)
+    brake_time_min: float = 0.1          # s, the shortest stop (see :func:`braking`)
     jump_slack: float = 0.02             # rad a state may move beyond vel_max * elapsed
 
     @property
@@ -85,19 +94,26 @@ class Command:
     """One control tick's output.
 
     ``kind == 'track'``: send ``arm`` (joint positions in rad for ``joint_position``, a twist
-    for ``ee_delta``; a fresh array each tick) to be reached in ``duration`` s. Any other kind:
-    send no position; if ``stop`` is set, send the controller's stop (an empty trajectory, a
-    zero twist) now; ``ee_delta`` holds send zero twists every tick (``arm`` is zeros).
-    ``arm`` is all-NaN when nothing is known about the arm. ``gripper``: opening in [0, 1], or
-    None when nothing has commanded the gripper yet (do not publish it).
+    for ``ee_delta``; a fresh array each tick) to be reached in ``duration`` s with joint
+    ``velocity``, then ``brake`` (rest, zero velocity) ``brake_time`` s later. Any other kind:
+    stream nothing; if ``stop`` is set, send the stop now: for ``joint_position`` rest at
+    ``arm`` with zero velocity after ``duration`` s (``velocity`` zeros; ``arm`` is all-NaN and
+    ``stop`` False when nothing is known about the arm), for ``ee_delta`` a zero twist
+    (``ee_delta`` holds send zero twists every tick; ``arm`` is zeros). Otherwise ``arm`` is the
+    measured position. ``gripper``: opening in [0, 1], or None when nothing has commanded the
+    gripper yet (do not publish it).
     """
 
     kind: str                      # 'track' | 'hold' | 'no_state' | 'paused' | 'estop'
     arm: np.ndarray
     gripper: float | None
     reasons: tuple[str, ...] = ()
-    duration: float = 0.0          # s for the controller to reach ``arm`` (track)
-    stop: bool = False             # send the controller's stop now
+    duration: float = 0.0          # s for the controller to reach ``arm``
+    stop: bool = False             # send the stop now
+    velocity: np.ndarray | None = None  # rad/s at ``arm`` (joint_position track and stop)
+    brake: np.ndarray | None = None     # rest position after ``arm`` (track)
+    brake_time: float = 0.0             # s from ``arm`` to ``brake``
+
 
 
 @dataclass
@@ -139,7 +155,8 @@ class ChunkExecutor:
                                  f'+ gripper, got {list(names)}')
         else:
             raise ValueError(f'action_space: unknown {config.action_space!r}')
-        for name in ('rate_hz', 'watchdog_timeout', 'state_timeout', 'lead_time'):
+        for name in ('rate_hz', 'watchdog_timeout', 'state_timeout', 'lead_time',
+                     'brake_time_min'):
             if not getattr(config, name) > 0:
                 raise ValueError(f'{name}: must be > 0, got {getattr(config, name)}')
         if not 0 < config.duration_margin <= 1:
@@ -171,6 +188,10 @@ class ChunkExecutor:
         self._last_kind = 'hold'
         self._last_reason = ''
         self._stopped = False                  # the controller's stop was sent since tracking
+        # the last non-streamed motion sent (a stop or a home move): a cubic
+        # (t0, q0, v0, q1, seconds) to rest at q1, so that a later stop brakes from where the
+        # controller's reference is, not from the measured position behind it
+        self._motion: tuple | None = None
         self._state_q: np.ndarray | None = None  # previous joint state, to notice jumps
         self._state_t = -math.inf
         self._clock = -math.inf                # latest ``now`` seen, to notice clock resets
@@ -227,7 +248,8 @@ class ChunkExecutor:
                 if now is not None:
                     self._not_before = max(self._not_before, now)
             self._estop = engaged
-            self._last = None
+            if not engaged:
+                self._last = None  # (on engaging, the stop brakes from it)
             self.blender.clear()
             return True
 
@@ -257,6 +279,19 @@ class ChunkExecutor:
             self._not_before = max(self._not_before, min(until, now + 3600.0))
             self._last = None
 
+    def hold(self, now: float, measured_q: np.ndarray | None, reason: str = 'inactive'
+             ) -> Command:
+        """Stop now (braking from the last command) and pause until :meth:`resume`.
+
+        Returns the stop to send (``stop`` False when nothing is known about the arm).
+        """
+        with self._lock:
+            self._check_clock(now)
+            self._stopped = False
+            command = self._stop_tick(now, 'paused', measured_q, reason)
+            self.pause(now, math.inf, reason)
+            return command
+
     def home_move(self, now: float, home: np.ndarray, measured_q: np.ndarray,
                   speed: float, min_seconds: float = 0.5) -> float:
         """Pause for a straight joint move to ``home``; returns how long that move must take.
@@ -267,13 +302,25 @@ class ChunkExecutor:
         """
         with self._lock:
             home = np.asarray(home, dtype=float)
-            distance = np.abs(home - np.asarray(measured_q, dtype=float))
-            if self._last is not None:
-                distance = np.maximum(distance, np.abs(home - self._last))
+            q0, v0 = self._reference(now, measured_q)
+            distance = np.maximum(np.abs(home - np.asarray(measured_q, dtype=float)),
+                                  np.abs(home - q0))
             seconds = float(max(min_seconds, np.max(distance / (self.envelope.limits.vel_max
                                                                  * speed))))
             self.pause(now, now + seconds, "going home")
+            # the controller draws a cubic from its reference to home at rest (zero velocity)
+            self._motion = (now, q0, v0, home, seconds)
             return seconds
+
+    def _reference(self, now: float, measured_q) -> tuple[np.ndarray, np.ndarray]:
+        """Where the controller was last told the arm is at ``now``, and how fast it moves."""
+        if self._last is not None:
+            return self._last.copy(), self._v.copy()
+        if self._motion is not None:
+            t0, q0, v0, q1, seconds = self._motion
+            return cubic_segment(t0, q0, v0, t0 + seconds, q1, np.zeros_like(q1), now)
+        q = np.asarray(measured_q, dtype=float)
+        return q.copy(), np.zeros_like(q)
 
     def resume(self, now: float) -> None:
         """End a pause early (the other motion finished at ``now``).
@@ -301,9 +348,9 @@ class ChunkExecutor:
             env.reasons.clear()
             self._check_clock(now)
             if self._estop:
-                return self._stop_tick('estop', measured_q, 'estop: engaged')
+                return self._stop_tick(now, 'estop', measured_q, 'estop: engaged')
             if now < self._paused_until:
-                return self._stop_tick('paused', measured_q, self._pause_reason, stop=False)
+                return self._stop_tick(now, 'paused', measured_q, self._pause_reason, stop=False)
             why = self._state_problem(now, measured_q, state_stamp, state_age)
             if why:
                 if self._last_kind != 'no_state' and measured_q is not None:
@@ -311,7 +358,7 @@ class ChunkExecutor:
                     self.blender.clear()
                     self.counters['state_losses'] += 1
                     self._not_before = max(self._not_before, now)
-                return self._stop_tick('no_state', measured_q, why)
+                return self._stop_tick(now, 'no_state', measured_q, why)
             stale = (self._last_submit is None
                      or now - self._last_submit > self.config.watchdog_timeout)
             target = None if stale else self.blender.sample(now, self._target)
@@ -323,7 +370,7 @@ class ChunkExecutor:
                     why = f'watchdog: no chunk for {now - self._last_submit:.3f} s'
                 else:
                     why = 'no chunk covers now'
-                return self._stop_tick('hold', measured_q, why)
+                return self._stop_tick(now, 'hold', measured_q, why)
             self._gripper = env.filter_gripper(float(target[-1]))
             if not self.joint_space:
                 cmd = env.filter_twist(target[:-1], measured_q, self._cmd)
@@ -333,13 +380,21 @@ class ChunkExecutor:
             if self._last is None:   # resume from where the arm IS, at rest
                 self._last, self._last_t = q.copy(), now - self.config.period
                 self._v[:] = 0.0
+                self._motion = None
             dt = now - self._last_t
             cmd = env.filter_joint(target[:-1], self._last, self._cmd, dt=dt, v_prev=self._v)
             duration = self._duration(cmd, q)
             self._v[:] = (cmd - self._last) / max(min(dt, env.limits.max_tick_dt), 1e-9)
             self._last[:] = cmd
             self._last_t = now
-            return self._finish('track', cmd.copy(), tuple(env.reasons), duration=duration)
+            command = self._finish('track', cmd.copy(), tuple(env.reasons), duration=duration)
+            command.velocity = self._v.copy()
+            command.brake, command.brake_time = self._braking(cmd, self._v)
+            return command
+
+    def _braking(self, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, float]:
+        lim = self.envelope.limits
+        return braking(q, v, lim.acc_max, lim.lower, lim.upper, self.config.brake_time_min)
 
     def _duration(self, cmd: np.ndarray, measured: np.ndarray) -> float:
         """Time to reach ``cmd`` from both the previous command and the measured state."""
@@ -371,6 +426,7 @@ class ChunkExecutor:
                     # the world was reset under us: plans from before are for another scene
                     j = int(np.argmax(moved - bound))
                     self.counters['state_jumps'] += 1
+                    self._motion = None  # the controller was reset with the world
                     self.blender.clear()
                     self._not_before = max(self._not_before, now)
                     # nor the gripper: re-sent after a reset it would close an opened hand
@@ -381,25 +437,41 @@ class ChunkExecutor:
                             'resuming from the new state')
         return ''
 
-    def _stop_tick(self, kind: str, measured_q: np.ndarray | None, why: str,
+    def _stop_tick(self, now: float, kind: str, measured_q: np.ndarray | None, why: str,
                    stop: bool = True) -> Command:
-        """A tick that streams nothing: the controller's stop once, then silence."""
+        """A tick that streams nothing: the stop once, then silence.
+
+        The stop brakes from the last command (position and velocity) to rest; with nothing
+        streamed since the last stop it holds the measured position.
+        """
         send_stop = stop and not self._stopped
         if stop:
             self._stopped = True
+        if not self.joint_space:
+            self._last = None
+            return self._finish(kind, np.zeros(TWIST_DIM), (why,), stop=send_stop)
+        duration, velocity = 0.0, None
+        known = measured_q is not None and np.all(np.isfinite(measured_q))
+        if send_stop and (self._last is not None or self._motion is not None or known):
+            q, v = self._reference(now, measured_q)
+            arm, duration = self._braking(q, v)
+            self._motion = (now, q, v, arm, duration)
+            velocity = np.zeros(self.envelope.n)
+        elif known:
+            arm = np.array(measured_q, dtype=float)
+        else:  # nothing known about the arm: no stop can be formed (nor was it moving by us)
+            arm, send_stop = np.full(self.envelope.n, np.nan), False
         self._last = None
-        if self.joint_space:
-            arm = (np.full(self.envelope.n, np.nan) if measured_q is None
-                   else np.array(measured_q, dtype=float))
-        else:
-            arm = np.zeros(TWIST_DIM)
-        return self._finish(kind, arm, (why,), stop=send_stop)
+        command = self._finish(kind, arm, (why,), duration=duration, stop=send_stop)
+        command.velocity = velocity
+        return command
 
     def _check_clock(self, now: float) -> None:
         # A clock that jumps back (sim or bag restart, /clock reset) would make every new
         # chunk look out of order forever: start over from a clean slate instead.
         if now < self._clock - self.CLOCK_JUMP_TOLERANCE:
             self.counters['clock_jumps_back'] += 1
+            self._motion = None
             self.blender.clear()
             self._last_seq, self._last_stamp, self._last_submit = None, -math.inf, None
             self._not_before = -math.inf

@@ -12,8 +12,8 @@ of through topics:
   previous inference has finished, on the Observation policy_node builds;
 * executor: the :class:`~roboalign_ros.control.executor.ChunkExecutor` and safety envelope
   executor_node builds (config/executor.yaml, :mod:`roboalign_ros.control.build`) ticking at
-  its rate; its commands drive the follower as the joint_trajectory backend does (a one-point
-  trajectory stamped 0 = start on arrival, or an empty one: the controller's stop);
+  its rate; its commands drive the follower as the joint_trajectory backend does (trajectories
+  stamped 0 = start on arrival: the target with its velocity, then rest; a stop brakes to rest);
 * success: the task's own check at sim_node's status rate; the first success ends the episode
   (as eval_node does), otherwise it ends after the task's ``episode_seconds``.
 
@@ -326,6 +326,7 @@ class SimEvaluator:
     # -- the executor's commands as the backends send them --------------------------------
 
     def _send(self, command, t: float) -> None:
+        from roboalign_ros.control.trajectory import trajectory_points
         from roboalign_ros.sim.server import CommandRejected, TooFast
 
         server = self.server
@@ -334,13 +335,11 @@ class SimEvaluator:
                 twist = command.arm if command.kind == "track" else np.zeros(6)
                 server.command_twist(twist, stamp=t, now=t)
                 self.trace.commands += 1
-            elif command.kind == "track":  # JointTrajectoryBackend.move_to
-                duration = max(command.duration, self.executor_params["lead_time"])
-                server.command_trajectory(self.robot.arm_joints, [duration],
-                                          [command.arm.tolist()], start_time=0.0, now=t)
-                self.trace.commands += 1
-            elif command.stop:  # JointTrajectoryBackend.stop
-                server.command_trajectory(self.robot.arm_joints, [], [], start_time=0.0, now=t)
+            elif command.kind == "track" or command.stop:  # JointTrajectoryBackend.send
+                times, positions, velocities = trajectory_points(
+                    command, self.executor_params["lead_time"])
+                server.command_trajectory(self.robot.arm_joints, times, positions, velocities,
+                                          start_time=0.0, now=t)
                 self.trace.commands += 1
         except CommandRejected as exc:
             self.trace.sim_rejected += 1
@@ -349,7 +348,7 @@ class SimEvaluator:
                 self.trace.sim_reasons.append(f"t={t:.2f} s: {exc}")
         g = command.gripper
         if g is not None and (self._gripper is None or abs(g - self._gripper) > 1e-3):
-            server.command_gripper([g])
+            server.command_gripper([self.robot.gripper_to_joint(g)])  # GripperPublisher's units
             self._gripper = g
 
     # -- the episode -------------------------------------------------------------------------

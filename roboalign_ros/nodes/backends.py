@@ -11,6 +11,7 @@ import math
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from roboalign_ros.control.trajectory import trajectory_points
 from roboalign_ros.conversions import seconds_to_duration
 from roboalign_ros.nodes.common import COMMAND_QOS
 from roboalign_ros.nodes.servo_backend import ServoBackend
@@ -19,10 +20,17 @@ BACKENDS = ("joint_trajectory", "servo", "moveit_py")
 
 
 class GripperPublisher:
-    """Publishes the gripper opening when it changes (and at least every second)."""
+    """Publishes the gripper command when it changes (and at least every second).
 
-    def __init__(self, node, topic: str, resend_period: float = 1.0):
-        self._pub = node.create_publisher(Float64MultiArray, topic, COMMAND_QOS)
+    The policy's opening in [0, 1] is sent in the controller's units: forward_command_controller
+    writes its value unchanged to the finger joint's position interface
+    (forward_command_controller.cpp ``update``), so the opening is scaled to the joint value
+    between the robot config's ``gripper_closed`` and ``gripper_open`` (m for a prismatic finger).
+    """
+
+    def __init__(self, node, robot, resend_period: float = 1.0):
+        self._robot = robot
+        self._pub = node.create_publisher(Float64MultiArray, robot.gripper_topic, COMMAND_QOS)
         self._last, self._sent_at, self._resend = None, -math.inf, resend_period
 
     def send(self, opening: float | None, now: float) -> None:
@@ -31,12 +39,18 @@ class GripperPublisher:
             return
         if self._last is None or abs(opening - self._last) > 1e-3 or \
                 now - self._sent_at > self._resend:
-            self._pub.publish(Float64MultiArray(data=[float(opening)]))
+            value = self._robot.gripper_to_joint(opening)
+            self._pub.publish(Float64MultiArray(data=[float(value)]))
             self._last, self._sent_at = opening, now
 
 
 class JointTrajectoryBackend:
-    """Streams one-point trajectories to a ros2_control joint_trajectory_controller."""
+    """Streams trajectories to a ros2_control joint_trajectory_controller (its topic).
+
+    Every message is one a real JTC executes (:mod:`roboalign_ros.control.trajectory`): the
+    target with its velocity and then rest, or for a stop, rest after braking. Never an empty
+    trajectory: every JTC refuses one and goes on with the running trajectory.
+    """
 
     name = "joint_trajectory"
 
@@ -46,31 +60,24 @@ class JointTrajectoryBackend:
         self._pub = node.create_publisher(JointTrajectory, robot.trajectory_topic, COMMAND_QOS)
 
     def send(self, command) -> None:
-        """Track ``command.arm`` in ``command.duration``; otherwise stop once when asked.
+        """Publish a track or stop command (any other tick sends nothing)."""
+        if command.kind == "track" or command.stop:
+            self.publish(*trajectory_points(command, self.lead_seconds))
 
-        Holds are never streamed positions: after the controller's stop the controller holds
-        where the arm is (a position behind it would be a jump back).
+    def move_to(self, positions, duration: float) -> None:
+        """Reach ``positions`` (arm joints in config order) at rest in ``duration`` s."""
+        self.publish([duration], [positions], [[0.0] * len(self.joint_names)])
+
+    def publish(self, times, positions, velocities) -> None:
+        """Publish one trajectory, stamped 0.
+
+        Stamp 0 is "start on arrival": a message delayed in transport still takes its full time.
         """
-        if command.kind == "track":
-            self.move_to(command.arm, max(command.duration, self.lead_seconds))
-        elif command.stop:
-            self.stop()
-
-    def move_to(self, positions, duration) -> None:
-        """One-point trajectory to ``positions`` (arm joints in config order) in ``duration``.
-
-        ``duration``: a builtin_interfaces/Duration or seconds. The header stamp stays 0
-        ("start on arrival"): a message delayed in transport then still takes ``duration``.
-        """
-        if isinstance(duration, (int, float)):
-            duration = seconds_to_duration(duration)
-        point = JointTrajectoryPoint(positions=[float(q) for q in positions],
-                                     time_from_start=duration)
-        self._pub.publish(JointTrajectory(joint_names=self.joint_names, points=[point]))
-
-    def stop(self) -> None:
-        """An empty trajectory: the controller stops and holds where the arm is."""
-        self._pub.publish(JointTrajectory(joint_names=self.joint_names))
+        points = [JointTrajectoryPoint(positions=[float(q) for q in p],
+                                       velocities=[float(v) for v in w],
+                                       time_from_start=seconds_to_duration(t))
+                  for t, p, w in zip(times, positions, velocities)]
+        self._pub.publish(JointTrajectory(joint_names=self.joint_names, points=points))
 
 
 def make_backend(name: str, node, robot, lead_time: float):

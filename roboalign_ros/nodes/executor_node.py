@@ -2,8 +2,8 @@
 
 Wiring: /roboalign/action_chunk -> ChunkExecutor.submit; a control thread at ``rate`` Hz ->
 ChunkExecutor.tick (with the newest joint state and its age) -> backend (joint_trajectory /
-servo); /roboalign/estop -> e-stop (the controller's stop is sent from the callback itself);
-/roboalign/instruction -> flush; ``~/go_home`` -> a slow trajectory home (or MoveItPy
+servo); /roboalign/estop -> e-stop (the stop is sent from the callback itself, on a thread
+of its own); /roboalign/instruction -> flush; ``~/go_home`` -> a slow trajectory home (or MoveItPy
 plan/execute), then hold there until a chunk observed after homing arrives. Delay
 compensation, blending, the watchdogs, the feasibility rule and the safety envelope live in
 roboalign_ros.control.
@@ -17,7 +17,9 @@ releases it all. ``autostart`` (default true) configures and activates at startu
 The e-stop is subscribed twice, reliable and best effort, so that any publisher is heard
 (a best-effort subscription alone would lose a reliable publisher's retransmissions; a
 reliable one alone does not match a best-effort publisher at all). A message heard on both
-is taken once.
+is taken once. Both live on a node and executor of their own (``<name>_estop``) spun by their
+own thread, so no other callback (a huge chunk, a flood of them) can delay an e-stop; and
+chunks arrive serialized and are refused by size before anything decodes them.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ import time
 from collections import OrderedDict, deque
 
 import numpy as np
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
@@ -69,6 +73,45 @@ PARAMETERS = EXECUTOR_PARAMETERS  # one set of defaults for the node and in-proc
 
 # The second e-stop subscription: matches best-effort publishers (reliable ones match both).
 ESTOP_BEST_EFFORT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+# Serialized bytes a chunk may take beyond its actions (names, instruction, reasoning text).
+CHUNK_TEXT_BYTES = 256 * 1024
+
+
+class EstopListener:
+    """The e-stop subscriptions on a node, executor and thread of their own.
+
+    rclpy runs a node's callbacks one at a time on one executor, so a callback that takes long
+    (decoding a huge message) would delay the e-stop behind it. The listener's node takes no
+    command-line arguments (a ``__node`` remap would rename it too); it is given the topic as
+    the main node resolved it, remaps included.
+    """
+
+    def __init__(self, node, topic: str, callback):
+        import rclpy
+
+        self.node = rclpy.create_node(f"{node.get_name()}_estop", namespace=node.get_namespace(),
+                                      context=node.context, use_global_arguments=False)
+        topic = node.resolve_topic_name(topic)
+        for qos in (COMMAND_QOS, ESTOP_BEST_EFFORT_QOS):
+            self.node.create_subscription(Bool, topic, callback, qos)
+        self._executor = SingleThreadedExecutor(context=node.context)
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, name="estop", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        from rclpy.executors import ExternalShutdownException
+
+        try:
+            self._executor.spin()
+        except ExternalShutdownException:  # the context was shut down under us
+            pass
+
+    def destroy(self) -> None:
+        """Stop the thread and destroy the node."""
+        self._executor.shutdown(timeout_sec=1.0)
+        self._thread.join(timeout=2.0)
+        self.node.destroy_node()
 # /diagnostics level of each command kind (only tracking is OK).
 _LEVEL = {"track": OK, "hold": WARN, "paused": WARN, "no_state": ERROR, "estop": ERROR}
 
@@ -126,7 +169,7 @@ class ExecutorNode(LifecycleNode):
         # nothing streams before activate: chunks observed until then are refused
         self.chunk_executor.pause(now_seconds(self), float("inf"), "inactive")
         self.backend = make_backend(p["backend"], self, robot, p["lead_time"])
-        self.gripper = GripperPublisher(self, robot.gripper_topic)
+        self.gripper = GripperPublisher(self, robot)
         self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"])
                              if p["home_backend"] == "moveit_py" else None)
         self.home_trajectory = (self.backend if isinstance(self.backend, JointTrajectoryBackend)
@@ -137,11 +180,15 @@ class ExecutorNode(LifecycleNode):
         self._state_stamp: float | None = None   # header stamp of the newest joint state
         self._state_arrival = -np.inf            # when it arrived (monotonic)
         self._estop_seen: OrderedDict[tuple, None] = OrderedDict()
-        self.create_subscription(ActionChunk, p["chunk_topic"], self.on_chunk, COMMAND_QOS)
+        # serialized: a chunk larger than any the limits accept is refused before decoding
+        self._max_chunk_bytes = (4 * self.chunk_executor.limits.max_horizon
+                                 * len(self.chunk_executor.limits.dimension_names)
+                                 + CHUNK_TEXT_BYTES)
+        self.create_subscription(ActionChunk, p["chunk_topic"], self.on_chunk, COMMAND_QOS,
+                                 raw=True)
         self.create_subscription(JointState, robot.topics["joint_states"], self.on_joint_state,
                                  SENSOR_QOS)
-        for qos in (COMMAND_QOS, ESTOP_BEST_EFFORT_QOS):
-            self.create_subscription(Bool, p["estop_topic"], self.on_estop, qos)
+        self.estop_listener = EstopListener(self, p["estop_topic"], self.on_estop)
         self.create_subscription(String, p["instruction_topic"], self.on_instruction,
                                  COMMAND_QOS)
         self.create_service(Trigger, "~/go_home", self.on_go_home)
@@ -198,15 +245,17 @@ class ExecutorNode(LifecycleNode):
             self._thread = None
 
     def _hold(self) -> None:
-        """No more commands from the stream; the controller stops where the arm is."""
+        """No more commands from the stream; the arm brakes to rest from where it was going."""
         self._stop_stream()
-        self.chunk_executor.pause(now_seconds(self), float("inf"), "inactive")
-        self.backend.stop()
+        self.backend.send(self.chunk_executor.hold(now_seconds(self), self.measured_q))
         if self.executed is not None:
             self.executed.clear()
 
     def _release(self) -> None:
         self._stop_stream()
+        if getattr(self, "estop_listener", None) is not None:
+            self.estop_listener.destroy()
+            self.estop_listener = None
         if self._entities is not None:
             self._entities.destroy()
         self._entities = self.chunk_executor = self.backend = self.p = None
@@ -215,8 +264,15 @@ class ExecutorNode(LifecycleNode):
 
     # ------------------------------------------------------------------ inputs
 
-    def on_chunk(self, msg: ActionChunk) -> None:
-        """Validate and queue a chunk; refusals are logged (throttled) and counted."""
+    def on_chunk(self, raw: bytes) -> None:
+        """Validate and queue a chunk (serialized); refusals are logged (throttled), counted."""
+        if len(raw) > self._max_chunk_bytes:
+            self.chunk_executor.counters["rejected_malformed"] += 1
+            self.get_logger().error(
+                f"chunk rejected: {len(raw)} bytes serialized, more than any chunk within "
+                f"max_horizon x {len(self.chunk_executor.limits.dimension_names)} dimensions "
+                f"({self._max_chunk_bytes} bytes); not decoded", throttle_duration_sec=1.0)
+            return
         if not self._active:
             self.chunk_executor.counters["rejected_inactive"] += 1
             self.get_logger().warning("chunk ignored: executor_node is inactive (activate it "
@@ -224,7 +280,7 @@ class ExecutorNode(LifecycleNode):
             return
         now = now_seconds(self)
         try:
-            f = action_chunk_to_numpy(msg)
+            f = action_chunk_to_numpy(deserialize_message(raw, ActionChunk))
             chunk = Chunk(f.stamp, f.dt, f.actions, f.dimension_names, f.action_space,
                           f.sequence)
         except (ConversionError, ChunkError) as exc:
@@ -257,22 +313,34 @@ class ExecutorNode(LifecycleNode):
         self.measured_q, self._state_arrival = q, time.monotonic()
         self._state_stamp = stamp if stamp > 0 else now_seconds(self)
 
-    def on_estop(self, msg: Bool, info=None) -> None:
-        """Engage (stop now, from this callback) or release the latched e-stop."""
-        if info is not None:  # the same message heard on both subscriptions counts once
-            key = (info.get("source_timestamp"), info.get("publication_sequence_number"),
-                   bool(msg.data))
-            if key in self._estop_seen:
-                return
-            self._estop_seen[key] = None
-            if len(self._estop_seen) > 64:
-                self._estop_seen.popitem(last=False)
+    def on_estop(self, msg: Bool, info) -> None:
+        """Engage (stop now, from this callback) or release the latched e-stop.
+
+        ``info`` (rclpy passes the message info to a callback that takes two arguments; one
+        with a default would get the message alone) makes a message heard on both
+        subscriptions count once.
+        """
+        key = (info["source_timestamp"], info["publication_sequence_number"], bool(msg.data))
+        if key in self._estop_seen:
+            return
+        self._estop_seen[key] = None
+        if len(self._estop_seen) > 64:
+            self._estop_seen.popitem(last=False)
+        executor = self.chunk_executor
+        if executor is None:  # released under us (cleanup)
+            return
         now = now_seconds(self)
-        changed = self.chunk_executor.estop(bool(msg.data), now)
+        changed = executor.estop(bool(msg.data), now)
         if msg.data:
-            self.backend.stop()  # the controller stops where the arm is, now
+            # the stop now, from here: whichever of this tick and the control thread's comes
+            # first sends it, once, braking from the last command (or the home move)
+            command = executor.tick(now, self.measured_q, self._state_stamp,
+                                    time.monotonic() - self._state_arrival)
+            self.backend.send(command)
+            if self.home_backend is not None and hasattr(self.home_backend, "cancel"):
+                self.home_backend.cancel()
             # reaction time of this node: from the message reaching its DDS reader to the stop
-            received = info["received_timestamp"] * 1e-9 if info else time.time()
+            received = info["received_timestamp"] * 1e-9
             if changed:
                 self.get_logger().error(
                     f"E-STOP engaged: arm stopped, holding until released (stop sent "
@@ -318,6 +386,8 @@ class ExecutorNode(LifecycleNode):
         # arm holds home (no stale pose comes back) until a chunk observed after it arrives
         seconds = self.chunk_executor.home_move(now, self.robot.home, self.measured_q,
                                                 self.p["home_speed"])
+        # one point at rest: the JTC draws a cubic there; an e-stop or deactivate replaces it
+        # with a stop that brakes from where this move is
         self.home_trajectory.move_to(self.robot.home, seconds)
         response.success, response.message = True, f"going home in {seconds:.1f} s"
         return response
@@ -392,10 +462,10 @@ class ExecutorNode(LifecycleNode):
         self.diagnostics.publish(level, f"{lifecycle}: {message}", values)
 
     def close(self) -> None:
-        """Stop the control thread and leave the arm holding."""
-        self._stop_stream()
+        """Stop the control thread and leave the arm braking to rest."""
         if self.backend is not None:
-            self.backend.stop()
+            self._hold()
+        self._stop_stream()
 
 
 def main(args=None) -> int:

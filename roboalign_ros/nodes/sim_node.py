@@ -59,6 +59,9 @@ PARAMETERS = {
     "servo.timeout": 0.2,
     "servo.max_linear": 0.25,
     "servo.max_angular": 1.0,
+    # the joint_trajectory_controller options the stand-in follows (see config/*_controllers.yaml)
+    "jtc.interpolate_from_desired_state": True,
+    "jtc.allow_nonzero_velocity_at_trajectory_end": False,
 }
 
 
@@ -74,7 +77,11 @@ class SimNode(Node):
         self.server = SimServer(p["robot"], control_period=p["control_period"],
                                 servo_timeout=p["servo.timeout"],
                                 max_linear=p["servo.max_linear"],
-                                max_angular=p["servo.max_angular"])
+                                max_angular=p["servo.max_angular"],
+                                interpolate_from_desired_state=p[
+                                    "jtc.interpolate_from_desired_state"],
+                                allow_nonzero_velocity_at_trajectory_end=p[
+                                    "jtc.allow_nonzero_velocity_at_trajectory_end"])
         robot = self.server.robot
         topics = robot.topics
         self.joint_pub = self.create_publisher(JointState, topics["joint_states"], 10)
@@ -115,9 +122,9 @@ class SimNode(Node):
     # ------------------------------------------------------------------ commands
 
     def on_trajectory(self, msg: JointTrajectory) -> None:
-        """joint_trajectory_controller semantics; bad trajectories are refused whole."""
+        """joint_trajectory_controller semantics; refused trajectories change nothing."""
         try:
-            note = self.server.command_trajectory(
+            self.server.command_trajectory(
                 list(msg.joint_names),
                 [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points],
                 [list(p.positions) for p in msg.points],
@@ -125,9 +132,6 @@ class SimNode(Node):
                 start_time=stamp_to_seconds(msg.header.stamp), now=now_seconds(self))
         except CommandRejected as exc:
             self._reject("joint_trajectory", exc)
-            return
-        if note:
-            self.get_logger().warning(f"joint_trajectory: {note}", throttle_duration_sec=2.0)
 
     def on_twist(self, msg: TwistStamped) -> None:
         """MoveIt Servo semantics: base-frame twist, halts when commands stop."""
@@ -140,11 +144,14 @@ class SimNode(Node):
             self._reject("twist", exc)
 
     def on_gripper(self, msg: Float64MultiArray) -> None:
-        """Gripper opening in [0, 1]."""
+        """Finger position in m (forward_command_controller); the motor holds its limits."""
         try:
-            self.server.command_gripper(list(msg.data))
+            note = self.server.command_gripper(list(msg.data))
         except CommandRejected as exc:
             self._reject("gripper", exc)
+            return
+        if note:
+            self.get_logger().error(f"gripper: {note}", throttle_duration_sec=1.0)
 
     def _reject(self, what: str, exc: Exception) -> None:
         self.rejected += 1

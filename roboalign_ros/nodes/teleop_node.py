@@ -21,6 +21,7 @@ from std_msgs.msg import Float64MultiArray
 
 from roboalign_ros.conversions import stamp_to_seconds
 from roboalign_ros.nodes.common import COMMAND_QOS, declare_parameters, now_seconds, run_node
+from roboalign_ros.robot import load_robot_config
 from roboalign_ros.teleop import (
     BUILTIN_PROFILES,
     BUTTON_FIELDS,
@@ -33,6 +34,7 @@ from roboalign_ros.teleop import (
 )
 
 PARAMETERS = {
+    "robot": "sim_arm",
     "mode": "joy",
     "profile": "xbox",
     "joy_topic": "/joy",
@@ -52,6 +54,7 @@ PARAMETERS = {
     "gripper_initial": 1.0,
 }
 DESCRIPTIONS = {
+    "robot": "robot config (config/robots/<robot>.yaml): the gripper's joint range",
     "mode": "joy (sensor_msgs/Joy on joy_topic) or keyboard (this terminal)",
     "profile": "device mapping: spacemouse, xbox or a profile defined in the parameters file",
     "max_linear": "m/s at full deflection and speed scale 1",
@@ -78,6 +81,7 @@ class TeleopNode(Node):
     def __init__(self, keyboard: bool = False, stdin=None, **node_kwargs):
         super().__init__("teleop_node", **node_kwargs)
         p = self.p = declare_parameters(self, PARAMETERS, DESCRIPTIONS)
+        self.robot = load_robot_config(p["robot"])
         mode = "keyboard" if keyboard else p["mode"]
         if mode not in ("joy", "keyboard"):
             raise ValueError(f"mode: {mode!r} must be 'joy' or 'keyboard'")
@@ -151,7 +155,9 @@ class TeleopNode(Node):
         if out.twist is not None:
             self._publish_twist(out.twist)
         if out.gripper is not None:
-            self.gripper_pub.publish(Float64MultiArray(data=[out.gripper]))
+            # forward_command_controller takes the finger joint's position, not an opening
+            self.gripper_pub.publish(Float64MultiArray(
+                data=[self.robot.gripper_to_joint(out.gripper)]))
 
     def _publish_twist(self, twist) -> None:
         msg = TwistStamped()

@@ -4,7 +4,8 @@
 
 - ``joint_trajectory``: arm joint targets from ``trajectory_msgs/JointTrajectory`` (the point
   the controller is moving to at the frame time) + the gripper opening from
-  ``/gripper_controller/commands``; names = arm joints + ``gripper`` (CONVENTIONS.md
+  ``/gripper_controller/commands`` (the finger joint's position, mapped back to [0, 1]);
+  names = arm joints + ``gripper`` (CONVENTIONS.md
   ``joint_position``).
 - ``servo``: the ``geometry_msgs/TwistStamped`` sent to MoveIt Servo (base frame) + gripper;
   names = ``vx vy vz wx wy wz gripper`` (``ee_delta``). A twist older than the Servo timeout
@@ -104,14 +105,22 @@ class TrajectoryParser:
         return TrajectoryTarget(times, pos[:, order].astype(np.float32))
 
 
-def gripper_value(data: Sequence[float]) -> float:
-    """Return the opening in [0, 1] of a gripper command (one value), or ValueError."""
+def gripper_value(data: Sequence[float], robot) -> float:
+    """The opening in [0, 1] of a gripper command (one value), or ValueError.
+
+    The command is in the controller's units (the finger joint's position, m), as
+    forward_command_controller takes it; ``robot.gripper_closed`` / ``gripper_open`` map it.
+    """
     if len(data) != 1:
         raise ValueError(f"data: gripper command needs 1 value, got {len(data)}")
     v = float(data[0])
-    if not (0.0 <= v <= 1.0):
-        raise ValueError(f"data: gripper opening {v} is not in [0, 1]")
-    return v
+    lo, hi = sorted((robot.gripper_closed, robot.gripper_open))
+    slack = 1e-3 * (hi - lo)
+    if not (lo - slack <= v <= hi + slack):
+        raise ValueError(f"data: gripper position {v} is outside [{lo}, {hi}] (the finger "
+                         "joint's range in the robot config; an opening in [0, 1] must be "
+                         "scaled to it)")
+    return robot.joint_to_gripper(v)
 
 
 def twist_vector(linear, angular) -> np.ndarray:

@@ -24,6 +24,7 @@ class MessageFeed:
 
     def __init__(self, session: RecordingSession, robot, action_max_age: float = 0.5):
         self.session = session
+        self.robot = robot
         self.joint_mapper = JointStateMapper(robot)
         self.trajectory_parser = act.TrajectoryParser(robot.arm_joints)
         self.action_max_age = action_max_age
@@ -52,7 +53,7 @@ class MessageFeed:
 
     def gripper(self, msg, now: float) -> None:
         """Gripper opening command."""
-        self.session.push_gripper(now, act.gripper_value(msg.data))
+        self.session.push_gripper(now, act.gripper_value(msg.data, self.robot))
 
     def chunk(self, msg, now: float) -> None:
         """Policy action chunk (joint_position space, arm joints + gripper)."""

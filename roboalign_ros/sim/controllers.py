@@ -3,18 +3,23 @@
 They give the simulated arm the command semantics a real arm has, so the executor and teleop
 talk to the sim exactly as they would to hardware:
 
-- :class:`JointTrajectoryFollower`: time_from_start interpolation from the header stamp
-  (0 = now), replacement of the running trajectory, joint matching by name in any order, an
-  empty trajectory stops and holds.
+- :class:`JointTrajectoryFollower`: the released (kilted) joint_trajectory_controller's rules, as
+  ros2_controllers ``joint_trajectory_controller/src/joint_trajectory_controller.cpp`` and
+  ``trajectory.cpp`` state them (the functions are named where they are followed): what it
+  refuses (``validate_trajectory_msg``: an empty trajectory, a non-zero end velocity unless
+  allowed, a stamped trajectory that ends in the past), that a new message replaces the running
+  one at once, where the replacement starts from (``update``: the measured state, or the last
+  commanded one with ``interpolate_from_desired_state``) and how it is interpolated
+  (``Trajectory::sample``, ``interpolate_between_points``: linear with positions only, cubic
+  with velocities). Like the real controller it never refuses a trajectory for its speed.
 - :class:`TwistFollower`: a base-frame twist turned into joint motion by damped-least-squares
   differential IK, halting when commands stop arriving.
 
-Both are stricter than the real controllers on purpose: a command that names unknown joints,
-has the wrong lengths, contains NaN/inf, leaves the joint limits, asks for more than the
-velocity limits (also what remains of a trajectory stamped in the past) or ends in the past is
-rejected whole with :class:`CommandRejected` (the node logs the reason) and causes no motion.
-:class:`RateLimiter` then caps every position target sent to the physics at the velocity
-limits, so that no command, however stamped, makes a joint jump.
+What the sim adds beyond the controller belongs to its motors and is named so: the commands
+are refused whole when they name unknown joints, have wrong lengths, hold NaN/inf or leave the
+joint limits (a real arm's hardware interface clamps or faults there), and :class:`RateLimiter`,
+the motor, caps every position target at the velocity limits, so that no command, however
+stamped or fast, makes a joint jump (it counts what it held back).
 """
 
 from __future__ import annotations
@@ -24,185 +29,192 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from roboalign_ros.control.trajectory import cubic_segment
+
 
 class CommandRejected(ValueError):
     """A command that the simulated controller refuses; the message says why."""
 
 
-@dataclass(frozen=True)
-class _Trajectory:
-    start: float  # absolute time of time_from_start = 0 (never before its arrival)
-    times: np.ndarray  # [P] absolute times of the points
-    positions: np.ndarray  # [P, n] in controller joint order
-    velocities: np.ndarray | None  # [P, n] or None (linear interpolation)
-    anchor: np.ndarray  # [n] where the arm is commanded to be at `start`
-
-
 class TooFast(CommandRejected):
-    """A trajectory that asks a joint to move faster than its velocity limit."""
+    """Kept for callers that count them: the JTC stand-in no longer refuses for speed."""
+
+
+@dataclass
+class _Trajectory:
+    stamp: float                    # header stamp (0: start when first sampled)
+    times: np.ndarray               # [P] time_from_start of the points
+    positions: np.ndarray           # [P, n] in controller joint order
+    velocities: np.ndarray | None   # [P, n] or None (linear interpolation)
+    start: float | None = None      # trajectory_start_time_ once sampled
+    before_t: float = 0.0           # time_before_traj_msg_
+    before_q: np.ndarray | None = None  # state_before_traj_msg_ positions
+    before_v: np.ndarray | None = None  # ... and velocities
 
 
 class JointTrajectoryFollower:
-    """Follow ``trajectory_msgs/JointTrajectory``-style commands for a fixed set of joints.
+    """Follow ``trajectory_msgs/JointTrajectory`` commands as the kilted JTC does.
 
-    A trajectory stamped in the past is taken as what remains of it: points already due are
-    skipped and the rest is followed from the commanded position now, with the velocity check
-    applied to that remainder (a real arm cannot catch up on time it has lost). One stamped in
-    the future replaces the running one from its start time; until then the running one goes on.
+    ``interpolate_from_desired_state`` (JTC parameter of that name, default false upstream;
+    our ``config/*_controllers.yaml`` set it true): a new trajectory starts from the last
+    commanded position and velocity instead of the measured ones.
+    ``allow_nonzero_velocity_at_trajectory_end`` (JTC parameter, default false): otherwise a
+    trajectory whose last point has a non-zero velocity is refused.
     """
 
     def __init__(self, joint_names: Sequence[str], lower, upper, velocity,
-                 velocity_tolerance: float = 1.05, position_tolerance: float = 1e-6):
+                 velocity_tolerance: float = 1.05, position_tolerance: float = 1e-6,
+                 interpolate_from_desired_state: bool = True,
+                 allow_nonzero_velocity_at_trajectory_end: bool = False):
         self.joint_names = tuple(joint_names)
         self._index = {name: i for i, name in enumerate(self.joint_names)}
         self.lower, self.upper = np.asarray(lower, float), np.asarray(upper, float)
         self.velocity = np.asarray(velocity, float)
-        self.velocity_tolerance = velocity_tolerance
+        self.velocity_tolerance = velocity_tolerance   # the motor's (RateLimiter), kept here
         self.position_tolerance = position_tolerance
-        # accepted trajectories by start time; each replaces the ones before it from its start
-        self._plan: list[_Trajectory] = []
-        self._hold: np.ndarray | None = None
+        self.interpolate_from_desired_state = interpolate_from_desired_state
+        self.allow_nonzero_velocity_at_trajectory_end = allow_nonzero_velocity_at_trajectory_end
+        self._traj: _Trajectory | None = None
+        self._desired_q: np.ndarray | None = None   # last_commanded_state_
+        self._desired_v: np.ndarray | None = None
+        self._desired_t = -np.inf                   # last_commanded_time_
+        self._time = -np.inf                        # the latest sample time
 
     @property
     def active(self) -> bool:
-        """Whether a trajectory is being followed (False once it is done or before any)."""
-        return bool(self._plan)
+        """Whether a trajectory is loaded and not yet played out."""
+        t = self._traj
+        return t is not None and (t.start is None or self._time < t.start + t.times[-1])
 
     def reset(self, q: np.ndarray) -> None:
-        """Drop any trajectory and hold ``q``."""
-        self._plan = []
-        self._hold = np.asarray(q, float).copy()
+        """Drop any trajectory and hold ``q`` at rest (a sim reset, controller switch)."""
+        self._traj = None
+        self._desired_q = np.asarray(q, float).copy()
+        self._desired_v = np.zeros_like(self._desired_q)
+        self._desired_t = -np.inf
 
     def command(self, joint_names: Sequence[str], times_from_start: Sequence[float],
                 positions: Sequence[Sequence[float]], velocities=None, *,
-                start_time: float, now: float, current: np.ndarray) -> str | None:
-        """Validate and accept a trajectory (replacing the running one from its start time).
+                start_time: float, now: float, current: np.ndarray | None = None) -> None:
+        """Validate a trajectory and make it replace the running one (from the next sample).
 
-        ``start_time`` is the header stamp in seconds (0 means now), ``current`` the position
-        the arm is commanded to now. Raises :class:`CommandRejected` (:class:`TooFast` for
-        speed) naming what is wrong; returns a note when a past stamp made points be skipped.
+        ``start_time`` is the header stamp in seconds (0: start now). Raises
+        :class:`CommandRejected` with the JTC's own words where it refuses the message.
+        ``current`` is unused (kept for callers; the start state is taken when sampling).
         """
-        if not positions:  # JTC: an empty trajectory stops the motion and holds position
-            held = self.sample(now) if self.active else np.asarray(current, float)
-            self.reset(held)
-            return None
         names = list(joint_names)
+        if not names:  # validate_trajectory_msg, in its order
+            raise CommandRejected("Empty joint names on incoming trajectory.")
+        if len(names) != len(self.joint_names):
+            raise CommandRejected("Joints on incoming trajectory don't match the controller "
+                                  f"joints. (got {names}, controller: {list(self.joint_names)})")
+        if not len(positions):
+            raise CommandRejected("Empty trajectory received.")
         unknown = [n for n in names if n not in self._index]
         if unknown:
-            raise CommandRejected(f"joint_names: unknown joints {unknown} "
-                                  f"(controller joints: {list(self.joint_names)})")
+            raise CommandRejected(f"Incoming joint {unknown[0]} doesn't match the controller's "
+                                  "joints.")
         if len(set(names)) != len(names):
             raise CommandRejected(f"joint_names: duplicates in {names}")
-        missing = [n for n in self.joint_names if n not in names]
-        if missing:
-            raise CommandRejected(f"joint_names: missing {missing} (partial goals are refused)")
         order = [names.index(n) for n in self.joint_names]
         times = np.asarray(times_from_start, float)
         try:
             pos = np.asarray(positions, float)
         except ValueError as exc:  # ragged rows
             raise CommandRejected(f"points.positions: rows of different lengths ({exc})") from None
-        if pos.ndim != 2 or pos.shape[1] != len(names):
-            raise CommandRejected(f"points.positions: each point needs {len(names)} values, "
-                                  f"got shape {pos.shape}")
+        if pos.ndim != 2 or pos.shape[1] != len(names) or len(times) != len(pos):
+            raise CommandRejected(f"Mismatch between joint_names size ({len(names)}) and "
+                                  f"positions (shape {pos.shape})")
         vel = None
         if velocities is not None and len(velocities) and any(len(v) for v in velocities):
             vel = np.asarray(velocities, float)
             if vel.shape != pos.shape:
-                raise CommandRejected(f"points.velocities: shape {vel.shape} != positions "
-                                      f"{pos.shape}")
+                raise CommandRejected(f"Mismatch between joint_names size ({len(names)}) and "
+                                      f"velocities (shape {vel.shape})")
+        if (not self.allow_nonzero_velocity_at_trajectory_end and vel is not None
+                and np.any(np.abs(vel[-1]) > np.finfo(np.float32).eps)):
+            j = int(np.argmax(np.abs(vel[-1])))
+            raise CommandRejected(f"Velocity of last trajectory point of joint {names[j]} is "
+                                  f"not zero: {vel[-1][j]:.15f}")
+        if start_time != 0.0 and start_time + times[-1] < now:
+            raise CommandRejected(f"Received trajectory with non-zero start time ({start_time:f})"
+                                  f" that ends in the past ({start_time + times[-1]:f})")
+        if np.any(np.diff(times) <= 0):
+            raise CommandRejected(f"Time between points is not strictly increasing: "
+                                  f"{times.tolist()}")
+        # the sim's own checks (its motors'): no NaN, nothing outside the joint limits
         if not (np.isfinite(times).all() and np.isfinite(pos).all()
                 and (vel is None or np.isfinite(vel).all())):
             raise CommandRejected("points: NaN or inf in time_from_start/positions/velocities")
-        if times[0] < 0 or np.any(np.diff(times) <= 0):
-            raise CommandRejected(f"points.time_from_start: must be >= 0 and strictly increasing, "
-                                  f"got {times.tolist()}")
         pos = pos[:, order]
         vel = None if vel is None else vel[:, order]
         tol = self.position_tolerance
-        below = pos < self.lower - tol
-        above = pos > self.upper + tol
-        if below.any() or above.any():
-            point, joint = np.argwhere(below | above)[0]
+        outside = (pos < self.lower - tol) | (pos > self.upper + tol)
+        if outside.any():
+            point, joint = np.argwhere(outside)[0]
             raise CommandRejected(
                 f"points[{point}].positions: {self.joint_names[joint]} = {pos[point, joint]:.4f} "
                 f"outside its limits [{self.lower[joint]:.4f}, {self.upper[joint]:.4f}]")
-        start = now if start_time == 0.0 else float(start_time)
-        ends = start + times
-        if ends[-1] <= now:
-            raise CommandRejected(f"header.stamp: trajectory ended {now - ends[-1]:.3f} s "
-                                  "in the past")
-        note, first = None, 0
-        if start < now:  # stamped in the past: only what remains can still be followed
-            first = int(np.searchsorted(ends, now, side="right"))
-            if first or now - start > 0.05:
-                note = (f"header.stamp {now - start:.3f} s in the past: {first} of {len(ends)} "
-                        "points already due were skipped, the rest is followed from now")
-            start = now
-        ends, pos = ends[first:], pos[first:]
-        vel = None if vel is None else vel[first:]
-        anchor = self._position_at(start) if self.active \
-            else np.asarray(current, float).copy()
-        path = np.vstack([anchor, pos])
-        durations = np.diff(np.concatenate([[start], ends]))
-        durations[0] = max(durations[0], 1e-9)
-        speed = np.abs(np.diff(path, axis=0)) / durations[:, None]
-        # The first segment starts from wherever the arm is, so only later ones are held to it
-        # strictly; a first point reached too fast is refused too unless it is (nearly) static.
-        limit = self.velocity * self.velocity_tolerance
-        fast = speed > limit
-        fast[0] &= np.abs(path[1] - path[0]) > 1e-3
-        if fast.any():
-            seg, joint = np.argwhere(fast)[0]
-            late = f" ({note})" if note else ""
-            raise TooFast(
-                f"points[{seg + first}]: {self.joint_names[joint]} would move at "
-                f"{speed[seg, joint]:.3f} rad/s > velocity limit {self.velocity[joint]:.3f}"
-                f"{late}")
-        new = _Trajectory(start, ends, pos, vel, anchor)
-        # the running trajectories go on until the new one starts (none when it starts now)
-        self._plan = [t for t in self._plan if t.start < start] + [new]
-        return note
+        self._traj = _Trajectory(float(start_time), times, pos, vel)
 
-    def sample(self, now: float) -> np.ndarray | None:
-        """Commanded joint positions at ``now`` (None when nothing was ever commanded)."""
-        if not self._plan:
-            return None if self._hold is None else self._hold
-        while len(self._plan) > 1 and self._plan[1].start <= now:
-            self._plan.pop(0)  # superseded by one that has started
-        q = self._interpolate(self._plan[0], now)
-        if len(self._plan) == 1 and now >= self._plan[0].times[-1]:
-            self._plan, self._hold = [], q
+    def sample(self, now: float, period: float = 0.0, measured_q=None, measured_v=None
+               ) -> np.ndarray | None:
+        """The position command for the control period starting at ``now`` (None: none yet).
+
+        As JointTrajectoryController::update: the command written at ``now`` is the trajectory
+        sampled one ``period`` ahead, and a trajectory's first sample sets the point it starts
+        from: the last command (with ``interpolate_from_desired_state``) or the measured
+        ``measured_q`` / ``measured_v`` (the state interfaces).
+        """
+        self._time = now
+        t = self._traj
+        if t is None:
+            return self._desired_q
+        if t.start is None:  # set_point_before_trajectory_msg
+            t.start = now if t.stamp == 0.0 else t.stamp
+            if self.interpolate_from_desired_state and self._desired_q is not None:
+                t.before_t = self._desired_t if np.isfinite(self._desired_t) else now
+                t.before_q, t.before_v = self._desired_q.copy(), self._desired_v.copy()
+            else:
+                base = self._desired_q if measured_q is None else measured_q
+                t.before_t = now
+                t.before_q = np.asarray(base, float).copy()
+                t.before_v = (np.zeros_like(t.before_q) if measured_v is None
+                              else np.asarray(measured_v, float).copy())
+        q, v = self._interpolate(t, now + period)
+        # last_commanded_state_ is the command for now + period, kept with the time ``now``
+        self._desired_q, self._desired_v, self._desired_t = q, v, now
         return q
 
-    def _position_at(self, t: float) -> np.ndarray:
-        """Where the accepted trajectories put the arm at ``t`` (no side effects)."""
-        running = self._plan[0]
-        for traj in self._plan[1:]:
-            if traj.start <= t:
-                running = traj
-        return self._interpolate(running, t)
-
     @staticmethod
-    def _interpolate(traj: _Trajectory, t: float) -> np.ndarray:
-        if t <= traj.start:
-            return traj.anchor.copy()
-        if t >= traj.times[-1]:
-            return traj.positions[-1].copy()
-        k = int(np.searchsorted(traj.times, t, side="right"))
-        t0 = traj.start if k == 0 else traj.times[k - 1]
-        p0 = traj.anchor if k == 0 else traj.positions[k - 1]
-        t1, p1 = traj.times[k], traj.positions[k]
-        h = t1 - t0
-        s = (t - t0) / h
-        if traj.velocities is None:
-            return p0 + s * (p1 - p0)
-        v0 = np.zeros_like(p0) if k == 0 else traj.velocities[k - 1]
-        v1 = traj.velocities[k]
-        # cubic Hermite segment, as joint_trajectory_controller does with velocities given
-        h00, h10 = 2 * s**3 - 3 * s**2 + 1, s**3 - 2 * s**2 + s
-        h01, h11 = -2 * s**3 + 3 * s**2, s**3 - s**2
-        return h00 * p0 + h10 * h * v0 + h01 * p1 + h11 * h * v1
+    def _interpolate(t: _Trajectory, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """Trajectory::sample + interpolate_between_points (no accelerations given)."""
+        ends = t.start + t.times
+        if now < ends[0]:  # towards the first point from the state before the message
+            return _segment(t.before_t, t.before_q, t.before_v, ends[0], t.positions[0],
+                            None if t.velocities is None else t.velocities[0], now)
+        k = int(np.searchsorted(ends, now, side="right"))
+        if k >= len(ends):  # played out: the last point itself
+            v = np.zeros(t.positions.shape[1]) if t.velocities is None else t.velocities[-1]
+            return t.positions[-1].copy(), v.copy()
+        vel = t.velocities
+        return _segment(ends[k - 1], t.positions[k - 1], None if vel is None else vel[k - 1],
+                        ends[k], t.positions[k], None if vel is None else vel[k], now)
+
+
+def _segment(t0, p0, v0, t1, p1, v1, t) -> tuple[np.ndarray, np.ndarray]:
+    """Position and velocity at ``t`` between two points.
+
+    Linear without velocities at both ends or outside the segment, else cubic
+    (trajectory.cpp ``interpolate_between_points``).
+    """
+    if v0 is not None and v1 is not None and t0 <= t <= t1:
+        return cubic_segment(t0, p0, v0, t1, p1, v1, t)
+    h = t1 - t0
+    if h <= 0:
+        return np.array(p1, float), np.zeros_like(p1, dtype=float)
+    slope = (p1 - p0) / h
+    return p0 + slope * min(max(t - t0, 0.0), h), slope
 
 
 class RateLimiter:
@@ -295,11 +307,24 @@ class TwistFollower:
         return np.clip(q + qd * dt, self.kinematics.lower, self.kinematics.upper)
 
 
-def validate_gripper_command(values: Sequence[float]) -> float:
-    """Check a gripper command (one opening value in [0, 1]) and return it."""
+def validate_gripper_command(values: Sequence[float], lower: float, upper: float
+                             ) -> tuple[float, str | None]:
+    """Check a gripper command and return ``(finger position, note)``.
+
+    The command is what forward_command_controller takes: one value in the finger joint's own
+    units (m), written to its position interface unchanged (forward_command_controller.cpp
+    ``update``). The sim's finger motor then holds it inside the joint limits ``[lower,
+    upper]``; ``note`` says when it had to (a real controller_manager logs that as an error).
+    """
     if len(values) != 1:
-        raise CommandRejected(f"data: expected one value (opening in [0, 1]), got {len(values)}")
-    opening = float(values[0])
-    if not np.isfinite(opening) or not 0.0 <= opening <= 1.0:
-        raise CommandRejected(f"data[0]: gripper opening {opening} is not in [0, 1]")
-    return opening
+        raise CommandRejected(f"data: expected one value (the finger position in m), got "
+                              f"{len(values)}")
+    value = float(values[0])
+    if not np.isfinite(value):
+        raise CommandRejected(f"data[0]: gripper position {value} is not finite")
+    held = min(max(value, lower), upper)
+    note = None if held == value else (
+        f"data[0]: gripper position {value:.4f} m outside the finger's limits "
+        f"[{lower:.4f}, {upper:.4f}] m: the motor holds {held:.4f} m (is the command an "
+        "opening in [0, 1] instead of metres?)")
+    return held, note

@@ -56,13 +56,18 @@ class SimServer:
 
     def __init__(self, robot: str = "sim_arm", control_period: float = 0.01,
                  servo_timeout: float = 0.2, max_linear: float = 0.25,
-                 max_angular: float = 1.0):
+                 max_angular: float = 1.0, interpolate_from_desired_state: bool = True,
+                 allow_nonzero_velocity_at_trajectory_end: bool = False):
         self.env = TabletopEnv(robot, control_period=control_period)
         self.robot = self.env.robot
         self.lock = threading.RLock()
         spec = self.robot
-        self.trajectory = JointTrajectoryFollower(spec.arm_joints, spec.lower, spec.upper,
-                                                  spec.velocity)
+        # the JTC's two options that change what it does with our stream, as in
+        # config/sim_arm_controllers.yaml (upstream defaults: false, false)
+        self.trajectory = JointTrajectoryFollower(
+            spec.arm_joints, spec.lower, spec.upper, spec.velocity,
+            interpolate_from_desired_state=interpolate_from_desired_state,
+            allow_nonzero_velocity_at_trajectory_end=allow_nonzero_velocity_at_trajectory_end)
         self.twist = TwistFollower(Kinematics(spec), timeout=servo_timeout,
                                    max_linear=max_linear, max_angular=max_angular)
         # every arm target, from any command source, goes through the limiter to the physics
@@ -79,19 +84,15 @@ class SimServer:
     # ------------------------------------------------------------------ commands (thread-safe)
 
     def command_trajectory(self, joint_names, times_from_start, positions, velocities=None, *,
-                           start_time: float, now: float) -> str | None:
+                           start_time: float, now: float) -> None:
         """Accept a joint trajectory or raise :class:`CommandRejected` (no motion then).
 
-        Returns a note when a stamp in the past made points be skipped.
+        It replaces the running one at the next step, as a JTC's does.
         """
         with self.lock:
-            # new trajectories start from the commanded position (continuity); a stop (empty
-            # trajectory) holds where the arm actually is
-            current = self.env.q_target if len(positions) else self.env.arm_q()
-            note = self.trajectory.command(joint_names, times_from_start, positions, velocities,
-                                           start_time=start_time, now=now, current=current)
+            self.trajectory.command(joint_names, times_from_start, positions, velocities,
+                                    start_time=start_time, now=now)
             self.twist.stop()  # the latest command source wins, as with controller switching
-            return note
 
     def command_twist(self, twist, *, stamp: float, now: float) -> None:
         """Accept a Servo twist (base frame) or raise :class:`CommandRejected`."""
@@ -100,11 +101,16 @@ class SimServer:
             if self.twist.active:
                 self.trajectory.reset(self.env.q_target)
 
-    def command_gripper(self, values) -> None:
-        """Accept a gripper opening command ([value] in [0, 1]) or raise."""
-        opening = validate_gripper_command(values)
+    def command_gripper(self, values) -> str | None:
+        """Accept a gripper command or raise; returns a note when the finger's limits held it.
+
+        ``values``: [finger position in m], as forward_command_controller takes it.
+        """
+        lo, hi = sorted((self.robot.gripper_closed, self.robot.gripper_open))
+        value, note = validate_gripper_command(values, lo, hi)
         with self.lock:
-            self.env.set_joint_targets(self.env.q_target, opening)
+            self.env.set_joint_targets(self.env.q_target, self.robot.joint_to_gripper(value))
+        return note
 
     def reset(self, task: str, seed: int) -> str:
         """Reset to ``task`` (name or instruction; empty: current) and ``seed``.
@@ -131,7 +137,9 @@ class SimServer:
     def step(self, now: float) -> JointStateSample:
         """Advance one control period with the active command; ``now`` is the command clock."""
         with self.lock:
-            target = self.trajectory.sample(now)
+            n = len(self.robot.arm_joints)
+            _, q, qd, _ = self.env.joint_state()
+            target = self.trajectory.sample(now, self.env.control_period, q[:n], qd[:n])
             if self.twist.active:
                 moved = self.twist.step(self.env.q_target, now, self.env.control_period)
                 if moved is not None:
