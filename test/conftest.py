@@ -99,6 +99,7 @@ class PolicyInputs:
         self.image_pub = node.create_publisher(Image, robot.color_topic, 10)
         self.js_pub = node.create_publisher(JointState, "/joint_states", 10)
         self.instruction_pub = node.create_publisher(String, "/roboalign/instruction", 10)
+        self.publishers = (self.image_pub, self.js_pub, self.instruction_pub)  # wait_matched
         self._String, self._JointState = String, JointState
         node.create_timer(0.01, self.publish_state)
 

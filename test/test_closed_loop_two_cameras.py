@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import spin_until
+from conftest import spin_until, wait_matched
 
 pytestmark = pytest.mark.ros
 
@@ -62,12 +62,14 @@ def test_two_cameras_drive_the_policy_and_a_stopped_one_is_named(rclpy_context, 
         if relaying["on"]:
             relay.publish(msg)
 
-    node.create_subscription(Image, "/camera/wrist/color/image_raw", on_wrist, 10)
-    node.create_subscription(ActionChunk, "/roboalign/action_chunk", chunks.append, 10)
-    node.create_subscription(PolicyStatus, "/roboalign/status", statuses.append, 50)
+    subs = [node.create_subscription(Image, "/camera/wrist/color/image_raw", on_wrist, 10),
+            node.create_subscription(ActionChunk, "/roboalign/action_chunk", chunks.append, 10),
+            node.create_subscription(PolicyStatus, "/roboalign/status", statuses.append, 50)]
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(node)
     try:
+        # policy_node subscribes to the relay once its model is loaded (configure)
+        wait_matched(executor, relay, *subs, timeout=120)
         assert spin_until(executor, lambda: len(chunks) >= 5, 120), \
             (tmp_path / "policy_node.log").read_text()[-2000:]
         # the sim's wrist camera shows something else than its scene camera

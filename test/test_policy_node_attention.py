@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import PolicyInputs, policy_node_process, spin_until
+from conftest import PolicyInputs, policy_node_process, spin_until, wait_matched
 
 pytestmark = pytest.mark.ros
 
@@ -34,9 +34,9 @@ def test_overlays_arrive_with_the_cameras_stamp_and_frame_while_chunks_flow(
 
     node = Node("attention_probe", context=rclpy_context)
     chunks, overlays, statuses = [], [], []
-    node.create_subscription(ActionChunk, "/roboalign/action_chunk", chunks.append, 50)
-    node.create_subscription(Image, "/policy_node/attention/scene", overlays.append, 10)
-    node.create_subscription(PolicyStatus, "/roboalign/status", statuses.append, 50)
+    subs = [node.create_subscription(ActionChunk, "/roboalign/action_chunk", chunks.append, 50),
+            node.create_subscription(Image, "/policy_node/attention/scene", overlays.append, 10),
+            node.create_subscription(PolicyStatus, "/roboalign/status", statuses.append, 50)]
     inputs = PolicyInputs(node, load_robot_config("sim_arm"),
                           np.random.default_rng(0).integers(0, 256, (120, 160, 3), np.uint8))
     sent = inputs.sent
@@ -45,6 +45,7 @@ def test_overlays_arrive_with_the_cameras_stamp_and_frame_while_chunks_flow(
     try:
         assert spin_until(executor, lambda: any(
             s.lifecycle_state == "active" for s in statuses), 120), "policy never activated"
+        wait_matched(executor, *inputs.publishers, *subs)  # the instruction is sent once
         inputs.instruct("pick up the red cube")
         node.create_timer(0.05, lambda: inputs.publish_image("camera_color_optical_frame"))
         assert spin_until(executor, lambda: len(overlays) >= 3 and len(chunks) >= 10, 60), \

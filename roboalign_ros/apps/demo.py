@@ -172,8 +172,11 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
         if len(stats.results) >= len(episodes):
             return False
         name, s = episodes[len(stats.results)]
-        future = reset.call_async(ResetTask.Request(task=name, seed=int(s)))
+        # a request sent before the client has matched the sim's service is lost
         deadline = time.monotonic() + 10.0
+        while not reset.service_is_ready() and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        future = reset.call_async(ResetTask.Request(task=name, seed=int(s)))
         while not future.done() and time.monotonic() < deadline:
             executor.spin_once(timeout_sec=0.05)
         reply = future.result() if future.done() else None
