@@ -5,8 +5,14 @@
         [moveit:=false] [autostart:=true]
 
 The arm's own bringup (ros2_control with a joint_trajectory_controller, or MoveIt Servo for
-backend:=servo) runs separately, as the robot vendor ships it; config/robots/<robot>.yaml
-names its controller topics, joints and limits. Safety limits are on (config/executor.yaml).
+backend:=servo, with `moveit_servo.command_in_type: speed_units`) runs separately, as the robot
+vendor ships it; config/robots/<robot>.yaml names its controller topics, joints and limits.
+Safety limits are on (config/executor.yaml).
+moveit:=true homes with MoveItPy, configured from config/moveit/<robot>.yaml (checked here
+before anything starts: moveit_py, moveit_configs_utils and that file must exist).
+camera:=realsense2_camera asks the camera for the robot config's camera profile (640x480 at
+config/camera.yaml's fps, the checkpoint's aspect ratio; roboalign_ros/camera/profile.py)
+instead of the device default 1280x720, with depth aligned to colour.
 policy_node and executor_node are lifecycle nodes: configured by the launch, then activated
 (autostart:=false leaves them inactive until `ros2 lifecycle set /executor_node activate` and
 `ros2 lifecycle set /policy_node activate`; `deactivate` holds the arm where it is).
@@ -46,14 +52,45 @@ ARGUMENTS = {  # name: (default, description, check of the value)
 
 
 def check_arguments(context):
-    """Stop the launch on a bad argument value, naming it, before any node starts."""
-    validate({name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS},
-             {name: spec[2] for name, spec in ARGUMENTS.items()})
+    """Stop the launch on a bad argument value, naming it, before any node starts.
+
+    moveit:=true also needs moveit_py, moveit_configs_utils (its planning pipeline defaults)
+    and config/moveit/<robot>.yaml, which MoveItPyBackend turns into MoveItPy's config_dict.
+    """
+    values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
+    validate(values, {name: spec[2] for name, spec in ARGUMENTS.items()})
+    if values["moveit"] == "true":
+        check_moveit(values["robot"])
     return []
 
 
+def check_moveit(robot):
+    """Raise, naming what is missing, unless MoveItPy can be configured for ``robot``."""
+    from roboalign_ros.nodes.moveit_backend import moveit_config_path
+    from roboalign_ros.robot import _extract_robot, _robot_yaml_path
+
+    missing = []
+    for package in ("moveit_py", "moveit_configs_utils"):
+        try:
+            get_package_share_directory(package)
+        except PackageNotFoundError:
+            missing.append(package)
+    if missing:
+        raise RuntimeError(f"moveit:=true needs the ROS packages {missing} (apt install "
+                           "ros-$ROS_DISTRO-moveit-py ros-$ROS_DISTRO-moveit-configs-utils)")
+    import yaml
+
+    source = _robot_yaml_path(robot)
+    name = _extract_robot(yaml.safe_load(source.read_text()), str(source))["name"]
+    moveit_config_path(name)   # raises, naming the file, when the robot has no MoveIt config
+
+
 def camera_driver(context, config):
-    """The camera chosen by camera:=..., resolved at launch time (realsense2_camera is optional)."""
+    """The camera chosen by camera:=..., resolved at launch time (realsense2_camera is optional).
+
+    realsense2_camera gets the robot config's camera profile (roboalign_ros.camera.profile),
+    not the device default, and aligned depth.
+    """
     choice = LaunchConfiguration("camera").perform(context)
     if choice == "none":
         return []
@@ -68,9 +105,14 @@ def camera_driver(context, config):
                 "camera:=realsense2_camera needs the realsense2_camera package "
                 "(apt install ros-$ROS_DISTRO-realsense2-camera); camera:=camera_node uses "
                 "pyrealsense2 instead") from None
+        from roboalign_ros.camera.profile import camera_profile
+
+        profile = camera_profile(LaunchConfiguration("robot").perform(context),
+                                 LaunchConfiguration("model_path").perform(context),
+                                 os.path.join(config, "camera.yaml"))
         return [IncludeLaunchDescription(
             PythonLaunchDescriptionSource(os.path.join(share, "launch", "rs_launch.py")),
-            launch_arguments={"align_depth.enable": "true"}.items())]
+            launch_arguments=profile.realsense_arguments().items())]
     raise RuntimeError(f"camera:={choice} is not one of realsense2_camera, camera_node, none")
 
 

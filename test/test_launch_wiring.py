@@ -301,7 +301,9 @@ def test_gazebo_lists_its_arguments_without_the_gazebo_packages(fake_launch, mon
     monkeypatch.setattr(sys.modules[__name__], "MISSING", {"*"})  # only roboalign_ros
     description = load_description(ROOT / "launch" / "gazebo.launch.py")
     defaults = declared_defaults(description)
-    assert defaults == {"world": "empty.sdf", "wrist_camera": "false"}
+    assert defaults == {"world": "empty.sdf", "wrist_camera": "false",
+                        "gazebo": defaults["gazebo"]}
+    assert defaults["gazebo"] in ("gz", "ign")    # by ROS_DISTRO (test_gazebo_launch.py)
     # found when the launch runs: a substitution, not a path computed while building
     share = [a for a in walk(description.args, None) if type(a).__name__ == "FindPackageShare"]
     assert [a.args[0] for a in share] == ["ros_gz_sim"]
@@ -329,6 +331,7 @@ BAD_VALUES = [
     ("eval.launch.py", "go_home", "2", "not a boolean"),
     ("eval.launch.py", "operator", "ana\x1b[2J", "contains control characters"),
     ("gazebo.launch.py", "wrist_camera", "maybe", "not a boolean"),
+    ("gazebo.launch.py", "gazebo", "classic", "not one of gz, ign"),
 ]
 
 

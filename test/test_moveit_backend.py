@@ -233,6 +233,15 @@ def backend_for(monkeypatch, robot, defaults, **fake):
     return backend, world, node
 
 
+def test_planning_group_comes_from_the_moveit_config_unless_given(monkeypatch, robot, defaults):
+    fake_moveit(monkeypatch)
+    node = Node()
+    assert MoveItPyBackend(node, robot).group == "arm"          # config/moveit/sim_arm.yaml
+    assert MoveItPyBackend(node, robot, "").group == "arm"
+    assert MoveItPyBackend(node, robot, "manipulator").group == "manipulator"
+    assert any("is not the one the MoveIt config" in text for _, text in node.lines)
+
+
 def calls(world, name):
     return [c for c in world.log if c[0] == name]
 

@@ -61,10 +61,11 @@ def test_xmllint_passes(tmp_path):
 @pytest.mark.parametrize('hardware, plugin', [
     ('mock', 'mock_components/GenericSystem'),
     ('gazebo', 'gz_ros2_control/GazeboSimSystem'),
-    ('real', 'roboalign_ros/RealArmSystem'),
+    ('real', 'vendor_driver/ArmSystem'),   # real_plugin has no default (issue 26)
 ])
 def test_ros2_control_plugin_follows_xacro_arg(hardware, plugin):
     root = ET.fromstring(expand_xacro(XACRO, {'hardware': hardware,
+                                              'real_plugin': 'vendor_driver/ArmSystem',
                                               'controllers_file': '/tmp/c.yaml'}))
     plugins = [p.text.strip() for p in root.findall('ros2_control/hardware/plugin')]
     assert plugins == [plugin]

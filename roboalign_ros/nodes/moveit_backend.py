@@ -175,6 +175,16 @@ def load_moveit_config(robot, source: str | Mapping | None = None) -> dict:
     return config
 
 
+def moveit_planning_group(robot_name: str, source: str | None = None) -> str | None:
+    """The ``planning_group`` that config/moveit/<robot>.yaml (or ``source``) names, if any."""
+    try:
+        doc = yaml.safe_load(moveit_config_path(robot_name, source).read_text()) or {}
+    except RuntimeError:
+        return None
+    group = doc.get("planning_group") if isinstance(doc, Mapping) else None
+    return str(group) if group else None
+
+
 def _expand(doc: Mapping, base: Path) -> dict:
     doc = dict(doc)
     distro = os.environ.get("ROS_DISTRO", "")
@@ -233,8 +243,12 @@ class MoveItPyBackend:
     name = "moveit_py"
     stop_retry = 0.02   # s between stop_execution calls while a cancelled execution runs
 
-    def __init__(self, node, robot, planning_group: str = "arm",
+    def __init__(self, node, robot, planning_group: str | None = None,
                  moveit_config: str | Mapping | None = None):
+        """``planning_group``: None or "" takes the MoveIt config's ``planning_group``.
+
+        ``moveit_config``: see :func:`load_moveit_config` (None: config/moveit/<robot>.yaml).
+        """
         try:
             from moveit.planning import MoveItPy
         except ImportError as exc:
@@ -242,9 +256,20 @@ class MoveItPyBackend:
                 "backend 'moveit_py' needs MoveIt 2 with moveit_py (ROS package `moveit_py`, "
                 "e.g. `apt install ros-$ROS_DISTRO-moveit-py`) and a MoveIt configuration "
                 f"for {robot.name}; not found: {exc}") from exc
-        self.robot, self.group = robot, planning_group
-        self.config = load_moveit_config(robot, moveit_config)
         self._log = node.get_logger()
+        self.config = load_moveit_config(robot, moveit_config)
+        named = (moveit_planning_group(robot.name, moveit_config)
+                 if not isinstance(moveit_config, Mapping) else None)
+        if not planning_group:
+            if named is None:
+                raise RuntimeError(f"moveit_py: no planning_group given and the MoveIt config "
+                                   f"for {robot.name} names none")
+            planning_group = named
+        elif named is not None and named != planning_group:
+            self._log.warning(f"planning_group {planning_group!r} is not the one the MoveIt "
+                              f"config for {robot.name} names ({named!r}): using "
+                              f"{planning_group!r}")
+        self.robot, self.group = robot, planning_group
         self._moveit = MoveItPy(node_name=f"{node.get_name()}_moveit_py",
                                 config_dict=self.config)
         self._arm = self._moveit.get_planning_component(planning_group)
