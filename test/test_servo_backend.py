@@ -194,6 +194,9 @@ def test_no_servo_node_warns_after_a_while_and_keeps_looking(dds, monkeypatch):
     assert backend._timer is not None and backend.command_state == "waiting"
     backend.deactivate()
     assert not list(dds.node.timers)
+    quiet = ServoBackend(dds.node, ROBOT, manage_servo=False)   # the sim's stand-in
+    quiet.activate()
+    assert quiet.command_state == "unmanaged" and not list(dds.node.timers)
 
 
 # ---------------------------------------------------------------- jazzy, fake moveit_msgs

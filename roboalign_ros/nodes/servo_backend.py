@@ -121,7 +121,14 @@ class ServoBackend:
     retry_period = 1.0   # s between looks for the Servo node's services and topics
     warn_after = 5.0     # s without a Servo node before the first warning
 
-    def __init__(self, node, robot, lead_time: float = 0.0, servo_node: str | None = None):
+    def __init__(self, node, robot, lead_time: float = 0.0, servo_node: str | None = None,
+                 manage_servo: bool = True):
+        """``servo_node``: Servo's node name (default: the namespace of ``topics.servo``).
+
+        ``manage_servo=False``: :meth:`activate` leaves Servo alone (the sim's stand-in, which
+        offers no services, or a Servo that someone else starts).
+        """
+        self.manage_servo = manage_servo
         self.frame_id = robot.base_frame
         self.topic = robot.servo_topic
         self.servo_node = servo_node or servo_namespace(robot.servo_topic)
@@ -161,6 +168,9 @@ class ServoBackend:
         """
         self.deactivate()
         self._reset()
+        if not self.manage_servo:
+            self.command_state, self.command_detail = "unmanaged", "manage_servo is off"
+            return
         self._active_since = time.monotonic()
         self._timer = self._keep(self._node.create_timer(self.retry_period, self._connect))
         self._connect()
@@ -207,7 +217,7 @@ class ServoBackend:
 
     def _reset(self) -> None:
         self.flavour: str | None = None          # "jazzy+" or "humble", from the services
-        self.command_state = "waiting"           # waiting | calling | set | refused | failed
+        self.command_state = "waiting"   # waiting | calling | set | refused | failed | unmanaged
         self.command_detail = "Servo node not found yet"
         self.command_in_type: str | None = None
         self.status: str | None = None           # newest status name
