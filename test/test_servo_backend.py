@@ -19,7 +19,7 @@ import types
 from types import SimpleNamespace
 
 import pytest
-from conftest import spin_until
+from conftest import spin_until, wait_matched
 
 from roboalign_ros.nodes import servo_backend
 from roboalign_ros.nodes.servo_backend import (
@@ -127,6 +127,7 @@ def test_humble_servo_is_started_its_units_checked_and_its_halts_reported(dds, m
     assert backend.command_in_type == "speed_units"
     assert "caps linear speed at scale.linear=0.4" in log.text("info")
     assert backend._timer is None            # all done: no more looking
+    wait_matched(dds.executor, servo.status)  # each status code below is sent once
 
     def status(code):
         servo.status.publish(Int8(data=code))
