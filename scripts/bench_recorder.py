@@ -101,7 +101,7 @@ def publisher(args) -> None:
             point.time_from_start.nanosec = 40_000_000
             publish(traj, JointTrajectory(joint_names=list(robot.arm_joints), points=[point]))
             if sent["commands"] % 50 == 0:
-                publish(grip, Float64MultiArray(data=[0.5]))
+                publish(grip, Float64MultiArray(data=[robot.gripper_to_joint(0.5)]))
             sent["commands"] += 1
         if now >= next_img:
             late = now - next_img  # stamps are taken now: lateness is camera jitter
@@ -147,7 +147,7 @@ def main() -> int:
     from rclpy.node import Node
 
     from roboalign_ros.data import DatasetReader
-    from roboalign_ros.srv import StartEpisode, StopEpisode
+    from roboalign_ros.srv import GetRecorderStatus, StartEpisode, StopEpisode
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_recorder_"))
     root = Path(args.keep) if args.keep else tmp / "ds"
@@ -186,6 +186,7 @@ def main() -> int:
         threading.Thread(target=read_stats, daemon=True).start()
         start_c = node.create_client(StartEpisode, "/recorder_node/start_episode")
         stop_c = node.create_client(StopEpisode, "/recorder_node/stop_episode")
+        status_c = node.create_client(GetRecorderStatus, "/recorder_node/get_status")
         assert start_c.wait_for_service(timeout_sec=60), "recorder_node did not come up"
 
         def call(client, request, timeout=120):
@@ -211,9 +212,19 @@ def main() -> int:
         c1 = {p.pid: cpu_seconds(p.pid) for p in (rec, pub)}
         t_save = time.perf_counter()
         stop = call(stop_c, StopEpisode.Request(save=True, outcome=1))
+        stop_s = time.perf_counter() - t_save
+        assert stop.success, stop.message
+        encoding_messages = []
+        while True:  # a stop answered before the encoding finished: saved when it is done
+            status = call(status_c, GetRecorderStatus.Request()).status
+            if status.episodes_saved > stop.episode_index:
+                break
+            assert status.state != status.STATE_ERROR, status.message
+            if not encoding_messages or time.perf_counter() - encoding_messages[-1][0] > 10:
+                encoding_messages.append((time.perf_counter(), status.message))
+            time.sleep(0.2)
         save_s = time.perf_counter() - t_save
         c2 = cpu_seconds(rec.pid)
-        assert stop.success, stop.message
         ep = DatasetReader(root).episodes[stop.episode_index]
         expected = int(args.seconds * args.fps)
         dropped = stop.message.rsplit("dropped", 1)[-1].strip()
@@ -227,6 +238,8 @@ def main() -> int:
             "publisher_cpu_cores": round((c1[pub.pid] - c0[pub.pid]) / wall, 3),
             "machine_cores": os.cpu_count(),
             "loadavg_1min_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
+            "stop_answer_seconds": round(stop_s, 2), "stop_answer": stop.message,
+            "status_while_encoding": [m for _, m in encoding_messages[:3]],
             "save_seconds": round(save_s, 2), "save_cpu_seconds": round(c2 - c1[rec.pid], 2),
             "depth": args.depth, "bag": args.bag,
             "dataset_mb": round(size / 1e6, 1),

@@ -1,4 +1,5 @@
-"""recorder_node crash safety: kill -9 mid-episode and a full disk leave saved episodes intact."""
+"""recorder_node crash safety: kill -9 mid-episode (the spooled frames are recovered or removed,
+saved episodes intact) and a full disk."""
 
 from __future__ import annotations
 
@@ -12,53 +13,112 @@ from pathlib import Path
 
 import pytest
 from conftest import spin_until
-from test_recorder_node import Feeder, check_episode_matches_feed, start_recorder
+from test_recorder_node import Feeder, check_episode_matches_feed, start_recorder, start_when_ready
 
 pytestmark = pytest.mark.ros
 
 
 def record(feeder: Feeder, seconds: float, save: bool = True):
     """Record one episode of `seconds` through the services; return the stop response."""
-    start = feeder.start_episode()
+    start = start_when_ready(feeder)  # a restarted recorder may not have every stream yet
     assert start.success, start.message
     feeder.wait(seconds)
     return feeder.stop_episode(save=save)
 
 
-def test_kill9_mid_episode_keeps_every_earlier_episode(rclpy_context, tmp_path):
+def kill9_mid_episode(feeder: Feeder, proc, root: Path, saved: int) -> int:
+    """Record `saved` episodes, start one more and SIGKILL the recorder in the middle of it;
+    return how many frames of that episode the spool holds (what a restart can recover)."""
+    from roboalign_ros.msg import RecorderStatus
+    from roboalign_ros.recording.spool import SpoolReader, spool_name
+
+    feeder.wait_matched()
+    feeder.start()
+    feeder.wait(0.3)
+    for _ in range(saved):
+        stop = record(feeder, 1.0)
+        assert stop.success, stop.message
+    assert feeder.start_episode().success
+    assert spin_until(feeder.executor, lambda: any(
+        m.state == RecorderStatus.STATE_RECORDING and m.frames >= 8 for m in feeder.statuses),
+        30), "the episode records no frames"
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=10) == -signal.SIGKILL
+    reader = SpoolReader(root / "spool" / spool_name(saved))
+    try:
+        assert reader.stop is None  # never stopped: a crash, not an unfinished save
+        return reader.complete_frames()
+    finally:
+        reader.close()
+
+
+def test_kill9_mid_episode_keeps_every_earlier_episode_and_recovers_the_spooled_frames(
+        rclpy_context, tmp_path):
+    """Issue 22: a recorder SIGKILLed mid-episode and restarted: the episodes saved before are
+    intact, the cut one is saved from the spool with every frame it holds, named in the log
+    and the status."""
     from roboalign_ros.data import DatasetReader
 
     root = tmp_path / "ds"
     proc = start_recorder(root, tmp_path / "recorder.log")
     feeder = Feeder(rclpy_context)
     try:
-        feeder.wait_matched()
-        feeder.start()
-        feeder.wait(0.3)
-        lengths = []
-        for _ in range(2):
-            stop = record(feeder, 1.0)
-            assert stop.success, stop.message
-            lengths.append(stop.frames)
-        assert feeder.start_episode().success
-        feeder.wait(1.5)  # episode 2 is being encoded into temp files
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=10) == -signal.SIGKILL
-        assert list(root.rglob("*.tmp")), "expected the killed episode's temp files"
+        spooled = kill9_mid_episode(feeder, proc, root, saved=2)
+        assert spooled >= 8
         reader = DatasetReader(root)
-        assert [e.length for e in reader.episodes] == lengths
+        lengths = [e.length for e in reader.episodes]
+        assert len(lengths) == 2
         for i in range(2):
             ep = reader.episode(i)
             assert len(ep.frames["scene"]) == len(ep.states) == lengths[i]
             check_episode_matches_feed(feeder, ep)
-        # a new recorder on the same root recovers the dataset and appends
+        # a new recorder on the same root saves the cut episode from its spool, then appends
         restarted = time.time()
         proc = start_recorder(root, tmp_path / "recorder2.log")
         feeder.wait_for_recorder(since=restarted)
+        assert spin_until(feeder.executor, lambda: any(
+            "recovered episode 2" in m.message for m in feeder.statuses), 30), \
+            [m.message for m in feeder.statuses[-3:]]
+        status = feeder.status()
+        assert status.episodes_saved == 3 and "cut short by a crash" in status.message
+        assert "recovered episode 2: " in (tmp_path / "recorder2.log").read_text()
+        reader = DatasetReader(root)
+        assert [e.length for e in reader.episodes] == [*lengths, spooled]
+        cut = reader.episode(2)
+        assert cut.info.success is None  # nobody said how it ended
+        check_episode_matches_feed(feeder, cut)
         stop = record(feeder, 0.6)
-        assert stop.success and stop.episode_index == 2, stop.message
-        assert not list(root.rglob("*.tmp"))
-        assert len(DatasetReader(root)) == 3
+        assert stop.success and stop.episode_index == 3, stop.message
+        assert not list(root.rglob("*.tmp")) and not list((root / "spool").iterdir())
+        assert len(DatasetReader(root)) == 4
+    finally:
+        feeder.close()
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=15)
+
+
+def test_kill9_without_recover_partial_removes_the_cut_episode_and_names_it(rclpy_context,
+                                                                           tmp_path):
+    from roboalign_ros.data import DatasetReader
+    from roboalign_ros.recording.spool import spool_name
+
+    root = tmp_path / "ds"
+    proc = start_recorder(root, tmp_path / "recorder.log")
+    feeder = Feeder(rclpy_context)
+    try:
+        spooled = kill9_mid_episode(feeder, proc, root, saved=1)
+        restarted = time.time()
+        proc = start_recorder(root, tmp_path / "recorder2.log",
+                              **{"spool.recover_partial": "false"})
+        feeder.wait_for_recorder(since=restarted)
+        removed = f"removed the episode spooled in {root / 'spool' / spool_name(1)} " \
+                  f"({spooled} frames, cut short by a crash"
+        assert removed in feeder.status().message
+        assert removed in (tmp_path / "recorder2.log").read_text()
+        assert len(DatasetReader(root)) == 1 and not list((root / "spool").iterdir())
+        stop = record(feeder, 0.6)
+        assert stop.success and stop.episode_index == 1, stop.message
     finally:
         feeder.close()
         if proc.poll() is None:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.ros
 
 H, W = 96, 128
 ARM = ["joint1", "joint2", "joint3", "joint4", "joint5", "joint6"]
-GRIPPER_CMD = 0.3
+GRIPPER_CMD = 0.3  # the opening stored; sent in the finger joint's units (m)
 INSTRUCTION = "stack the green block on the red cube"
 # codec tolerance of the data module (test_data_roundtrip: libx264 CRF 23, 8-bit levels)
 MEAN_ABS_TOL, P99_ABS_TOL = 3.0, 12
@@ -109,7 +109,10 @@ class Feeder:
         from std_msgs.msg import Float64MultiArray, String
 
         self.instr_pub.publish(String(data=INSTRUCTION))
-        self.grip_pub.publish(Float64MultiArray(data=[GRIPPER_CMD]))
+        from roboalign_ros.robot import load_robot_config
+
+        self.grip_pub.publish(Float64MultiArray(
+            data=[load_robot_config("sim_arm").gripper_to_joint(GRIPPER_CMD)]))
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -259,7 +262,7 @@ def check_episode_matches_feed(feeder: Feeder, episode, max_skew: float = 0.05) 
         recent = np.nonzero((cmd_times <= t + 0.005) & (cmd_times >= t - 0.5))[0]
         assert any(np.allclose(episode.actions[i][:6], cmds[r], atol=1e-6) for r in recent), \
             f"frame {i}: action {episode.actions[i]} is not a recent command"
-        assert episode.actions[i][6] == pytest.approx(GRIPPER_CMD)
+        assert episode.actions[i][6] == pytest.approx(GRIPPER_CMD, abs=1e-6)
     d = np.stack(diffs)
     assert d.mean() <= MEAN_ABS_TOL and np.percentile(d, 99) <= P99_ABS_TOL, \
         (d.mean(), np.percentile(d, 99))

@@ -147,8 +147,14 @@ def test_action_names_and_composition():
     state = np.array([0.1, 0.2, 0.7], np.float32)
     np.testing.assert_allclose(compose_action("joint_trajectory", [1, 2], None, state), [1, 2, 0.7])
     np.testing.assert_allclose(compose_action("joint_trajectory", [1, 2], 0.0, state), [1, 2, 0])
-    with pytest.raises(ValueError, match="not in"):
-        gripper_value([1.5])
+    from roboalign_ros.robot import load_robot_config
+
+    robot = load_robot_config("sim_arm")  # a command is the finger joint's position (m)
+    assert gripper_value([robot.gripper_to_joint(0.3)], robot) == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="outside"):
+        gripper_value([1.5], robot)
+    with pytest.raises(ValueError, match="1 value"):
+        gripper_value([0.01, 0.02], robot)
 
 
 def test_bad_configuration_is_refused():

@@ -20,6 +20,7 @@ from roboalign_ros.robot import load_robot_config
 H, W = 96, 128
 ROBOT = load_robot_config("sim_arm")
 ARM = list(ROBOT.arm_joints)
+GRIPPER_JOINT = ROBOT.gripper_to_joint(0.7)  # a gripper command is the finger's position (m)
 T0 = 1_764_590_400.0  # a 2025 ROS time
 
 
@@ -45,7 +46,8 @@ def write_bag(path: Path, segments, storage=StoragePlugin.MCAP, instruction=True
     events, frames = [], []
     if instruction:
         events.append((T0 - 0.5, "/roboalign/instruction", String(data="pick up the red cube")))
-    events.append((T0 - 0.5, "/gripper_controller/commands", Float64MultiArray(data=[0.7])))
+    events.append((T0 - 0.5, "/gripper_controller/commands",
+                   Float64MultiArray(data=[GRIPPER_JOINT])))
     k = 0
     for start, seconds in segments:
         for i in range(int(seconds * 100)):
@@ -91,7 +93,7 @@ def test_a_bag_with_a_pause_becomes_two_episodes_sampled_like_the_recorder(tmp_p
             # the stored state is the joint state published nearest the frame time
             q = joints(round(t * 100) / 100)
             np.testing.assert_allclose(ep.states[i][:6], q[:6], atol=1e-6)
-            assert ep.actions[i][6] == pytest.approx(0.7)
+            assert ep.actions[i][6] == pytest.approx(0.7, abs=1e-6)
     assert result.messages["/camera/camera/color/image_raw"] == len(frames)
 
 

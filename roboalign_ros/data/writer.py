@@ -16,6 +16,7 @@ Design (one data file + one mp4 per camera per episode; file index = episode ind
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
 import time
@@ -73,7 +74,10 @@ class DatasetWriter:
         gop: int,
         crf: int | None,
         encoder_threads: int,
+        stream_workers: int = 1,
     ) -> None:
+        if not (isinstance(stream_workers, int) and stream_workers >= 1):
+            raise ValueError(f"stream_workers: must be an int >= 1, got {stream_workers!r}")
         self.root = Path(root)
         self.info = info
         self.fps = int(info["fps"])
@@ -92,6 +96,9 @@ class DatasetWriter:
         self._schema = fmt.data_schema(feats)
         self._capture_key = fmt.capture_time_key(feats)  # legacy datasets keep their column
         self._gop, self._crf, self._threads = gop, crf, encoder_threads
+        # streams encoded at once (PyAV releases the GIL while encoding); 1: in the caller
+        self._stream_workers = stream_workers
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._episodes: list[EpisodeInfo] = []
         self._episode_stats: list[dict[str, st.Stats]] = []
         self._tasks: list[str] = []
@@ -118,6 +125,7 @@ class DatasetWriter:
         extra_features: Mapping[str, Mapping[str, Any]] | None = None,
         metadata: Mapping[str, Any] | None = None,
         depth_cameras: Mapping[str, tuple[int, int]] | None = None,
+        stream_workers: int = 1,
     ) -> DatasetWriter:
         """Create an empty dataset at `root` (which must not hold a dataset yet).
 
@@ -127,6 +135,7 @@ class DatasetWriter:
         `metadata` is kept in info.json under ``"roboalign"`` (see `update_metadata`).
         `depth_cameras` maps depth stream names (`scene_depth`) to (height, width): HxW uint16
         frames (mm), stored losslessly, given in `add_frame`'s `images` like the colour ones.
+        `stream_workers` > 1 encodes up to that many streams of a frame at once (threads).
         """
         root = Path(root)
         if (root / fmt.INFO_PATH).exists():
@@ -138,7 +147,8 @@ class DatasetWriter:
         feats = fmt.make_features(state_names, action_names, cameras, fps, codec_name(codec),
                                   extra_features, depth_cameras)
         info = fmt.make_info(feats, fps, robot_type, chunks_size, extra=metadata)
-        writer = cls(root, info, gop=gop, crf=crf, encoder_threads=encoder_threads)
+        writer = cls(root, info, gop=gop, crf=crf, encoder_threads=encoder_threads,
+                     stream_workers=stream_workers)
         writer._encoder = codec
         with storage.recording_errors("creating the dataset"):
             writer._write_meta()
@@ -152,15 +162,17 @@ class DatasetWriter:
         gop: int = 10,
         crf: int | None = None,
         encoder_threads: int = 1,
+        stream_workers: int = 1,
     ) -> DatasetWriter:
-        """Open an existing dataset to append episodes.
+        """Open an existing dataset to append episodes (`stream_workers`: see `create`).
 
         Recovers from an interrupted session first: deletes temp files and orphan files,
         adopts an episode whose metadata file was committed but not yet counted in info.json.
         """
         root = Path(root)
         info = fmt.load_info(root)
-        writer = cls(root, info, gop=gop, crf=crf, encoder_threads=encoder_threads)
+        writer = cls(root, info, gop=gop, crf=crf, encoder_threads=encoder_threads,
+                     stream_workers=stream_workers)
         with storage.recording_errors("recovering the dataset"):
             writer._recover()
         return writer
@@ -328,13 +340,10 @@ class DatasetWriter:
                 )
         try:
             with storage.recording_errors(f"encoding frame {len(rec.states)}"):
-                for cam, enc in rec.encoders.items():
-                    enc.encode(images[cam])
+                self._encode_streams(rec, images)
         except RecordingError as exc:
             self._abort(exc)
             raise
-        for cam, acc in rec.image_stats.items():
-            acc.add(images[cam])
         rec.states.append(s)
         rec.actions.append(a)
         rec.stamps.append(stamp)
@@ -405,6 +414,9 @@ class DatasetWriter:
     def close(self) -> None:
         """Discard an unsaved episode (call `save_episode` first to keep it)."""
         self.discard_episode()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def __enter__(self) -> DatasetWriter:
         return self
@@ -413,6 +425,24 @@ class DatasetWriter:
         self.close()
 
     # ------------------------------------------------------------ internals
+
+    def _encode_streams(self, rec: _Recording, images: Mapping[str, np.ndarray]) -> None:
+        def one(cam: str) -> None:
+            rec.encoders[cam].encode(images[cam])
+            rec.image_stats[cam].add(images[cam])
+
+        if self._stream_workers == 1 or len(rec.encoders) == 1:
+            for cam in rec.encoders:
+                one(cam)
+            return
+        if self._pool is None:  # threads inherit the creating thread's priority (nice)
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                min(self._stream_workers, len(rec.encoders)), thread_name_prefix="encode")
+        futures = [self._pool.submit(one, cam) for cam in rec.encoders]
+        for f in futures:  # all finish before the first error is raised
+            f.exception()
+        for f in futures:
+            f.result()
 
     def _check_usable(self) -> None:
         if self._failed is not None:

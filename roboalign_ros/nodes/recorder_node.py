@@ -2,9 +2,12 @@
 
 Wiring: subscriptions push stamped samples into a
 :class:`~roboalign_ros.recording.session.RecordingSession`; a timer at the dataset fps samples
-the grid (nearest stamp, max skew; missing/skewed frames are dropped and counted); a worker
-thread in the session encodes and writes. Services ``~/start_episode``, ``~/stop_episode``,
-``~/get_status``; status on ``/roboalign/recorder_status`` and ``/diagnostics``.
+the grid (nearest stamp, max skew; missing/skewed frames are dropped and counted); a thread in
+the session spools each frame raw to disk and another, at a lower CPU priority, encodes the
+videos behind it and saves the episode (``stop_wait``: how long a stop waits for that; the
+status message says "encoding" until it is saved). Services ``~/start_episode``,
+``~/stop_episode``, ``~/get_status``; status on ``/roboalign/recorder_status`` and
+``/diagnostics``.
 """
 
 from __future__ import annotations
@@ -72,6 +75,12 @@ PARAMETERS = {
     "video.crf": -1,  # < 0: the codec's default
     "video.gop": 10,
     "video.threads": 1,
+    "video.stream_workers": 0,  # streams encoded at once; 0: all
+    "video.nice": 10,  # the encoder threads' nice increment (the inputs come first)
+    "stop_wait": 5.0,  # s a stop_episode waits for the encoding before it answers "encoding"
+    "spool.dir": "",  # "" = <dataset_root>/spool
+    "spool.max_gb": 20.0,  # raw frames of unsaved episodes on disk; more: frames dropped
+    "spool.recover_partial": True,  # an episode cut by a crash: saved at restart (else deleted)
     "bag.enabled": False,  # also write each episode's raw topics as a rosbag2 (MCAP)
     "bag.queue_size": 2000,  # messages waiting for the bag writer before they drop
     "bag.preroll": 1.0,  # s of each topic before the start also in the bag (+ its newest)
@@ -89,6 +98,13 @@ DESCRIPTIONS = {
                    "<dataset_root>/bags/episode_<index>/ (rosbag2, MCAP), kept when it is saved",
     "sensor_reliability": "reliable | best_effort: QoS of the camera and joint state "
                           "subscriptions (best_effort loses most large images over DDS here)",
+    "stop_wait": "seconds stop_episode waits for the episode's encoding to finish; a longer "
+                 "one is answered at once and saved when done (status message: encoding)",
+    "spool.max_gb": "bound on the raw frames of unsaved episodes on disk (the spool): frames "
+                    "beyond it are dropped and counted (spool_full)",
+    "spool.recover_partial": "at start, an episode a crash cut short is saved from the spool "
+                             "with outcome unknown (true) or deleted (false); the log and "
+                             "status name it",
 }
 COMMAND_SUB_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -123,8 +139,11 @@ class RecorderNode(Node):
             gripper_fallback=p["gripper_fallback"], servo_timeout=p["servo_timeout"],
             action_max_age=p["action_max_age"], queue_seconds=p["queue_seconds"],
             codec=p["video.codec"], crf=None if p["video.crf"] < 0 else p["video.crf"],
-            gop=p["video.gop"], encoder_threads=p["video.threads"]),
-            clock=lambda: now_seconds(self), on_error=self._on_error)
+            gop=p["video.gop"], encoder_threads=p["video.threads"],
+            stream_workers=p["video.stream_workers"], encoder_nice=p["video.nice"],
+            spool_dir=Path(p["spool.dir"]).expanduser() if p["spool.dir"] else None,
+            spool_max_gb=p["spool.max_gb"], recover_partial=p["spool.recover_partial"]),
+            clock=lambda: now_seconds(self), on_error=self._on_error, on_info=self._on_info)
         self.p, self.robot = p, robot
         self.feed = MessageFeed(self.session, robot, p["action_max_age"])
         self.bad_inputs = 0
@@ -247,7 +266,7 @@ class RecorderNode(Node):
             response.episode_index = self.session.status().episode_index
             self.get_logger().error(f"stop_episode refused: {exc}")
             return response
-        r = self.session.stop_episode(bool(request.save), success)
+        r = self.session.stop_episode(bool(request.save), success, wait=self.p["stop_wait"])
         if self.bag is not None and self.bag.recording:
             try:  # kept exactly when the episode was saved
                 path = self.bag.stop(save=bool(request.save) and r.success,
@@ -281,6 +300,9 @@ class RecorderNode(Node):
     def _on_error(self, message: str) -> None:
         self.get_logger().error(message)
 
+    def _on_info(self, message: str) -> None:
+        self.get_logger().info(message)
+
     # ------------------------------------------------------------------ status
 
     def _status_msg(self) -> RecorderStatus:
@@ -301,6 +323,8 @@ class RecorderNode(Node):
             "state": s.state.name, "episode_index": s.episode_index, "frames": s.frames,
             "frames_dropped_total": s.frames_dropped, "max_skew": s.max_skew,
             "writer_queue": s.queued, "bad_inputs": self.bad_inputs,
+            "encoding": s.encoding, "encoder_backlog_frames": s.backlog,
+            "spool_mb": round(s.spool_bytes / 1e6, 1),
             **({"bag_dropped": self.bag.dropped, "bag_error": self.bag.error or ""}
                if self.bag is not None else {}),
             **{f"dropped.{k}": v for k, v in s.drops.items()},

@@ -2,12 +2,20 @@
 
 :class:`RecordingSession` takes stamped inputs from any thread (``push_*``), samples them onto
 the fps grid with :class:`~roboalign_ros.recording.sampler.FrameSampler` on :meth:`tick`, and
-hands complete frames to one worker thread that owns the `DatasetWriter` (encoding, saving):
-callers never block on I/O except in :meth:`start_episode` / :meth:`stop_episode`, which wait
-for the worker's answer. States: IDLE -> RECORDING -> IDLE; any recording error (full disk,
-I/O) -> ERROR, with the episode in progress dropped and every saved episode intact. A
+hands complete frames to a spool thread, which appends them raw to the episode's spool on disk
+(``recording/spool.py``: a few ``write`` calls a frame). An encoder thread, at a lower CPU
+priority (``encoder_nice``), follows the spool and encodes the videos with `DatasetWriter` (its
+streams in parallel); when the episode is stopped it finishes, saves the episode and deletes
+the spool. So callers never block on encoding, and a frame is lost only when the spool cannot
+take it (disk full, ``spool_max_gb``), never because the encoder is behind.
+
+States: IDLE -> RECORDING -> IDLE; an episode still being encoded after its stop is saved when
+the encoder is done ("encoding" in the status message) and the next episode may start
+meanwhile. Any recording error (full disk, I/O) -> ERROR, with every saved episode intact. A
 :meth:`start_episode` in ERROR first tries to reopen the dataset (after the operator freed
-space, say).
+space, say). Spools left by an earlier run (a crash, or an exit before encoding finished) are
+encoded and saved at start, an episode cut by a crash with its outcome unknown
+(``recover_partial=False``: deleted instead); the status message names each.
 
     session = RecordingSession(config, clock=time.time)
     session.push_image("scene", stamp, rgb); session.push_state(stamp, state)
@@ -20,23 +28,27 @@ space, say).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import enum
 import math
+import os
 import queue
+import shutil
 import threading
 import time
 import unicodedata
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from roboalign_ros.data import DatasetWriter, RecordingError
+from roboalign_ros.data import DatasetWriter, RecordingError, storage
 from roboalign_ros.data import lerobot_format as fmt
 from roboalign_ros.recording import actions as act
+from roboalign_ros.recording import spool as sp
 from roboalign_ros.recording.sampler import HOLD, NEAREST, FrameSampler
 
 # Default wait between a frame time and its sampling: DDS delivers large images up to ~0.1 s
@@ -99,6 +111,11 @@ class SessionConfig:
     crf: int | None = None
     gop: int = 10
     encoder_threads: int = 1
+    stream_workers: int = 0  # streams encoded at once; 0: all of them
+    encoder_nice: int = 10  # added to the encoder threads' nice value (lower CPU priority)
+    spool_dir: Path | None = None  # default: <root>/spool
+    spool_max_gb: float = 20.0  # raw frames of unsaved episodes on disk; beyond: dropped
+    recover_partial: bool = True  # an episode cut by a crash: saved (True) or deleted
 
     def __post_init__(self) -> None:
         act.check_action_source(self.action_source)
@@ -114,6 +131,18 @@ class SessionConfig:
                              f"{self.gripper_fallback!r}")
         if not self.queue_seconds > 0:
             raise ValueError(f"queue_seconds: must be > 0, got {self.queue_seconds}")
+        if not self.spool_max_gb > 0:
+            raise ValueError(f"spool_max_gb: must be > 0, got {self.spool_max_gb}")
+        if not (isinstance(self.stream_workers, int) and self.stream_workers >= 0):
+            raise ValueError(f"stream_workers: must be an int >= 0, got {self.stream_workers!r}")
+        if not (isinstance(self.encoder_nice, int) and 0 <= self.encoder_nice <= 19):
+            raise ValueError(f"encoder_nice: must be an int in [0, 19], got "
+                             f"{self.encoder_nice!r}")
+
+    @property
+    def spool_root(self) -> Path:
+        """Where the raw frames of unsaved episodes go."""
+        return Path(self.spool_dir) if self.spool_dir else Path(self.root) / "spool"
 
     @property
     def state_names(self) -> list[str]:
@@ -153,6 +182,9 @@ class Status:
     drops: dict[str, int]
     queued: int
     received: dict[str, int]  # samples received per input stream since start
+    encoding: str = ""  # the episodes being encoded ("" when none): "episode 3: 10 of 90"
+    backlog: int = 0  # frames in the spool not encoded yet
+    spool_bytes: int = 0  # raw bytes of unsaved episodes on disk
 
 
 DEPTH_ENCODINGS = ("16UC1", "mono16", "32FC1")
@@ -185,14 +217,36 @@ def to_rgb(image: np.ndarray, encoding: str) -> np.ndarray:
     raise ValueError(f"encoding: {encoding!r} is not a colour encoding the recorder stores")
 
 
+# phases of an episode between its start and its save
+_RECORDING, _STOPPED, _DISCARDED, _FAILED = "recording", "stopped", "discarded", "failed"
+
+
+class _Job:
+    """One episode from its start to its save: spooled by the spool thread, encoded behind."""
+
+    def __init__(self, index: int, path: Path, task: str, operator: str, source: str,
+                 record_bytes: int, recovered: str = ""):
+        self.index, self.path = index, Path(path)
+        self.task, self.operator, self.source = task, operator, source
+        self.record_bytes = record_bytes
+        self.phase = _RECORDING
+        self.success: bool | None = None
+        self.spooled = 0  # frames in the spool
+        self.encoded = 0  # frames the encoder has taken
+        self.recovered = recovered  # why a spool left by an earlier run is saved ("": live)
+        self.answered = recovered != ""  # nobody waits for the save: it is logged
+        self.done: concurrent.futures.Future = concurrent.futures.Future()  # -> frames saved
+
+
 class RecordingSession:
     """Streams in, episodes out; see the module docstring."""
 
     def __init__(self, config: SessionConfig, clock: Callable[[], float] = time.time,
-                 on_error: Callable[[str], None] | None = None):
+                 on_error: Callable[[str], None] | None = None,
+                 on_info: Callable[[str], None] | None = None):
         self.config = c = config
         self.clock = clock
-        self.on_error = on_error
+        self.on_error, self.on_info = on_error, on_info
         delay = max(MIN_DELAY, c.max_skew + 1.0 / c.fps) if c.delay is None else c.delay
         self.sampler = FrameSampler(c.fps, c.max_skew, delay)
         for cam in [*c.cameras, *c.depth_cameras]:
@@ -205,10 +259,12 @@ class RecordingSession:
             self.sampler.add_stream(COMMAND, HOLD)
         if c.action_source != "action_chunk":
             self.sampler.add_stream(GRIPPER, HOLD, optional=c.gripper_fallback == "state")
-        self._lock = threading.Lock()  # state fields
+        self._lock = threading.Lock()  # state fields, jobs and their progress
+        self._jobs_cv = threading.Condition(self._lock)
         self._control = threading.Lock()  # one start/stop at a time
         self._state = RecorderState.IDLE
         self._message = "ready"
+        self._note = ""  # the latest recovery, shown in the idle message
         self._task = ""
         self._instruction = ""
         self._episode_frames = 0
@@ -218,7 +274,13 @@ class RecordingSession:
         self._shapes: dict[str, tuple[int, int]] | None = None
         self._episodes_saved = 0
         self.grid_start = self.episode_end = None  # of the latest episode (frame times, s)
-        self._writer: DatasetWriter | None = None
+        self._writer: DatasetWriter | None = None  # the encoder thread's once it runs
+        self._jobs: deque[_Job] = deque()  # episodes not saved yet, in encoding order
+        self._job: _Job | None = None  # the one being recorded
+        self._spool: sp.EpisodeSpool | None = None  # its spool (spool thread)
+        self._spool_bytes = 0
+        self._encoder_calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
+        self._closing = self._abort_encoding = False
         qsize = max(4, int(math.ceil(c.queue_seconds * c.fps)))
         self._queue: queue.Queue[tuple] = queue.Queue(maxsize=qsize)
         self._calls: queue.Queue[tuple] = queue.Queue()
@@ -228,14 +290,18 @@ class RecordingSession:
             self._writer = self._open_writer()
             self._shapes = dict(self._writer.streams)
             self._episodes_saved = self._writer.num_episodes
-        self._thread = threading.Thread(target=self._work, name="recorder-writer", daemon=True)
+        self._recover_leftovers()
+        self._thread = threading.Thread(target=self._work, name="recorder-spool", daemon=True)
         self._thread.start()
+        self._encoder = threading.Thread(target=self._encode_loop, name="recorder-encoder",
+                                         daemon=True)
+        self._encoder.start()
 
     # ------------------------------------------------------------------ inputs (any thread)
 
     def push_image(self, camera: str, stamp: float, image: np.ndarray,
                    encoding: str = "rgb8") -> None:
-        """Add a camera frame (a view is fine: it is read in the worker)."""
+        """Add a camera frame (a view is fine: it is read in the spool thread)."""
         self.sampler.push(camera, stamp, (image, encoding))
 
     def push_state(self, stamp: float, state: np.ndarray) -> None:
@@ -292,7 +358,7 @@ class RecordingSession:
                 return f"image_size:{cam}"
             images[cam] = (img, enc)
         try:
-            self._queue.put_nowait(("frame", state, action, images, f.time))
+            self._queue.put_nowait(("frame", self._job, state, action, images, f.time))
         except queue.Full:
             return "queue_full"
         self._wake.set()
@@ -304,19 +370,21 @@ class RecordingSession:
                       timeout: float = 30.0, grid_start: float | None = None) -> Result:
         """Begin an episode (``task`` empty: the latest instruction).
 
+        Earlier episodes may still be encoding: they are saved in order meanwhile.
         ``grid_start``: the first frame time (default: the first grid time from now, in phase
         with the first camera); a replayed recording passes the one the live recorder used
         (``episode_window``).
         """
         with self._control:
-            index = self._episodes_saved
+            index = self._next_index()
             if self._state == RecorderState.RECORDING:
-                return Result(False, f"episode {index} is already being recorded: stop it first",
-                              index)
+                return Result(False, f"episode {index - 1} is already being recorded: stop it "
+                              "first", index - 1)
             if self._state == RecorderState.ERROR:
                 reopened = self._try_reopen(timeout)
                 if reopened is not None:
                     return reopened
+                index = self._next_index()
             if source not in fmt.SOURCES:
                 return Result(False, f"source: {source!r} is not one of {list(fmt.SOURCES)}",
                               index)
@@ -349,34 +417,44 @@ class RecordingSession:
                               f"{self._shapes} (same camera settings, or a new dataset_root)",
                               index)
             try:
-                index = self._call(lambda: self._begin(task, operator, source, shapes), timeout)
+                job = self._call(lambda: self._begin(index, task, operator, source, shapes),
+                                 timeout)
             except (RecordingError, ValueError, OSError) as exc:
                 return Result(False, self._message if self._state == RecorderState.ERROR
                               else str(exc), index)
-            with self._lock:
+            with self._jobs_cv:
                 self._shapes = shapes
                 self._state = RecorderState.RECORDING
                 self._message = f"recording episode {index}"
+                self._note = ""
                 self._task = task
                 self._episode_frames, self._episode_skew = 0, 0.0
                 self._drops = Counter()
+                self._job = job
+                self._jobs.append(job)
+                self._jobs_cv.notify_all()
             self.grid_start = self._grid_start() if grid_start is None else float(grid_start)
             self.sampler.start(self.grid_start)
             return Result(True, f"recording episode {index}: {task!r}", index)
 
     def stop_episode(self, save: bool = True, success: bool | None = None,
-                     timeout: float = 60.0, end: float | None = None) -> Result:
+                     timeout: float = 60.0, end: float | None = None,
+                     wait: float | None = None) -> Result:
         """Stop the episode; save it (with its outcome) or discard it.
 
+        ``wait``: seconds to wait for its encoding to finish (None: until it is saved). An
+        episode still encoding after that is answered with success and saved when the encoder
+        is done (the status message says "encoding"; ``episodes_saved`` counts it then).
         ``end``: the last frame time allowed (default: a little before now, see below); a
         replay passes the live recorder's (``episode_window``).
         """
         with self._control:
-            index = self._episodes_saved
-            if self._state != RecorderState.RECORDING:
+            job = self._job
+            if self._state != RecorderState.RECORDING or job is None:
                 why = f" (recorder error: {self._message})" if self._state == RecorderState.ERROR \
                     else ""
-                return Result(False, f"no episode is being recorded{why}", index)
+                return Result(False, f"no episode is being recorded{why}", self._next_index())
+            index = job.index
             # The episode ends a little before the request: inputs stamped up to the last
             # frame time + max_skew have arrived by now (no waiting: callbacks may share
             # this thread).
@@ -388,33 +466,67 @@ class RecordingSession:
             self.tick(flush=True)
             self.sampler.halt()
             drops = dict(self._drops)
+            try:  # after every frame queued before it
+                n = self._call(lambda: self._close_spool(job, save, success), timeout)
+            except (RecordingError, OSError) as exc:
+                return Result(False, self._message if self._state == RecorderState.ERROR
+                              else str(exc), index)
+            with self._jobs_cv:
+                if save and n:
+                    job.phase, job.success = _STOPPED, success
+                elif job.phase == _RECORDING:
+                    job.phase = _DISCARDED
+                self._job = None
+                self._jobs_cv.notify_all()
+            self._set_idle()
+            if not save:
+                return Result(True, f"discarded episode {index}", index)
+            if n == 0:
+                return Result(False, f"the episode has no frames: discarded; dropped frames: "
+                              f"{drops}", index)
             try:
-                if save:
-                    n = self._call(lambda: self._save(success), timeout)
-                else:
-                    self._call(self._discard, timeout)
-                    n = 0
-            except ValueError as exc:  # no frames
-                self._set_idle()
+                saved = job.done.result(wait)
+            except concurrent.futures.TimeoutError:
+                with self._lock:
+                    pending = not job.done.done()
+                    job.answered = pending
+                    encoded = job.encoded
+                if pending:
+                    return Result(True, f"episode {index}: {n} frames, dropped {drops or 0}; "
+                                  f"encoding ({encoded} of {n} frames done): saved when it "
+                                  "finishes", index, n, str(self.config.root))
+                saved = job.done.result()
+            except ValueError as exc:  # every frame refused by the writer
                 return Result(False, f"{exc}; dropped frames: {drops}", index)
             except (RecordingError, OSError) as exc:
                 return Result(False, self._message if self._state == RecorderState.ERROR
                               else str(exc), index)
-            self._set_idle()
-            if not save:
-                return Result(True, f"discarded episode {index}", index)
-            with self._lock:
-                self._episodes_saved = index + 1
-            return Result(True, f"saved episode {index}: {n} frames, dropped {drops or 0}",
-                          index, n, str(self.config.root))
+            return Result(True, f"saved episode {index}: {saved} frames, dropped {drops or 0}",
+                          index, saved, str(self.config.root))
+
+    def wait_encoded(self, timeout: float | None = None) -> bool:
+        """Wait until every stopped episode is saved (or failed); False on timeout."""
+        with self._jobs_cv:
+            return self._jobs_cv.wait_for(
+                lambda: not any(j.phase == _STOPPED for j in self._jobs), timeout)
 
     def status(self) -> Status:
         """Return a consistent snapshot for RecorderStatus / diagnostics."""
         with self._lock:
-            return Status(self._state, self._message, str(self.config.root), self._task,
-                          self._episodes_saved, self._episodes_saved, self._episode_frames,
-                          self._dropped_total, self._episode_skew, dict(self._drops),
-                          self._queue.qsize(), dict(self.sampler.received))
+            encoding = ", ".join(f"episode {j.index} ({j.encoded} of {j.spooled} frames)"
+                                 for j in self._jobs if j.phase == _STOPPED)
+            message = self._message
+            if self._note and self._state == RecorderState.IDLE:
+                message += f"; {self._note}"
+            if encoding:
+                message += f"; encoding {encoding}, saved when done"
+            backlog = sum(j.spooled - j.encoded for j in self._jobs
+                          if j.phase in (_RECORDING, _STOPPED))
+            return Status(self._state, message, str(self.config.root), self._task,
+                          self._next_index_locked() - (self._job is not None),
+                          self._episodes_saved, self._episode_frames, self._dropped_total,
+                          self._episode_skew, dict(self._drops), self._queue.qsize(),
+                          dict(self.sampler.received), encoding, backlog, self._spool_bytes)
 
     @property
     def state(self) -> RecorderState:
@@ -422,18 +534,46 @@ class RecordingSession:
         return self._state
 
     def close(self, timeout: float = 30.0) -> None:
-        """Discard an unsaved episode and stop the worker."""
+        """Discard the episode being recorded, finish saving the stopped ones, stop the threads.
+
+        An episode whose encoding does not finish within ``timeout`` stays in the spool and is
+        saved at the next start.
+        """
         if self._closed:
             return
         self._closed = True
         self.sampler.halt()
-        done: concurrent.futures.Future = concurrent.futures.Future()
-        self._calls.put((self._discard, done))
+        job = self._job
+        if job is not None:  # a clean exit drops the episode (a crash keeps it: recovered)
+            with contextlib.suppress(Exception):
+                self._call(lambda: self._close_spool(job, False, None), timeout)
+            with self._jobs_cv:
+                job.phase, self._job = _DISCARDED, None
+                self._jobs_cv.notify_all()
         self._calls.put((None, None))
         self._wake.set()
         self._thread.join(timeout)
+        with self._jobs_cv:
+            self._closing = True
+            self._jobs_cv.notify_all()
+        self._encoder.join(timeout)
+        if self._encoder.is_alive():
+            with self._jobs_cv:
+                self._abort_encoding = True
+                left = [j.index for j in self._jobs if j.phase == _STOPPED]
+                self._jobs_cv.notify_all()
+            self._encoder.join(timeout)
+            self._info(f"episodes {left} were still being encoded: they stay in the spool and "
+                       "are saved at the next start")
 
     # ------------------------------------------------------------------ internals
+
+    def _next_index(self) -> int:
+        with self._lock:
+            return self._next_index_locked()
+
+    def _next_index_locked(self) -> int:
+        return self._episodes_saved + sum(j.phase in (_RECORDING, _STOPPED) for j in self._jobs)
 
     def _grid_start(self) -> float:
         """First grid time >= now, in phase with the first camera (fewer repeated frames)."""
@@ -449,32 +589,127 @@ class RecordingSession:
             if self._state == RecorderState.RECORDING:
                 self._state, self._message = RecorderState.IDLE, "ready"
 
+    def _info(self, message: str) -> None:
+        if self.on_info is not None:
+            self.on_info(message)
+
     def _fail(self, exc: BaseException) -> None:
+        """Any recording error: ERROR; unsaved episodes stay in the spool for the reopen."""
         self.sampler.halt()
         message = f"recording stopped: {exc}"
-        with self._lock:
+        with self._jobs_cv:
             self._state, self._message = RecorderState.ERROR, message
+            for job in self._jobs:
+                if job.phase in (_RECORDING, _STOPPED):
+                    job.phase = _FAILED
+            self._job = None
+            self._jobs_cv.notify_all()
         if self.on_error is not None:
             self.on_error(message)
 
     def _try_reopen(self, timeout: float) -> Result | None:
         try:
-            self._call(self._reopen, timeout)
+            self._call(self._drop_spool, timeout)
+            self._call_encoder(self._reopen, timeout)
         except (RecordingError, ValueError, OSError) as exc:
             return Result(False, f"recorder in error state ({self._message}); reopening the "
-                          f"dataset failed: {exc}", self._episodes_saved)
+                          f"dataset failed: {exc}", self._next_index())
         with self._lock:
             self._state, self._message = RecorderState.IDLE, "ready (dataset reopened)"
         return None
 
     def _call(self, fn: Callable[[], Any], timeout: float) -> Any:
-        """Run ``fn`` on the worker thread (after the frames queued before) and wait."""
+        """Run ``fn`` on the spool thread (after the frames queued before) and wait."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._calls.put((fn, future))
         self._wake.set()
         return future.result(timeout)
 
-    # --- worker thread only below
+    def _call_encoder(self, fn: Callable[[], Any], timeout: float) -> Any:
+        """Run ``fn`` on the encoder thread (between episodes) and wait."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._jobs_cv:
+            self._encoder_calls.append((fn, future))
+            self._jobs_cv.notify_all()
+        return future.result(timeout)
+
+    def _count_drop(self, reason: str, job: _Job) -> None:
+        """A frame counted as recorded at its tick that did not make it after all."""
+        with self._lock:
+            self._drops[reason[:80]] += 1
+            self._dropped_total += 1
+            if job is self._job:
+                self._episode_frames -= 1
+
+    def _recover_leftovers(self) -> None:
+        """Queue the spools an earlier run left for saving (or delete them; see the module)."""
+        c = self.config
+        for path in sp.leftover_spools(c.spool_root):
+            if any(j.path == path for j in self._jobs):
+                continue
+            try:
+                reader = sp.SpoolReader(path)
+            except (ValueError, OSError, KeyError) as exc:
+                shutil.rmtree(path, ignore_errors=True)
+                self._event(f"removed the spool {path}: unreadable ({exc})", error=True)
+                continue
+            try:
+                frames, meta, stop = reader.complete_frames(), reader.meta, reader.stop
+                problem = self._spool_problem(reader)
+            finally:
+                reader.close()
+            if problem:
+                self._event(f"the spool {path} does not fit this recorder ({problem}): left in "
+                            "place, not recovered", error=True)
+                continue
+            what = f"the episode spooled in {path}"
+            if frames == 0 or (stop is None and not c.recover_partial):
+                shutil.rmtree(path, ignore_errors=True)
+                why = "no complete frame" if frames == 0 else \
+                    f"{frames} frames, cut short by a crash of the recorder; recover_partial off"
+                self._event(f"removed {what} ({why})")
+                continue
+            with self._lock:
+                index = self._next_index_locked()
+                why = "stopped, but the recorder exited before encoding it" if stop else \
+                    "cut short by a crash of the recorder, outcome unknown"
+                job = _Job(index, path, meta["task"], meta["operator"], meta["source"],
+                           reader.layout.record_bytes, recovered=why)
+                job.phase, job.spooled = _STOPPED, frames
+                job.success = stop.get("success") if stop else None
+                self._jobs.append(job)
+                self._spool_bytes += frames * job.record_bytes
+                if self._shapes is None:
+                    self._shapes = {n: (h, w) for n, h, w, _ in reader.layout.streams}
+                self._jobs_cv.notify_all()
+            self._event(f"recovering episode {index} ({frames} frames, {why}) from {path}")
+
+    def _spool_problem(self, reader: sp.SpoolReader) -> str:
+        c = self.config
+        names = {n: d for n, _, _, d in reader.layout.streams}
+        want = {**{cam: False for cam in c.cameras}, **{cam: True for cam in c.depth_cameras}}
+        if names != want:
+            return f"streams {names}, recorder {want}"
+        if (reader.layout.state_dim, reader.layout.action_dim) != \
+                (len(c.state_names), len(c.action_names)):
+            return f"state/action sizes {reader.layout.state_dim}/{reader.layout.action_dim}"
+        shapes = {n: (h, w) for n, h, w, _ in reader.layout.streams}
+        if self._shapes is not None and shapes != self._shapes:
+            return f"image sizes {shapes}, dataset {self._shapes}"
+        if int(reader.meta.get("fps", -1)) != c.fps:
+            return f"fps {reader.meta.get('fps')}, recorder {c.fps}"
+        return ""
+
+    def _event(self, message: str, error: bool = False) -> None:
+        """A recovery or removal: logged, and named in the status message until the next start."""
+        with self._lock:
+            self._note = message
+        if error and self.on_error is not None:
+            self.on_error(message)
+        elif not error:
+            self._info(message)
+
+    # --- spool thread only below
 
     def _work(self) -> None:
         while True:
@@ -492,6 +727,7 @@ class RecordingSession:
                 except queue.Empty:
                     break
                 if fn is None:
+                    self._drop_spool()
                     return
                 while not self._queue.empty():
                     self._write_frame(*self._queue.get_nowait()[1:])
@@ -503,26 +739,223 @@ class RecordingSession:
                 except BaseException as exc:  # noqa: BLE001 - handed to the caller
                     future.set_exception(exc)
 
-    def _write_frame(self, state, action, images, stamp) -> None:
-        w = self._writer
-        if w is None or not w.recording or self._state != RecorderState.RECORDING:
+    def _write_frame(self, job: _Job, state, action, images, stamp) -> None:
+        spool = self._spool
+        if spool is None or job is not self._job or job.phase != _RECORDING:
+            return
+        if self._spool_bytes + job.record_bytes > self.config.spool_max_gb * 1e9:
+            self._count_drop("spool_full", job)
             return
         try:
             depth = self.config.depth_cameras
-            rgb = {cam: to_depth_mm(img, enc) if cam in depth else to_rgb(img, enc)
-                   for cam, (img, enc) in images.items()}
-            w.add_frame(state, action, rgb, timestamp=stamp)
+            pixels = {cam: to_depth_mm(img, enc) if cam in depth else to_rgb(img, enc)
+                      for cam, (img, enc) in images.items()}
+            for name, v in (("state", state), ("action", action)):
+                if not np.all(np.isfinite(v)):
+                    raise ValueError(f"{name}: contains NaN or inf")
+            with storage.recording_errors(f"spooling frame {spool.frames} of episode "
+                                          f"{job.index}"):
+                n = spool.append(stamp, state, action, pixels)
         except RecordingError as exc:
             self._fail(exc)
+            return
         except ValueError as exc:  # a frame that does not fit: counted, never fatal
+            self._count_drop(f"bad_frame:{exc}", job)
+            return
+        with self._jobs_cv:
+            job.spooled = n
+            self._spool_bytes += job.record_bytes
+            self._jobs_cv.notify_all()
+
+    def _begin(self, index: int, task: str, operator: str, source: str,
+               shapes: dict[str, tuple[int, int]]) -> _Job:
+        c = self.config
+        self._drop_spool()
+        streams = [(cam, *shapes[cam], cam in c.depth_cameras)
+                   for cam in [*c.cameras, *c.depth_cameras]]
+        with storage.recording_errors(f"starting the spool of episode {index}"):
+            self._spool = sp.EpisodeSpool.create(
+                c.spool_root, index, task=task, operator=operator, source=source, fps=c.fps,
+                state_dim=len(c.state_names), action_dim=len(c.action_names), streams=streams)
+        return _Job(index, self._spool.path, task, operator, source,
+                    self._spool.layout.record_bytes)
+
+    def _close_spool(self, job: _Job, save: bool, success: bool | None) -> int:
+        """Stop spooling ``job``: kept for saving (``save`` and frames) or deleted."""
+        spool, self._spool = self._spool, None
+        if spool is None:
+            return 0
+        n = spool.frames
+        if save and n:
+            with storage.recording_errors(f"stopping the spool of episode {job.index}"):
+                spool.finish(success)
+        else:
+            spool.remove()
             with self._lock:
-                self._drops[f"bad_frame:{exc}"[:80]] += 1
-                self._dropped_total += 1
-                self._episode_frames -= 1
+                self._spool_bytes -= n * job.record_bytes
+        return n
+
+    def _drop_spool(self) -> None:
+        """Close the spool file of an episode an error ended (its frames stay on disk)."""
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            with contextlib.suppress(OSError):
+                spool.close()
+
+    # --- encoder thread only below
+
+    def _encode_loop(self) -> None:
+        self._lower_priority()
+        try:
+            while True:
+                with self._jobs_cv:
+                    self._jobs_cv.wait_for(lambda: self._encoder_calls or self._jobs
+                                           or self._closing)
+                    if self._encoder_calls:
+                        fn, future = self._encoder_calls.popleft()
+                        job = None
+                    elif self._jobs and not self._abort_encoding:
+                        job = self._jobs[0]
+                    else:
+                        return
+                if job is None:
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        future.set_exception(exc)
+                    continue
+                self._encode_job(job)
+                with self._jobs_cv:
+                    if self._jobs and self._jobs[0] is job:
+                        self._jobs.popleft()
+                    self._jobs_cv.notify_all()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+
+    def _lower_priority(self) -> None:
+        """Encode at a lower CPU priority than the inputs.
+
+        Linux: nice is per thread, and the writer's stream threads, started from this one,
+        inherit it.
+        """
+        nice = self.config.encoder_nice
+        if nice and hasattr(os, "setpriority"):
+            tid = threading.get_native_id()
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, tid,
+                               min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+    def _encode_job(self, job: _Job) -> None:
+        """Encode ``job`` from its spool as its frames arrive; save it once it is stopped."""
+        with self._lock:
+            phase = job.phase
+        if phase in (_DISCARDED, _FAILED):
+            self._finish_job(job, None, RecordingError(self._message)
+                             if phase == _FAILED else None)
+            return
+        try:
+            reader = sp.SpoolReader(job.path)
+        except (ValueError, OSError) as exc:
+            if job.phase == _DISCARDED:  # discarded (and its spool deleted) just now
+                self._finish_job(job, None, None)
+                return
+            self._fail(RecordingError(f"spool of episode {job.index}: {exc}"))
+            self._finish_job(job, None, RecordingError(str(exc)))
+            return
+        w: DatasetWriter | None = None
+        try:
+            w = self._writer_for(reader)
+            w.start_episode(job.task, operator=job.operator, source=job.source)
+            i = 0
+            while True:
+                with self._jobs_cv:
+                    self._jobs_cv.wait_for(lambda n=i: job.phase != _RECORDING
+                                           or job.spooled > n or self._abort_encoding)
+                    phase, available, abort = job.phase, job.spooled, self._abort_encoding
+                if abort or phase in (_DISCARDED, _FAILED):
+                    w.discard_episode()
+                    error = RecordingError("the recorder closed before the episode was encoded "
+                                           "(it stays in the spool)") if abort else \
+                        RecordingError(self._message) if phase == _FAILED else None
+                    self._finish_job(job, None, error)
+                    return
+                if i < available:
+                    stamp, state, action, images = reader.frame(i)
+                    try:
+                        w.add_frame(state, action, images, timestamp=stamp)
+                    except ValueError as exc:  # counted, never fatal
+                        self._count_drop(f"bad_frame:{exc}", job)
+                    i += 1
+                    with self._lock:
+                        job.encoded = i
+                    continue
+                break
+            if w.frames_in_episode == 0:
+                w.discard_episode()
+                shutil.rmtree(job.path, ignore_errors=True)
+                self._finish_job(job, None, ValueError("the episode has no frames: discarded"),
+                                 removed=True)
+                return
+            ep = w.save_episode(success=job.success)
+        except RecordingError as exc:
+            self._fail(exc)
+            self._finish_job(job, None, exc)
+            return
+        except BaseException as exc:  # noqa: BLE001 - a bug: the episode stays in the spool
+            if w is not None:
+                w.discard_episode()
+            error = RecordingError(f"encoding episode {job.index} failed: "
+                                   f"{type(exc).__name__}: {exc}")
+            self._fail(error)
+            self._finish_job(job, None, error)
+            return
+        finally:
+            reader.close()
+        shutil.rmtree(job.path, ignore_errors=True)
+        self._finish_job(job, ep.length, None, saved=ep.index, removed=True)
+
+    def _finish_job(self, job: _Job, frames: int | None, error: BaseException | None,
+                    saved: int | None = None, removed: bool = False) -> None:
+        """Hand the outcome to whoever waits; ``removed``: its spool was deleted here."""
+        with self._jobs_cv:
+            if saved is not None:
+                self._episodes_saved = saved + 1
+            if removed:
+                self._spool_bytes -= job.spooled * job.record_bytes
+            answered = job.answered
+            if error is not None:
+                job.done.set_exception(error)
+            else:
+                job.done.set_result(frames or 0)
+            self._jobs_cv.notify_all()
+        if saved is None:
+            return
+        if job.recovered:
+            self._event(f"recovered episode {saved}: {frames} frames ({job.recovered})")
+        elif answered:
+            self._info(f"saved episode {saved}: {frames} frames (encoded after its stop)")
+
+    def _writer_for(self, reader: sp.SpoolReader) -> DatasetWriter:
+        if self._writer is None:
+            c = self.config
+            shapes = {n: (h, w) for n, h, w, _ in reader.layout.streams}
+            self._writer = DatasetWriter.create(
+                c.root, c.fps, c.state_names, c.action_names,
+                {cam: shapes[cam] for cam in c.cameras}, c.robot_type, codec=c.codec,
+                gop=c.gop, crf=c.crf, encoder_threads=c.encoder_threads,
+                depth_cameras={cam: shapes[cam] for cam in c.depth_cameras},
+                stream_workers=self._stream_workers())
+        return self._writer
+
+    def _stream_workers(self) -> int:
+        c = self.config
+        return c.stream_workers or len(c.cameras) + len(c.depth_cameras)
 
     def _open_writer(self) -> DatasetWriter:
         c = self.config
-        w = DatasetWriter.open(c.root, gop=c.gop, crf=c.crf, encoder_threads=c.encoder_threads)
+        w = DatasetWriter.open(c.root, gop=c.gop, crf=c.crf, encoder_threads=c.encoder_threads,
+                               stream_workers=self._stream_workers())
         problems = []
         if w.fps != c.fps:
             problems.append(f"fps {w.fps} (recorder: {c.fps})")
@@ -536,6 +969,7 @@ class RecordingSession:
             problems.append(f"depth cameras {sorted(w.depth_cameras)} (recorder: "
                             f"{sorted(c.depth_cameras)})")
         if problems:
+            w.close()
             raise ValueError(f"dataset_root: {c.root} holds a dataset with " + "; ".join(problems)
                              + ": use another dataset_root or matching parameters")
         return w
@@ -545,28 +979,12 @@ class RecordingSession:
             self._writer.close()
         self._writer = self._open_writer() if (Path(self.config.root) / fmt.INFO_PATH).exists() \
             else None
-
-    def _begin(self, task: str, operator: str, source: str,
-               shapes: dict[str, tuple[int, int]]) -> int:
-        c = self.config
-        if self._writer is None:
-            self._writer = DatasetWriter.create(
-                c.root, c.fps, c.state_names, c.action_names,
-                {cam: shapes[cam] for cam in c.cameras}, c.robot_type, codec=c.codec,
-                gop=c.gop, crf=c.crf, encoder_threads=c.encoder_threads,
-                depth_cameras={cam: shapes[cam] for cam in c.depth_cameras})
-        self._writer.start_episode(task, operator=operator, source=source)
-        return self._writer.num_episodes
-
-    def _save(self, success: bool | None) -> int:
-        w = self._writer
-        if w is None or not w.recording:
-            raise RecordingError("no episode in progress")
-        if w.frames_in_episode == 0:
-            w.discard_episode()
-            raise ValueError("the episode has no frames: discarded")
-        return w.save_episode(success=success).length
-
-    def _discard(self) -> None:
-        if self._writer is not None:
-            self._writer.discard_episode()
+        with self._jobs_cv:
+            for j in self._jobs:  # an error ended them; their spools are recovered below
+                if not j.done.done():
+                    j.done.set_exception(RecordingError(f"episode {j.index} was not saved: "
+                                                        "the recorder stopped on an error"))
+            self._jobs.clear()
+            self._episodes_saved = self._writer.num_episodes if self._writer else 0
+            self._spool_bytes = 0
+        self._recover_leftovers()
