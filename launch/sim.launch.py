@@ -108,7 +108,8 @@ def generate_launch_description():
     executor = LifecycleNode(
         package="roboalign_ros", executable="executor_node", name="executor_node", namespace="",
         output="screen", parameters=[os.path.join(config, "executor.yaml"),
-                                     {"autostart": False}])
+                                     # sim_node's Servo stand-in has no Servo services
+                                     {"autostart": False, "servo.manage": False}])
     return LaunchDescription([
         *[DeclareLaunchArgument(name, default_value=default, description=description)
           for name, (default, description, _) in ARGUMENTS.items()],

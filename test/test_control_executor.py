@@ -367,14 +367,16 @@ def test_home_move_is_reachable_from_the_arm_and_from_the_last_command():
     ex = make_exec(watchdog_timeout=10.0)
     ex.tick(0.0, Q0)
     assert ex.submit(ramp_chunk(0.0, 1, slope=0.5, h=100), now=0.0)[0]
-    t = 0.0
+    t, last = 0.0, Q0
     for _ in range(20):
-        last = ex.tick(t, Q0).arm      # the arm (measured) lags at Q0
+        prev, last = last, ex.tick(t, Q0).arm      # the arm (measured) lags at Q0
         t += PERIOD
     home = np.array([-0.4, 0.4])
     seconds = ex.home_move(t, home, Q0, speed=0.3)
-    # the slowest joint: from the last command (further than the arm) at 0.3 x 2 rad/s
-    assert seconds == pytest.approx(np.max(np.abs(home - last)) / 0.6)
+    # the slowest joint: from where the stream's reference is now (further than the arm: the
+    # last command, one period on at its velocity) at 0.3 x 2 rad/s
+    reference = last + (last - prev)
+    assert seconds == pytest.approx(np.max(np.abs(home - reference)) / 0.6)
     assert ex.tick(t + 0.01, Q0).kind == 'paused'
     assert ex.home_move(t, Q0, Q0, speed=0.3) == 0.5      # never shorter than min_seconds
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import spin_until
+from conftest import spin_until, wait_matched
 
 pytestmark = pytest.mark.ros
 
@@ -42,16 +42,17 @@ def rig(rclpy_context, tmp_path):
 
         def on_command(msg):
             r.commands.append((time.monotonic(), msg))
-            if msg.points and r.follow:  # a perfectly tracking fake arm
+            if not is_stop(msg) and r.follow:  # a perfectly tracking fake arm
                 r.q = np.array(msg.points[0].positions)
 
-        r.node.create_subscription(JointTrajectory, r.robot.trajectory_topic, on_command, 100)
+        command_sub = r.node.create_subscription(JointTrajectory, r.robot.trajectory_topic,
+                                                 on_command, 100)
         js_pub = r.node.create_publisher(JointState, "/joint_states", 10)
         r.chunk_pub = r.node.create_publisher(ActionChunk, "/roboalign/action_chunk", 10)
         r.estop_pub = r.node.create_publisher(Bool, "/roboalign/estop", 10)
         r.instruction_pub = r.node.create_publisher(String, "/roboalign/instruction", 10)
         r.q = r.robot.home.copy()
-        r.publish_states = True
+        r.publish_states = False  # until every topic is matched: the first stop follows them
 
         def publish_state():
             if not r.publish_states:
@@ -84,11 +85,13 @@ def rig(rclpy_context, tmp_path):
                                          dimension_names=[*r.robot.arm_joints, "gripper"])
 
         r.now, r.wait, r.chunk = now, wait, chunk
-        assert spin_until(r.executor, lambda: r.chunk_pub.get_subscription_count() > 0 and
-                          r.estop_pub.get_subscription_count() > 0, 30), "executor_node not up"
-        # before any chunk the executor holds: the controller's stop, once
-        assert spin_until(r.executor, lambda: len(r.commands) > 0, 30), "no stop command"
-        wait(0.3)  # and it has heard the fake arm's joint states
+        # both ways: our publishers reach the executor, its command publisher reaches us
+        wait_matched(r.executor, r.chunk_pub, r.estop_pub, r.instruction_pub, js_pub,
+                     command_sub)
+        r.publish_states = True
+        # with a joint state the executor holds: the stop (from where the arm is), once
+        assert spin_until(r.executor, lambda: len(r.commands) > 0, 30), \
+            f"no stop command: {r.log.read_text()[-600:]}"
         yield r
     finally:
         proc.terminate()
@@ -101,15 +104,21 @@ def rig(rclpy_context, tmp_path):
     r.node.destroy_node()
 
 
+def is_stop(msg):
+    """The executor's stop: from where the reference is, braking to rest (two points). A track
+    is one point (at rest) or three (the target with its velocity, coasting, braking)."""
+    return len(msg.points) == 2
+
+
 def last_positions(rig):
     """The last streamed arm target (the home pose before any)."""
-    points = [m.points[0].positions for _, m in rig.commands if m.points]
+    points = [m.points[0].positions for _, m in rig.commands if not is_stop(m)]
     return np.array(points[-1]) if points else rig.robot.home
 
 
 def streamed(rig):
     """Arm targets of the streamed commands, in the order the executor sent them."""
-    return np.array([m.points[0].positions for _, m in rig.commands if m.points])
+    return np.array([m.points[0].positions for _, m in rig.commands if not is_stop(m)])
 
 
 def diagnostics(rig):
@@ -118,25 +127,29 @@ def diagnostics(rig):
 
 
 def settled(rig):
-    """True when the executor holds: its last command is the controller's stop."""
-    return bool(rig.commands) and not rig.commands[-1][1].points
+    """True when the executor holds: its last command is the stop."""
+    return bool(rig.commands) and is_stop(rig.commands[-1][1])
 
 
-def duration(m):
-    return m.points[0].time_from_start.sec + m.points[0].time_from_start.nanosec * 1e-9
+def stamp(m):
+    return m.header.stamp.sec + m.header.stamp.nanosec * 1e-9
 
 
 def assert_feasible(rig, start_q):
-    """Every streamed point is reachable in its time_from_start from the previous one (the fake
-    arm tracks perfectly, so that is where the arm is) within the URDF velocity limits."""
-    q = np.asarray(start_q, float)
+    """Every streamed target is reachable from the previous one in the time between their
+    stamps (the fake arm tracks perfectly, so that is where the arm is) within the URDF
+    velocity limits; every trajectory ends at rest (a JTC's default refuses anything else)."""
+    q, t = np.asarray(start_q, float), None
     for _, m in rig.commands:
-        if not m.points:
+        assert not any(m.points[-1].velocities), "a trajectory that ends moving"
+        if is_stop(m):
+            t = None
             continue
         p = np.array(m.points[0].positions)
-        speed = np.abs(p - q) / duration(m)
-        assert np.all(speed <= rig.robot.velocity + 1e-6), f"infeasible: {speed} rad/s"
-        q = p
+        if t is not None:
+            speed = np.abs(p - q) / max(stamp(m) - t, 1e-3)
+            assert np.all(speed <= rig.robot.velocity + 1e-6), f"infeasible: {speed} rad/s"
+        q, t = p, stamp(m)
 
 
 # Receive times at the probe lag behind on a loaded machine, so the checks below use the
@@ -209,7 +222,7 @@ def test_estop_from_any_publisher_stops_and_latches_without_streaming(rig, relia
     rig.chunk_pub.publish(rig.chunk(target))  # refused while engaged
     assert spin_until(rig.executor, lambda: "rejected: estop" in rig.log.read_text(), 10)
     rig.wait(0.5)
-    moved = [m for _, m in rig.commands[stop:] if m.points]
+    moved = [m for _, m in rig.commands[stop:] if not is_stop(m)]
     assert not moved, f"{len(moved)} positions streamed while the e-stop was latched"
     assert_feasible(rig, rig.robot.home)
     assert rig.log.read_text().count("E-STOP engaged") == 1   # heard on both: taken once
@@ -219,7 +232,7 @@ def test_estop_from_any_publisher_stops_and_latches_without_streaming(rig, relia
     rig.wait(0.1)
     rig.chunk_pub.publish(rig.chunk(target))
     assert spin_until(rig.executor, lambda: len(rig.commands) > stop + 1
-                      and rig.commands[-1][1].points, 10), "did not resume after release"
+                      and not is_stop(rig.commands[-1][1]), 10), "did not resume after release"
     assert_feasible(rig, rig.robot.home)
 
 
@@ -259,8 +272,8 @@ def test_lost_joint_states_stop_the_stream_and_it_resumes_from_the_new_state(rig
     rig.wait(0.2)
     rig.chunk_pub.publish(rig.chunk(rig.q, horizon=40))
     assert spin_until(rig.executor, lambda: len(rig.commands) > n and
-                      rig.commands[-1][1].points, 10), "did not resume"
-    first = next(m for _, m in rig.commands[n:] if m.points)
+                      not is_stop(rig.commands[-1][1]), 10), "did not resume"
+    first = next(m for _, m in rig.commands[n:] if not is_stop(m))
     np.testing.assert_allclose(first.points[0].positions, rig.q, atol=0.011)
 
 
@@ -295,19 +308,21 @@ def test_go_home_sends_one_slow_trajectory_then_holds_home_and_refuses_under_est
         assert spin_until(rig.executor, future.done, 10)
         return future.result()
 
+    def home_move(m):  # from where the arm is to home at rest, in one slow cubic
+        return len(m.points) == 2 and m.points[-1].time_from_start.sec == 1
+
     result = call()
     assert result.success and "going home" in result.message
     # 0.6 rad at home_speed 0.3 of joint1's 2 rad/s limit: 1.0 s
-    assert spin_until(rig.executor, lambda: any(
-        m.points and m.points[0].time_from_start.sec == 1 for _, m in rig.commands), 5)
-    i = next(i for i, (_, m) in enumerate(rig.commands)
-             if m.points and m.points[0].time_from_start.sec == 1)
-    np.testing.assert_allclose(rig.commands[i][1].points[0].positions, rig.robot.home,
+    assert spin_until(rig.executor, lambda: any(home_move(m) for _, m in rig.commands), 5)
+    i = next(i for i, (_, m) in enumerate(rig.commands) if home_move(m))
+    np.testing.assert_allclose(rig.commands[i][1].points[-1].positions, rig.robot.home,
                                atol=1e-9)
+    assert not any(rig.commands[i][1].points[-1].velocities)
     rig.q = rig.robot.home.copy()                      # the arm got there
     rig.follow = True
     rig.wait(1.5)                                      # homing is over: nothing pulls it back
-    after = [m for _, m in rig.commands[i + 1:] if m.points]
+    after = [m for _, m in rig.commands[i + 1:] if not is_stop(m)]
     assert not after, f"streamed {len(after)} commands after homing, e.g. " \
         f"{after[0].points[0].positions if after else None}"
     rig.estop_pub.publish(Bool(data=True))
@@ -347,6 +362,6 @@ def test_each_accepted_chunk_is_drawn_as_its_tool_path_in_the_base_frame(rig):
     assert len(clamped.points) >= 1       # the last row, past the limit
     assert len(executed.points) >= 1      # the arm has been commanded meanwhile
     sent = [kin.fk_position(np.array(m.points[0].positions)) for _, m in rig.commands
-            if m.points]
+            if not is_stop(m)]
     last = executed.points[-1]
     assert min(np.linalg.norm(np.array([last.x, last.y, last.z]) - s) for s in sent) < 1e-3

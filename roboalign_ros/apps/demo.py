@@ -88,7 +88,7 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
                                          "camera.width": camera_size[0],
                                          "camera.height": camera_size[1],
                                          "camera.rate": camera_rate})
-    nodes.start("executor_node", "executor.yaml")
+    nodes.start("executor_node", "executor.yaml", {"servo.manage": False})  # sim: no Servo
     nodes.start("policy_node", "policy.yaml",
                 {"model_path": model, "device": device, "reasoning_every": reasoning_every,
                  "torch_threads": 1 if device == "cpu" else 0})

@@ -50,7 +50,7 @@ def run(a: argparse.Namespace) -> int:
                                          "camera.width": a.camera_size[0],
                                          "camera.height": a.camera_size[1],
                                          "camera.rate": a.camera_rate})
-    nodes.start("executor_node", "executor.yaml", executor)
+    nodes.start("executor_node", "executor.yaml", {"servo.manage": False, **executor})  # sim
     nodes.start("policy_node", "policy.yaml",
                 {"model_path": a.model, "device": a.device, "reasoning_every": a.reasoning_every,
                  "max_rate": a.max_rate,

@@ -23,7 +23,7 @@ EXECUTOR_PARAMETERS: dict[str, Any] = {
     "action_space": "joint_position",
     "backend": "joint_trajectory",
     "home_backend": "joint_trajectory",
-    "planning_group": "arm",
+    "planning_group": "",  # "" = the one config/moveit/<robot>.yaml names
     "rate": 100.0,
     "lead_time": 0.02,
     "duration_margin": 0.8,
@@ -34,6 +34,7 @@ EXECUTOR_PARAMETERS: dict[str, Any] = {
     "watchdog_timeout": 0.5,
     "max_chunk_age": 1.0,
     "home_speed": 0.3,
+    "servo.manage": True,  # backend servo: switch MoveIt Servo to twists on activate
     "chunk_topic": "/roboalign/action_chunk",
     "estop_topic": "/roboalign/estop",
     "instruction_topic": "/roboalign/instruction",

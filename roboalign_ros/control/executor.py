@@ -8,17 +8,18 @@ e-stop callback takes effect on the very next tick.
 **The feasibility rule.** Every command the executor sends is reachable from the arm's
 measured state and from the previous command within the joint velocity and acceleration limits,
 given the time that *really* elapsed since the previous command (not the nominal tick): the
-envelope limits the step by that time, and :attr:`Command.duration` (the trajectory point's
-``time_from_start``) is computed from the distance to both, never a fixed lead.
+envelope limits the step by that time, and :attr:`Command.duration` (how long reaching it
+takes) is computed from the distance to both, never a fixed lead.
 
 **Stops a real controller executes.** A real joint_trajectory_controller refuses an empty
 trajectory (ros2_controllers ``validate_trajectory_msg``: "Empty trajectory received.") and
-goes on with the running one, so a stop is a trajectory too: from the last command's position
-and velocity to rest, braking at ``acc_max`` (:func:`braking`), ending at zero velocity. Every
-streamed command carries that braking tail as well (``Command.brake``): each message reaches
-its target with the stream's velocity (continuous across messages, a cubic in the JTC) and
-then comes to rest if no newer message replaces it. After a stop, streaming resumes from a
-fresh measured state.
+goes on with the running one, so a stop is a trajectory too: from where the controller's
+reference is now, braking at ``acc_max`` (:func:`~.trajectory.braking`) to rest. Every joint
+command is such a trajectory (``Command.points``, stamped ``Command.stamp``; see
+:mod:`.trajectory`): a track is "at the target now with the stream's velocity, coast for
+``lead_time``, then brake to rest", so the reference is continuous in velocity across
+messages and comes to rest by itself if the stream stops. After a stop, streaming resumes
+from a fresh measured state.
 
 Tick priority: e-stop > paused (going home) > no joint state > watchdog hold > track.
 ``Command.kind`` says which:
@@ -93,14 +94,13 @@ class ExecutorConfig:
 class Command:
     """One control tick's output.
 
-    ``kind == 'track'``: send ``arm`` (joint positions in rad for ``joint_position``, a twist
-    for ``ee_delta``; a fresh array each tick) to be reached in ``duration`` s with joint
-    ``velocity``, then ``brake`` (rest, zero velocity) ``brake_time`` s later. Any other kind:
-    stream nothing; if ``stop`` is set, send the stop now: for ``joint_position`` rest at
-    ``arm`` with zero velocity after ``duration`` s (``velocity`` zeros; ``arm`` is all-NaN and
-    ``stop`` False when nothing is known about the arm), for ``ee_delta`` a zero twist
-    (``ee_delta`` holds send zero twists every tick; ``arm`` is zeros). Otherwise ``arm`` is the
-    measured position. ``gripper``: opening in [0, 1], or None when nothing has commanded the
+    ``kind == 'track'``: send ``arm`` (joint positions in rad for ``joint_position``, as the
+    trajectory ``points``; a twist for ``ee_delta``; a fresh array each tick). Any other kind:
+    stream nothing; if ``stop`` is set, send the stop now: for ``joint_position`` the ``points``
+    braking to rest at ``arm`` (``arm`` is all-NaN and ``stop`` False when nothing is known
+    about the arm), for ``ee_delta`` a zero twist (``ee_delta`` holds send zero twists every
+    tick; ``arm`` is zeros). Otherwise ``arm`` is the measured position. ``gripper``: opening
+    in [0, 1], or None when nothing has commanded the
     gripper yet (do not publish it).
     """
 
@@ -108,11 +108,12 @@ class Command:
     arm: np.ndarray
     gripper: float | None
     reasons: tuple[str, ...] = ()
-    duration: float = 0.0          # s for the controller to reach ``arm``
+    duration: float = 0.0          # s to reach ``arm`` from the previous command and the state
     stop: bool = False             # send the stop now
-    velocity: np.ndarray | None = None  # rad/s at ``arm`` (joint_position track and stop)
-    brake: np.ndarray | None = None     # rest position after ``arm`` (track)
-    brake_time: float = 0.0             # s from ``arm`` to ``brake``
+    # joint_position track and stop: the trajectory to send, stamped ``stamp`` (the tick's
+    # time): (time from stamp, positions, velocities) per point; empty otherwise
+    points: tuple[tuple[float, np.ndarray, np.ndarray], ...] = ()
+    stamp: float = 0.0
 
 
 
@@ -312,10 +313,21 @@ class ChunkExecutor:
             self._motion = (now, q0, v0, home, seconds)
             return seconds
 
+    def motion_points(self) -> tuple[float, tuple]:
+        """``(stamp, points)`` of the last stop or home move, as :attr:`Command.points`."""
+        with self._lock:
+            if self._motion is None:
+                return 0.0, ()
+            t0, q0, v0, q1, seconds = self._motion
+            return t0, ((0.0, q0, v0), (seconds, q1, np.zeros_like(q1)))
+
     def _reference(self, now: float, measured_q) -> tuple[np.ndarray, np.ndarray]:
         """Where the controller was last told the arm is at ``now``, and how fast it moves."""
-        if self._last is not None:
-            return self._last.copy(), self._v.copy()
+        if self._last is not None:  # the stream: at _last at _last_t, moving at _v
+            ahead = min(max(now - self._last_t, 0.0), self.config.lead_time)
+            q = np.clip(self._last + self._v * ahead, self.envelope.limits.lower,
+                        self.envelope.limits.upper)
+            return q, self._v.copy()
         if self._motion is not None:
             t0, q0, v0, q1, seconds = self._motion
             return cubic_segment(t0, q0, v0, t0 + seconds, q1, np.zeros_like(q1), now)
@@ -388,8 +400,17 @@ class ChunkExecutor:
             self._last[:] = cmd
             self._last_t = now
             command = self._finish('track', cmd.copy(), tuple(env.reasons), duration=duration)
-            command.velocity = self._v.copy()
-            command.brake, command.brake_time = self._braking(cmd, self._v)
+            command.stamp = now
+            v = self._v.copy()
+            if not np.any(v):
+                command.points = ((0.0, command.arm, v),)
+                return command
+            # coast at v for lead_time (a late message still finds the reference moving), brake
+            lead = self.config.lead_time
+            coast = np.clip(cmd + v * lead, env.limits.lower, env.limits.upper)
+            rest, seconds = self._braking(coast, v)
+            command.points = ((0.0, command.arm, v), (lead, coast, v),
+                              (lead + seconds, rest, np.zeros_like(v)))
             return command
 
     def _braking(self, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, float]:
@@ -445,25 +466,25 @@ class ChunkExecutor:
         streamed since the last stop it holds the measured position.
         """
         send_stop = stop and not self._stopped
-        if stop:
-            self._stopped = True
         if not self.joint_space:
+            self._stopped = self._stopped or stop
             self._last = None
             return self._finish(kind, np.zeros(TWIST_DIM), (why,), stop=send_stop)
-        duration, velocity = 0.0, None
+        duration, points = 0.0, ()
         known = measured_q is not None and np.all(np.isfinite(measured_q))
         if send_stop and (self._last is not None or self._motion is not None or known):
             q, v = self._reference(now, measured_q)
             arm, duration = self._braking(q, v)
             self._motion = (now, q, v, arm, duration)
-            velocity = np.zeros(self.envelope.n)
+            points = ((0.0, q, v), (duration, arm, np.zeros_like(v)))
         elif known:
             arm = np.array(measured_q, dtype=float)
         else:  # nothing known about the arm: no stop can be formed (nor was it moving by us)
             arm, send_stop = np.full(self.envelope.n, np.nan), False
+        self._stopped = self._stopped or send_stop  # not yet sent: once the state is known
         self._last = None
         command = self._finish(kind, arm, (why,), duration=duration, stop=send_stop)
-        command.velocity = velocity
+        command.points, command.stamp = points, now
         return command
 
     def _check_clock(self, now: float) -> None:

@@ -1,18 +1,22 @@
 """Commands as joint trajectories a real joint_trajectory_controller executes (no rclpy).
 
 What a JTC does with a message (ros2_controllers, kilted, ``joint_trajectory_controller.cpp``
-and ``trajectory.cpp``): it refuses an empty one (``validate_trajectory_msg``), replaces the
-running trajectory with the new one at its next update, starts it from the measured state (or
-the last commanded one with ``interpolate_from_desired_state``), and interpolates between
-points linearly when they carry positions only and with a cubic when they carry velocities
-(``interpolate_between_points``). A positions-only stream is therefore a new linear ramp per
-message, with a velocity step at each; with velocities, the reference is continuous in
-velocity across messages.
+and ``trajectory.cpp``): it refuses an empty one (``validate_trajectory_msg``) and one stamped
+so that it ends in the past; it replaces the running trajectory with the new one at its next
+update; it interpolates linearly between points that carry positions only (a velocity step
+at every message of a positions-only stream) and with a cubic between points with velocities
+(``interpolate_between_points``). Before the first point it starts from the measured state,
+or from its last command (``interpolate_from_desired_state``), which it labels one period
+early (``update``: ``last_commanded_state_`` is the command for ``time + period`` but is kept
+with ``time``): either way each new message would begin with a jump.
 
-So every command the executor sends is one or two points with velocities: the target with the
-stream's velocity, then rest (zero velocity) after braking at the acceleration limit. If no
-newer message comes, the arm comes to rest by itself; and a trajectory that ends at rest is
-also what a JTC accepts with its default ``allow_nonzero_velocity_at_trajectory_end: false``.
+So every command the executor sends is stamped with the executor's time and begins *at* that
+time, where the reference is (position and velocity): the JTC samples inside our points and
+never uses its own start state. A track coasts at the stream's velocity for ``lead_time`` (a
+message that arrives late still finds the reference moving) and then brakes to rest at the
+acceleration limit, which is also what makes it end at zero velocity, as a JTC requires by
+default (``allow_nonzero_velocity_at_trajectory_end: false``). A stop brakes from where the
+reference is. The executor and the controller must share a clock (one machine, or PTP/chrony).
 """
 
 from __future__ import annotations
@@ -55,21 +59,10 @@ def braking(q, v, acc_max, lower, upper, min_time: float = 0.1,
     return np.clip(q + v * seconds / 2, lower, upper), seconds
 
 
-def trajectory_points(command, lead_time: float = 0.0
-                      ) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
+def trajectory_points(command) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
     """``(times_from_start, positions, velocities)`` of a joint-space track or stop command.
 
-    Track: the target at ``max(duration, lead_time)`` with its velocity, then the braking tail
-    (rest, zero velocity) ``brake_time`` later (one point when the target is already at rest).
-    Stop: rest at ``duration`` with zero velocity.
+    The times count from ``command.stamp`` (the header stamp to send).
     """
-    n = len(command.arm)
-    zero = np.zeros(n)
-    if command.kind != "track":
-        return [max(command.duration, lead_time)], [command.arm], [zero]
-    first = max(command.duration, lead_time)
-    velocity = zero if command.velocity is None else command.velocity
-    if command.brake is None or not np.any(velocity):
-        return [first], [command.arm], [zero]
-    return ([first, first + command.brake_time], [command.arm, command.brake],
-            [velocity, zero])
+    return ([float(t) for t, _, _ in command.points], [q for _, q, _ in command.points],
+            [v for _, _, v in command.points])

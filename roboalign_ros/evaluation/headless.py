@@ -13,7 +13,7 @@ of through topics:
 * executor: the :class:`~roboalign_ros.control.executor.ChunkExecutor` and safety envelope
   executor_node builds (config/executor.yaml, :mod:`roboalign_ros.control.build`) ticking at
   its rate; its commands drive the follower as the joint_trajectory backend does (trajectories
-  stamped 0 = start on arrival: the target with its velocity, then rest; a stop brakes to rest);
+  stamped with the tick's time: the target with its velocity, then rest; a stop brakes to rest);
 * success: the task's own check at sim_node's status rate; the first success ends the episode
   (as eval_node does), otherwise it ends after the task's ``episode_seconds``.
 
@@ -336,10 +336,9 @@ class SimEvaluator:
                 server.command_twist(twist, stamp=t, now=t)
                 self.trace.commands += 1
             elif command.kind == "track" or command.stop:  # JointTrajectoryBackend.send
-                times, positions, velocities = trajectory_points(
-                    command, self.executor_params["lead_time"])
+                times, positions, velocities = trajectory_points(command)
                 server.command_trajectory(self.robot.arm_joints, times, positions, velocities,
-                                          start_time=0.0, now=t)
+                                          start_time=command.stamp, now=t)
                 self.trace.commands += 1
         except CommandRejected as exc:
             self.trace.sim_rejected += 1

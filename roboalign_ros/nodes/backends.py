@@ -12,7 +12,7 @@ from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from roboalign_ros.control.trajectory import trajectory_points
-from roboalign_ros.conversions import seconds_to_duration
+from roboalign_ros.conversions import seconds_to_duration, seconds_to_stamp
 from roboalign_ros.nodes.common import COMMAND_QOS
 from roboalign_ros.nodes.servo_backend import ServoBackend
 
@@ -62,30 +62,29 @@ class JointTrajectoryBackend:
     def send(self, command) -> None:
         """Publish a track or stop command (any other tick sends nothing)."""
         if command.kind == "track" or command.stop:
-            self.publish(*trajectory_points(command, self.lead_seconds))
+            self.publish(command.stamp, *trajectory_points(command))
 
-    def move_to(self, positions, duration: float) -> None:
-        """Reach ``positions`` (arm joints in config order) at rest in ``duration`` s."""
-        self.publish([duration], [positions], [[0.0] * len(self.joint_names)])
-
-    def publish(self, times, positions, velocities) -> None:
-        """Publish one trajectory, stamped 0.
-
-        Stamp 0 is "start on arrival": a message delayed in transport still takes its full time.
-        """
+    def publish(self, stamp: float, times, positions, velocities) -> None:
+        """One trajectory; ``stamp`` (s, the node's clock) is when its time 0 is."""
         points = [JointTrajectoryPoint(positions=[float(q) for q in p],
                                        velocities=[float(v) for v in w],
                                        time_from_start=seconds_to_duration(t))
                   for t, p, w in zip(times, positions, velocities)]
-        self._pub.publish(JointTrajectory(joint_names=self.joint_names, points=points))
+        msg = JointTrajectory(joint_names=self.joint_names, points=points)
+        msg.header.stamp = seconds_to_stamp(stamp)
+        self._pub.publish(msg)
 
 
-def make_backend(name: str, node, robot, lead_time: float):
-    """Build the streaming backend ``name`` (joint_trajectory or servo)."""
+def make_backend(name: str, node, robot, lead_time: float, manage_servo: bool = True):
+    """Build the streaming backend ``name`` (joint_trajectory or servo).
+
+    ``manage_servo``: the servo backend sets MoveIt Servo's command type on activate (false for
+    the sim's stand-in, which has no Servo services).
+    """
     if name == "joint_trajectory":
         return JointTrajectoryBackend(node, robot, lead_time)
     if name == "servo":
-        return ServoBackend(node, robot)
+        return ServoBackend(node, robot, manage_servo=manage_servo)
     if name == "moveit_py":
         raise ValueError("backend: 'moveit_py' cannot stream chunks; use it as home_backend "
                          "and joint_trajectory or servo as backend")

@@ -113,7 +113,8 @@ class EstopListener:
         self._thread.join(timeout=2.0)
         self.node.destroy_node()
 # /diagnostics level of each command kind (only tracking is OK).
-_LEVEL = {"track": OK, "hold": WARN, "paused": WARN, "no_state": ERROR, "estop": ERROR}
+_LEVEL = {"track": OK, "hold": WARN, "paused": WARN, "no_state": ERROR, "estop": ERROR,
+          "halted": ERROR}
 
 
 class ExecutorNode(LifecycleNode):
@@ -130,6 +131,7 @@ class ExecutorNode(LifecycleNode):
         self._reported_kind = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.estop_listener: EstopListener | None = None
         self.diagnostics = Diagnostics(self, "executor_node: command stream")  # in every state
         self.create_timer(1.0, self.publish_diagnostics)
         if self.get_parameter("autostart").value:
@@ -168,9 +170,10 @@ class ExecutorNode(LifecycleNode):
         self.chunk_executor = build_executor(p, robot, Kinematics(robot))
         # nothing streams before activate: chunks observed until then are refused
         self.chunk_executor.pause(now_seconds(self), float("inf"), "inactive")
-        self.backend = make_backend(p["backend"], self, robot, p["lead_time"])
+        self.backend = make_backend(p["backend"], self, robot, p["lead_time"],
+                                    manage_servo=p["servo.manage"])
         self.gripper = GripperPublisher(self, robot)
-        self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"])
+        self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"] or None)
                              if p["home_backend"] == "moveit_py" else None)
         self.home_trajectory = (self.backend if isinstance(self.backend, JointTrajectoryBackend)
                                 else JointTrajectoryBackend(self, robot, p["lead_time"]))
@@ -207,6 +210,8 @@ class ExecutorNode(LifecycleNode):
         self._stop.clear()
         self._thread = threading.Thread(target=self._control_loop, daemon=True)
         self._thread.start()
+        if hasattr(self.backend, "activate"):  # MoveIt Servo: set its command type / start it
+            self.backend.activate()
         self.get_logger().info("active: following chunks")
         self.publish_diagnostics("active")
         return super().on_activate(state)  # enables the lifecycle publishers
@@ -247,15 +252,22 @@ class ExecutorNode(LifecycleNode):
     def _hold(self) -> None:
         """No more commands from the stream; the arm brakes to rest from where it was going."""
         self._stop_stream()
+        if self.home_backend is not None:
+            self.home_backend.cancel()
+        if hasattr(self.backend, "deactivate"):
+            self.backend.deactivate()
         self.backend.send(self.chunk_executor.hold(now_seconds(self), self.measured_q))
         if self.executed is not None:
             self.executed.clear()
 
     def _release(self) -> None:
         self._stop_stream()
-        if getattr(self, "estop_listener", None) is not None:
+        if self.estop_listener is not None:
             self.estop_listener.destroy()
             self.estop_listener = None
+        for backend in (self.backend, self.home_backend):
+            if backend is not None and hasattr(backend, "close"):
+                backend.close()
         if self._entities is not None:
             self._entities.destroy()
         self._entities = self.chunk_executor = self.backend = self.p = None
@@ -337,7 +349,7 @@ class ExecutorNode(LifecycleNode):
             command = executor.tick(now, self.measured_q, self._state_stamp,
                                     time.monotonic() - self._state_arrival)
             self.backend.send(command)
-            if self.home_backend is not None and hasattr(self.home_backend, "cancel"):
+            if self.home_backend is not None:
                 self.home_backend.cancel()
             # reaction time of this node: from the message reaching its DDS reader to the stop
             received = info["received_timestamp"] * 1e-9
@@ -374,23 +386,32 @@ class ExecutorNode(LifecycleNode):
             return response
         now = now_seconds(self)
         if self.home_backend is not None:
+            # planned and executed on MoveItPy's worker thread: the e-stop and deactivate
+            # cancel it while it moves; streaming resumes when it ends
             self.chunk_executor.pause(now, float("inf"), "going home (MoveItPy)")
-            try:
-                response.success = self.home_backend.move_to(self.robot.home)
-            finally:
-                self.chunk_executor.resume(now_seconds(self))
-            response.message = "MoveItPy plan/execute " + ("done" if response.success else
-                                                           "failed")
+            future = self.home_backend.move_to_async(self.robot.home)
+            future.add_done_callback(self._moveit_home_done)
+            response.success, response.message = True, "MoveItPy: planning and executing home"
             return response
         # slow and straight in joint space; streaming pauses for the move, and afterwards the
         # arm holds home (no stale pose comes back) until a chunk observed after it arrives
         seconds = self.chunk_executor.home_move(now, self.robot.home, self.measured_q,
                                                 self.p["home_speed"])
-        # one point at rest: the JTC draws a cubic there; an e-stop or deactivate replaces it
-        # with a stop that brakes from where this move is
-        self.home_trajectory.move_to(self.robot.home, seconds)
+        # from where the reference is to home at rest (a cubic); an e-stop or deactivate
+        # replaces it with a stop that brakes from where this move has got to
+        stamp, points = self.chunk_executor.motion_points()
+        self.home_trajectory.publish(stamp, *zip(*points))
         response.success, response.message = True, f"going home in {seconds:.1f} s"
         return response
+
+    def _moveit_home_done(self, future) -> None:
+        """MoveItPy's home move ended (its worker thread): say how, resume streaming."""
+        result = future.result()
+        log = self.get_logger()
+        (log.info if result.success else log.error)(
+            f"go_home (MoveItPy): {result.status} {result.message}".rstrip())
+        if self.chunk_executor is not None and not self.chunk_executor.engaged:
+            self.chunk_executor.resume(now_seconds(self))
 
     # ------------------------------------------------------------------ control loop
 
@@ -414,6 +435,9 @@ class ExecutorNode(LifecycleNode):
         now = now_seconds(self)
         age = time.monotonic() - self._state_arrival
         command = self.chunk_executor.tick(now, self.measured_q, self._state_stamp, age)
+        halted = getattr(self.backend, "halted", None)
+        if halted and command.kind == "track":  # Servo halted itself: send zeros, say why
+            command.kind, command.reasons = "halted", (f"MoveIt Servo halted: {halted}",)
         if command.kind == "track" or command.stop or not self.chunk_executor.joint_space:
             self.backend.send(command)
         if self.executed is not None:
@@ -424,7 +448,7 @@ class ExecutorNode(LifecycleNode):
         self.gripper.send(command.gripper, now)
         if command.kind != self._reported_kind:  # say so now, not at the next 1 Hz report
             self._reported_kind = command.kind
-            if command.kind in ("no_state", "estop"):
+            if command.kind in ("no_state", "estop", "halted"):
                 self.get_logger().error(f"{command.kind}: {command.reasons[0]}")
             self.publish_diagnostics()
 
@@ -462,10 +486,13 @@ class ExecutorNode(LifecycleNode):
         self.diagnostics.publish(level, f"{lifecycle}: {message}", values)
 
     def close(self) -> None:
-        """Stop the control thread and leave the arm braking to rest."""
+        """Stop the control thread, leave the arm braking to rest, stop the e-stop thread."""
         if self.backend is not None:
             self._hold()
         self._stop_stream()
+        if self.estop_listener is not None:
+            self.estop_listener.destroy()
+            self.estop_listener = None
 
 
 def main(args=None) -> int:
