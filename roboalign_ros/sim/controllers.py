@@ -103,11 +103,13 @@ class JointTrajectoryFollower:
         ``current`` is unused (kept for callers; the start state is taken when sampling).
         """
         names = list(joint_names)
-        if not names:  # validate_trajectory_msg, in its order
-            raise CommandRejected("Empty joint names on incoming trajectory.")
+        # validate_trajectory_msg, in its order: the joint count first (allow_partial_joints_goal
+        # false), so that no joint names at all reads "don't match", as upstream
         if len(names) != len(self.joint_names):
             raise CommandRejected("Joints on incoming trajectory don't match the controller "
                                   f"joints. (got {names}, controller: {list(self.joint_names)})")
+        if not names:
+            raise CommandRejected("Empty joint names on incoming trajectory.")
         if not len(positions):
             raise CommandRejected("Empty trajectory received.")
         unknown = [n for n in names if n not in self._index]
@@ -133,7 +135,8 @@ class JointTrajectoryFollower:
                                       f"velocities (shape {vel.shape})")
         if (not self.allow_nonzero_velocity_at_trajectory_end and vel is not None
                 and np.any(np.abs(vel[-1]) > np.finfo(np.float32).eps)):
-            j = int(np.argmax(np.abs(vel[-1])))
+            # validate_trajectory_msg names the first such joint (in message order)
+            j = int(np.argmax(np.abs(vel[-1]) > np.finfo(np.float32).eps))
             raise CommandRejected(f"Velocity of last trajectory point of joint {names[j]} is "
                                   f"not zero: {vel[-1][j]:.15f}")
         if start_time != 0.0 and start_time + times[-1] < now:
