@@ -222,16 +222,13 @@ class Probe:
         self.home_client = node.create_client(Trigger, "/executor_node/go_home")
         self._Trigger = Trigger
         names = list(robot.joint_names)
-        self._order = None
 
-        def on_state(msg):
-            if self._order is None:
-                index = {n: i for i, n in enumerate(msg.name)}
-                if not all(n in index for n in names):
-                    return
-                self._order = [index[n] for n in names]
+        def on_state(msg):  # by name: publishers order the joints as they like
+            index = {n: i for i, n in enumerate(msg.name)}
+            if not all(n in index for n in names):
+                return
             stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            self.states.append((stamp, [msg.position[i] for i in self._order]))
+            self.states.append((stamp, [msg.position[index[n]] for n in names]))
 
         self.state_sub = node.create_subscription(JointState, "/joint_states", on_state, 100)
         node.create_subscription(Float64MultiArray, robot.gripper_topic,
