@@ -9,6 +9,13 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${ROBOALIGN_VENV:-$HOME/.venvs/roboalign_ros}"
 PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(libosmesa6 libegl1 libgl1 libusb-1.0-0 libxml2-utils cmake g++ make)
+# the run-time libraries of the prebuilt ros2_control (its README), where that tree is present:
+# make test-controllers runs the real controllers from it
+RC_VENDOR="${ROBOALIGN_ROS2_CONTROL:-$ROOT/../shared/vendor/ros2_control_kilted}"
+if [ -f "$RC_VENDOR/env.sh" ]; then
+  APT_PACKAGES+=(libcap2 libconsole-bridge1.0 libdw1 libelf1 libfmt9 libtinyxml2-9 libtinyxml2.6.2v5
+                 liburdfdom-model3.0)
+fi
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*"; }
 
