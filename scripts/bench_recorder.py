@@ -6,10 +6,15 @@ A publisher process plays the robot (two synthetic cameras, /joint_states at 500
 and records one episode of ``--seconds`` at 30 fps through its services. Prints frames
 recorded and dropped (with reasons), the CPU use of each process (fraction of one core), the
 save time and the dataset size (and MB per minute). ``--depth`` adds an aligned 16UC1 depth
-stream per camera (stored losslessly), ``--bag`` the rosbag2 (MCAP) of the raw topics.
+stream per camera (stored losslessly), ``--bag`` the rosbag2 (MCAP) of the raw topics:
+``--bag-compression zstd|none`` (MCAP chunks), ``--bag-images raw|compressed`` (the camera's
+image_transport topics in the bag instead of the raw ones: the publisher then also sends
+``<topic>/compressed``, JPEG quality 95, and ``<depth topic>/compressedDepth``, 16-bit PNG level
+9, encoded once at its start like its pre-rendered frames, as a camera driver would send them).
 
     python scripts/bench_recorder.py [--seconds 120] [--fps 30] [--width 640 --height 480]
-                                     [--depth] [--bag]
+                                     [--depth] [--bag [--bag-compression zstd|none]
+                                     [--bag-images raw|compressed]]
 """
 
 from __future__ import annotations
@@ -37,12 +42,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def compressed(image, encoding: str):
+    """A sensor_msgs/CompressedImage as image_transport's compressed (colour: JPEG quality 95)
+    or compressedDepth (16UC1: 12-byte header + PNG level 9) plugin sends it."""
+    import io
+    import struct
+
+    from PIL import Image as PILImage
+    from sensor_msgs.msg import CompressedImage
+
+    buf = io.BytesIO()
+    if encoding == "16UC1":
+        buf.write(struct.pack("<iff", 1, 0.0, 0.0))  # ConfigHeader: format PNG, no params
+        PILImage.fromarray(image).save(buf, format="PNG", compress_level=9)
+        return CompressedImage(format="16UC1; compressedDepth png", data=buf.getvalue())
+    PILImage.fromarray(image).save(buf, format="JPEG", quality=95)
+    return CompressedImage(format="rgb8; jpeg compressed bgr8", data=buf.getvalue())
+
+
 def publisher(args) -> None:
     """The synthetic robot (runs in its own process)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
     import rclpy
     from rclpy.node import Node
-    from sensor_msgs.msg import JointState
+    from sensor_msgs.msg import CompressedImage, JointState
     from std_msgs.msg import Float64MultiArray
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -66,6 +91,21 @@ def publisher(args) -> None:
                   for t in DEPTH_TOPICS] if args.depth else []
     depths = [[numpy_to_image(synthetic_depth(k, args.height, args.width, seed=c), "16UC1")
                for k in range(0, 90, 3)] for c in range(2)] if args.depth else []
+    # the camera driver's image_transport topics, encoded once (PNG level 9 is slow)
+    comp_pubs, comps = [], []
+    if args.bag_images == "compressed":
+        sources = [(t + "/compressed", [synthetic_image(k, args.height, args.width, seed=c)
+                                         for k in range(0, 90, 3)], "rgb8")
+                   for c, t in enumerate(CAM_TOPICS)]
+        if args.depth:
+            sources += [(t + "/compressedDepth", [synthetic_depth(k, args.height, args.width,
+                                                                  seed=c)
+                                                  for k in range(0, 90, 3)], "16UC1")
+                        for c, t in enumerate(DEPTH_TOPICS)]
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            for topic, images, encoding in sources:
+                comp_pubs.append(node.create_publisher(CompressedImage, topic, IMAGE_QOS))
+                comps.append(list(pool.map(lambda im, e=encoding: compressed(im, e), images)))
     names = list(robot.arm_joints) + list(robot.gripper_joints)
     js = JointState(name=names)
     print("READY", flush=True)
@@ -116,6 +156,10 @@ def publisher(args) -> None:
                     msg = depths[c][k % len(depths[c])]
                     seconds_to_stamp(now, msg.header.stamp)
                     publish(depth_pubs[c], msg)
+            for pub, msgs in zip(comp_pubs, comps):
+                msg = msgs[k % len(msgs)]
+                seconds_to_stamp(now, msg.header.stamp)
+                publish(pub, msg)
             sent["images"] += 1
             k += 1
         wait = min(next_img, next_joint, next_cmd) - time.time()
@@ -134,6 +178,8 @@ def main() -> int:
     ap.add_argument("--max-skew", type=float, default=0.025)
     ap.add_argument("--depth", action="store_true", help="and an aligned depth per camera")
     ap.add_argument("--bag", action="store_true", help="recorder_node bag.enabled (MCAP)")
+    ap.add_argument("--bag-compression", default="zstd", choices=["zstd", "none"])
+    ap.add_argument("--bag-images", default="raw", choices=["raw", "compressed"])
     ap.add_argument("--keep", help="write the dataset here instead of a temp dir")
     ap.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -155,6 +201,7 @@ def main() -> int:
     pub = subprocess.Popen([sys.executable, __file__, "--publisher", "--seconds",
                             str(args.seconds), "--camera-rate", str(args.camera_rate),
                             "--width", str(args.width), "--height", str(args.height),
+                            "--bag-images", args.bag_images if args.bag else "raw",
                             *(["--depth"] if args.depth else [])],
                            stdout=subprocess.PIPE, text=True, env=env)
     rec_log = open(tmp / "recorder.log", "w")  # noqa: SIM115
@@ -165,7 +212,8 @@ def main() -> int:
          "-p", f"camera_topics:=[{CAM_TOPICS[0]},{CAM_TOPICS[1]}]",
          *(["-p", "depth_cameras:=[cam0_depth,cam1_depth]",
             "-p", f"depth_topics:=[{DEPTH_TOPICS[0]},{DEPTH_TOPICS[1]}]"] if args.depth else []),
-         *(["-p", "bag.enabled:=true"] if args.bag else [])],
+         *(["-p", "bag.enabled:=true", "-p", f"bag.compression:={args.bag_compression}",
+            "-p", f"bag.images:={args.bag_images}"] if args.bag else [])],
         stdout=rec_log, stderr=subprocess.STDOUT, env=env)
     rclpy.init()
     node = Node("bench_driver")
@@ -229,6 +277,8 @@ def main() -> int:
         expected = int(args.seconds * args.fps)
         dropped = stop.message.rsplit("dropped", 1)[-1].strip()
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        bag_bytes = sum(p.stat().st_size for p in (root / "bags").rglob("*") if p.is_file()) \
+            if (root / "bags").is_dir() else 0
         result = {
             "seconds": round(wall, 1), "fps": args.fps, "cameras": f"2 x {args.width}x"
             f"{args.height} @ {args.camera_rate} Hz", "joint_states_hz": 500,
@@ -242,10 +292,13 @@ def main() -> int:
             "status_while_encoding": [m for _, m in encoding_messages[:3]],
             "save_seconds": round(save_s, 2), "save_cpu_seconds": round(c2 - c1[rec.pid], 2),
             "depth": args.depth, "bag": args.bag,
+            **({"bag_compression": args.bag_compression, "bag_images": args.bag_images}
+               if args.bag else {}),
             "dataset_mb": round(size / 1e6, 1),
             "mb_per_minute": round(size / 1e6 / (wall / 60), 1),
-            "bag_mb": round(sum(p.stat().st_size for p in (root / "bags").rglob("*")
-                                if p.is_file()) / 1e6, 1) if (root / "bags").is_dir() else 0.0,
+            "bag_mb": round(bag_bytes / 1e6, 1),
+            "bag_mb_per_minute": round(bag_bytes / 1e6 / (wall / 60), 1),
+            "bag_dropped_messages": diag.get("bag_dropped", ""),
             "publisher_during_episode": {
                 k: sent1.get(k, 0) - sent0.get(k, 0) for k in (
                     "images", "joint_states", "images_late_10ms", "publish_errors")},

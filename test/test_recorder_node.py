@@ -41,10 +41,14 @@ def command_at(t: float) -> np.ndarray:
 
 def start_recorder(root: Path, log: Path, name: str = "recorder_node",
                    **params) -> subprocess.Popen:
-    """Launch recorder_node (node ``name``) in a subprocess with `params` (-p name:=value)."""
+    """Launch recorder_node (node ``name``) in a subprocess with `params` (-p name:=value).
+
+    Its stops answer once the episode is saved (stop_wait 60 s): these tests read the dataset
+    right after; test_recorder_encoding covers the stop that answers before.
+    """
     args = [sys.executable, "-m", "roboalign_ros.nodes.recorder_node", "--ros-args",
-            "-r", f"__node:={name}",
-            "-p", f"dataset_root:={root}", "-p", "fps:=10", "-p", "status_rate:=5.0"]
+            "-r", f"__node:={name}", "-p", f"dataset_root:={root}", "-p", "fps:=10",
+            "-p", "status_rate:=5.0", "-p", "stop_wait:=60.0"]
     for k, v in params.items():
         args += ["-p", f"{k}:={v}"]
     out = open(log, "w")  # noqa: SIM115 - closed with the process
@@ -54,11 +58,12 @@ def start_recorder(root: Path, log: Path, name: str = "recorder_node",
 class Feeder:
     """Synthetic robot in the test process: publishes from a thread, calls services."""
 
-    def __init__(self, context, recorder: str = "/recorder_node", depth: bool = False):
+    def __init__(self, context, recorder: str = "/recorder_node", depth: bool = False,
+                 compressed: bool = False):
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
-        from sensor_msgs.msg import Image, JointState
+        from sensor_msgs.msg import CompressedImage, Image, JointState
         from std_msgs.msg import Float64MultiArray, String
         from trajectory_msgs.msg import JointTrajectory
 
@@ -72,6 +77,10 @@ class Feeder:
         # aligned depth with the colour frame's stamp (16UC1, mm), as realsense2_camera sends it
         self.depth_pub = self.node.create_publisher(
             Image, "/camera/camera/aligned_depth_to_color/image_raw", IMAGE_QOS) if depth else None
+        # the camera driver's image_transport topic too (JPEG), as realsense2_camera sends it
+        self.compressed_pub = self.node.create_publisher(
+            CompressedImage, "/camera/camera/color/image_raw/compressed", IMAGE_QOS) \
+            if compressed else None
         self.joint_pub = self.node.create_publisher(JointState, "/joint_states", 10)
         self.traj_pub = self.node.create_publisher(JointTrajectory,
                                                    "/arm_controller/joint_trajectory", COMMAND_QOS)
@@ -100,7 +109,7 @@ class Feeder:
     def wait_matched(self, timeout: float = 30.0) -> None:
         """Wait until the recorder subscribed to every stream (first messages are lost before)."""
         pubs = [self.image_pub, self.joint_pub, self.traj_pub, self.grip_pub]
-        pubs += [self.depth_pub] if self.depth_pub is not None else []
+        pubs += [p for p in (self.depth_pub, self.compressed_pub) if p is not None]
         assert spin_until(self.executor, lambda: all(p.get_subscription_count() for p in pubs),
                           timeout), "recorder_node never subscribed"
 
@@ -155,6 +164,10 @@ class Feeder:
                 with self.lock:
                     self.images.append((stamp_to_seconds(img.header.stamp), k))
                 self.image_pub.publish(img)
+                if self.compressed_pub is not None:
+                    from test_recording_from_bag import compressed
+
+                    self.compressed_pub.publish(compressed(synthetic_image(k, H, W), now))
                 if self.depth_pub is not None:
                     self.depth_pub.publish(numpy_to_image(
                         synthetic_depth(k, H, W), "16UC1", stamp=now,
@@ -245,6 +258,7 @@ def check_episode_matches_feed(feeder: Feeder, episode, max_skew: float = 0.05) 
         cmd_times = np.array([t for t, _ in feeder.commands])
         cmds = [q for _, q in feeder.commands]
     diffs = []
+    max_skew += 1e-6  # the capture time comes back from integer nanoseconds
     for i, t in enumerate(episode.capture_times):
         # the stored state is exactly one published within max_skew of the frame time (the
         # nearest one unless DDS lost it: sensor topics are best effort)
@@ -514,3 +528,51 @@ def test_each_saved_episode_also_has_its_raw_topics_in_a_rosbag2(rclpy_context, 
     np.testing.assert_array_equal(again.actions, live.actions)
     diff = np.abs(again.frames["scene"].astype(int) - live.frames["scene"].astype(int))
     assert diff.mean() <= 1.0, diff.mean()   # both decoded from H.264 of the same frames
+
+
+def test_with_bag_images_compressed_the_bag_holds_the_camera_s_compressed_topic(rclpy_context,
+                                                                                tmp_path):
+    """bag.images: compressed records the driver's <topic>/compressed instead of the raw
+    images, in zstd MCAP chunks, and from-bag turns that bag back into the episode."""
+    from mcap.reader import make_reader
+    from rosbags.rosbag2 import Reader
+
+    from roboalign_ros.data import DatasetReader
+    from roboalign_ros.recording import from_bag as fb
+    from roboalign_ros.robot import package_path
+
+    root = tmp_path / "ds"
+    proc = start_recorder(root, tmp_path / "recorder.log", "recorder_cbag",
+                          **{"bag.enabled": "true", "bag.images": "compressed"})
+    feeder = Feeder(rclpy_context, "/recorder_cbag", compressed=True)
+    try:
+        feeder.wait_matched()
+        feeder.start()
+        feeder.wait(0.5)
+        assert start_when_ready(feeder).success
+        feeder.wait(1.5)
+        assert feeder.stop_episode(save=True).success
+    finally:
+        feeder.close()
+        proc.terminate()
+        proc.wait(timeout=15)
+    bag = root / "bags" / "episode_000000"
+    with Reader(bag) as reader:
+        found = {c.topic: (c.msgtype, c.msgcount) for c in reader.connections}
+    assert "/camera/camera/color/image_raw" not in found
+    kind, count = found["/camera/camera/color/image_raw/compressed"]
+    assert kind == "sensor_msgs/msg/CompressedImage" and count >= 15, found
+    with open(next(bag.glob("*.mcap")), "rb") as f:
+        chunks = list(make_reader(f).get_summary().chunk_indexes)
+    assert {c.compression for c in chunks} == {"zstd"}
+    m = fb.load_map(package_path("config", "bag_maps", "recorder.yaml"))
+    m.split_topic, m.fps = "/recorder_cbag/episode_events", 10
+    result = fb.convert([bag], m, tmp_path / "from_bag", progress=False)
+    assert result.episodes == 1, result.summary()
+    live = DatasetReader(root).episode(0)
+    again = DatasetReader(tmp_path / "from_bag").episode(0)
+    assert len(again) == len(live)
+    np.testing.assert_allclose(again.capture_times, live.capture_times, atol=1e-6)
+    np.testing.assert_array_equal(again.states, live.states)
+    diff = np.abs(again.frames["scene"].astype(int) - live.frames["scene"].astype(int))
+    assert diff.mean() <= 2.0, diff.mean()  # JPEG 95 in the bag, then H.264 both ways

@@ -28,17 +28,55 @@ def joints(t: float) -> list[float]:
     return [0.1 * np.sin(t + i) for i in range(len(ARM))] + [0.02, 0.02]
 
 
-def write_bag(path: Path, segments, storage=StoragePlugin.MCAP, instruction=True) -> list:
-    """A bag of `segments` [(start, seconds)]: camera 30 Hz, joints 100 Hz, commands 50 Hz."""
+COLOUR, DEPTH = "/camera/camera/color/image_raw", "/camera/camera/aligned_depth_to_color/image_raw"
+
+
+def compressed(image: np.ndarray, stamp: float, depth_format: str = "png"):
+    """The CompressedImage image_transport sends: colour JPEG (``<topic>/compressed``) or
+    depth as a 12-byte header + 16-bit PNG (``<topic>/compressedDepth``)."""
+    import io
+    import struct
+
+    from PIL import Image as PILImage
+    from sensor_msgs.msg import CompressedImage
+
+    buf = io.BytesIO()
+    if image.dtype == np.uint16:
+        buf.write(struct.pack("<iff", 1, 0.0, 0.0))
+        PILImage.fromarray(image).save(buf, format="PNG")
+        msg = CompressedImage(format=f"16UC1; compressedDepth {depth_format}",
+                              data=buf.getvalue())
+    else:
+        PILImage.fromarray(image).save(buf, format="JPEG", quality=95)
+        msg = CompressedImage(format="rgb8; jpeg compressed bgr8", data=buf.getvalue())
+    seconds_to_stamp(stamp, msg.header.stamp)
+    return msg
+
+
+def write_bag(path: Path, segments, storage=StoragePlugin.MCAP, instruction=True,
+              compressed_images=False, depth_format="png") -> list:
+    """A bag of `segments` [(start, seconds)]: camera 30 Hz, joints 100 Hz, commands 50 Hz.
+
+    ``compressed_images``: the camera as image_transport's compressed topics (colour and an
+    aligned depth), in zstd-compressed MCAP chunks.
+    """
+    from rosbags.rosbag2 import CompressionFormat, CompressionMode
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, String
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+    from roboalign_ros.data.synthetic import synthetic_depth
+
     store = typestore()
     w = Writer(path, version=9, storage_plugin=storage)
+    images = [(COLOUR, "sensor_msgs/msg/Image")]
+    if compressed_images:
+        w.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+        images = [(COLOUR + "/compressed", "sensor_msgs/msg/CompressedImage"),
+                  (DEPTH + "/compressedDepth", "sensor_msgs/msg/CompressedImage")]
     w.open()
     conn = {t: w.add_connection(t, ty, typestore=store) for t, ty in [
-        ("/camera/camera/color/image_raw", "sensor_msgs/msg/Image"),
+        *images,
         ("/joint_states", "sensor_msgs/msg/JointState"),
         ("/arm_controller/joint_trajectory", "trajectory_msgs/msg/JointTrajectory"),
         ("/gripper_controller/commands", "std_msgs/msg/Float64MultiArray"),
@@ -60,7 +98,14 @@ def write_bag(path: Path, segments, storage=StoragePlugin.MCAP, instruction=True
                 msg = JointTrajectory(joint_names=ARM)
                 msg.points = [JointTrajectoryPoint(positions=[t - T0] * len(ARM))]
                 events.append((t + 0.001, "/arm_controller/joint_trajectory", msg))
-            if i % 3 == 0:
+            if i % 3 == 0 and compressed_images:
+                events.append((t + 0.002, COLOUR + "/compressed",
+                               compressed(synthetic_image(k, H, W), t)))
+                events.append((t + 0.002, DEPTH + "/compressedDepth",
+                               compressed(synthetic_depth(k, H, W), t, depth_format)))
+                frames.append((t, k))
+                k += 1
+            elif i % 3 == 0:
                 events.append((t + 0.002, "/camera/camera/color/image_raw",
                                numpy_to_image(synthetic_image(k, H, W), "rgb8", stamp=t)))
                 frames.append((t, k))
@@ -95,6 +140,36 @@ def test_a_bag_with_a_pause_becomes_two_episodes_sampled_like_the_recorder(tmp_p
             np.testing.assert_allclose(ep.states[i][:6], q[:6], atol=1e-6)
             assert ep.actions[i][6] == pytest.approx(0.7, abs=1e-6)
     assert result.messages["/camera/camera/color/image_raw"] == len(frames)
+
+
+def test_compressed_image_topics_in_zstd_chunks_convert(tmp_path):
+    """A bag of image_transport's compressed topics (what recorder_node's bag.images:
+    compressed records): the map's raw topics fall back to them; depth stays bit-exact."""
+    from mcap.reader import make_reader
+
+    from roboalign_ros.data.synthetic import synthetic_depth
+
+    bag = tmp_path / "bag"
+    frames = write_bag(bag, [(0.0, 2.0)], compressed_images=True)
+    with open(next(bag.glob("*.mcap")), "rb") as f:
+        chunks = list(make_reader(f).get_summary().chunk_indexes)
+    assert chunks and {c.compression for c in chunks} == {"zstd"}
+    m = gap_map()
+    m.depth_cameras = {"scene_depth": DEPTH}
+    result = fb.convert([bag], m, tmp_path / "ds", progress=False)
+    assert result.episodes == 1 and not result.skipped_frames, result.summary()
+    ep = DatasetReader(tmp_path / "ds").episode(0, depth=True)
+    stamps = np.array([t for t, _ in frames])
+    assert len(ep) >= 24
+    for i, t in enumerate(ep.capture_times):
+        k = frames[int(np.argmin(np.abs(stamps - t)))][1]
+        np.testing.assert_array_equal(ep.depth["scene_depth"][i], synthetic_depth(k, H, W))
+        diff = np.abs(ep.frames["scene"][i].astype(int) - synthetic_image(k, H, W))
+        assert diff.mean() < 3.0  # JPEG 95 then H.264
+    # a depth format this converter cannot decode is named in what was skipped
+    write_bag(tmp_path / "rvl", [(0.0, 1.0)], compressed_images=True, depth_format="rvl")
+    with pytest.raises(fb.BagError, match="(?s)no episode converted.*compressedDepth rvl"):
+        fb.convert([tmp_path / "rvl"], m, tmp_path / "x", progress=False)
 
 
 def test_sqlite3_bags_convert_too_and_task_comes_from_the_command_line(tmp_path):

@@ -39,10 +39,10 @@ def feed(session: RecordingSession, clock: Clock, seconds: float, fps: int = 10,
         session.tick()
 
 
-def make(tmp_path, clock, **kw) -> RecordingSession:
+def make(tmp_path, clock, on_info=None, on_error=None, **kw) -> RecordingSession:
     cfg = SessionConfig(root=tmp_path / "ds", fps=10, arm_joints=ARM, cameras=["scene"],
                         max_skew=0.02, delay=0.05, **kw)
-    return RecordingSession(cfg, clock=clock)
+    return RecordingSession(cfg, clock=clock, on_info=on_info, on_error=on_error)
 
 
 def test_joint_trajectory_actions_and_gripper_fallback(tmp_path):

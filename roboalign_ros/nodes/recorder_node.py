@@ -18,7 +18,7 @@ from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
@@ -38,7 +38,7 @@ from roboalign_ros.nodes.common import (
     sensor_qos_for,
 )
 from roboalign_ros.recording import actions as act
-from roboalign_ros.recording.bag import BagRecorder
+from roboalign_ros.recording.bag import BagRecorder, check_compression
 from roboalign_ros.recording.feed import MessageFeed
 from roboalign_ros.recording.session import (
     RecorderState,
@@ -84,7 +84,10 @@ PARAMETERS = {
     "bag.enabled": False,  # also write each episode's raw topics as a rosbag2 (MCAP)
     "bag.queue_size": 2000,  # messages waiting for the bag writer before they drop
     "bag.preroll": 1.0,  # s of each topic before the start also in the bag (+ its newest)
+    "bag.compression": "zstd",  # none | zstd: MCAP chunk compression
+    "bag.images": "raw",  # raw | compressed: the camera's image_transport topics instead
 }
+BAG_IMAGES = ("raw", "compressed")
 DESCRIPTIONS = {
     "dataset_root": "LeRobot v3 dataset directory (created on the first episode, else appended)",
     "max_skew": "largest |input stamp - frame time| (s) before a frame is dropped",
@@ -98,6 +101,12 @@ DESCRIPTIONS = {
                    "<dataset_root>/bags/episode_<index>/ (rosbag2, MCAP), kept when it is saved",
     "sensor_reliability": "reliable | best_effort: QoS of the camera and joint state "
                           "subscriptions (best_effort loses most large images over DDS here)",
+    "bag.compression": "zstd: the bag's MCAP chunks are zstd-compressed (any MCAP reader "
+                       "reads them) | none",
+    "bag.images": "raw: the image topics themselves go to the bag | compressed: the camera "
+                  "driver's image_transport topics instead (<topic>/compressed for colour, "
+                  "<topic>/compressedDepth for depth, sensor_msgs/CompressedImage; the driver "
+                  "must publish them); the dataset is recorded from the raw topics either way",
     "stop_wait": "seconds stop_episode waits for the episode's encoding to finish; a longer "
                  "one is answered at once and saved when done (status message: encoding)",
     "spool.max_gb": "bound on the raw frames of unsaved episodes on disk (the spool): frames "
@@ -128,6 +137,9 @@ class RecorderNode(Node):
             depth_topics = [""]  # one depth camera: the robot config's aligned depth
         depth_topics = [t or robot.depth_topic for t in depth_topics]
         source = act.check_action_source(p["action_source"])
+        check_compression(p["bag.compression"])
+        if p["bag.images"] not in BAG_IMAGES:
+            raise ValueError(f"bag.images: {p['bag.images']!r} is not one of {list(BAG_IMAGES)}")
         image_qos = sensor_qos_for(p["sensor_reliability"], 10)
         joint_qos = sensor_qos_for(p["sensor_reliability"], 200)  # 0.4 s at 500 Hz
         self.session = RecordingSession(SessionConfig(
@@ -150,8 +162,14 @@ class RecorderNode(Node):
 
         self._bag_topics: dict[str, str] = {}  # topic -> type, when bag.enabled
         sub = self._subscribe
+        compressed = p["bag.images"] == "compressed"
+        self._compressed_topics: dict[str, str] = {}  # camera -> its topic in the bag
         for cam, topic in zip([*cameras, *depth], [*topics, *depth_topics]):
-            sub(Image, topic, lambda m, c=cam: self.on_image(c, m), image_qos)
+            sub(Image, topic, lambda m, c=cam: self.on_image(c, m), image_qos, bag=not compressed)
+            if compressed and p["bag.enabled"]:
+                self._compressed_topics[cam] = topic + ("/compressedDepth" if cam in depth
+                                                        else "/compressed")
+                sub(CompressedImage, self._compressed_topics[cam], None, image_qos)
         sub(JointState, robot.topics["joint_states"], self.on_joint_state, joint_qos)
         if source == "joint_trajectory":
             sub(JointTrajectory, robot.trajectory_topic, self.on_trajectory, COMMAND_SUB_QOS)
@@ -171,7 +189,8 @@ class RecorderNode(Node):
             sub(Reasoning, p["reasoning_topic"], None, COMMAND_SUB_QOS)
             self.bag = BagRecorder(Path(p["dataset_root"]).expanduser(), self._bag_topics,
                                    p["bag.queue_size"], p["bag.preroll"],
-                                   f"{self.get_fully_qualified_name()}/episode_events")
+                                   f"{self.get_fully_qualified_name()}/episode_events",
+                                   p["bag.compression"])
         self.create_timer(1.0 / p["fps"], self.session.tick)
 
         self.create_service(StartEpisode, "~/start_episode", self.on_start)
@@ -188,9 +207,9 @@ class RecorderNode(Node):
 
     # ------------------------------------------------------------------ inputs
 
-    def _subscribe(self, msg_type, topic: str, callback, qos) -> None:
-        """Subscribe; with bag.enabled every message also goes to the episode's bag."""
-        if not self.p["bag.enabled"]:
+    def _subscribe(self, msg_type, topic: str, callback, qos, bag: bool = True) -> None:
+        """Subscribe; with bag.enabled (and ``bag``) every message also goes to the bag."""
+        if not (self.p["bag.enabled"] and bag):
             self.create_subscription(msg_type, topic, callback, qos)
             return
         self._bag_topics[topic] = f"{msg_type.__module__.split('.')[0]}/msg/{msg_type.__name__}"
@@ -248,6 +267,12 @@ class RecorderNode(Node):
             r.episode_index
         self._log_result("start_episode", r)
         if r.success and self.bag is not None:
+            for cam, topic in self._compressed_topics.items():
+                if not self.count_publishers(topic):
+                    self.get_logger().warning(
+                        f"bag.images compressed: nobody publishes {topic} (the camera driver's "
+                        f"image_transport): the bag of episode {r.episode_index} has no images "
+                        f"of {cam!r}")
             try:
                 s = self.session
                 self.bag.start(r.episode_index, self.get_clock().now().nanoseconds, {

@@ -8,6 +8,12 @@ bag is the standard layout (``metadata.yaml`` + ``<name>.mcap``) that ``ros2 bag
 is saved; a discarded episode's bag is deleted, and a crash leaves only a ``tmp/`` entry that
 the next start removes (with the episode it belonged to).
 
+Compression (``compression``): ``zstd`` compresses the MCAP chunks (1 MiB each, zstd level 3;
+what ``ros2 bag record --storage-preset-profile zstd_fast`` does, and every MCAP reader
+decompresses them), ``none`` writes them as they are. Images take nearly all of a bag's bytes:
+``recorder_node``'s ``bag.images: compressed`` records the camera's image_transport topics
+(``<topic>/compressed``, ``<topic>/compressedDepth``) instead of the raw ones.
+
 A bag holds everything the recorder used for its frames: each topic's messages of the last
 ``preroll`` seconds before the start (and always its newest one: a gripper command sent once
 before the episode still sets its actions), and an episode-events topic (std_msgs/String,
@@ -29,6 +35,14 @@ log = logging.getLogger(__name__)
 
 BAGS_DIR = "bags"
 TMP_DIR = "tmp"
+COMPRESSIONS = ("none", "zstd")
+
+
+def check_compression(compression: str) -> str:
+    """Return ``compression`` if it is one of COMPRESSIONS, else ValueError naming them."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"bag compression: {compression!r} is not one of {list(COMPRESSIONS)}")
+    return compression
 
 
 def bag_name(episode_index: int) -> str:
@@ -54,12 +68,15 @@ class EpisodeBag:
     """One episode's bag: written under ``bags/tmp/<name>``, committed or discarded whole.
 
     ``topics`` maps each topic to its type (``sensor_msgs/msg/Image``); ``write`` takes CDR
-    bytes (``rclpy.serialization.serialize_message``) and a receive time in nanoseconds.
+    bytes (``rclpy.serialization.serialize_message``) and a receive time in nanoseconds;
+    ``compression``: see the module docstring.
     """
 
-    def __init__(self, dataset_root: str | Path, name: str, topics: dict[str, str], store=None):
-        from rosbags.rosbag2 import StoragePlugin, Writer
+    def __init__(self, dataset_root: str | Path, name: str, topics: dict[str, str], store=None,
+                 compression: str = "zstd"):
+        from rosbags.rosbag2 import CompressionFormat, CompressionMode, StoragePlugin, Writer
 
+        check_compression(compression)
         self.bags = Path(dataset_root) / BAGS_DIR
         self.name = name
         self.tmp = self.bags / TMP_DIR / name
@@ -68,6 +85,8 @@ class EpisodeBag:
         self.tmp.parent.mkdir(parents=True, exist_ok=True)
         store = store or typestore()
         self._writer = Writer(self.tmp, version=9, storage_plugin=StoragePlugin.MCAP)
+        if compression == "zstd":  # MCAP chunk compression ("storage"), not a .zstd file
+            self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
         self._writer.open()
         self._connections = {}
         try:
@@ -119,8 +138,10 @@ class BagRecorder:
     """
 
     def __init__(self, dataset_root: str | Path, topics: dict[str, str],
-                 queue_size: int = 2000, preroll: float = 1.0, events_topic: str = ""):
+                 queue_size: int = 2000, preroll: float = 1.0, events_topic: str = "",
+                 compression: str = "zstd"):
         self.root, self.topics = Path(dataset_root), dict(topics)
+        self.compression = check_compression(compression)
         self.events_topic = events_topic
         if events_topic:
             self.topics[events_topic] = "std_msgs/msg/String"
@@ -239,7 +260,8 @@ class BagRecorder:
                 if kind == "start":
                     if self._bag is not None:
                         self._bag.discard()
-                    self._bag = EpisodeBag(self.root, args[0], self.topics, self._store)
+                    self._bag = EpisodeBag(self.root, args[0], self.topics, self._store,
+                                           self.compression)
                     for topic, stamp_ns, data in args[1]:
                         self._bag.write(topic, stamp_ns, data)
                     self.error = None

@@ -8,6 +8,10 @@ a message it refuses; the caller counts and logs it.
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
+
 from roboalign_ros.conversions import (
     JointStateMapper,
     action_chunk_to_numpy,
@@ -30,9 +34,16 @@ class MessageFeed:
         self.action_max_age = action_max_age
 
     def image(self, camera: str, msg) -> None:
-        """Camera frame (colour or depth), a zero-copy view keyed by its stamp."""
-        self.session.push_image(camera, stamp_to_seconds(msg.header.stamp), image_to_numpy(msg),
-                                msg.encoding)
+        """Camera frame (colour or depth), a zero-copy view keyed by its stamp.
+
+        A ``sensor_msgs/CompressedImage`` (image_transport's compressed / compressedDepth, as
+        bags hold them) is decoded first.
+        """
+        stamp = stamp_to_seconds(msg.header.stamp)
+        if hasattr(msg, "format"):
+            self.session.push_image(camera, stamp, *compressed_image_to_numpy(msg))
+        else:
+            self.session.push_image(camera, stamp, image_to_numpy(msg), msg.encoding)
 
     def joint_state(self, msg) -> None:
         """Joint states -> state vector (arm joints + gripper opening)."""
@@ -68,3 +79,34 @@ class MessageFeed:
     def instruction(self, msg) -> None:
         """The instruction an episode without a task is recorded under."""
         self.session.set_instruction(msg.data)
+
+
+def compressed_image_to_numpy(msg) -> tuple[np.ndarray, str]:
+    """Decode a ``sensor_msgs/CompressedImage`` of image_transport; returns (array, encoding).
+
+    ``compressed`` (format ``"rgb8; jpeg compressed bgr8"``, or png): HxWx3 uint8 RGB,
+    ``rgb8``. ``compressedDepth`` (``"16UC1; compressedDepth png"``: a 12-byte header, then a
+    16-bit PNG): HxW uint16 millimetres, ``16UC1``. ValueError names any other format.
+    """
+    from PIL import Image as PILImage
+
+    fmt = str(msg.format)
+    original, _, kind = (p.strip() for p in fmt.partition(";")) if ";" in fmt \
+        else ("", "", fmt.strip())
+    data = bytes(msg.data)
+    try:
+        if "compressedDepth" in kind:
+            if original not in ("16UC1", "mono16") or not kind.endswith(("compressedDepth",
+                                                                           "png")):
+                raise ValueError("only 16UC1 / mono16 depth in png is supported")
+            depth = np.asarray(PILImage.open(io.BytesIO(data[12:])))
+            if depth.dtype != np.uint16 or depth.ndim != 2:
+                raise ValueError(f"the png holds {depth.dtype} {depth.shape}, not 16-bit grey")
+            return depth, "16UC1"
+        if kind.split(" ")[0] not in ("jpeg", "png"):
+            raise ValueError("only jpeg and png are supported")
+        return np.asarray(PILImage.open(io.BytesIO(data)).convert("RGB")), "rgb8"
+    except ValueError as exc:
+        raise ValueError(f"format: {fmt!r}: {exc}") from exc
+    except OSError as exc:  # PIL: truncated or not an image
+        raise ValueError(f"format: {fmt!r}: the data does not decode ({exc})") from exc

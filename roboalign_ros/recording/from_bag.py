@@ -34,7 +34,7 @@ from roboalign_ros.data import lerobot_format as fmt
 from .session import RecordingSession, SessionConfig
 
 ROLES_TYPES = {  # role -> accepted message types
-    "camera": ("sensor_msgs/msg/Image",),
+    "camera": ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"),
     "state": ("sensor_msgs/msg/JointState",),
     "joint_trajectory": ("trajectory_msgs/msg/JointTrajectory",),
     "servo": ("geometry_msgs/msg/TwistStamped",),
@@ -253,6 +253,7 @@ def _convert_bag(bag: Path, m: BagMap, session: RecordingSession, feed, clock, t
 
     reader = _open(bag)
     try:
+        m = _compressed_fallback(m, {c.topic for c in reader.connections})
         conns = _check_topics(bag, reader, m)
         if not task and m.split != "events" and \
                 not sum(c.msgcount for c in conns.get(m.instruction, [])):
@@ -340,11 +341,25 @@ def _convert_bag(bag: Path, m: BagMap, session: RecordingSession, feed, clock, t
             if not state["recording"] and m.split in ("gap", "none"):
                 begin(now)
             session.tick()
-            while session.status().queued > 8:  # let the writer keep up (no live deadline)
-                time.sleep(0.005)
+            session.wait_backlog(8)  # let the encoder keep up (no live deadline)
         stop(clock.t + m.max_skew + 1.0 / m.fps)
     finally:
         reader.close()
+
+
+def _compressed_fallback(m: BagMap, topics: set[str]) -> BagMap:
+    """The map with each camera topic the bag lacks replaced by its image_transport topic.
+
+    ``<topic>/compressed`` (colour), ``<topic>/compressedDepth`` (depth), when the bag has it:
+    what ``recorder_node`` records with ``bag.images: compressed``.
+    """
+
+    def pick(topic: str, suffix: str) -> str:
+        return topic + suffix if topic not in topics and topic + suffix in topics else topic
+
+    return dataclasses.replace(
+        m, cameras={n: pick(t, "/compressed") for n, t in m.cameras.items()},
+        depth_cameras={n: pick(t, "/compressedDepth") for n, t in m.depth_cameras.items()})
 
 
 def _event(bag: Path, msg) -> dict:

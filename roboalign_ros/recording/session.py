@@ -504,6 +504,21 @@ class RecordingSession:
             return Result(True, f"saved episode {index}: {saved} frames, dropped {drops or 0}",
                           index, saved, str(self.config.root))
 
+    def wait_spooled(self, timeout: float = 30.0) -> None:
+        """Wait until every frame queued so far is in the spool (a replay's flow control)."""
+        self._call(lambda: None, timeout)
+
+    def wait_backlog(self, frames: int, timeout: float | None = None) -> bool:
+        """Wait until at most ``frames`` frames wait for the encoder; False on timeout.
+
+        Queued and spooled frames count: a replay, faster than real time, keeps its spool small.
+        """
+        with self._jobs_cv:
+            return self._jobs_cv.wait_for(
+                lambda: self._state == RecorderState.ERROR or self._queue.qsize() + sum(
+                    j.spooled - j.encoded for j in self._jobs
+                    if j.phase in (_RECORDING, _STOPPED)) <= frames, timeout)
+
     def wait_encoded(self, timeout: float | None = None) -> bool:
         """Wait until every stopped episode is saved (or failed); False on timeout."""
         with self._jobs_cv:
@@ -790,9 +805,11 @@ class RecordingSession:
             with storage.recording_errors(f"stopping the spool of episode {job.index}"):
                 spool.finish(success)
         else:
-            spool.remove()
-            with self._lock:
+            with self._jobs_cv:  # before its files go: the encoder must not take it for lost
+                job.phase = _DISCARDED
                 self._spool_bytes -= n * job.record_bytes
+                self._jobs_cv.notify_all()
+            spool.remove()
         return n
 
     def _drop_spool(self) -> None:
@@ -887,8 +904,9 @@ class RecordingSession:
                     except ValueError as exc:  # counted, never fatal
                         self._count_drop(f"bad_frame:{exc}", job)
                     i += 1
-                    with self._lock:
+                    with self._jobs_cv:
                         job.encoded = i
+                        self._jobs_cv.notify_all()
                     continue
                 break
             if w.frames_in_episode == 0:

@@ -142,6 +142,7 @@ class EpisodeSpool:
             while view.nbytes:  # a short write goes on where it stopped
                 n = self._file.write(view)
                 view = view[n:]
+        self._file.flush()  # in the file now: the encoder reads it, a crash keeps it
         self.frames += 1
         return self.frames
 
