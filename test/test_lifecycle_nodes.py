@@ -127,8 +127,8 @@ def arm(rclpy_context, tmp_path):
 
         def on_command(msg):
             a.commands.append(msg)
-            if msg.points:
-                a.q = np.array(msg.points[0].positions)
+            if msg.points:  # a perfect arm: at a track's target, or at rest where a stop ends
+                a.q = np.array(msg.points[-1 if is_stop(msg) else 0].positions)
 
         a.command_sub = a.node.create_subscription(JointTrajectory, a.robot.trajectory_topic,
                                                    on_command, 100)
@@ -174,12 +174,17 @@ def arm(rclpy_context, tmp_path):
             wait_matched(a.executor, a.chunk_pub, a.js_pub, a.command_sub)
 
         a.chunk, a.wait, a.holding, a.configured = chunk, wait, holding, configured
-        a.streamed = lambda: [m.points[0].positions for m in a.commands if m.points]
+        a.streamed = lambda: [m.points[0].positions for m in a.commands if not is_stop(m)]
         yield a
     finally:
         stop_node(a.proc, a.log)
     a.executor.shutdown()
     a.node.destroy_node()
+
+
+def is_stop(msg):
+    """executor_node's stop: from where the reference is, braking to rest (two points)."""
+    return len(msg.points) == 2
 
 
 def test_executor_unconfigured_until_configured_bad_parameter_fails_cleanup_releases(arm):
@@ -236,9 +241,9 @@ def test_executor_deactivated_mid_chunk_holds_where_the_arm_is_then_resumes(arm)
         f"did not track: {arm.log_path.read_text()[-800:]}"
     assert lc.transition(Transition.TRANSITION_DEACTIVATE)      # mid-chunk
     assert lc.state() == INACTIVE
-    assert spin_until(arm.executor, lambda: not arm.commands[-1].points, 5), \
-        "no controller stop (hold) after deactivate"
-    held = np.array(arm.streamed()[-1])
+    assert spin_until(arm.executor, lambda: is_stop(arm.commands[-1]), 5), \
+        "no stop (hold) after deactivate"
+    held = np.array(arm.commands[-1].points[-1].positions)   # where the stop comes to rest
     n = len(arm.commands)
     arm.wait(0.8)   # an observation window: nothing may come in it
     assert len(arm.commands) == n, "commanded the arm while inactive"
@@ -251,8 +256,8 @@ def test_executor_deactivated_mid_chunk_holds_where_the_arm_is_then_resumes(arm)
     assert arm.holding(), arm.diagnostics[-3:]
     arm.chunk_pub.publish(arm.chunk(target))
     assert spin_until(arm.executor, lambda: len(arm.streamed()) > len(
-        [m for m in arm.commands[:n] if m.points]), 10), "did not resume after activate"
-    first = next(m for m in arm.commands[n:] if m.points)
+        [m for m in arm.commands[:n] if not is_stop(m)]), 10), "did not resume after activate"
+    first = next(m for m in arm.commands[n:] if not is_stop(m))
     np.testing.assert_allclose(first.points[0].positions, held, atol=0.011)
 
 

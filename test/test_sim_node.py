@@ -165,7 +165,7 @@ def test_bad_commands_are_rejected_without_motion(probe):
         "NaN": trajectory(names, [(1.0, nan)]),
         "beyond limits": trajectory(names, [(1.0, far)]),
         "stamp in the past": trajectory(names, [(1.0, q0 + 0.1)], stamp=Time(sec=1000)),
-        "too fast": trajectory(names, [(0.01, q0 + np.array([0.5, 0, 0, 0, 0, 0]))]),
+        "empty": trajectory(names, []),
     }
     nan_twist = TwistStamped()
     nan_twist.twist.linear.x = float("inf")
@@ -180,9 +180,12 @@ def test_bad_commands_are_rejected_without_motion(probe):
     probe.wait(0.6)
     np.testing.assert_allclose(probe.arm_q(), q0, atol=2e-3)
     log = probe.log.read_text()
-    for reason in ("unknown joints", "each point needs 6 values", "NaN or inf",
-                   "outside its limits", "in the past", "velocity limit", "twist: NaN/inf",
-                   "gripper opening 3.0"):
+    # the real JTC's own words (validate_trajectory_msg), then the sim's motors' checks
+    for reason in ("elbow_of_doom doesn't match the controller's joints",
+                   "Mismatch between joint_names size",
+                   "NaN or inf", "outside its limits", "ends in the past",
+                   "Empty trajectory received.", "twist: NaN/inf",
+                   "gripper position 3.0000 m outside the finger's limits"):
         assert reason in log, f"no clear rejection log for {reason!r}"
 
 
@@ -220,7 +223,10 @@ def _joint_speeds(states, index):
 
 
 def test_past_stamped_trajectory_never_makes_a_joint_jump(probe):
-    """Issue 10 item 4: stamp now - 9.9 s, a point at 10 s, joint1 + 1.5 rad."""
+    """Issue 10 item 4, under the real JTC's rules: stamp now - 9.9 s, a point at 10 s, joint1
+    + 1.5 rad. A JTC accepts it (it ends in the future) and heads for the point due in 0.1 s
+    (Trajectory::sample); the sim's motor holds every joint to its velocity limit meanwhile
+    and counts what it held back."""
     from diagnostic_msgs.msg import DiagnosticArray
     from trajectory_msgs.msg import JointTrajectory
 
@@ -241,16 +247,17 @@ def test_past_stamped_trajectory_never_makes_a_joint_jump(probe):
     probe.state.clear()
     pub.publish(trajectory(names, [(10.0, q0 + [1.5, 0, 0, 0, 0, 0])],
                            stamp=seconds_to_stamp(now() - 9.9)))
-    probe.wait(0.6)
-    assert max(_joint_speeds(probe.state, 0)) < 0.1, "the arm moved on an infeasible remainder"
-    np.testing.assert_allclose(probe.arm_q(), q0, atol=2e-3)
+    assert spin_until(probe.executor, lambda: probe.state and
+                      abs(probe.arm_q()[0] - q0[0] - 1.5) < 0.01, 5)
+    reported, windowed = _joint_speeds(probe.state, 0)
+    assert windowed <= limit * 1.1 and reported <= limit * 1.2, \
+        f"joint1 at {reported:.2f} / {windowed:.2f} rad/s > limit {limit:.2f}"
     assert spin_until(probe.executor, lambda: any(
-        kv.key == "rejected_speed" and int(kv.value) >= 1 for s in diagnostics
-        for kv in s.values), 5), "speed refusal not counted on /diagnostics"
-    log = probe.log.read_text()
-    assert "9.9" in log and "in the past" in log and "velocity limit" in log
+        kv.key == "rate_jumps_held" and int(kv.value) >= 1 for s in diagnostics
+        for kv in s.values), 5), "the motor's held-back jump not counted on /diagnostics"
 
-    # feasible remainder: 0.4 rad over the 1 s left; followed from where the arm is, no jump
+    # stamped 1 s ago with points at 0.5 s and 2 s: joined where it is due now (0.2 rad, the
+    # motor ramps there), then followed at its own 0.2 rad/s
     q0 = probe.arm_q()
     probe.state.clear()
     pub.publish(trajectory(names, [(0.5, q0 + [0.1, 0, 0, 0, 0, 0]),
@@ -258,10 +265,7 @@ def test_past_stamped_trajectory_never_makes_a_joint_jump(probe):
                            stamp=seconds_to_stamp(now() - 1.0)))
     probe.wait(1.5)
     reported, windowed = _joint_speeds(probe.state, 0)
-    print(f"joint1 peak: reported {reported:.3f} rad/s, over 50 ms {windowed:.3f} rad/s")
-    assert reported <= 0.6 and windowed <= 0.6, \
-        f"joint1 peaked at {reported:.2f} / {windowed:.2f} rad/s for a 0.4 rad/s remainder"
-    assert max(reported, windowed) < limit
+    assert max(reported, windowed) < limit * 1.1
     np.testing.assert_allclose(probe.arm_q()[0], q0[0] + 0.4, atol=0.02)
 
 

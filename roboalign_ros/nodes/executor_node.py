@@ -125,6 +125,7 @@ class ExecutorNode(LifecycleNode):
         declare_parameters(self, PARAMETERS)  # read at configure (ros2 param set works before)
         self.p: dict | None = None
         self.chunk_executor = self.backend = self._entities = None
+        self.home_backend = self.home_trajectory = self.gripper = None
         self._active = False
         self._error = ""                          # why the last configure failed
         self._periods: deque[float] = deque(maxlen=500)
