@@ -37,8 +37,9 @@ class LoopStats:
     observation_ages: list[float] = field(default_factory=list)
     commands: int = 0
     command_times: deque = field(default_factory=lambda: deque(maxlen=500))
-    command_positions: list[np.ndarray] = field(default_factory=list)  # streamed arm targets
-    command_durations: list[float] = field(default_factory=list)  # their time_from_start (s)
+    # every trajectory executor_node sent: (is a stop, its first point's positions, its stamp);
+    # a stop brakes from where the reference is to rest (2 points), a track is 1 or 3 points
+    command_points: list[tuple[bool, np.ndarray, float]] = field(default_factory=list)
     reasoning: str = ""
     status: str = ""
     success: bool = False
@@ -123,9 +124,8 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
         stats.commands += 1
         stats.command_times.append(time.monotonic())
         if msg.points:
-            stats.command_positions.append(np.array(msg.points[0].positions))
-            d = msg.points[0].time_from_start
-            stats.command_durations.append(d.sec + d.nanosec * 1e-9)
+            stats.command_points.append((len(msg.points) == 2, np.array(msg.points[0].positions),
+                                         msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9))
 
     def on_reasoning(msg):
         stats.reasoning = msg.text
