@@ -270,9 +270,10 @@ def estop_latency_under_load(s: Session, trials: int = 20) -> dict:
     """E-stops while huge chunks and a 1000/s flood arrive from another publisher."""
     from trajectory_msgs.msg import JointTrajectory
 
-    arrivals: list[float] = []
+    arrivals: list[tuple[float, int]] = []   # (when, points) of every trajectory sent
     s.node.create_subscription(JointTrajectory, s.robot.trajectory_topic,
-                               lambda m: arrivals.append(time.monotonic()), 100)
+                               lambda m: arrivals.append((time.monotonic(), len(m.points))),
+                               100)
     flood = subprocess.Popen([sys.executable, str(Path(__file__)), "--flood"])
     latencies, after = [], 0
     try:
@@ -288,10 +289,15 @@ def estop_latency_under_load(s: Session, trials: int = 20) -> dict:
             n = len(arrivals)
             sent = time.monotonic()
             p.estop(True)
-            s.spin_until(lambda n=n: len(arrivals) > n, 5, "no stop after the e-stop")
-            latencies.append((arrivals[n] - sent) * 1e3)
+
+            def stop_index(n=n):  # the stop: two points (from the reference, to rest)
+                return next((i for i in range(n, len(arrivals)) if arrivals[i][1] == 2), None)
+
+            s.spin_until(lambda: stop_index() is not None, 5, "no stop after the e-stop")
+            k = stop_index()
+            latencies.append((arrivals[k][0] - sent) * 1e3)
             s.spin(0.3)
-            after += len(arrivals) - n - 1   # anything beyond the one stop
+            after += len(arrivals) - k - 1   # anything the executor sent after its stop
             p.estop(False)
             s.spin(0.3)
     finally:

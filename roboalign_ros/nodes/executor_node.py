@@ -131,6 +131,7 @@ class ExecutorNode(LifecycleNode):
         self._periods: deque[float] = deque(maxlen=500)
         self._reported_kind = None
         self._stop = threading.Event()
+        self._send_lock = threading.Lock()       # a tick's decision and its publication
         self._thread: threading.Thread | None = None
         self.estop_listener: EstopListener | None = None
         self.diagnostics = Diagnostics(self, "executor_node: command stream")  # in every state
@@ -342,14 +343,16 @@ class ExecutorNode(LifecycleNode):
         executor = self.chunk_executor
         if executor is None:  # released under us (cleanup)
             return
-        now = now_seconds(self)
-        changed = executor.estop(bool(msg.data), now)
         if msg.data:
             # the stop now, from here: whichever of this tick and the control thread's comes
-            # first sends it, once, braking from the last command (or the home move)
-            command = executor.tick(now, self.measured_q, self._state_stamp,
-                                    time.monotonic() - self._state_arrival)
-            self.backend.send(command)
+            # first sends it, once, braking from the last command (or the home move); under
+            # the send lock, so that no command decided before it is published after it
+            with self._send_lock:
+                now = now_seconds(self)
+                changed = executor.estop(True, now)
+                command = executor.tick(now, self.measured_q, self._state_stamp,
+                                        time.monotonic() - self._state_arrival)
+                self.backend.send(command)
             if self.home_backend is not None:
                 self.home_backend.cancel()
             # reaction time of this node: from the message reaching its DDS reader to the stop
@@ -358,7 +361,7 @@ class ExecutorNode(LifecycleNode):
                 self.get_logger().error(
                     f"E-STOP engaged: arm stopped, holding until released (stop sent "
                     f"{(time.time() - received) * 1e3:.1f} ms after the message arrived)")
-        elif changed:
+        elif executor.estop(False, now_seconds(self)):
             self.get_logger().warning("e-stop released: waiting for chunks observed from now "
                                       "on; streaming resumes from the measured position")
         else:
@@ -433,14 +436,15 @@ class ExecutorNode(LifecycleNode):
                 deadline = time.perf_counter()  # overrun: no burst of catch-up ticks
 
     def _tick(self) -> None:
-        now = now_seconds(self)
-        age = time.monotonic() - self._state_arrival
-        command = self.chunk_executor.tick(now, self.measured_q, self._state_stamp, age)
-        halted = getattr(self.backend, "halted", None)
-        if halted and command.kind == "track":  # Servo halted itself: send zeros, say why
-            command.kind, command.reasons = "halted", (f"MoveIt Servo halted: {halted}",)
-        if command.kind == "track" or command.stop or not self.chunk_executor.joint_space:
-            self.backend.send(command)
+        with self._send_lock:  # decided and published before any e-stop's stop, or after it
+            now = now_seconds(self)
+            age = time.monotonic() - self._state_arrival
+            command = self.chunk_executor.tick(now, self.measured_q, self._state_stamp, age)
+            halted = getattr(self.backend, "halted", None)
+            if halted and command.kind == "track":  # Servo halted itself: send zeros, say why
+                command.kind, command.reasons = "halted", (f"MoveIt Servo halted: {halted}",)
+            if command.kind == "track" or command.stop or not self.chunk_executor.joint_space:
+                self.backend.send(command)
         if self.executed is not None:
             if command.kind == "track":
                 self.executed.add(command.arm)
@@ -498,6 +502,11 @@ class ExecutorNode(LifecycleNode):
 
 def main(args=None) -> int:
     """Entry point of ``ros2 run roboalign_ros executor_node``."""
+    import sys
+
+    # the e-stop thread waits at most this long for the interpreter lock while another thread
+    # runs Python (default 5 ms): a flood of chunks must not add that to the e-stop's path
+    sys.setswitchinterval(0.0005)
     return run_node(ExecutorNode, args)
 
 
