@@ -60,6 +60,28 @@ def compressed(image, encoding: str):
     return CompressedImage(format="rgb8; jpeg compressed bgr8", data=buf.getvalue())
 
 
+def peak_rss_kb(pid: int) -> int:
+    """Peak resident memory of a process (VmHWM, kB)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_by_priority(pid: int) -> dict[int, float]:
+    """CPU seconds of a process's threads by nice value (the recorder's encoder runs niced)."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        nice = int(fields[16])
+        out[nice] = out.get(nice, 0.0) + (int(fields[11]) + int(fields[12])) / \
+            os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def publisher(args) -> None:
     """The synthetic robot (runs in its own process)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -220,8 +242,16 @@ def main() -> int:
     from diagnostic_msgs.msg import DiagnosticArray
 
     diag: dict[str, str] = {}
-    node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: diag.update(
-        {kv.key: kv.value for s in m.status if "recorder" in s.name for kv in s.values}), 10)
+    peaks = {"spool_mb": 0.0, "encoder_backlog_frames": 0.0}
+
+    def on_diagnostics(m) -> None:
+        diag.update({kv.key: kv.value for s in m.status if "recorder" in s.name
+                     for kv in s.values})
+        for k in peaks:
+            if k in diag:
+                peaks[k] = max(peaks[k], float(diag[k]))
+
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
     pub_stats: list[dict] = [{}]
 
     def read_stats():
@@ -250,6 +280,7 @@ def main() -> int:
             time.sleep(0.2)
         assert r.success, r.message
         c0 = {p.pid: cpu_seconds(p.pid) for p in (rec, pub)}
+        n0 = cpu_by_priority(rec.pid)
         sent0 = dict(pub_stats[0])
         t0 = time.perf_counter()
         load0 = os.getloadavg()[0]
@@ -258,6 +289,7 @@ def main() -> int:
         sent1 = dict(pub_stats[0])
         wall = time.perf_counter() - t0
         c1 = {p.pid: cpu_seconds(p.pid) for p in (rec, pub)}
+        n1 = cpu_by_priority(rec.pid)
         t_save = time.perf_counter()
         stop = call(stop_c, StopEpisode.Request(save=True, outcome=1))
         stop_s = time.perf_counter() - t_save
@@ -285,8 +317,14 @@ def main() -> int:
             "frames_recorded": ep.length, "frames_expected": expected,
             "dropped": dropped,  # reasons: skew:<stream> = no sample within max_skew
             "recorder_cpu_cores": round((c1[rec.pid] - c0[rec.pid]) / wall, 3),
+            # threads by nice value: 0 the inputs, spool and bag; the encoder's (video.nice)
+            "recorder_cpu_cores_by_nice": {k: round((v - n0.get(k, 0.0)) / wall, 3)
+                                           for k, v in sorted(n1.items())},
             "publisher_cpu_cores": round((c1[pub.pid] - c0[pub.pid]) / wall, 3),
             "machine_cores": os.cpu_count(),
+            "recorder_peak_rss_mb": round(peak_rss_kb(rec.pid) / 1e3, 1),
+            "spool_peak_mb": peaks["spool_mb"],
+            "encoder_backlog_peak_frames": int(peaks["encoder_backlog_frames"]),
             "loadavg_1min_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
             "stop_answer_seconds": round(stop_s, 2), "stop_answer": stop.message,
             "status_while_encoding": [m for _, m in encoding_messages[:3]],
