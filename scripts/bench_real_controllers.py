@@ -15,7 +15,9 @@ Needs a ros2_control installation (a sourced ROS 2, or ../shared/vendor/ros2_con
 4. gripper opening 0.5 -> the finger's position (m);
 5. "Empty trajectory received" in the controller's log (count);
 6. e-stop latency while 10^6-dimension chunks and a 1000 chunks/s flood arrive: p50/p99 from
-   publishing to the stop reaching the controller's topic, and commands sent after the e-stop.
+   publishing the e-stop to the stop arriving on the controller's topic (DDS both ways), the
+   executor's own reaction (its DDS reader to the stop published, from its log), and the
+   commands it sent after its stop.
 
     python scripts/bench_real_controllers.py [--variant exact|lagging|both] [--seconds 60]
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -266,7 +269,7 @@ def gripper_units(s: Session) -> dict:
             "finger_position_m": float(p.states[-1][1][finger])}
 
 
-def estop_latency_under_load(s: Session, trials: int = 20) -> dict:
+def estop_latency_under_load(s: Session, trials: int = 100) -> dict:
     """E-stops while huge chunks and a 1000/s flood arrive from another publisher."""
     from trajectory_msgs.msg import JointTrajectory
 
@@ -296,14 +299,19 @@ def estop_latency_under_load(s: Session, trials: int = 20) -> dict:
             s.spin_until(lambda: stop_index() is not None, 5, "no stop after the e-stop")
             k = stop_index()
             latencies.append((arrivals[k][0] - sent) * 1e3)
-            s.spin(0.3)
+            s.spin(0.2)
             after += len(arrivals) - k - 1   # anything the executor sent after its stop
             p.estop(False)
-            s.spin(0.3)
+            s.spin(0.2)
     finally:
         flood.terminate()
         flood.wait()
+    reaction = [float(x) for x in re.findall(r"stop sent ([0-9.]+) ms after",
+                                             s.executor_log.read_text(errors="replace"))]
     return {"trials": trials, "latency_p50_ms": float(np.percentile(latencies, 50)),
+            "executor_reaction_p50_ms": float(np.percentile(reaction, 50)),
+            "executor_reaction_p99_ms": float(np.percentile(reaction, 99)),
+            "load_average_1min": os.getloadavg()[0],
             "latency_p99_ms": float(np.percentile(latencies, 99)),
             "latency_max_ms": float(np.max(latencies)),
             "commands_after_estop": after}

@@ -100,8 +100,18 @@ class EstopListener:
         self._thread.start()
 
     def _spin(self) -> None:
+        import os
+
         from rclpy.executors import ExternalShutdownException
 
+        # ahead of the process's other threads where the OS lets us (CAP_SYS_NICE or an
+        # rlimit for nice, as on a real-time robot PC); without it the thread still has its own
+        # executor, which is what keeps other callbacks from delaying it
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), -10)
+        except OSError:
+            self.node.get_logger().info("e-stop thread: no permission to raise its priority "
+                                        "(nice -10); it runs at the process's priority")
         try:
             self._executor.spin()
         except ExternalShutdownException:  # the context was shut down under us
