@@ -352,6 +352,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--flood", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="runs/bench_real_controllers")
+    ap.add_argument("--only", default="", help="one check (e.g. estop_under_load)")
     args = ap.parse_args()
     if args.flood:
         flood()
@@ -361,27 +362,27 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     acc_max = float(executor_parameters()["safety.acc_max"])
-    stream = policy_stream(args.seconds, out / f"policy_stream_{int(args.seconds)}s.npz")
+    stream = (policy_stream(args.seconds, out / f"policy_stream_{int(args.seconds)}s.npz")
+              if args.only in ("", "policy_stream") else [])
     results = {}
     for variant in (["exact", "lagging"] if args.variant == "both" else [args.variant]):
         s = Session(variant, out)
         try:
             r = results[variant] = {}
-            r["estop_while_streaming"] = estop_while_streaming(s)
-            print(variant, "estop_while_streaming", r["estop_while_streaming"], flush=True)
-            r["estop_during_homing"] = estop_during_homing(s)
-            print(variant, "estop_during_homing", r["estop_during_homing"], flush=True)
-            r["gripper"] = gripper_units(s)
-            print(variant, "gripper", r["gripper"], flush=True)
-            r["policy_stream"] = streaming_smoothness(s, stream, acc_max)
-            print(variant, "policy_stream", r["policy_stream"], flush=True)
-            r["estop_under_load"] = estop_latency_under_load(s)
-            print(variant, "estop_under_load", r["estop_under_load"], flush=True)
+            checks = {"estop_while_streaming": estop_while_streaming,
+                      "estop_during_homing": estop_during_homing, "gripper": gripper_units,
+                      "policy_stream": lambda s: streaming_smoothness(s, stream, acc_max),
+                      "estop_under_load": estop_latency_under_load}
+            for name, check in checks.items():
+                if args.only in ("", name):
+                    r[name] = check(s)
+                    print(variant, name, r[name], flush=True)
             r["empty_trajectory_errors"] = s.rig.log().count("Empty trajectory received")
         finally:
             s.close()
     print(json.dumps(results, indent=2))
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / f"results{'_' + args.only if args.only else ''}.json").write_text(
+        json.dumps(results, indent=2))
     return 0
 
 
