@@ -267,7 +267,14 @@ class RateLimiter:
 
 
 class TwistFollower:
-    """MoveIt-Servo-style twist commands -> joint position targets through differential IK."""
+    """MoveIt-Servo-style twist commands -> joint position targets through differential IK.
+
+    Follows moveit2 ``moveit_servo`` (jazzy ``src/servo_node.cpp`` ``servoLoop``, ``src/servo.cpp``
+    ``getNextJointState``): a twist in the planning frame in ``speed_units``, capped at the
+    linear / rotational scales, and a halt when no command arrived for
+    ``incoming_command_timeout`` (``timeout`` here). Unlike a jazzy Servo it needs no
+    ``~/switch_command_type`` call first (executor_node's ``servo.manage: false`` for the sim).
+    """
 
     def __init__(self, kinematics, timeout: float = 0.2, max_linear: float = 0.25,
                  max_angular: float = 1.0, max_age: float = 0.5):
