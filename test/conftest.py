@@ -56,9 +56,11 @@ def wait_matched(executor, *entities, timeout: float = 30.0, at_least: int = 1) 
     Volatile topics drop what is sent before discovery completes, so every DDS test calls this
     before it publishes to a node (its publishers) and before it triggers a one-shot message
     from a node (its subscriptions), instead of waiting on the effect with a longer timeout.
-    Matching is seen from this process's side only: a node's writer may match our reader a
-    moment after our reader matched it, which reliable QoS covers (the writer's heartbeat
-    redelivers) but best-effort does not.
+    Matching is seen from this process's side only. For our publishers that is the side that
+    counts: a reliable writer resends to a reader it has matched until that reader has it. For
+    our subscriptions the node's writer matches our reader in the same discovery exchange, but
+    on its own clock; where a node's single message must not be missed even then, the node
+    republishes it or the topic is transient-local.
     """
 
     def unmatched():
