@@ -44,8 +44,9 @@ def spin_until(executor, predicate, timeout: float) -> bool:
     return predicate()
 
 
-def wait_matched(executor, *entities, timeout: float = 30.0, at_least: int = 1) -> None:
-    """wait_matched(executor, *entities, timeout=30.0, at_least=1) -> None
+def wait_matched(executor, *entities, timeout: float = 30.0, at_least: int = 1,
+                 peers: tuple[str, ...] = ()) -> None:
+    """wait_matched(executor, *entities, timeout=30.0, at_least=1, peers=()) -> None
 
     Spin ``executor`` until every entity is matched with its peers, both ways:
     a Publisher has >= ``at_least`` matched subscriptions (``get_subscription_count``),
@@ -56,12 +57,18 @@ def wait_matched(executor, *entities, timeout: float = 30.0, at_least: int = 1) 
     Volatile topics drop what is sent before discovery completes, so every DDS test calls this
     before it publishes to a node (its publishers) and before it triggers a one-shot message
     from a node (its subscriptions), instead of waiting on the effect with a longer timeout.
+
     Matching is seen from this process's side only. For our publishers that is the side that
     counts: a reliable writer resends to a reader it has matched until that reader has it. For
-    our subscriptions the node's writer matches our reader in the same discovery exchange, but
-    on its own clock; where a node's single message must not be missed even then, the node
-    republishes it or the topic is transient-local.
+    our subscriptions it is the node's writer that must have matched our reader. ``peers``
+    (node names, e.g. ``("policy_node",)``) makes that sure too: a parameter-service round trip
+    with each, from a client made after our subscriptions. The node answers only once it has
+    matched the client's reply reader (rmw_fastrtps waits for that), and it learns this
+    process's readers in the order they were made, so by then it has matched ours as well.
     """
+    import time
+
+    deadline = time.monotonic() + timeout
 
     def unmatched():
         missing = []
@@ -87,6 +94,32 @@ def wait_matched(executor, *entities, timeout: float = 30.0, at_least: int = 1) 
 
     if not spin_until(executor, lambda: not unmatched(), timeout):
         raise AssertionError(f"not matched after {timeout:g} s: " + "; ".join(unmatched()))
+    for peer in peers:
+        _round_trip(executor, peer, deadline)
+
+
+def _round_trip(executor, peer: str, deadline: float) -> None:
+    """One answered GetParameters call to node ``peer`` (see wait_matched)."""
+    import time
+
+    from rcl_interfaces.srv import GetParameters
+
+    node = executor.get_nodes()[0]
+    client = node.create_client(GetParameters, f"/{peer.strip('/')}/get_parameters")
+    futures = []
+    try:
+        while time.monotonic() < deadline:
+            if not client.service_is_ready():
+                executor.spin_once(timeout_sec=0.05)
+                continue
+            # a server drops its answer when our reply reader is not matched yet: ask again
+            futures.append(client.call_async(GetParameters.Request()))
+            if spin_until(executor, lambda: any(f.done() for f in futures),
+                          min(1.0, max(0.0, deadline - time.monotonic()))):
+                return
+        raise AssertionError(f"peer {peer}: no answer from /{peer.strip('/')}/get_parameters")
+    finally:
+        node.destroy_client(client)
 
 
 class PolicyInputs:

@@ -39,7 +39,7 @@ def test_chunks_flow_while_reasoning_runs_and_name_the_reasoning_they_used(
         assert spin_until(executor, lambda: any(
             s.lifecycle_state == "active" for s in statuses), 120), "never activated"
         # the instruction is sent once, and reasoning 1 must arrive: match both ways first
-        wait_matched(executor, *inputs.publishers, *subs)
+        wait_matched(executor, *inputs.publishers, *subs, peers=("policy_node",))
         inputs.instruct("pick up the red cube")
         node.create_timer(0.05, inputs.publish_image)  # a 20 Hz camera
         assert spin_until(executor, lambda: len(reasonings) >= 2 and len(chunks) >= 10, 60)
