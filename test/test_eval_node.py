@@ -67,7 +67,8 @@ class Probe:
         and subscribe there, so 2 each): the node engages it once, at the time limit."""
         wait_matched(self.executor, *self.subs, self.label_client, self.start_client)
         if estop:
-            wait_matched(self.executor, self.estop_pub, self.estop_sub, at_least=2)
+            wait_matched(self.executor, self.estop_pub, self.estop_sub, at_least=2,
+                         peers=("eval_node",))
 
     def call(self, client, request):
         wait_matched(self.executor, client)
