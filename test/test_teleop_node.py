@@ -49,10 +49,16 @@ def test_joy_to_twist_deadman_stale_and_gripper(rclpy_context):
     executor.add_node(teleop)
     executor.add_node(tester)
 
-    def pump(msg, seconds):
-        """Publish ``msg`` at 20 Hz for ``seconds`` while spinning."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
+    def pump(msg, seconds=0.0, until=None, timeout=5.0):
+        """Publish ``msg`` at 20 Hz while spinning, for ``seconds`` and (given ``until``) until
+        ``until()`` holds, at most ``timeout`` s; return whether it held."""
+        start = time.monotonic()
+        while True:
+            elapsed = time.monotonic() - start
+            if elapsed >= seconds and (until is None or until()):
+                return True
+            if elapsed > max(seconds, timeout):
+                return False
             msg.header.stamp = tester.get_clock().now().to_msg()
             joy_pub.publish(msg)
             spin_until(executor, lambda: False, 0.05)
@@ -62,23 +68,24 @@ def test_joy_to_twist_deadman_stale_and_gripper(rclpy_context):
         wait_matched(executor, joy_pub, twist_sub, gripper_sub)
         pump(xbox_joy(ly=1.0), 0.3)  # stick without the dead-man: nothing
         assert twists == []
-        pump(xbox_joy(ly=1.0, lb=1), 0.4)
+        assert pump(xbox_joy(ly=1.0, lb=1), until=lambda: len(twists) >= 5), len(twists)
         moving = list(twists)
-        assert len(moving) >= 5
         last = moving[-1]
         assert last.header.frame_id == "base_link"
         assert last.twist.linear.x == pytest.approx(0.2)  # 0.4 m/s * 0.5
         assert (last.twist.linear.y, last.twist.angular.z) == (0.0, 0.0)
 
-        pump(xbox_joy(ly=1.0), 0.3)  # released: exactly one zero twist, then silence
+        # released: exactly one zero twist, then silence (at least a 0.3 s window)
+        assert pump(xbox_joy(ly=1.0), 0.3, until=lambda: any(
+            t.twist.linear.x == 0.0 for t in twists[len(moving):]))
         after = twists[len(moving):]
         assert len(after) >= 1 and after[-1].twist.linear.x == 0.0
         assert sum(t.twist.linear.x == 0.0 for t in after) == 1
         assert all(t.twist.linear.x in (0.0, pytest.approx(0.2)) for t in after)
 
         count = len(twists)
-        pump(xbox_joy(ly=1.0, lb=1), 0.2)
-        assert len(twists) > count and twists[-1].twist.linear.x == pytest.approx(0.2)
+        assert pump(xbox_joy(ly=1.0, lb=1), until=lambda: len(twists) > count
+                    and twists[-1].twist.linear.x == pytest.approx(0.2))
         count = len(twists)
         # no more Joy: stale after 0.3 s, one zero twist, then silence (a 0.3 s window)
         assert spin_until(executor, lambda: any(t.twist.linear.x == 0.0
