@@ -457,7 +457,7 @@ class DatasetWriter:
 
     @staticmethod
     def _vector(value: Any, dim: int, name: str) -> np.ndarray:
-        v = np.asarray(value, dtype=np.float32)
+        v = np.array(value, dtype=np.float32)  # a copy: kept per frame, never a view of a buffer
         if v.shape != (dim,):
             raise ValueError(f"{name}: expected shape ({dim},), got {v.shape}")
         if not np.all(np.isfinite(v)):

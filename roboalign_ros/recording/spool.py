@@ -91,9 +91,10 @@ class SpoolLayout:
 
     def unpack(self, record: bytes) -> tuple[float, np.ndarray, np.ndarray,
                                              dict[str, np.ndarray]]:
-        """(stamp, state, action, images) of one record (arrays are views of ``record``)."""
+        """(stamp, state, action, images) of one record (the images are views of ``record``)."""
         stamp = float(np.frombuffer(record, np.float64, 1)[0])
-        body = np.frombuffer(record, np.float32, self.state_dim + self.action_dim, 8)
+        # a copy: a view would keep the whole record (MBs of pixels) alive with the rows
+        body = np.frombuffer(record, np.float32, self.state_dim + self.action_dim, 8).copy()
         images = {name: np.frombuffer(record, dtype, int(np.prod(shape)),
                                       self.offsets[name]).reshape(shape)
                   for name, shape, dtype in self._blocks}
