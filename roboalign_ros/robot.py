@@ -125,6 +125,10 @@ class RobotSpec:
     camera_height: int = 480
     topics: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
     xacro_args: Mapping[str, str] = field(default_factory=dict)
+    # how the gripper is commanded: 'topic' (Float64MultiArray to a forward_command_controller,
+    # topics.gripper) or 'action' (control_msgs/action/GripperCommand at topics.gripper, as
+    # franka_gripper's ~/gripper_action and gripper_controllers offer)
+    gripper_interface: str = 'topic'
 
     # Convenience accessors for the topic names used across nodes.
     @property
@@ -458,6 +462,11 @@ def robot_spec_from_params(doc: Any, base_dir: Path | None = None,
             raise ValueError(f'robot.topics.{k}: expected a topic name, got {v!r}')
         topics[k] = v
 
+    gripper_interface = r.get('gripper_interface', 'topic')
+    if gripper_interface not in ('topic', 'action'):
+        raise ValueError(f"robot.gripper_interface: {gripper_interface!r} is not 'topic' "
+                         "(Float64MultiArray) or 'action' (control_msgs GripperCommand)")
+
     for arr in (lower, upper, velocity, effort, home, ws_min, ws_max):
         arr.setflags(write=False)
     return RobotSpec(
@@ -467,4 +476,4 @@ def robot_spec_from_params(doc: Any, base_dir: Path | None = None,
         workspace_min=ws_min, workspace_max=ws_max, gripper_open=g_open,
         gripper_closed=g_closed, gripper_velocity=g_vel, gripper_effort=g_eff,
         controller_rate=rate, camera_fovy_deg=fovy, camera_width=width, camera_height=height,
-        topics=topics, xacro_args=args)
+        topics=topics, xacro_args=args, gripper_interface=gripper_interface)

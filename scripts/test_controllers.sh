@@ -23,4 +23,4 @@ fi
 echo "real-controller tier against: $(sed -n 2p <<<"$setup")"
 eval "$(sed -n 1p <<<"$setup")"
 cd "$ROOT"
-exec python -m pytest -p no:cacheprovider -m controllers test/test_controller_conformance.py "$@"
+exec python -m pytest -p no:cacheprovider -m controllers test/ "$@"

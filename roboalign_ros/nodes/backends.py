@@ -44,6 +44,62 @@ class GripperPublisher:
             self._last, self._sent_at = opening, now
 
 
+class GripperActionClient:
+    """Sends the gripper opening as a ``control_msgs/action/GripperCommand`` goal.
+
+    For grippers driven through that action rather than a topic: franka_gripper's
+    ``~/gripper_action`` (franka_ros2, position = each finger's travel), gripper_controllers'
+    GripperActionController. The opening is scaled to the finger joint's value as for the topic;
+    ``max_effort`` is the finger joint's URDF effort limit. A new goal goes out when the
+    opening changes by more than ``threshold`` (a gripper is not streamed at 100 Hz) and
+    replaces the previous one, as these servers preempt. control_msgs is imported here only.
+    """
+
+    def __init__(self, node, robot, threshold: float = 0.02, min_period: float = 0.1):
+        try:
+            from control_msgs.action import GripperCommand
+            from rclpy.action import ActionClient
+        except ImportError as exc:
+            raise RuntimeError(
+                f"robot {robot.name}: gripper_interface 'action' needs control_msgs "
+                "(ROS package `control_msgs`, e.g. `apt install ros-$ROS_DISTRO-control-msgs`); "
+                f"not found: {exc}") from exc
+        self._robot, self._node, self._type = robot, node, GripperCommand
+        self._client = ActionClient(node, GripperCommand, robot.gripper_topic)
+        self._threshold, self._min_period = threshold, min_period
+        self._last, self._sent_at, self._warned = None, -math.inf, False
+
+    def send(self, opening: float | None, now: float) -> None:
+        """Send a goal for ``opening`` in [0, 1] if it changed enough (None: never commanded)."""
+        if opening is None or (self._last is not None
+                               and abs(opening - self._last) <= self._threshold):
+            return
+        if now - self._sent_at < self._min_period:
+            return
+        if not self._client.server_is_ready():
+            if not self._warned:
+                self._node.get_logger().error(
+                    f"gripper: no GripperCommand action server at {self._robot.gripper_topic}")
+                self._warned = True
+            return
+        goal = self._type.Goal()
+        goal.command.position = float(self._robot.gripper_to_joint(opening))
+        goal.command.max_effort = float(self._robot.gripper_effort)
+        self._client.send_goal_async(goal)
+        self._last, self._sent_at, self._warned = opening, now, False
+
+    def destroy(self) -> None:
+        """Destroy the action client."""
+        self._client.destroy()
+
+
+def make_gripper(node, robot):
+    """The gripper output the robot config names (``gripper_interface``)."""
+    if robot.gripper_interface == "action":
+        return GripperActionClient(node, robot)
+    return GripperPublisher(node, robot)
+
+
 class JointTrajectoryBackend:
     """Streams trajectories to a ros2_control joint_trajectory_controller (its topic).
 

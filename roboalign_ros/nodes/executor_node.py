@@ -49,7 +49,7 @@ from roboalign_ros.conversions import (
     stamp_to_seconds,
 )
 from roboalign_ros.msg import ActionChunk
-from roboalign_ros.nodes.backends import GripperPublisher, JointTrajectoryBackend, make_backend
+from roboalign_ros.nodes.backends import JointTrajectoryBackend, make_backend, make_gripper
 from roboalign_ros.nodes.common import (
     COMMAND_QOS,
     ERROR,
@@ -184,7 +184,7 @@ class ExecutorNode(LifecycleNode):
         self.chunk_executor.pause(now_seconds(self), float("inf"), "inactive")
         self.backend = make_backend(p["backend"], self, robot, p["lead_time"],
                                     manage_servo=p["servo.manage"])
-        self.gripper = GripperPublisher(self, robot)
+        self.gripper = make_gripper(self, robot)
         self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"] or None)
                              if p["home_backend"] == "moveit_py" else None)
         self.home_trajectory = (self.backend if isinstance(self.backend, JointTrajectoryBackend)
@@ -280,6 +280,8 @@ class ExecutorNode(LifecycleNode):
         for backend in (self.backend, self.home_backend):
             if backend is not None and hasattr(backend, "close"):
                 backend.close()
+        if self.gripper is not None and hasattr(self.gripper, "destroy"):
+            self.gripper.destroy()
         if self._entities is not None:
             self._entities.destroy()
         self._entities = self.chunk_executor = self.backend = self.p = None
