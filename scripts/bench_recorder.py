@@ -10,11 +10,12 @@ stream per camera (stored losslessly), ``--bag`` the rosbag2 (MCAP) of the raw t
 ``--bag-compression zstd|none`` (MCAP chunks), ``--bag-images raw|compressed`` (the camera's
 image_transport topics in the bag instead of the raw ones: the publisher then also sends
 ``<topic>/compressed``, JPEG quality 95, and ``<depth topic>/compressedDepth``, 16-bit PNG level
-9, encoded once at its start like its pre-rendered frames, as a camera driver would send them).
+9, encoded once at its start like its pre-rendered frames, as a camera driver would send them;
+``none``: no images in the bag).
 
     python scripts/bench_recorder.py [--seconds 120] [--fps 30] [--width 640 --height 480]
                                      [--depth] [--bag [--bag-compression zstd|none]
-                                     [--bag-images raw|compressed]]
+                                     [--bag-images raw|compressed|none]]
 """
 
 from __future__ import annotations
@@ -201,7 +202,7 @@ def main() -> int:
     ap.add_argument("--depth", action="store_true", help="and an aligned depth per camera")
     ap.add_argument("--bag", action="store_true", help="recorder_node bag.enabled (MCAP)")
     ap.add_argument("--bag-compression", default="zstd", choices=["zstd", "none"])
-    ap.add_argument("--bag-images", default="raw", choices=["raw", "compressed"])
+    ap.add_argument("--bag-images", default="raw", choices=["raw", "compressed", "none"])
     ap.add_argument("--keep", help="write the dataset here instead of a temp dir")
     ap.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()

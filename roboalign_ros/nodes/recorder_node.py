@@ -85,9 +85,9 @@ PARAMETERS = {
     "bag.queue_size": 2000,  # messages waiting for the bag writer before they drop
     "bag.preroll": 1.0,  # s of each topic before the start also in the bag (+ its newest)
     "bag.compression": "zstd",  # none | zstd: MCAP chunk compression
-    "bag.images": "raw",  # raw | compressed: the camera's image_transport topics instead
+    "bag.images": "raw",  # raw | compressed (the camera's image_transport topics) | none
 }
-BAG_IMAGES = ("raw", "compressed")
+BAG_IMAGES = ("raw", "compressed", "none")
 DESCRIPTIONS = {
     "dataset_root": "LeRobot v3 dataset directory (created on the first episode, else appended)",
     "max_skew": "largest |input stamp - frame time| (s) before a frame is dropped",
@@ -106,7 +106,9 @@ DESCRIPTIONS = {
     "bag.images": "raw: the image topics themselves go to the bag | compressed: the camera "
                   "driver's image_transport topics instead (<topic>/compressed for colour, "
                   "<topic>/compressedDepth for depth, sensor_msgs/CompressedImage; the driver "
-                  "must publish them); the dataset is recorded from the raw topics either way",
+                  "must publish them) | none: no images in the bag (the dataset has them; "
+                  "from-bag cannot rebuild the episode); the dataset is recorded from the raw "
+                  "topics in every case",
     "stop_wait": "seconds stop_episode waits for the episode's encoding to finish; a longer "
                  "one is answered at once and saved when done (status message: encoding)",
     "spool.max_gb": "bound on the raw frames of unsaved episodes on disk (the spool): frames "
@@ -165,7 +167,8 @@ class RecorderNode(Node):
         compressed = p["bag.images"] == "compressed"
         self._compressed_topics: dict[str, str] = {}  # camera -> its topic in the bag
         for cam, topic in zip([*cameras, *depth], [*topics, *depth_topics]):
-            sub(Image, topic, lambda m, c=cam: self.on_image(c, m), image_qos, bag=not compressed)
+            sub(Image, topic, lambda m, c=cam: self.on_image(c, m), image_qos,
+                bag=p["bag.images"] == "raw")
             if compressed and p["bag.enabled"]:
                 self._compressed_topics[cam] = topic + ("/compressedDepth" if cam in depth
                                                         else "/compressed")
