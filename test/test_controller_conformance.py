@@ -289,3 +289,31 @@ def test_an_estop_during_homing_stops_the_home_move(at_home):
         f"{t.name}: the home move went on to {seen[-1]} after the e-stop: " \
         f"{t.executor_log.read_text()[-800:]}"
     assert np.ptp(seen[-50:]) < 1e-3, f"{t.name}: still moving after the e-stop"
+
+
+def test_a_sim_reset_is_noticed_and_no_plan_from_before_it_moves_the_arm(at_home):
+    """Only the sim resets the world: sim_node announces it on /roboalign/scene_reset and
+    refuses trajectories stamped before it; executor_node drops its plans and holds there."""
+    from roboalign_ros.srv import ResetTask
+
+    t = at_home
+    if t.name != "sim":
+        pytest.skip("only the sim teleports the arm (a real JTC has no reset)")
+    client = t.node.create_client(ResetTask, "/sim_node/reset_task")
+    wait_matched(t.executor, client)
+    for _ in range(10):
+        t.move(offset(t, 0.3), 0.5)
+        start, t0 = t.probe.arm().copy(), t.now()
+        for _ in range(3):   # streaming away from home when the reset comes
+            now = t.now()
+            rows = [np.append(start + [0.5 * (now - t0 + 0.1 * i), 0, 0, 0, 0, 0], 1.0)
+                    for i in range(20)]
+            t.probe.chunk(np.array(rows), dt=0.1, stamp=now)
+            t.wait(0.1)
+        future = client.call_async(ResetTask.Request(task="", seed=0))
+        assert spin_until(t.executor, future.done, 10) and future.result().success
+        seen = settle(t, 0.6)
+        # the reset puts the arm home; nothing planned before it pulls it back out
+        assert np.max(np.abs(seen[-20:] - t.robot.home[0])) < 0.01, \
+            f"pulled away after the reset: {seen.max():.3f}"
+    assert t.executor_log.read_text().count("scene reset:") >= 10

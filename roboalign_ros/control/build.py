@@ -38,6 +38,7 @@ EXECUTOR_PARAMETERS: dict[str, Any] = {
     "chunk_topic": "/roboalign/action_chunk",
     "estop_topic": "/roboalign/estop",
     "instruction_topic": "/roboalign/instruction",
+    "scene_reset_topic": "/roboalign/scene_reset",  # std_msgs/Empty: the world was reset
     "path_topic": "~/planned_path",  # MarkerArray of each accepted chunk's tool path; "" = off
     "safety.velocity_scale": 0.5,
     "safety.max_step": 0.05,

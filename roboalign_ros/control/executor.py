@@ -196,6 +196,7 @@ class ChunkExecutor:
         self._state_q: np.ndarray | None = None  # previous joint state, to notice jumps
         self._state_t = -math.inf
         self._clock = -math.inf                # latest ``now`` seen, to notice clock resets
+        self._state_after = -math.inf          # states stamped before this are void (reset)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -279,6 +280,21 @@ class ChunkExecutor:
             self._pause_reason = reason
             self._not_before = max(self._not_before, min(until, now + 3600.0))
             self._last = None
+
+    def scene_reset(self, now: float) -> None:
+        """The world was reset under the arm: drop every plan and the controller's reference.
+
+        (A sim reset, a re-arranged scene, a restarted driver.) Chunks observed before ``now``
+        are refused, and the next tick holds where the arm is measured (a stop from there).
+        """
+        with self._lock:
+            self.blender.clear()
+            self.counters['scene_resets'] += 1
+            self._not_before = max(self._not_before, now)
+            self._last = self._motion = None
+            self._stopped = False
+            self._gripper = None
+            self._state_after = now  # a state measured before the reset is the old world's
 
     def hold(self, now: float, measured_q: np.ndarray | None, reason: str = 'inactive'
              ) -> Command:
@@ -370,7 +386,9 @@ class ChunkExecutor:
                     self.blender.clear()
                     self.counters['state_losses'] += 1
                     self._not_before = max(self._not_before, now)
-                return self._stop_tick(now, 'no_state', measured_q, why)
+                void = state_stamp is not None and state_stamp < self._state_after
+                # a state from before a scene reset says nothing about where the arm is now
+                return self._stop_tick(now, 'no_state', None if void else measured_q, why)
             stale = (self._last_submit is None
                      or now - self._last_submit > self.config.watchdog_timeout)
             target = None if stale else self.blender.sample(now, self._target)
@@ -429,6 +447,8 @@ class ChunkExecutor:
         """Why the joint state cannot be acted on ('' if it can); notices jumps."""
         if q is None:
             return 'no joint state'
+        if stamp is not None and stamp < self._state_after:
+            return 'waiting for a joint state measured after the scene reset'
         if not np.all(np.isfinite(q)):
             return 'joint state is not finite'
         if age is None and stamp is not None:
@@ -447,7 +467,8 @@ class ChunkExecutor:
                     # the world was reset under us: plans from before are for another scene
                     j = int(np.argmax(moved - bound))
                     self.counters['state_jumps'] += 1
-                    self._motion = None  # the controller was reset with the world
+                    # the controller was reset with the world: the stop holds the new state
+                    self._motion = self._last = None
                     self.blender.clear()
                     self._not_before = max(self._not_before, now)
                     # nor the gripper: re-sent after a reset it would close an opened hand

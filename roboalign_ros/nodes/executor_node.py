@@ -34,7 +34,7 @@ from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, String
+from std_msgs.msg import Bool, Empty, String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
@@ -206,6 +206,7 @@ class ExecutorNode(LifecycleNode):
         self.estop_listener = EstopListener(self, p["estop_topic"], self.on_estop)
         self.create_subscription(String, p["instruction_topic"], self.on_instruction,
                                  COMMAND_QOS)
+        self.create_subscription(Empty, p["scene_reset_topic"], self.on_scene_reset, COMMAND_QOS)
         self.create_service(Trigger, "~/go_home", self.on_go_home)
         # the planned tool path in RViz (joint_position chunks; FK of the envelope's model)
         self.path_pub = self.executed = None
@@ -379,6 +380,15 @@ class ExecutorNode(LifecycleNode):
         else:
             self.get_logger().warning("e-stop release ignored: no e-stop was engaged",
                                       throttle_duration_sec=5.0)
+
+    def on_scene_reset(self, msg: Empty) -> None:
+        """The world was reset (sim_node's reset_task): hold where the arm is now.
+
+        Plans and the controller's reference from before the reset are void.
+        """
+        with self._send_lock:
+            self.chunk_executor.scene_reset(now_seconds(self))
+        self.get_logger().info("scene reset: plans dropped, holding where the arm is")
 
     def on_instruction(self, msg: String) -> None:
         """A new instruction: drop the chunks planned for the old one."""

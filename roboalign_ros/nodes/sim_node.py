@@ -19,7 +19,7 @@ import time
 from geometry_msgs.msg import TwistStamped
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image, JointState
-from std_msgs.msg import Float64MultiArray, String
+from std_msgs.msg import Empty, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from roboalign_ros.conversions import numpy_to_image, seconds_to_stamp, stamp_to_seconds
@@ -45,6 +45,7 @@ PARAMETERS = {
     "status_rate": 10.0,
     "publish_instruction": True,
     "instruction_topic": "/roboalign/instruction",
+    "scene_reset_topic": "/roboalign/scene_reset",
     "camera.enabled": True,
     "camera.rate": 15.0,
     "camera.width": 640,
@@ -87,6 +88,8 @@ class SimNode(Node):
         self.joint_pub = self.create_publisher(JointState, topics["joint_states"], 10)
         self.status_pub = self.create_publisher(TaskStatus, "/roboalign/task_status", 10)
         self.instruction_pub = self.create_publisher(String, p["instruction_topic"], LATCHED_QOS)
+        self.scene_reset_pub = self.create_publisher(Empty, p["scene_reset_topic"], COMMAND_QOS)
+        self._reset_stamp = 0.0
         # realsense2_camera's layout per camera: colour, aligned depth, their camera_info
         self.cameras = [("scene", p["camera.frame_id"],
                          self._camera_publishers(p["camera.namespace"]))]
@@ -123,6 +126,12 @@ class SimNode(Node):
 
     def on_trajectory(self, msg: JointTrajectory) -> None:
         """joint_trajectory_controller semantics; refused trajectories change nothing."""
+        stamp = stamp_to_seconds(msg.header.stamp)
+        if 0.0 < stamp < self._reset_stamp:
+            self._reject("joint_trajectory", CommandRejected(
+                f"stamped {self._reset_stamp - stamp:.3f} s before the last reset_task "
+                "(planned for the world before it)"))
+            return
         try:
             self.server.command_trajectory(
                 list(msg.joint_names),
@@ -173,6 +182,10 @@ class SimNode(Node):
 
     def _reset(self, task: str, seed: int) -> str:
         instruction = self.server.reset(task, seed)
+        # a trajectory stamped before this was planned for the old world (the sim's own rule:
+        # real arms are not teleported); the executor is told to drop its plans too
+        self._reset_stamp = now_seconds(self)
+        self.scene_reset_pub.publish(Empty())
         if self.p["publish_instruction"]:
             self.instruction_pub.publish(String(data=instruction))
         self.get_logger().info(f"reset: '{instruction}' (seed {seed})")
