@@ -78,6 +78,18 @@ class Target:
                      "-p", "servo.manage:=false"], self.executor_log)
         wait_matched(self.executor, self.probe.chunk_pub, self.probe.estop_pub,
                      self.probe.home_client, timeout=60)
+        # it sends one stop (a hold where the arm is) once it has a joint state: wait for that
+        # (its 1 Hz diagnostics say 'hold'), or it would replace a scenario's first trajectory
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        states = []
+        sub = self.node.create_subscription(
+            DiagnosticArray, "/diagnostics", lambda m: states.extend(
+                kv.value for s in m.status if s.hardware_id == "executor_node"
+                for kv in s.values if kv.key == "state"), 10)
+        assert spin_until(self.executor, lambda: "hold" in states, 30), \
+            f"executor_node never held: {states[-3:]} {self.executor_log.read_text()[-500:]}"
+        self.node.destroy_subscription(sub)
 
     def _start(self, cmd, log: Path) -> None:
         out = open(log, "w")
