@@ -86,6 +86,7 @@ PARAMETERS = {
     "bag.preroll": 1.0,  # s of each topic before the start also in the bag (+ its newest)
     "bag.compression": "zstd",  # none | zstd: MCAP chunk compression
     "bag.images": "raw",  # raw | compressed (the camera's image_transport topics) | none
+    "bag.nice": 5,  # the bag writer's nice increment (the dataset's inputs first)
 }
 BAG_IMAGES = ("raw", "compressed", "none")
 DESCRIPTIONS = {
@@ -193,7 +194,7 @@ class RecorderNode(Node):
             self.bag = BagRecorder(Path(p["dataset_root"]).expanduser(), self._bag_topics,
                                    p["bag.queue_size"], p["bag.preroll"],
                                    f"{self.get_fully_qualified_name()}/episode_events",
-                                   p["bag.compression"])
+                                   p["bag.compression"], p["bag.nice"])
         self.create_timer(1.0 / p["fps"], self.session.tick)
 
         self.create_service(StartEpisode, "~/start_episode", self.on_start)

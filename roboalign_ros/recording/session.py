@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import enum
 import math
-import os
 import queue
 import shutil
 import threading
@@ -50,6 +49,7 @@ from roboalign_ros.data import lerobot_format as fmt
 from roboalign_ros.recording import actions as act
 from roboalign_ros.recording import spool as sp
 from roboalign_ros.recording.sampler import HOLD, NEAREST, FrameSampler
+from roboalign_ros.recording.threads import lower_priority
 
 # Default wait between a frame time and its sampling: DDS delivers large images up to ~0.1 s
 # late on a busy machine, and a frame sampled before its image arrived would be dropped.
@@ -822,7 +822,7 @@ class RecordingSession:
     # --- encoder thread only below
 
     def _encode_loop(self) -> None:
-        self._lower_priority()
+        lower_priority(self.config.encoder_nice)  # the writer's stream threads inherit it
         try:
             while True:
                 with self._jobs_cv:
@@ -849,19 +849,6 @@ class RecordingSession:
         finally:
             if self._writer is not None:
                 self._writer.close()
-
-    def _lower_priority(self) -> None:
-        """Encode at a lower CPU priority than the inputs.
-
-        Linux: nice is per thread, and the writer's stream threads, started from this one,
-        inherit it.
-        """
-        nice = self.config.encoder_nice
-        if nice and hasattr(os, "setpriority"):
-            tid = threading.get_native_id()
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, tid,
-                               min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
 
     def _encode_job(self, job: _Job) -> None:
         """Encode ``job`` from its spool as its frames arrive; save it once it is stopped."""
