@@ -140,3 +140,26 @@ def test_deactivate_holds_with_a_stop_from_the_stream():
     stop = ex.hold(t + 0.01, q)
     assert stop.stop and stop.kind == "paused" and np.any(stop.points[0][2])
     assert ex.tick(t + 0.02, q).kind == "paused"
+
+
+def test_a_late_tick_goes_on_from_where_the_controller_braked_to():
+    """A starved executor (no tick for 0.3 s): its last track coasted and braked to rest in the
+    controller meanwhile, so the next command starts from that rest, not from the old command
+    with its old velocity (which would be a jump the arm cannot make)."""
+    from roboalign_ros.control.trajectory import points_at
+
+    ex = executor()
+    assert ex.submit(ramp(ex, 0.0, h=60), 0.0)[0]
+    q, t = ROBOT.home.copy(), 0.0
+    for _ in range(30):
+        t += 0.01
+        last = ex.tick(t, q)
+        q = last.arm
+    rest, _ = points_at(last.points, 0.3)          # where the controller is after the gap
+    fresh = ramp(ex, t + 0.29, h=60)               # the policy kept planning meanwhile
+    assert ex.submit(fresh, t + 0.3)[0]
+    late = ex.tick(t + 0.3, q)
+    assert late.kind == "track"
+    step = np.abs(late.points[0][1] - rest)
+    assert np.all(step <= ROBOT.velocity * 0.5 * 0.01 + 1e-6), step   # one period from rest
+    assert np.all(np.abs(late.points[0][2]) <= ACC * 0.01 + 1e-6)     # accelerating from 0

@@ -50,7 +50,7 @@ import numpy as np
 from .blending import ActionBlender, BlendMode
 from .chunk import Chunk, ChunkError, ChunkLimits, validate_chunk
 from .safety import FK, SafetyEnvelope
-from .trajectory import braking, cubic_segment
+from .trajectory import braking, cubic_segment, points_at
 
 TWIST_DIM = 6
 
@@ -193,6 +193,7 @@ class ChunkExecutor:
         # (t0, q0, v0, q1, seconds) to rest at q1, so that a later stop brakes from where the
         # controller's reference is, not from the measured position behind it
         self._motion: tuple | None = None
+        self._sent: tuple[float, tuple] | None = None  # (stamp, points) of the last track
         self._state_q: np.ndarray | None = None  # previous joint state, to notice jumps
         self._state_t = -math.inf
         self._clock = -math.inf                # latest ``now`` seen, to notice clock resets
@@ -339,6 +340,9 @@ class ChunkExecutor:
 
     def _reference(self, now: float, measured_q) -> tuple[np.ndarray, np.ndarray]:
         """Where the controller was last told the arm is at ``now``, and how fast it moves."""
+        if self._last is not None and self._sent is not None:  # the last track, as sampled
+            stamp, points = self._sent
+            return points_at(points, now - stamp)
         if self._last is not None:  # the stream: at _last at _last_t, moving at _v
             ahead = min(max(now - self._last_t, 0.0), self.config.lead_time)
             q = np.clip(self._last + self._v * ahead, self.envelope.limits.lower,
@@ -410,7 +414,13 @@ class ChunkExecutor:
             if self._last is None:   # resume from where the arm IS, at rest
                 self._last, self._last_t = q.copy(), now - self.config.period
                 self._v[:] = 0.0
-                self._motion = None
+                self._motion = self._sent = None
+            elif now - self._last_t > self.config.lead_time and self._sent is not None:
+                # a late tick (a starved process): the controller's reference has coasted and
+                # braked since the last command; go on from where it is, not from that command
+                q_ref, v_ref = self._reference(now - self.config.period, q)
+                self._last, self._v[:] = q_ref, v_ref
+                self._last_t = now - self.config.period
             dt = now - self._last_t
             cmd = env.filter_joint(target[:-1], self._last, self._cmd, dt=dt, v_prev=self._v)
             duration = self._duration(cmd, q)
@@ -422,6 +432,7 @@ class ChunkExecutor:
             v = self._v.copy()
             if not np.any(v):
                 command.points = ((0.0, command.arm, v),)
+                self._sent = (now, command.points)
                 return command
             # coast at v for lead_time (a late message still finds the reference moving), brake
             lead = self.config.lead_time
@@ -429,6 +440,7 @@ class ChunkExecutor:
             rest, seconds = self._braking(coast, v)
             command.points = ((0.0, command.arm, v), (lead, coast, v),
                               (lead + seconds, rest, np.zeros_like(v)))
+            self._sent = (now, command.points)
             return command
 
     def _braking(self, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, float]:

@@ -59,6 +59,21 @@ def braking(q, v, acc_max, lower, upper, min_time: float = 0.1,
     return np.clip(q + v * seconds / 2, lower, upper), seconds
 
 
+def points_at(points, t: float) -> tuple[np.ndarray, np.ndarray]:
+    """Position and velocity at ``t`` (from the stamp) along ``(time, q, v)`` points.
+
+    The points are joined by cubics, as a JTC samples them; the last point holds after it.
+    """
+    t0, q0, v0 = points[0]
+    if t <= t0:
+        return np.array(q0, float), np.array(v0, float)
+    for (ta, qa, va), (tb, qb, vb) in zip(points, points[1:]):
+        if t < tb:
+            return cubic_segment(ta, qa, va, tb, qb, vb, t)
+    _, q, v = points[-1]
+    return np.array(q, float), np.array(v, float)
+
+
 def trajectory_points(command) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
     """``(times_from_start, positions, velocities)`` of a joint-space track or stop command.
 
