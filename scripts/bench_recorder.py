@@ -141,7 +141,10 @@ def publisher(args) -> None:
         except Exception:  # noqa: BLE001 - rclpy raises RCLError
             sent["publish_errors"] += 1
 
+    # late images and joint-state gaps beyond the recorder's max skew (--max-skew) are frames
+    # the publisher did not send in time: counted here so that drops can be told apart
     sent = {"images": 0, "joint_states": 0, "commands": 0, "images_late_10ms": 0,
+            "images_late_over_max_skew": 0, "joint_gaps_over_2x_max_skew": 0,
             "publish_errors": 0,
             "image_max_late_ms": 0.0, "joint_max_gap_ms": 0.0}
     last_js, next_report = start, start + 1.0
@@ -157,6 +160,7 @@ def publisher(args) -> None:
             publish(joints, js)
             sent["joint_states"] += 1
             sent["joint_max_gap_ms"] = max(sent["joint_max_gap_ms"], 1e3 * (now - last_js))
+            sent["joint_gaps_over_2x_max_skew"] += now - last_js > 2 * args.max_skew
             last_js = now
         if now >= next_cmd:
             next_cmd += 1 / 50
@@ -169,6 +173,7 @@ def publisher(args) -> None:
         if now >= next_img:
             late = now - next_img  # stamps are taken now: lateness is camera jitter
             sent["images_late_10ms"] += late > 0.010
+            sent["images_late_over_max_skew"] += late > args.max_skew
             sent["image_max_late_ms"] = max(sent["image_max_late_ms"], round(1e3 * late, 1))
             next_img += 1 / args.camera_rate
             for c in range(2):
@@ -225,6 +230,7 @@ def main() -> int:
                             str(args.seconds), "--camera-rate", str(args.camera_rate),
                             "--width", str(args.width), "--height", str(args.height),
                             "--bag-images", args.bag_images if args.bag else "raw",
+                            "--max-skew", str(args.max_skew),
                             *(["--depth"] if args.depth else [])],
                            stdout=subprocess.PIPE, text=True, env=env)
     rec_log = open(tmp / "recorder.log", "w")  # noqa: SIM115
@@ -340,7 +346,8 @@ def main() -> int:
             "bag_dropped_messages": diag.get("bag_dropped", ""),
             "publisher_during_episode": {
                 k: sent1.get(k, 0) - sent0.get(k, 0) for k in (
-                    "images", "joint_states", "images_late_10ms", "publish_errors")},
+                    "images", "joint_states", "images_late_10ms", "images_late_over_max_skew",
+                    "joint_gaps_over_2x_max_skew", "publish_errors")},
             "publisher_worst": {k: sent1.get(k) for k in ("image_max_late_ms",
                                                           "joint_max_gap_ms")},
             "recorder_received_total": {k: v for k, v in diag.items()
