@@ -352,6 +352,9 @@ def main() -> int:
                                                           "joint_max_gap_ms")},
             "recorder_received_total": {k: v for k, v in diag.items()
                                         if k.startswith("received.")},
+            # receive time - stamp, worst per stream: over the sample delay (0.25 s) drops
+            "recorder_input_lag_max_ms": {k.split(".", 1)[1]: float(v) for k, v in diag.items()
+                                          if k.startswith("input_lag_max_ms.")},
         }
         print(json.dumps(result, indent=1))
         return 0

@@ -24,6 +24,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from roboalign_ros.conversions import (
     seconds_to_stamp,
+    stamp_to_seconds,
 )
 from roboalign_ros.msg import ActionChunk, Reasoning, RecorderStatus
 from roboalign_ros.nodes.common import (
@@ -162,6 +163,7 @@ class RecorderNode(Node):
         self.p, self.robot = p, robot
         self.feed = MessageFeed(self.session, robot, p["action_max_age"])
         self.bad_inputs = 0
+        self.input_lag: dict[str, float] = {}  # s, since the episode started
 
         self._bag_topics: dict[str, str] = {}  # topic -> type, when bag.enabled
         sub = self._subscribe
@@ -228,12 +230,20 @@ class RecorderNode(Node):
         self.create_subscription(msg_type, topic, both, qos)
 
     def on_image(self, camera: str, msg: Image) -> None:
-        """Camera frame -> session (zero-copy view; converted in the writer thread)."""
+        """Camera frame -> session (zero-copy view; converted in the spool thread)."""
+        self._note_lag(camera, msg)
         self._feed(f"image from camera {camera!r}", self.feed.image, camera, msg)
 
     def on_joint_state(self, msg: JointState) -> None:
         """Joint states -> state vector (arm joints + gripper opening)."""
+        self._note_lag("state", msg)
         self._feed("joint_states", self.feed.joint_state, msg)
+
+    def _note_lag(self, stream: str, msg) -> None:
+        """Largest receive time - stamp per stream: beyond sample_delay, frames are dropped."""
+        lag = now_seconds(self) - stamp_to_seconds(msg.header.stamp)
+        if lag > self.input_lag.get(stream, 0.0):
+            self.input_lag[stream] = lag
 
     def on_trajectory(self, msg: JointTrajectory) -> None:
         """Commanded joint trajectory (keyed by receive time; stamp 0 = now)."""
@@ -265,6 +275,7 @@ class RecorderNode(Node):
 
     def on_start(self, request, response):
         """Start an episode (task empty: the latest instruction)."""
+        self.input_lag.clear()
         r = self.session.start_episode(request.task, request.operator_name
                                        or self.p["default_operator"], request.source or "teleop")
         response.success, response.message, response.episode_index = r.success, r.message, \
@@ -357,7 +368,8 @@ class RecorderNode(Node):
             **({"bag_dropped": self.bag.dropped, "bag_error": self.bag.error or ""}
                if self.bag is not None else {}),
             **{f"dropped.{k}": v for k, v in s.drops.items()},
-            **{f"received.{k}": v for k, v in s.received.items()}})
+            **{f"received.{k}": v for k, v in s.received.items()},
+            **{f"input_lag_max_ms.{k}": round(1e3 * v, 1) for k, v in self.input_lag.items()}})
 
     def close(self) -> None:
         """Discard an unsaved episode and stop the writer thread."""
