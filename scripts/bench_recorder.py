@@ -69,17 +69,26 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
-def cpu_by_priority(pid: int) -> dict[int, float]:
-    """CPU seconds of a process's threads by nice value (the recorder's encoder runs niced)."""
+def with_children(pid: int) -> list[int]:
+    """``pid`` and its child processes (the recorder and its encoder process)."""
+    kids = [int(k) for task in Path(f"/proc/{pid}/task").iterdir()
+            for k in (task / "children").read_text().split()]
+    return [pid, *kids]
+
+
+def cpu_by_priority(pids: list[int]) -> dict[int, float]:
+    """CPU seconds of the processes' threads by nice value (0: the recorder's inputs, spool;
+    bag.nice: its bag writer; video.nice: the encoder process)."""
     out: dict[int, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the thread ended
-            continue
-        nice = int(fields[16])
-        out[nice] = out.get(nice, 0.0) + (int(fields[11]) + int(fields[12])) / \
-            os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the thread ended
+                continue
+            nice = int(fields[16])
+            out[nice] = out.get(nice, 0.0) + (int(fields[11]) + int(fields[12])) / \
+                os.sysconf("SC_CLK_TCK")
     return out
 
 
@@ -286,8 +295,9 @@ def main() -> int:
                 break
             time.sleep(0.2)
         assert r.success, r.message
+        recorder = with_children(rec.pid)  # the node and its encoder process
         c0 = {p.pid: cpu_seconds(p.pid) for p in (rec, pub)}
-        n0 = cpu_by_priority(rec.pid)
+        n0 = cpu_by_priority(recorder)
         sent0 = dict(pub_stats[0])
         t0 = time.perf_counter()
         load0 = os.getloadavg()[0]
@@ -296,7 +306,7 @@ def main() -> int:
         sent1 = dict(pub_stats[0])
         wall = time.perf_counter() - t0
         c1 = {p.pid: cpu_seconds(p.pid) for p in (rec, pub)}
-        n1 = cpu_by_priority(rec.pid)
+        n1 = cpu_by_priority(recorder)
         t_save = time.perf_counter()
         stop = call(stop_c, StopEpisode.Request(save=True, outcome=1))
         stop_s = time.perf_counter() - t_save
@@ -311,7 +321,7 @@ def main() -> int:
                 encoding_messages.append((time.perf_counter(), status.message))
             time.sleep(0.2)
         save_s = time.perf_counter() - t_save
-        c2 = cpu_seconds(rec.pid)
+        c2 = sum(cpu_by_priority(recorder).values())
         ep = DatasetReader(root).episodes[stop.episode_index]
         expected = int(args.seconds * args.fps)
         dropped = stop.message.rsplit("dropped", 1)[-1].strip()
@@ -323,19 +333,20 @@ def main() -> int:
             f"{args.height} @ {args.camera_rate} Hz", "joint_states_hz": 500,
             "frames_recorded": ep.length, "frames_expected": expected,
             "dropped": dropped,  # reasons: skew:<stream> = no sample within max_skew
-            "recorder_cpu_cores": round((c1[rec.pid] - c0[rec.pid]) / wall, 3),
-            # threads by nice value: 0 the inputs, spool and bag; the encoder's (video.nice)
+            "recorder_cpu_cores": round((sum(n1.values()) - sum(n0.values())) / wall, 3),
+            # by nice value: 0 the inputs and spool, 5 the bag writer, 10 the encoder process
             "recorder_cpu_cores_by_nice": {k: round((v - n0.get(k, 0.0)) / wall, 3)
                                            for k, v in sorted(n1.items())},
             "publisher_cpu_cores": round((c1[pub.pid] - c0[pub.pid]) / wall, 3),
             "machine_cores": os.cpu_count(),
-            "recorder_peak_rss_mb": round(peak_rss_kb(rec.pid) / 1e3, 1),
+            "recorder_peak_rss_mb": [round(peak_rss_kb(p) / 1e3, 1) for p in recorder],
             "spool_peak_mb": peaks["spool_mb"],
             "encoder_backlog_peak_frames": int(peaks["encoder_backlog_frames"]),
             "loadavg_1min_start_end": [round(load0, 2), round(os.getloadavg()[0], 2)],
             "stop_answer_seconds": round(stop_s, 2), "stop_answer": stop.message,
             "status_while_encoding": [m for _, m in encoding_messages[:3]],
-            "save_seconds": round(save_s, 2), "save_cpu_seconds": round(c2 - c1[rec.pid], 2),
+            "save_seconds": round(save_s, 2),
+            "save_cpu_seconds": round(c2 - sum(n1.values()), 2),
             "depth": args.depth, "bag": args.bag,
             **({"bag_compression": args.bag_compression, "bag_images": args.bag_images}
                if args.bag else {}),

@@ -26,6 +26,24 @@ def record(feeder: Feeder, seconds: float, save: bool = True):
     return feeder.stop_episode(save=save)
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until(condition, timeout: float) -> bool:
+    """Poll `condition` until it holds or `timeout` s pass."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def kill9_mid_episode(feeder: Feeder, proc, root: Path, saved: int) -> int:
     """Record `saved` episodes, start one more and SIGKILL the recorder in the middle of it;
     return how many frames of that episode the spool holds (what a restart can recover)."""
@@ -42,8 +60,13 @@ def kill9_mid_episode(feeder: Feeder, proc, root: Path, saved: int) -> int:
     assert spin_until(feeder.executor, lambda: any(
         m.state == RecorderStatus.STATE_RECORDING and m.frames >= 8 for m in feeder.statuses),
         30), "the episode records no frames"
+    encoders = [int(pid) for task in Path(f"/proc/{proc.pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()]
+    assert len(encoders) == 1, encoders  # the recorder's encoder process
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=10) == -signal.SIGKILL
+    # the encoder dies with it: no writer is left on the dataset the restart recovers
+    assert wait_until(lambda: not alive(encoders[0]), 10), "the encoder outlived its recorder"
     reader = SpoolReader(root / "spool" / spool_name(saved))
     try:
         assert reader.stop is None  # never stopped: a crash, not an unfinished save

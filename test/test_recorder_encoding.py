@@ -1,12 +1,14 @@
 """recorder_node while the encoder is behind (issue 22): a stop answers at once, the status says
 "encoding" until the episode is saved, and no frame is lost meanwhile.
 
-The node runs in this process so that its encoder can be held back (a gate on
-`DatasetWriter.add_frame`) for as long as the test needs: a machine too slow to encode live.
+The node runs in this process so that its encoder process can be held back (SIGSTOP) for as
+long as the test needs: a machine too slow to encode live.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 
 import pytest
@@ -17,23 +19,14 @@ pytestmark = pytest.mark.ros
 
 
 def test_a_stop_while_encoding_answers_at_once_and_saves_when_the_encoder_is_done(
-        rclpy_context, tmp_path, monkeypatch):
+        rclpy_context, tmp_path):
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.parameter import Parameter
 
-    from roboalign_ros.data import DatasetReader, DatasetWriter
+    from roboalign_ros.data import DatasetReader
     from roboalign_ros.msg import RecorderStatus
     from roboalign_ros.nodes.recorder_node import RecorderNode
 
-    gate, encoding = threading.Event(), threading.Event()
-    add_frame = DatasetWriter.add_frame
-
-    def held(writer, *args, **kwargs):
-        encoding.set()
-        gate.wait()
-        return add_frame(writer, *args, **kwargs)
-
-    monkeypatch.setattr(DatasetWriter, "add_frame", held)
     root = tmp_path / "ds"
     node = RecorderNode(context=rclpy_context, parameter_overrides=[
         Parameter("dataset_root", value=str(root)), Parameter("fps", value=10),
@@ -43,13 +36,14 @@ def test_a_stop_while_encoding_answers_at_once_and_saves_when_the_encoder_is_don
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     feeder = Feeder(rclpy_context)
+    encoder = node.session.encoder_pid
     try:
         feeder.wait_matched()
         feeder.start()
         feeder.wait(0.3)
+        os.kill(encoder, signal.SIGSTOP)  # the encoder does not run at all from here
         assert feeder.start_episode().success
         feeder.wait(2.0)
-        assert encoding.is_set()  # the encoder is stuck on the first frame all along
         stop = feeder.stop_episode(save=True, outcome=1)
         assert stop.success and stop.frames >= 10, stop.message
         assert f"encoding (0 of {stop.frames} frames done): saved when it finishes" in \
@@ -63,7 +57,7 @@ def test_a_stop_while_encoding_answers_at_once_and_saves_when_the_encoder_is_don
         assert spin_until(feeder.executor, lambda: any(
             kv.key == "encoder_backlog_frames" and kv.value == str(stop.frames)
             for s in feeder.diagnostics for kv in s.values), 10)
-        gate.set()
+        os.kill(encoder, signal.SIGCONT)
         assert spin_until(feeder.executor, lambda: any(
             m.episodes_saved == 1 for m in feeder.statuses), 60), "never saved"
         status = feeder.status()
@@ -72,7 +66,7 @@ def test_a_stop_while_encoding_answers_at_once_and_saves_when_the_encoder_is_don
         assert len(ep) == stop.frames and ep.info.success is True
         check_episode_matches_feed(feeder, ep)
     finally:
-        gate.set()
+        os.kill(encoder, signal.SIGCONT)
         feeder.close()
         executor.shutdown()
         node.close()

@@ -1,19 +1,21 @@
 """The recorder's spool (issue 22): frames go raw to disk, the videos are encoded behind them.
 
-ROS-free: a `RecordingSession` on a fake clock, its encoder held back by a gate on
-`DatasetWriter.add_frame` where a test needs it behind the recording.
+ROS-free: a `RecordingSession` on a fake clock; where a test needs its encoder far behind the
+recording, the encoder process is stopped (SIGSTOP) and continued later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import threading
 
 import numpy as np
 import pytest
 from test_recording_session import ARM, Clock, feed, make
 
-from roboalign_ros.data import DatasetReader, DatasetWriter
+from roboalign_ros.data import DatasetReader
 from roboalign_ros.data.synthetic import synthetic_depth
 from roboalign_ros.recording.actions import TrajectoryParser
 from roboalign_ros.recording.session import RecorderState
@@ -33,46 +35,40 @@ def command(t: float):
     return PARSE(ARM, [0.1], [[t, -t]], start=t)
 
 
-class Gate:
-    """Holds every `DatasetWriter.add_frame` until opened: an encoder far behind the inputs."""
-
-    def __init__(self, monkeypatch) -> None:
-        self.open = threading.Event()
-        self.waiting = threading.Event()
-        original = DatasetWriter.add_frame
-
-        def gated(writer, *args, **kwargs):
-            self.waiting.set()
-            self.open.wait()
-            return original(writer, *args, **kwargs)
-
-        monkeypatch.setattr(DatasetWriter, "add_frame", gated)
+@contextlib.contextmanager
+def stalled(session):
+    """The session's encoder process stopped (SIGSTOP) until the block ends: a machine far
+    too slow to encode live."""
+    pid = session.encoder_pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
-def test_a_stalled_encoder_loses_no_frame_and_a_stop_saves_once_it_is_done(tmp_path,
-                                                                          monkeypatch):
+def test_a_stalled_encoder_loses_no_frame_and_a_stop_saves_once_it_is_done(tmp_path):
     clock = Clock()
-    gate = Gate(monkeypatch)
     s = make(tmp_path, clock, queue_seconds=0.4)  # 4 frames in memory: the spool takes them
     feed(s, clock, 0.3, command=command)
-    assert s.start_episode("reach").success
-    for _ in range(10):  # 30 frames while the encoder is stuck on the first
-        feed(s, clock, 0.3, command=command)
-        s.wait_spooled()  # at the camera's pace, not all at once: the spool keeps up
-    assert gate.waiting.wait(30)
-    r = s.stop_episode(save=True, success=True, wait=0.0)
-    assert r.success and r.frames >= 28 and "dropped 0" in r.message, r.message
-    assert f"encoding (0 of {r.frames} frames done): saved when it finishes" in r.message
-    status = s.status()
-    assert status.state == RecorderState.IDLE and status.episodes_saved == 0
-    assert f"encoding episode 0 (0 of {r.frames} frames), saved when done" in status.message
-    assert status.backlog == r.frames and status.drops == {}
-    assert not (tmp_path / "ds" / "meta" / "episodes").exists()  # nothing committed yet
-    # the next episode starts while the first one is still encoding
-    nxt = s.start_episode("reach again")
-    assert nxt.success and nxt.episode_index == 1, nxt.message
-    feed(s, clock, 1.0, command=command)
-    gate.open.set()
+    with stalled(s):
+        assert s.start_episode("reach").success
+        for _ in range(10):  # 30 frames while the encoder does not run at all
+            feed(s, clock, 0.3, command=command)
+            s.wait_spooled()  # at the camera's pace, not all at once: the spool keeps up
+        r = s.stop_episode(save=True, success=True, wait=0.0)
+        assert r.success and r.frames >= 28 and "dropped 0" in r.message, r.message
+        assert f"encoding (0 of {r.frames} frames done): saved when it finishes" in r.message
+        status = s.status()
+        assert status.state == RecorderState.IDLE and status.episodes_saved == 0
+        assert f"encoding episode 0 (0 of {r.frames} frames), saved when done" in \
+            status.message
+        assert status.backlog == r.frames and status.drops == {}
+        assert not (tmp_path / "ds" / "meta" / "episodes").exists()  # nothing committed yet
+        # the next episode starts while the first one is still encoding
+        nxt = s.start_episode("reach again")
+        assert nxt.success and nxt.episode_index == 1, nxt.message
+        feed(s, clock, 1.0, command=command)
     second = s.stop_episode(save=True, success=False)  # waits until both are saved
     assert second.success and second.message.startswith("saved episode 1"), second.message
     assert s.wait_encoded(30)
@@ -88,21 +84,19 @@ def test_a_stalled_encoder_loses_no_frame_and_a_stop_saves_once_it_is_done(tmp_p
     np.testing.assert_allclose(ep.actions[:, 0], ep.capture_times, atol=1e-4)
 
 
-def test_the_spool_is_bounded_frames_beyond_it_are_dropped_and_counted(tmp_path, monkeypatch):
+def test_the_spool_is_bounded_frames_beyond_it_are_dropped_and_counted(tmp_path):
     clock = Clock()
-    gate = Gate(monkeypatch)
     layout = SpoolLayout(3, 3, [("scene", 8, 8, False)])
     assert layout.record_bytes == 64 + 192  # header block + 8x8x3 pixels, 64-byte aligned
     s = make(tmp_path, clock, spool_max_gb=5 * layout.record_bytes / 1e9)
     feed(s, clock, 0.3, command=command)
-    assert s.start_episode("reach").success
-    feed(s, clock, 1.5, command=command)
-    assert gate.waiting.wait(30)
-    r = s.stop_episode(save=True, wait=0.0)
-    assert r.success and r.frames == 5, r.message
-    status = s.status()
-    assert status.drops["spool_full"] >= 8 and status.spool_bytes == 5 * layout.record_bytes
-    gate.open.set()
+    with stalled(s):
+        assert s.start_episode("reach").success
+        feed(s, clock, 1.5, command=command)
+        r = s.stop_episode(save=True, wait=0.0)
+        assert r.success and r.frames == 5, r.message
+        status = s.status()
+        assert status.drops["spool_full"] >= 8 and status.spool_bytes == 5 * layout.record_bytes
     assert s.wait_encoded(30)
     assert s.status().spool_bytes == 0
     s.close()
@@ -204,13 +198,16 @@ def test_a_spool_that_does_not_fit_the_recorder_is_left_in_place_with_an_error(t
     s.close()
 
 
-def test_the_encoder_runs_at_a_lower_cpu_priority(tmp_path):
+def test_the_encoder_is_a_process_of_its_own_at_a_lower_cpu_priority(tmp_path):
     s = make(tmp_path, Clock(), encoder_nice=7)
     try:
+        pid = s.encoder_pid
+        assert pid is not None and pid != os.getpid()
         base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        assert os.getpriority(os.PRIO_PROCESS, s._encoder.native_id) == min(19, base + 7)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, base + 7)
     finally:
         s.close()
+    assert s.encoder_pid is None  # closed with the session
 
 
 def test_spool_records_round_trip_and_refuse_what_does_not_fit(tmp_path):

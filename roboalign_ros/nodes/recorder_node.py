@@ -240,7 +240,12 @@ class RecorderNode(Node):
         self._feed("joint_states", self.feed.joint_state, msg)
 
     def _note_lag(self, stream: str, msg) -> None:
-        """Largest receive time - stamp per stream: beyond sample_delay, frames are dropped."""
+        """Track the largest receive time - stamp per stream while recording.
+
+        Beyond sample_delay, frames are dropped.
+        """
+        if self.session.state != RecorderState.RECORDING:
+            return
         lag = now_seconds(self) - stamp_to_seconds(msg.header.stamp)
         if lag > self.input_lag.get(stream, 0.0):
             self.input_lag[stream] = lag

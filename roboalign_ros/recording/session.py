@@ -1,21 +1,23 @@
-"""The recorder's episode state machine around `DatasetWriter` (ROS-free).
+"""The recorder's episode state machine (ROS-free).
 
 :class:`RecordingSession` takes stamped inputs from any thread (``push_*``), samples them onto
 the fps grid with :class:`~roboalign_ros.recording.sampler.FrameSampler` on :meth:`tick`, and
 hands complete frames to a spool thread, which appends them raw to the episode's spool on disk
-(``recording/spool.py``: a few ``write`` calls a frame). An encoder thread, at a lower CPU
-priority (``encoder_nice``), follows the spool and encodes the videos with `DatasetWriter` (its
-streams in parallel); when the episode is stopped it finishes, saves the episode and deletes
-the spool. So callers never block on encoding, and a frame is lost only when the spool cannot
-take it (disk full, ``spool_max_gb``), never because the encoder is behind.
+(``recording/spool.py``: a few ``write`` calls a frame). An encoder process
+(``recording/encoder.py``, at a lower CPU priority: ``encoder_nice``) follows the spool,
+encodes the videos with `DatasetWriter` (its streams in parallel), saves the episode once it is
+stopped and deletes the spool. So the inputs never wait for encoding, and a frame is lost only
+when the spool cannot take it (disk full, ``spool_max_gb``), never because the encoder is
+behind.
 
 States: IDLE -> RECORDING -> IDLE; an episode still being encoded after its stop is saved when
 the encoder is done ("encoding" in the status message) and the next episode may start
-meanwhile. Any recording error (full disk, I/O) -> ERROR, with every saved episode intact. A
-:meth:`start_episode` in ERROR first tries to reopen the dataset (after the operator freed
-space, say). Spools left by an earlier run (a crash, or an exit before encoding finished) are
-encoded and saved at start, an episode cut by a crash with its outcome unknown
-(``recover_partial=False``: deleted instead); the status message names each.
+meanwhile. Any recording error (full disk, I/O, the encoder process dying) -> ERROR, with every
+saved episode intact and the unsaved ones in the spool. A :meth:`start_episode` in ERROR first
+tries to reopen the dataset (after the operator freed space, say). Spools left by an earlier
+run (a crash, or an exit before encoding finished) are encoded and saved at start, an episode
+cut by a crash with its outcome unknown (``recover_partial=False``: deleted instead); the
+status message names each.
 
     session = RecordingSession(config, clock=time.time)
     session.push_image("scene", stamp, rgb); session.push_state(stamp, state)
@@ -31,9 +33,13 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import enum
+import json
 import math
+import os
 import queue
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import unicodedata
@@ -49,12 +55,12 @@ from roboalign_ros.data import lerobot_format as fmt
 from roboalign_ros.recording import actions as act
 from roboalign_ros.recording import spool as sp
 from roboalign_ros.recording.sampler import HOLD, NEAREST, FrameSampler
-from roboalign_ros.recording.threads import lower_priority
 
 # Default wait between a frame time and its sampling: DDS delivers large images up to ~0.1 s
 # late on a busy machine, and a frame sampled before its image arrived would be dropped.
 MIN_DELAY = 0.25
 STOP_MARGIN = 0.05  # s of transport latency allowed for the inputs of the last frame
+ENCODER_START_S = 60.0  # the encoder process imports PyAV and pyarrow, opens the dataset
 STATE = "state"
 COMMAND = "command"
 GRIPPER = "gripper"
@@ -112,7 +118,7 @@ class SessionConfig:
     gop: int = 10
     encoder_threads: int = 1
     stream_workers: int = 0  # streams encoded at once; 0: all of them
-    encoder_nice: int = 10  # added to the encoder threads' nice value (lower CPU priority)
+    encoder_nice: int = 10  # added to the encoder process's nice value (lower CPU priority)
     spool_dir: Path | None = None  # default: <root>/spool
     spool_max_gb: float = 20.0  # raw frames of unsaved episodes on disk; beyond: dropped
     recover_partial: bool = True  # an episode cut by a crash: saved (True) or deleted
@@ -274,28 +280,24 @@ class RecordingSession:
         self._shapes: dict[str, tuple[int, int]] | None = None
         self._episodes_saved = 0
         self.grid_start = self.episode_end = None  # of the latest episode (frame times, s)
-        self._writer: DatasetWriter | None = None  # the encoder thread's once it runs
         self._jobs: deque[_Job] = deque()  # episodes not saved yet, in encoding order
         self._job: _Job | None = None  # the one being recorded
         self._spool: sp.EpisodeSpool | None = None  # its spool (spool thread)
         self._spool_bytes = 0
-        self._encoder_calls: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
-        self._closing = self._abort_encoding = False
+        self._proc: subprocess.Popen | None = None  # the encoder process
+        self._send_lock = threading.Lock()
         qsize = max(4, int(math.ceil(c.queue_seconds * c.fps)))
         self._queue: queue.Queue[tuple] = queue.Queue(maxsize=qsize)
         self._calls: queue.Queue[tuple] = queue.Queue()
         self._wake = threading.Event()
         self._closed = False
-        if (Path(c.root) / fmt.INFO_PATH).exists():
-            self._writer = self._open_writer()
-            self._shapes = dict(self._writer.streams)
-            self._episodes_saved = self._writer.num_episodes
+        self._check_dataset()
         self._recover_leftovers()
         self._thread = threading.Thread(target=self._work, name="recorder-spool", daemon=True)
         self._thread.start()
-        self._encoder = threading.Thread(target=self._encode_loop, name="recorder-encoder",
-                                         daemon=True)
-        self._encoder.start()
+        # started from the spool thread, which lives as long as the session: Linux ties the
+        # process's death signal to the thread that started it
+        self._call(self._start_encoder, 60.0)
 
     # ------------------------------------------------------------------ inputs (any thread)
 
@@ -433,6 +435,7 @@ class RecordingSession:
                 self._job = job
                 self._jobs.append(job)
                 self._jobs_cv.notify_all()
+            self._send_job(job)
             self.grid_start = self._grid_start() if grid_start is None else float(grid_start)
             self.sampler.start(self.grid_start)
             return Result(True, f"recording episode {index}: {task!r}", index)
@@ -474,10 +477,10 @@ class RecordingSession:
             with self._jobs_cv:
                 if save and n:
                     job.phase, job.success = _STOPPED, success
-                elif job.phase == _RECORDING:
-                    job.phase = _DISCARDED
                 self._job = None
                 self._jobs_cv.notify_all()
+            if job.phase == _STOPPED:
+                self._send({"cmd": "stop", "index": index, "frames": n, "success": success})
             self._set_idle()
             if not save:
                 return Result(True, f"discarded episode {index}", index)
@@ -549,7 +552,7 @@ class RecordingSession:
         return self._state
 
     def close(self, timeout: float = 30.0) -> None:
-        """Discard the episode being recorded, finish saving the stopped ones, stop the threads.
+        """Discard the episode being recorded, finish saving the stopped ones, stop.
 
         An episode whose encoding does not finish within ``timeout`` stays in the spool and is
         saved at the next start.
@@ -563,23 +566,21 @@ class RecordingSession:
             with contextlib.suppress(Exception):
                 self._call(lambda: self._close_spool(job, False, None), timeout)
             with self._jobs_cv:
-                job.phase, self._job = _DISCARDED, None
-                self._jobs_cv.notify_all()
+                self._job = None
+        if not self.wait_encoded(timeout):
+            left = [j.index for j in self._jobs if j.phase == _STOPPED]
+            self._info(f"episodes {left} were still being encoded: they stay in the spool and "
+                       "are saved at the next start")
+        self._stop_encoder()
         self._calls.put((None, None))
         self._wake.set()
         self._thread.join(timeout)
-        with self._jobs_cv:
-            self._closing = True
-            self._jobs_cv.notify_all()
-        self._encoder.join(timeout)
-        if self._encoder.is_alive():
-            with self._jobs_cv:
-                self._abort_encoding = True
-                left = [j.index for j in self._jobs if j.phase == _STOPPED]
-                self._jobs_cv.notify_all()
-            self._encoder.join(timeout)
-            self._info(f"episodes {left} were still being encoded: they stay in the spool and "
-                       "are saved at the next start")
+
+    @property
+    def encoder_pid(self) -> int | None:
+        """Process id of the encoder (None when it is not running)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     # ------------------------------------------------------------------ internals
 
@@ -625,7 +626,9 @@ class RecordingSession:
     def _try_reopen(self, timeout: float) -> Result | None:
         try:
             self._call(self._drop_spool, timeout)
-            self._call_encoder(self._reopen, timeout)
+            self._stop_encoder()
+            self._reopen()
+            self._call(self._start_encoder, timeout)
         except (RecordingError, ValueError, OSError) as exc:
             return Result(False, f"recorder in error state ({self._message}); reopening the "
                           f"dataset failed: {exc}", self._next_index())
@@ -638,14 +641,6 @@ class RecordingSession:
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._calls.put((fn, future))
         self._wake.set()
-        return future.result(timeout)
-
-    def _call_encoder(self, fn: Callable[[], Any], timeout: float) -> Any:
-        """Run ``fn`` on the encoder thread (between episodes) and wait."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        with self._jobs_cv:
-            self._encoder_calls.append((fn, future))
-            self._jobs_cv.notify_all()
         return future.result(timeout)
 
     def _count_drop(self, reason: str, job: _Job) -> None:
@@ -805,10 +800,16 @@ class RecordingSession:
             with storage.recording_errors(f"stopping the spool of episode {job.index}"):
                 spool.finish(success)
         else:
-            with self._jobs_cv:  # before its files go: the encoder must not take it for lost
+            with self._jobs_cv:
                 job.phase = _DISCARDED
                 self._spool_bytes -= n * job.record_bytes
+                if job in self._jobs:
+                    self._jobs.remove(job)
+                if not job.done.done():
+                    job.done.set_result(0)
                 self._jobs_cv.notify_all()
+            # told before its files go: the encoder must not take it for lost
+            self._send({"cmd": "discard", "index": job.index})
             spool.remove()
         return n
 
@@ -819,115 +820,120 @@ class RecordingSession:
             with contextlib.suppress(OSError):
                 spool.close()
 
-    # --- encoder thread only below
-
-    def _encode_loop(self) -> None:
-        lower_priority(self.config.encoder_nice)  # the writer's stream threads inherit it
-        try:
-            while True:
-                with self._jobs_cv:
-                    self._jobs_cv.wait_for(lambda: self._encoder_calls or self._jobs
-                                           or self._closing)
-                    if self._encoder_calls:
-                        fn, future = self._encoder_calls.popleft()
-                        job = None
-                    elif self._jobs and not self._abort_encoding:
-                        job = self._jobs[0]
-                    else:
-                        return
-                if job is None:
-                    try:
-                        future.set_result(fn())
-                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                        future.set_exception(exc)
-                    continue
-                self._encode_job(job)
-                with self._jobs_cv:
-                    if self._jobs and self._jobs[0] is job:
-                        self._jobs.popleft()
-                    self._jobs_cv.notify_all()
-        finally:
-            if self._writer is not None:
-                self._writer.close()
-
-    def _encode_job(self, job: _Job) -> None:
-        """Encode ``job`` from its spool as its frames arrive; save it once it is stopped."""
+    def _start_encoder(self) -> None:
+        """Start the encoder process and hand it the episodes waiting (spool thread)."""
+        c = self.config
+        config = {"root": str(c.root), "fps": c.fps, "state_names": c.state_names,
+                  "action_names": c.action_names, "cameras": list(c.cameras),
+                  "depth_cameras": list(c.depth_cameras), "robot_type": c.robot_type,
+                  "codec": c.codec, "gop": c.gop, "crf": c.crf,
+                  "encoder_threads": c.encoder_threads,
+                  "stream_workers": c.stream_workers or len(c.cameras) + len(c.depth_cameras),
+                  "nice": c.encoder_nice, "parent": os.getpid()}
+        env = dict(os.environ)  # this package's directory first: it imports the same code
+        package_parent = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent,
+                                                       env.get("PYTHONPATH")) if p)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "roboalign_ros.recording.encoder", json.dumps(config)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
+        self._proc = proc
+        self._encoder_ready = threading.Event()
+        threading.Thread(target=self._read_events, args=(proc,), name="recorder-encoder-events",
+                         daemon=True).start()
+        if not self._encoder_ready.wait(ENCODER_START_S) or proc.poll() is not None:
+            self._stop_encoder()
+            raise RecordingError(f"the encoder process did not start (exit code {proc.poll()}; "
+                                 "its error is in the log above)")
         with self._lock:
-            phase = job.phase
-        if phase in (_DISCARDED, _FAILED):
-            self._finish_job(job, None, RecordingError(self._message)
-                             if phase == _FAILED else None)
+            jobs = [j for j in self._jobs if j.phase in (_RECORDING, _STOPPED)]
+        for job in jobs:
+            self._send_job(job)
+
+    def _stop_encoder(self) -> None:
+        """End the encoder process: it drops what it has not saved (the spool keeps it)."""
+        proc, self._proc = self._proc, None
+        if proc is None:
             return
+        with self._send_lock, contextlib.suppress(OSError):
+            proc.stdin.close()
         try:
-            reader = sp.SpoolReader(job.path)
-        except (ValueError, OSError) as exc:
-            if job.phase == _DISCARDED:  # discarded (and its spool deleted) just now
-                self._finish_job(job, None, None)
-                return
-            self._fail(RecordingError(f"spool of episode {job.index}: {exc}"))
-            self._finish_job(job, None, RecordingError(str(exc)))
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _send(self, cmd: dict[str, Any]) -> None:
+        proc = self._proc
+        if proc is None:
             return
-        w: DatasetWriter | None = None
-        try:
-            w = self._writer_for(reader)
-            w.start_episode(job.task, operator=job.operator, source=job.source)
-            i = 0
-            while True:
+        with self._send_lock, contextlib.suppress(OSError, ValueError):  # it died: see events
+            proc.stdin.write(json.dumps(cmd) + "\n")
+            proc.stdin.flush()
+
+    def _send_job(self, job: _Job) -> None:
+        self._send({"cmd": "job", "index": job.index, "path": str(job.path), "task": job.task,
+                    "operator": job.operator, "source": job.source,
+                    **({"stopped": True, "frames": job.spooled, "success": job.success}
+                       if job.phase == _STOPPED else {})})
+
+    def _read_events(self, proc: subprocess.Popen) -> None:
+        """The encoder's events -> the jobs' progress and outcomes (a thread per process)."""
+        for line in proc.stdout:
+            try:
+                event = json.loads(line)
+                kind, index = event["event"], event.get("index")
+            except (ValueError, KeyError, TypeError):
+                continue  # not ours
+            job = self._job_for(index)
+            if kind == "ready":
+                self._encoder_ready.set()
+            elif kind == "progress" and job is not None:
                 with self._jobs_cv:
-                    self._jobs_cv.wait_for(lambda n=i: job.phase != _RECORDING
-                                           or job.spooled > n or self._abort_encoding)
-                    phase, available, abort = job.phase, job.spooled, self._abort_encoding
-                if abort or phase in (_DISCARDED, _FAILED):
-                    w.discard_episode()
-                    error = RecordingError("the recorder closed before the episode was encoded "
-                                           "(it stays in the spool)") if abort else \
-                        RecordingError(self._message) if phase == _FAILED else None
-                    self._finish_job(job, None, error)
-                    return
-                if i < available:
-                    stamp, state, action, images = reader.frame(i)
-                    try:
-                        w.add_frame(state, action, images, timestamp=stamp)
-                    except ValueError as exc:  # counted, never fatal
-                        self._count_drop(f"bad_frame:{exc}", job)
-                    i += 1
-                    with self._jobs_cv:
-                        job.encoded = i
-                        self._jobs_cv.notify_all()
-                    continue
-                break
-            if w.frames_in_episode == 0:
-                w.discard_episode()
-                shutil.rmtree(job.path, ignore_errors=True)
-                self._finish_job(job, None, ValueError("the episode has no frames: discarded"),
+                    job.encoded = int(event["encoded"])
+                    self._jobs_cv.notify_all()
+            elif kind == "dropped" and job is not None:
+                self._count_drop(str(event["reason"]), job)
+            elif kind == "saved" and job is not None:
+                self._finish_job(job, int(event["frames"]), None, saved=int(event["episode"]),
                                  removed=True)
-                return
-            ep = w.save_episode(success=job.success)
-        except RecordingError as exc:
-            self._fail(exc)
-            self._finish_job(job, None, exc)
-            return
-        except BaseException as exc:  # noqa: BLE001 - a bug: the episode stays in the spool
-            if w is not None:
-                w.discard_episode()
-            error = RecordingError(f"encoding episode {job.index} failed: "
-                                   f"{type(exc).__name__}: {exc}")
+            elif kind == "failed":
+                if event.get("fatal"):
+                    error = RecordingError(str(event["error"]))
+                    if proc is self._proc:
+                        self._fail(error)
+                    if job is not None:
+                        self._finish_job(job, None, error)
+                elif job is not None:
+                    self._finish_job(job, None, ValueError(str(event["error"])), removed=True)
+        code = proc.wait()
+        self._encoder_ready.set()  # whoever waits for its start learns it ended
+        error = RecordingError(f"the encoder process exited (code {code}); episodes not saved "
+                               "stay in the spool and are saved at the next start")
+        if proc is self._proc and not self._closed:
             self._fail(error)
+        with self._jobs_cv:  # nobody will answer for these any more
+            pending = [j for j in self._jobs if not j.done.done()
+                       and j.phase in (_STOPPED, _FAILED)]
+        for job in pending:
             self._finish_job(job, None, error)
-            return
-        finally:
-            reader.close()
-        shutil.rmtree(job.path, ignore_errors=True)
-        self._finish_job(job, ep.length, None, saved=ep.index, removed=True)
+
+    def _job_for(self, index) -> _Job | None:
+        with self._lock:
+            return next((j for j in self._jobs if j.index == index), None)
 
     def _finish_job(self, job: _Job, frames: int | None, error: BaseException | None,
                     saved: int | None = None, removed: bool = False) -> None:
-        """Hand the outcome to whoever waits; ``removed``: its spool was deleted here."""
+        """Hand the outcome to whoever waits; ``removed``: its spool was deleted."""
         with self._jobs_cv:
+            if job.done.done():
+                return
             if saved is not None:
                 self._episodes_saved = saved + 1
             if removed:
                 self._spool_bytes -= job.spooled * job.record_bytes
+            if job in self._jobs:
+                self._jobs.remove(job)
             answered = job.answered
             if error is not None:
                 job.done.set_exception(error)
@@ -941,26 +947,17 @@ class RecordingSession:
         elif answered:
             self._info(f"saved episode {saved}: {frames} frames (encoded after its stop)")
 
-    def _writer_for(self, reader: sp.SpoolReader) -> DatasetWriter:
-        if self._writer is None:
-            c = self.config
-            shapes = {n: (h, w) for n, h, w, _ in reader.layout.streams}
-            self._writer = DatasetWriter.create(
-                c.root, c.fps, c.state_names, c.action_names,
-                {cam: shapes[cam] for cam in c.cameras}, c.robot_type, codec=c.codec,
-                gop=c.gop, crf=c.crf, encoder_threads=c.encoder_threads,
-                depth_cameras={cam: shapes[cam] for cam in c.depth_cameras},
-                stream_workers=self._stream_workers())
-        return self._writer
-
-    def _stream_workers(self) -> int:
-        c = self.config
-        return c.stream_workers or len(c.cameras) + len(c.depth_cameras)
+    def _check_dataset(self) -> None:
+        """An existing dataset must fit the config; its image sizes and episodes counted."""
+        if (Path(self.config.root) / fmt.INFO_PATH).exists():
+            w = self._open_writer()
+            self._shapes = dict(w.streams)
+            self._episodes_saved = w.num_episodes
+            w.close()
 
     def _open_writer(self) -> DatasetWriter:
         c = self.config
-        w = DatasetWriter.open(c.root, gop=c.gop, crf=c.crf, encoder_threads=c.encoder_threads,
-                               stream_workers=self._stream_workers())
+        w = DatasetWriter.open(c.root, gop=c.gop, crf=c.crf, encoder_threads=c.encoder_threads)
         problems = []
         if w.fps != c.fps:
             problems.append(f"fps {w.fps} (recorder: {c.fps})")
@@ -980,16 +977,13 @@ class RecordingSession:
         return w
 
     def _reopen(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._writer = self._open_writer() if (Path(self.config.root) / fmt.INFO_PATH).exists() \
-            else None
+        """After an error: the dataset checked again, every unsaved episode from the spool."""
         with self._jobs_cv:
             for j in self._jobs:  # an error ended them; their spools are recovered below
                 if not j.done.done():
                     j.done.set_exception(RecordingError(f"episode {j.index} was not saved: "
                                                         "the recorder stopped on an error"))
             self._jobs.clear()
-            self._episodes_saved = self._writer.num_episodes if self._writer else 0
-            self._spool_bytes = 0
+            self._episodes_saved, self._spool_bytes = 0, 0
+        self._check_dataset()
         self._recover_leftovers()
