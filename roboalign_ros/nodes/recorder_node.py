@@ -3,9 +3,9 @@
 Wiring: subscriptions push stamped samples into a
 :class:`~roboalign_ros.recording.session.RecordingSession`; a timer at the dataset fps samples
 the grid (nearest stamp, max skew; missing/skewed frames are dropped and counted); a thread in
-the session spools each frame raw to disk and another, at a lower CPU priority, encodes the
-videos behind it and saves the episode (``stop_wait``: how long a stop waits for that; the
-status message says "encoding" until it is saved). Services ``~/start_episode``,
+the session spools each frame raw to disk and an encoder process, at a lower CPU priority,
+encodes the videos behind it and saves the episode (``stop_wait``: how long a stop waits for
+that; the status message says "encoding" until it is saved). Services ``~/start_episode``,
 ``~/stop_episode``, ``~/get_status``; status on ``/roboalign/recorder_status`` and
 ``/diagnostics``.
 """
@@ -77,7 +77,7 @@ PARAMETERS = {
     "video.gop": 10,
     "video.threads": 1,
     "video.stream_workers": 0,  # streams encoded at once; 0: all
-    "video.nice": 10,  # the encoder threads' nice increment (the inputs come first)
+    "video.nice": 10,  # the encoder process's nice increment (the inputs come first)
     "stop_wait": 5.0,  # s a stop_episode waits for the encoding before it answers "encoding"
     "spool.dir": "",  # "" = <dataset_root>/spool
     "spool.max_gb": 20.0,  # raw frames of unsaved episodes on disk; more: frames dropped
@@ -388,7 +388,7 @@ class RecorderNode(Node):
 def main(args=None) -> int:
     """Entry point of ``ros2 run roboalign_ros recorder_node``.
 
-    Single-threaded on purpose (encoding runs in the session's worker thread): at 500 Hz
+    Single-threaded on purpose (encoding runs in the session's encoder process): at 500 Hz
     joint states rclpy's MultiThreadedExecutor alone costs more CPU than the recording.
     (rclpy.experimental.EventsExecutor would be cheaper still, but in the Kilted wheels tried
     here it served neither services nor timers.)
