@@ -28,8 +28,10 @@ def test_closed_loop_moves_the_arm_inside_the_safety_envelope(tmp_path):
     # feasibility: between consecutive tracks (no stop between them) each step within max_step
     # and at no more than duration_margin (0.8) of the URDF velocity limits over the time
     # between their stamps; every message starts at its stamp
+    # (after a tick later than lead_time the executor goes on from where the controller braked
+    # to, not from its last command: test_control_trajectory checks that seam)
     pairs = [(a, b) for a, b in zip(stats.command_points, stats.command_points[1:])
-             if not a[0] and not b[0]]
+             if not a[0] and not b[0] and b[2] - a[2] <= 0.02 + 1e-6]
     assert len(pairs) >= 400
     steps = np.array([np.abs(b[1] - a[1]) for a, b in pairs])
     elapsed = np.array([b[2] - a[2] for a, b in pairs])
@@ -51,4 +53,5 @@ def test_demo_runs_several_tasks_one_after_another(tmp_path):
     assert [r[0] for r in stats.results] == ["pick_red_cube", "push_green_block_left"], logs
     assert all(isinstance(ok, bool) and took >= 3.9 for _, _, ok, took in stats.results)
     assert stats.instruction == "push the green block to the left"   # the sim was reset to it
-    assert "reset: 'push the green block to the left' (seed 100000)" in logs["sim_node.log"]
+    assert "reset: 'push the green block to the left' (seed 100000)" in \
+        (tmp_path / "sim_node.log").read_text()
