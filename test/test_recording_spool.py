@@ -241,3 +241,30 @@ def test_spool_records_round_trip_and_refuse_what_does_not_fit(tmp_path):
     (spool.path / "meta.json").write_text("{")
     with pytest.raises(ValueError, match="no readable meta.json"):
         SpoolReader(spool.path)
+
+
+def test_an_encoder_that_dies_stops_the_recording_and_the_next_start_saves_its_spool(tmp_path):
+    clock = Clock()
+    errors, infos, failed = [], [], threading.Event()
+    s = make(tmp_path, clock, on_error=lambda m: (errors.append(m), failed.set()),
+             on_info=infos.append)
+    feed(s, clock, 0.3, command=command)
+    assert s.start_episode("reach").success
+    for _ in range(4):
+        feed(s, clock, 0.3, command=command)
+        s.wait_spooled()
+    spooled = s.status().frames
+    os.kill(s.encoder_pid, signal.SIGKILL)  # out of memory, say
+    assert failed.wait(30) and s.state == RecorderState.ERROR
+    assert errors and "the encoder process exited (code -9)" in errors[0]
+    assert "recorder error" in s.stop_episode().message
+    feed(s, clock, 0.3, command=command)
+    again = s.start_episode("reach again")  # reopens: the cut episode comes from its spool
+    assert again.success and again.episode_index == 1, again.message
+    assert any(m.startswith("recovering episode 0 (") for m in infos), infos
+    feed(s, clock, 1.0, command=command)
+    assert s.stop_episode(save=True).success
+    s.close()
+    reader = DatasetReader(tmp_path / "ds")
+    assert [e.length for e in reader.episodes][0] == spooled
+    assert reader.episodes[0].success is None and len(reader) == 2

@@ -910,7 +910,9 @@ class RecordingSession:
         self._encoder_ready.set()  # whoever waits for its start learns it ended
         error = RecordingError(f"the encoder process exited (code {code}); episodes not saved "
                                "stay in the spool and are saved at the next start")
-        if proc is self._proc and not self._closed:
+        if proc is not self._proc:  # stopped on purpose: its episodes are handled already
+            return
+        if not self._closed:
             self._fail(error)
         with self._jobs_cv:  # nobody will answer for these any more
             pending = [j for j in self._jobs if not j.done.done()
