@@ -26,6 +26,16 @@ def ramp(ex, t, speed=1.0, joint=0, h=40):
                  "joint_position", 1)
 
 
+def stream(ex, ticks):
+    """Tick ``ex`` every 10 ms with a perfectly tracking arm; (last command, q, t)."""
+    q, t, cmd = ROBOT.home.copy(), 0.0, None
+    for _ in range(ticks):
+        t += 0.01
+        cmd = ex.tick(t, q)
+        q = cmd.arm
+    return cmd, q, t
+
+
 def accelerations(points, samples=200):
     """Max |acceleration| along the cubic segments (finite differences of velocity)."""
     worst = 0.0
@@ -51,11 +61,7 @@ def test_braking_stops_every_joint_together_within_the_acceleration_limit():
 def test_a_track_is_the_target_with_its_velocity_then_coast_then_rest():
     ex = executor()
     assert ex.submit(ramp(ex, 0.0), 0.0)[0]
-    q, t = ROBOT.home.copy(), 0.0
-    for _ in range(40):  # (within the 0.5 s watchdog of the one chunk)
-        t += 0.01
-        cmd = ex.tick(t, q)
-        q = cmd.arm
+    cmd, q, t = stream(ex, 40)
     times, positions, velocities = trajectory_points(cmd)
     assert cmd.kind == "track" and cmd.stamp == t and len(times) == 3
     assert times[0] == 0.0 and times[1] == ex.config.lead_time
@@ -86,11 +92,7 @@ def test_consecutive_tracks_join_without_a_velocity_step():
 def test_a_stop_brakes_from_where_the_reference_is_and_is_sent_once():
     ex = executor()
     assert ex.submit(ramp(ex, 0.0), 0.0)[0]
-    q, t = ROBOT.home.copy(), 0.0
-    for _ in range(40):  # (within the 0.5 s watchdog of the one chunk)
-        t += 0.01
-        last = ex.tick(t, q)
-        q = last.arm
+    last, q, t = stream(ex, 40)
     ex.estop(True, t + 0.005)
     stop = ex.tick(t + 0.005, q)          # the e-stop callback ticks at once
     again = ex.tick(t + 0.01, q)          # ... and the control thread next
@@ -133,10 +135,7 @@ def test_without_any_joint_state_no_stop_is_formed_until_one_arrives():
 def test_deactivate_holds_with_a_stop_from_the_stream():
     ex = executor()
     assert ex.submit(ramp(ex, 0.0), 0.0)[0]
-    q, t = ROBOT.home.copy(), 0.0
-    for _ in range(30):
-        t += 0.01
-        q = ex.tick(t, q).arm
+    _, q, t = stream(ex, 30)
     stop = ex.hold(t + 0.01, q)
     assert stop.stop and stop.kind == "paused" and np.any(stop.points[0][2])
     assert ex.tick(t + 0.02, q).kind == "paused"
@@ -150,11 +149,7 @@ def test_a_late_tick_goes_on_from_where_the_controller_braked_to():
 
     ex = executor()
     assert ex.submit(ramp(ex, 0.0, h=60), 0.0)[0]
-    q, t = ROBOT.home.copy(), 0.0
-    for _ in range(30):
-        t += 0.01
-        last = ex.tick(t, q)
-        q = last.arm
+    last, q, t = stream(ex, 30)
     rest, _ = points_at(last.points, 0.3)          # where the controller is after the gap
     fresh = ramp(ex, t + 0.29, h=60)               # the policy kept planning meanwhile
     assert ex.submit(fresh, t + 0.3)[0]

@@ -340,14 +340,9 @@ class ChunkExecutor:
 
     def _reference(self, now: float, measured_q) -> tuple[np.ndarray, np.ndarray]:
         """Where the controller was last told the arm is at ``now``, and how fast it moves."""
-        if self._last is not None and self._sent is not None:  # the last track, as sampled
+        if self._last is not None:  # the stream: its last track, as a JTC samples it
             stamp, points = self._sent
             return points_at(points, now - stamp)
-        if self._last is not None:  # the stream: at _last at _last_t, moving at _v
-            ahead = min(max(now - self._last_t, 0.0), self.config.lead_time)
-            q = np.clip(self._last + self._v * ahead, self.envelope.limits.lower,
-                        self.envelope.limits.upper)
-            return q, self._v.copy()
         if self._motion is not None:
             t0, q0, v0, q1, seconds = self._motion
             return cubic_segment(t0, q0, v0, t0 + seconds, q1, np.zeros_like(q1), now)

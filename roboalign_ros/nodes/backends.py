@@ -110,9 +110,8 @@ class JointTrajectoryBackend:
 
     name = "joint_trajectory"
 
-    def __init__(self, node, robot, lead_time: float):
+    def __init__(self, node, robot):
         self.joint_names = list(robot.arm_joints)
-        self.lead_seconds = float(lead_time)
         self._pub = node.create_publisher(JointTrajectory, robot.trajectory_topic, COMMAND_QOS)
 
     def send(self, command) -> None:
@@ -131,14 +130,14 @@ class JointTrajectoryBackend:
         self._pub.publish(msg)
 
 
-def make_backend(name: str, node, robot, lead_time: float, manage_servo: bool = True):
+def make_backend(name: str, node, robot, manage_servo: bool = True):
     """Build the streaming backend ``name`` (joint_trajectory or servo).
 
     ``manage_servo``: the servo backend sets MoveIt Servo's command type on activate (false for
     the sim's stand-in, which has no Servo services).
     """
     if name == "joint_trajectory":
-        return JointTrajectoryBackend(node, robot, lead_time)
+        return JointTrajectoryBackend(node, robot)
     if name == "servo":
         return ServoBackend(node, robot, manage_servo=manage_servo)
     if name == "moveit_py":

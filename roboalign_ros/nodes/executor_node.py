@@ -182,13 +182,12 @@ class ExecutorNode(LifecycleNode):
         self.chunk_executor = build_executor(p, robot, Kinematics(robot))
         # nothing streams before activate: chunks observed until then are refused
         self.chunk_executor.pause(now_seconds(self), float("inf"), "inactive")
-        self.backend = make_backend(p["backend"], self, robot, p["lead_time"],
-                                    manage_servo=p["servo.manage"])
+        self.backend = make_backend(p["backend"], self, robot, manage_servo=p["servo.manage"])
         self.gripper = make_gripper(self, robot)
         self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"] or None)
                              if p["home_backend"] == "moveit_py" else None)
         self.home_trajectory = (self.backend if isinstance(self.backend, JointTrajectoryBackend)
-                                else JointTrajectoryBackend(self, robot, p["lead_time"]))
+                                else JointTrajectoryBackend(self, robot))
         self.arm_positions = JointStateMapper(robot, with_gripper=False)
         self._instruction: str | None = None
         self.measured_q: np.ndarray | None = None

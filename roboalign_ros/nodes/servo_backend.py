@@ -121,7 +121,7 @@ class ServoBackend:
     retry_period = 1.0   # s between looks for the Servo node's services and topics
     warn_after = 5.0     # s without a Servo node before the first warning
 
-    def __init__(self, node, robot, lead_time: float = 0.0, servo_node: str | None = None,
+    def __init__(self, node, robot, servo_node: str | None = None,
                  manage_servo: bool = True):
         """``servo_node``: Servo's node name (default: the namespace of ``topics.servo``).
 
