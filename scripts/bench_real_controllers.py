@@ -49,8 +49,9 @@ class Session:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
 
+        from roboalign_ros.apps.node_processes import NodeProcesses
         from roboalign_ros.apps.ros2_control_rig import Probe, Ros2ControlRig, find_ros2_control
-        from roboalign_ros.robot import load_robot_config, package_path
+        from roboalign_ros.robot import load_robot_config
 
         install = find_ros2_control()
         if install is None:
@@ -77,18 +78,14 @@ class Session:
                                                    COMMAND_QOS)
         self.spin_until(lambda: self.probe.arm() is not None, 30, "no /joint_states")
         self.move(self.robot.home, 2.0)  # the mock starts at zeros: outside the workspace box
-        cmd = [sys.executable, "-m", "roboalign_ros.nodes.executor_node", "--ros-args",
-               "--params-file", str(package_path("config", "executor.yaml"))]
-        for k, v in (executor_params or {}).items():
-            cmd += ["-p", f"{k}:={v}"]
-        self.executor_log = log_dir / f"executor_node_{variant}.log"
-        self._log = open(self.executor_log, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        self.nodes = NodeProcesses(log_dir / variant)
+        self.nodes.start("executor_node", "executor.yaml", executor_params)
+        self.executor_log = log_dir / variant / "executor_node.log"
         p = self.probe
         self.spin_until(lambda: p.chunk_pub.get_subscription_count() > 0
                         and p.estop_pub.get_subscription_count() > 0
                         and p.home_client.service_is_ready(), 60, "executor_node not up")
-        self.spin(1.0)
+        p.wait_executor_holding(self.executor, 30)
 
     def spin(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -123,14 +120,7 @@ class Session:
                 np.array([r[2] for r in rows]))
 
     def close(self) -> None:
-        import signal
-
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
+        self.nodes.stop()
         self.rig.stop()
         self.node.destroy_node()
         self.context.try_shutdown()

@@ -14,9 +14,6 @@ towards its first point from now, no refusal for speed), forward_command_control
 (the gripper command is the finger position in m).
 """
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -40,11 +37,12 @@ class Target:
         from std_msgs.msg import Float64MultiArray
         from trajectory_msgs.msg import JointTrajectory
 
+        from roboalign_ros.apps.node_processes import NodeProcesses
         from roboalign_ros.apps.ros2_control_rig import Probe
         from roboalign_ros.nodes.common import COMMAND_QOS
-        from roboalign_ros.robot import load_robot_config, package_path
+        from roboalign_ros.robot import load_robot_config
 
-        self.name, self.procs, self.rig = name, [], None
+        self.name, self.rig, self.nodes = name, None, NodeProcesses(log_dir)
         self.log_start, self.estops = 0, 0
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
@@ -59,9 +57,7 @@ class Target:
         self.probe = Probe(self.node, self.robot, controller_state=False)
         if name == "sim":
             self.log_path = log_dir / "sim_node.log"
-            self._start([sys.executable, "-m", "roboalign_ros.nodes.sim_node", "--ros-args",
-                         "--params-file", str(package_path("config", "sim.yaml")),
-                         "-p", "camera.enabled:=false"], self.log_path)
+            self.nodes.start("sim_node", "sim.yaml", {"camera.enabled": "false"})
         else:
             from roboalign_ros.apps.ros2_control_rig import Ros2ControlRig, find_ros2_control
 
@@ -73,28 +69,12 @@ class Target:
         assert spin_until(self.executor, lambda: self.probe.arm() is not None, 30)
         self.move(self.robot.home, 1.5)   # the mock starts at zeros
         self.executor_log = log_dir / "executor_node.log"
-        self._start([sys.executable, "-m", "roboalign_ros.nodes.executor_node", "--ros-args",
-                     "--params-file", str(package_path("config", "executor.yaml")),
-                     "-p", "servo.manage:=false"], self.executor_log)
+        self.nodes.start("executor_node", "executor.yaml", {"servo.manage": "false"})
         wait_matched(self.executor, self.probe.chunk_pub, self.probe.estop_pub,
                      self.probe.home_client, timeout=60)
-        # it sends one stop (a hold where the arm is) once it has a joint state: wait for that
-        # (its 1 Hz diagnostics say 'hold'), or it would replace a scenario's first trajectory
-        from diagnostic_msgs.msg import DiagnosticArray
-
-        states = []
-        sub = self.node.create_subscription(
-            DiagnosticArray, "/diagnostics", lambda m: states.extend(
-                kv.value for s in m.status if s.hardware_id == "executor_node"
-                for kv in s.values if kv.key == "state"), 10)
-        assert spin_until(self.executor, lambda: "hold" in states, 30), \
-            f"executor_node never held: {states[-3:]} {self.executor_log.read_text()[-500:]}"
-        self.node.destroy_subscription(sub)
-
-    def _start(self, cmd, log: Path) -> None:
-        out = open(log, "w")
-        self.procs.append((subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                            env=os.environ.copy()), out))
+        # it sends one stop (a hold where the arm is) once it has a joint state: wait for that,
+        # or it would replace a scenario's first trajectory
+        self.probe.wait_executor_holding(self.executor, 30)
 
     def log(self) -> str:
         """The controller's log since the scenario began."""
@@ -133,13 +113,7 @@ class Target:
                           seconds + 10), f"{self.name}: did not reach {q}: {self.probe.arm()}"
 
     def close(self) -> None:
-        for proc, out in self.procs:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            out.close()
+        self.nodes.stop()
         if self.rig is not None:
             self.rig.stop()
         self.node.destroy_node()

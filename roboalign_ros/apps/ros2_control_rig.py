@@ -245,6 +245,33 @@ class Probe:
                                      f"/{robot.trajectory_topic.split('/')[1]}/controller_state",
                                      on_reference, 1000)
 
+    def wait_executor_holding(self, executor, timeout: float) -> None:
+        """Wait until executor_node is active and holding where the arm is measured.
+
+        Only then has it sent its one start-up stop; a trajectory published before that would
+        be replaced by it. Its diagnostics say 'hold' from the start (before any joint state),
+        so the reason tells: 'no chunk covers now' needs an active node with a joint state.
+        """
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        seen: list[dict] = []
+
+        def on_diagnostics(msg):
+            seen.extend({kv.key: kv.value for kv in s.values} for s in msg.status
+                        if s.hardware_id == "executor_node")
+
+        sub = self.node.create_subscription(DiagnosticArray, "/diagnostics", on_diagnostics, 10)
+        deadline = time.monotonic() + timeout
+        try:
+            while not any(v.get("lifecycle_state") == "active" and v.get("state") == "hold"
+                          and v.get("reason") == "no chunk covers now" for v in seen):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"executor_node never held where the arm is within "
+                                       f"{timeout} s: last reports {seen[-2:]}")
+                executor.spin_once(timeout_sec=0.05)
+        finally:
+            self.node.destroy_subscription(sub)
+
     def now(self) -> float:
         """The node's clock (s)."""
         return self.node.get_clock().now().nanoseconds * 1e-9
