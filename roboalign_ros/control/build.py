@@ -37,6 +37,7 @@ EXECUTOR_PARAMETERS: dict[str, Any] = {
     "servo.manage": True,  # backend servo: switch MoveIt Servo to twists on activate
     "chunk_topic": "/roboalign/action_chunk",
     "estop_topic": "/roboalign/estop",
+    "estop_process": True,  # joint_trajectory: the e-stop's stop comes from its own process
     "instruction_topic": "/roboalign/instruction",
     "scene_reset_topic": "/roboalign/scene_reset",  # std_msgs/Empty: the world was reset
     "path_topic": "~/planned_path",  # MarkerArray of each accepted chunk's tool path; "" = off

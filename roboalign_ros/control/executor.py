@@ -50,7 +50,7 @@ import numpy as np
 from .blending import ActionBlender, BlendMode
 from .chunk import Chunk, ChunkError, ChunkLimits, validate_chunk
 from .safety import FK, SafetyEnvelope
-from .trajectory import braking, cubic_segment, points_at
+from .trajectory import braking, braking_points, cubic_segment, points_at
 
 TWIST_DIM = 6
 
@@ -330,6 +330,18 @@ class ChunkExecutor:
             self._motion = (now, q0, v0, home, seconds)
             return seconds
 
+    def adopt_stop(self, stamp: float, points) -> None:
+        """Take a stop someone else sent (the e-stop process) as the controller's reference.
+
+        No stop of ours follows it.
+        """
+        with self._lock:
+            (_, q0, v0), (seconds, q1, _) = points
+            self._motion = (stamp, np.array(q0, float), np.array(v0, float),
+                            np.array(q1, float), float(seconds))
+            self._last = None
+            self._stopped = True
+
     def motion_points(self) -> tuple[float, tuple]:
         """``(stamp, points)`` of the last stop or home move, as :attr:`Command.points`."""
         with self._lock:
@@ -501,10 +513,11 @@ class ChunkExecutor:
         duration, points = 0.0, ()
         known = measured_q is not None and np.all(np.isfinite(measured_q))
         if send_stop and (self._last is not None or self._motion is not None or known):
-            q, v = self._reference(now, measured_q)
-            arm, duration = self._braking(q, v)
+            lim = self.envelope.limits
+            points = braking_points(*self._reference(now, measured_q), lim.acc_max, lim.lower,
+                                    lim.upper, self.config.brake_time_min)
+            (_, q, v), (duration, arm, _) = points
             self._motion = (now, q, v, arm, duration)
-            points = ((0.0, q, v), (duration, arm, np.zeros_like(v)))
         elif known:
             arm = np.array(measured_q, dtype=float)
         else:  # nothing known about the arm: no stop can be formed (nor was it moving by us)

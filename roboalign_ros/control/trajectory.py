@@ -59,6 +59,13 @@ def braking(q, v, acc_max, lower, upper, min_time: float = 0.1,
     return np.clip(q + v * seconds / 2, lower, upper), seconds
 
 
+def braking_points(q, v, acc_max, lower, upper, min_time: float = 0.1) -> tuple:
+    """The stop of an arm at ``q`` moving at ``v``: ``((0, q, v), (T, rest, 0))`` points."""
+    rest, seconds = braking(q, v, acc_max, lower, upper, min_time)
+    v = np.asarray(v, float)
+    return ((0.0, np.asarray(q, float), v), (seconds, rest, np.zeros_like(v)))
+
+
 def points_at(points, t: float) -> tuple[np.ndarray, np.ndarray]:
     """Position and velocity at ``t`` (from the stamp) along ``(time, q, v)`` points.
 

@@ -100,44 +100,82 @@ def make_gripper(node, robot):
     return GripperPublisher(node, robot)
 
 
+def trajectory_msg(joint_names, stamp: float, times, positions, velocities) -> JointTrajectory:
+    """One JointTrajectory; ``stamp`` (s, the node's clock) is when its time 0 is."""
+    points = [JointTrajectoryPoint(positions=[float(q) for q in p],
+                                   velocities=[float(v) for v in w],
+                                   time_from_start=seconds_to_duration(t))
+              for t, p, w in zip(times, positions, velocities)]
+    msg = JointTrajectory(joint_names=list(joint_names), points=points)
+    msg.header.stamp = seconds_to_stamp(stamp)
+    return msg
+
+
 class JointTrajectoryBackend:
     """Streams trajectories to a ros2_control joint_trajectory_controller (its topic).
 
     Every message is one a real JTC executes (:mod:`roboalign_ros.control.trajectory`): the
     target with its velocity and then rest, or for a stop, rest after braking. Never an empty
     trajectory: every JTC refuses one and goes on with the running trajectory.
+
+    ``guard``: the e-stop process's :class:`~roboalign_ros.nodes.estop_guard.SharedReference`.
+    Each trajectory is published under its lock unless an e-stop is engaged, and recorded as
+    the reference the e-stop process brakes from.
     """
 
     name = "joint_trajectory"
 
-    def __init__(self, node, robot):
+    def __init__(self, node, robot, guard=None):
         self.joint_names = list(robot.arm_joints)
+        self.guard = guard
+        self._logger = node.get_logger()
         self._pub = node.create_publisher(JointTrajectory, robot.trajectory_topic, COMMAND_QOS)
 
-    def send(self, command) -> None:
-        """Publish a track or stop command (any other tick sends nothing)."""
+    def send(self, command) -> bool:
+        """Publish a track or stop command (any other tick sends nothing).
+
+        False: an e-stop is engaged and the e-stop process sent its stop: nothing was sent.
+        """
         if command.kind == "track" or command.stop:
-            self.publish(command.stamp, *trajectory_points(command))
+            return self.publish(command.stamp, *trajectory_points(command),
+                                estop=command.kind == "estop")
+        return True
 
-    def publish(self, stamp: float, times, positions, velocities) -> None:
-        """One trajectory; ``stamp`` (s, the node's clock) is when its time 0 is."""
-        points = [JointTrajectoryPoint(positions=[float(q) for q in p],
-                                       velocities=[float(v) for v in w],
-                                       time_from_start=seconds_to_duration(t))
-                  for t, p, w in zip(times, positions, velocities)]
-        msg = JointTrajectory(joint_names=self.joint_names, points=points)
-        msg.header.stamp = seconds_to_stamp(stamp)
-        self._pub.publish(msg)
+    def publish(self, stamp: float, times, positions, velocities, estop: bool = False) -> bool:
+        """One trajectory; ``stamp`` (s, the node's clock) is when its time 0 is.
+
+        ``estop``: it is the e-stop's stop (the e-stop process sends none after it). False:
+        not sent, an e-stop is engaged.
+        """
+        msg = trajectory_msg(self.joint_names, stamp, times, positions, velocities)
+        if self.guard is None:
+            self._pub.publish(msg)
+            return True
+        from roboalign_ros.nodes.estop_guard import GuardLost
+
+        try:
+            with self.guard.locked():
+                if self.guard.engaged:
+                    return False
+                self._pub.publish(msg)
+                self.guard.record(stamp, zip(times, positions, velocities), engaged=estop)
+            return True
+        except GuardLost as err:  # the e-stop process died in its lock: go on without it
+            self._logger.error(f"{err}: e-stops are handled in this process from now on")
+            self.guard = None
+            self._pub.publish(msg)
+            return True
 
 
-def make_backend(name: str, node, robot, manage_servo: bool = True):
+def make_backend(name: str, node, robot, manage_servo: bool = True, guard=None):
     """Build the streaming backend ``name`` (joint_trajectory or servo).
 
     ``manage_servo``: the servo backend sets MoveIt Servo's command type on activate (false for
-    the sim's stand-in, which has no Servo services).
+    the sim's stand-in, which has no Servo services). ``guard``: the e-stop process's shared
+    reference (joint_trajectory).
     """
     if name == "joint_trajectory":
-        return JointTrajectoryBackend(node, robot)
+        return JointTrajectoryBackend(node, robot, guard)
     if name == "servo":
         return ServoBackend(node, robot, manage_servo=manage_servo)
     if name == "moveit_py":

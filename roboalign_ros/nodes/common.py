@@ -25,6 +25,8 @@ IMAGE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                        history=HistoryPolicy.KEEP_LAST)
 # Commands are reliable with a short queue: an old command is worse than none.
 COMMAND_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
+# The e-stop's second subscription: matches best-effort publishers (reliable ones match both).
+ESTOP_BEST_EFFORT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 # Latched publishers (instruction): late joiners that ask for it get the last value.
 # Subscribers use COMMAND_QOS (volatile) instead: a transient-local subscriber would not match
 # a plain `ros2 topic pub` publisher, and an e-stop must be heard from any publisher.

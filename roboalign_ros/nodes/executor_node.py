@@ -3,7 +3,7 @@
 Wiring: /roboalign/action_chunk -> ChunkExecutor.submit; a control thread at ``rate`` Hz ->
 ChunkExecutor.tick (with the newest joint state and its age) -> backend (joint_trajectory /
 servo); /roboalign/estop -> e-stop (the stop is sent from the callback itself, on a thread
-of its own); /roboalign/instruction -> flush; ``~/go_home`` -> a slow trajectory home (or MoveItPy
+of its own, or by the e-stop process); /roboalign/instruction -> flush; ``~/go_home`` -> a slow trajectory home (or MoveItPy
 plan/execute), then hold there until a chunk observed after homing arrives. Delay
 compensation, blending, the watchdogs, the feasibility rule and the safety envelope live in
 roboalign_ros.control.
@@ -18,8 +18,11 @@ The e-stop is subscribed twice, reliable and best effort, so that any publisher 
 (a best-effort subscription alone would lose a reliable publisher's retransmissions; a
 reliable one alone does not match a best-effort publisher at all). A message heard on both
 is taken once. Both live on a node and executor of their own (``<name>_estop``) spun by their
-own thread, so no other callback (a huge chunk, a flood of them) can delay an e-stop; and
-chunks arrive serialized and are refused by size before anything decodes them.
+own thread, so no other callback can delay an e-stop; and chunks arrive serialized and are
+refused by size before anything decodes them. Taking a huge message still holds this process's
+interpreter lock for tens of ms, so with the joint_trajectory backend (``estop_process``,
+default true) a process of its own (``<name>_estop_guard``, :mod:`.estop_guard`) subscribes to
+the e-stop too and sends the stop itself; this node follows it, and releases the e-stop.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ from collections import OrderedDict, deque
 import numpy as np
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Empty, String
@@ -53,6 +55,7 @@ from roboalign_ros.nodes.backends import JointTrajectoryBackend, make_backend, m
 from roboalign_ros.nodes.common import (
     COMMAND_QOS,
     ERROR,
+    ESTOP_BEST_EFFORT_QOS,
     OK,
     SENSOR_QOS,
     WARN,
@@ -65,14 +68,13 @@ from roboalign_ros.nodes.common import (
     parameter_values,
     run_node,
 )
+from roboalign_ros.nodes.estop_guard import EstopGuard, GuardLost, GuardSettings
 from roboalign_ros.nodes.markers import path_markers
 from roboalign_ros.nodes.moveit_backend import MoveItPyBackend
 from roboalign_ros.robot import load_robot_config
 
 PARAMETERS = EXECUTOR_PARAMETERS  # one set of defaults for the node and in-process users
 
-# The second e-stop subscription: matches best-effort publishers (reliable ones match both).
-ESTOP_BEST_EFFORT_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
 # Serialized bytes a chunk may take beyond its actions (names, instruction, reasoning text).
 CHUNK_TEXT_BYTES = 256 * 1024
 
@@ -144,6 +146,7 @@ class ExecutorNode(LifecycleNode):
         self._send_lock = threading.Lock()       # a tick's decision and its publication
         self._thread: threading.Thread | None = None
         self.estop_listener: EstopListener | None = None
+        self.estop_guard: EstopGuard | None = None
         self.diagnostics = Diagnostics(self, "executor_node: command stream")  # in every state
         self.create_timer(1.0, self.publish_diagnostics)
         if self.get_parameter("autostart").value:
@@ -182,7 +185,10 @@ class ExecutorNode(LifecycleNode):
         self.chunk_executor = build_executor(p, robot, Kinematics(robot))
         # nothing streams before activate: chunks observed until then are refused
         self.chunk_executor.pause(now_seconds(self), float("inf"), "inactive")
-        self.backend = make_backend(p["backend"], self, robot, manage_servo=p["servo.manage"])
+        if p["estop_process"] and p["backend"] == "joint_trajectory":
+            self.estop_guard = self._start_estop_guard(p, robot)
+        self.backend = make_backend(p["backend"], self, robot, manage_servo=p["servo.manage"],
+                                    guard=self.estop_guard and self.estop_guard.shared)
         self.gripper = make_gripper(self, robot)
         self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"] or None)
                              if p["home_backend"] == "moveit_py" else None)
@@ -212,6 +218,18 @@ class ExecutorNode(LifecycleNode):
         if p["path_topic"] and self.chunk_executor.joint_space:
             self.path_pub = self.create_lifecycle_publisher(MarkerArray, p["path_topic"], 10)
             self.executed = ExecutedPath(self.chunk_executor.envelope)
+
+    def _start_estop_guard(self, p: dict, robot) -> EstopGuard:
+        limits, n = self.chunk_executor.envelope.limits, len(robot.arm_joints)
+        return EstopGuard(GuardSettings(
+            node_name=f"{self.get_name()}_estop_guard", namespace=self.get_namespace(),
+            estop_topic=self.resolve_topic_name(p["estop_topic"]),
+            trajectory_topic=self.resolve_topic_name(robot.trajectory_topic),
+            joint_names=tuple(robot.arm_joints),
+            acc_max=tuple(np.broadcast_to(limits.acc_max, (n,)).tolist()),
+            lower=tuple(limits.lower.tolist()), upper=tuple(limits.upper.tolist()),
+            brake_time_min=self.chunk_executor.config.brake_time_min,
+            use_sim_time=bool(self.get_parameter("use_sim_time").value)))
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         """Start the command stream: chunks observed from now on, from the measured position."""
@@ -277,6 +295,9 @@ class ExecutorNode(LifecycleNode):
         if self.estop_listener is not None:
             self.estop_listener.destroy()
             self.estop_listener = None
+        if self.estop_guard is not None:
+            self.estop_guard.close()
+            self.estop_guard = None
         for backend in (self.backend, self.home_backend):
             if backend is not None and hasattr(backend, "close"):
                 backend.close()
@@ -356,29 +377,65 @@ class ExecutorNode(LifecycleNode):
         if executor is None:  # released under us (cleanup)
             return
         if msg.data:
-            # the stop now, from here: whichever of this tick and the control thread's comes
-            # first sends it, once, braking from the last command (or the home move); under
-            # the send lock, so that no command decided before it is published after it
+            # the stop now, from here, unless the e-stop process sent it: whichever of this
+            # tick and the control thread's comes first sends it, once, braking from the last
+            # command (or the home move); under the send lock, so that no command decided
+            # before it is published after it
             with self._send_lock:
                 now = now_seconds(self)
+                by_guard = self.estop_guard is not None and self.estop_guard.shared.engaged
                 changed = executor.estop(True, now)
-                command = executor.tick(now, self.measured_q, self._state_stamp,
-                                        time.monotonic() - self._state_arrival)
-                self.backend.send(command)
+                if not by_guard:
+                    command = executor.tick(now, self.measured_q, self._state_stamp,
+                                            time.monotonic() - self._state_arrival)
+                    by_guard = self.backend.send(command) is False  # it was first after all
+                if by_guard:
+                    self._adopt_guard_stop()
             if self.home_backend is not None:
                 self.home_backend.cancel()
-            # reaction time of this node: from the message reaching its DDS reader to the stop
-            received = info["received_timestamp"] * 1e-9
-            if changed:
+            if changed and by_guard:
+                self.get_logger().error("E-STOP engaged: arm stopped by the e-stop process, "
+                                        "holding until released")
+            elif changed:  # this node's reaction: from its DDS reader to the stop sent
+                received = info["received_timestamp"] * 1e-9
                 self.get_logger().error(
                     f"E-STOP engaged: arm stopped, holding until released (stop sent "
                     f"{(time.time() - received) * 1e3:.1f} ms after the message arrived)")
-        elif executor.estop(False, now_seconds(self)):
+            return
+        with self._send_lock:
+            now = now_seconds(self)
+            self._follow_guard(now)  # an engage only the e-stop process has heard yet
+            released = executor.estop(False, now)
+            if released and self.estop_guard is not None:
+                self.estop_guard.shared.release(info["source_timestamp"])
+        if released:
             self.get_logger().warning("e-stop released: waiting for chunks observed from now "
                                       "on; streaming resumes from the measured position")
         else:
             self.get_logger().warning("e-stop release ignored: no e-stop was engaged",
                                       throttle_duration_sec=5.0)
+
+    def _follow_guard(self, now: float) -> None:
+        """Engage here too if the e-stop process stopped the arm first (under the send lock)."""
+        guard = self.estop_guard
+        if guard is None or not guard.shared.engaged or self.chunk_executor.engaged:
+            return
+        self.chunk_executor.estop(True, now)
+        self._adopt_guard_stop()
+        if self.home_backend is not None:
+            self.home_backend.cancel()
+        self.get_logger().error("E-STOP engaged: arm stopped by the e-stop process, holding "
+                                "until released")
+
+    def _adopt_guard_stop(self) -> None:
+        """The e-stop process's stop is the controller's reference from now on."""
+        try:
+            with self.estop_guard.shared.locked():
+                stamp, points = self.estop_guard.shared.reference()
+        except GuardLost:
+            return
+        if len(points) == 2:  # its stop (or ours, had ours been first)
+            self.chunk_executor.adopt_stop(stamp, points)
 
     def on_scene_reset(self, msg: Empty) -> None:
         """The world was reset (sim_node's reset_task): hold where the arm is now.
@@ -387,6 +444,8 @@ class ExecutorNode(LifecycleNode):
         """
         with self._send_lock:
             self.chunk_executor.scene_reset(now_seconds(self))
+            if self.estop_guard is not None:  # the reference from before it is void
+                self.estop_guard.shared.forget()
         self.get_logger().info("scene reset: plans dropped, holding where the arm is")
 
     def on_instruction(self, msg: String) -> None:
@@ -414,6 +473,8 @@ class ExecutorNode(LifecycleNode):
             # planned and executed on MoveItPy's worker thread: the e-stop and deactivate
             # cancel it while it moves; streaming resumes when it ends
             self.chunk_executor.pause(now, float("inf"), "going home (MoveItPy)")
+            if self.estop_guard is not None:  # MoveIt moves the arm: our reference is void
+                self.estop_guard.shared.forget()
             future = self.home_backend.move_to_async(self.robot.home)
             future.add_done_callback(self._moveit_home_done)
             response.success, response.message = True, "MoveItPy: planning and executing home"
@@ -460,12 +521,14 @@ class ExecutorNode(LifecycleNode):
         with self._send_lock:  # decided and published before any e-stop's stop, or after it
             now = now_seconds(self)
             age = time.monotonic() - self._state_arrival
+            self._follow_guard(now)
             command = self.chunk_executor.tick(now, self.measured_q, self._state_stamp, age)
             halted = getattr(self.backend, "halted", None)
             if halted and command.kind == "track":  # Servo halted itself: send zeros, say why
                 command.kind, command.reasons = "halted", (f"MoveIt Servo halted: {halted}",)
             if command.kind == "track" or command.stop or not self.chunk_executor.joint_space:
-                self.backend.send(command)
+                if self.backend.send(command) is False:  # the e-stop process stopped the arm
+                    self._follow_guard(now)
         if self.executed is not None:
             if command.kind == "track":
                 self.executed.add(command.arm)
@@ -500,11 +563,16 @@ class ExecutorNode(LifecycleNode):
             values.update(period_p50_ms=float(np.percentile(periods, 50)),
                           period_p99_ms=float(np.percentile(periods, 99)))
         values.update(status.counters)
+        if self.estop_guard is not None:  # without it e-stops are still handled, in-process
+            values["estop_process"] = "running" if self.estop_guard.alive else "gone"
         values.update({f"safety_{k}": v for k, v in status.safety_counters.items()})
         level = ERROR if status.estop else _LEVEL.get(status.last_kind, WARN)
         message = "e-stop" if status.estop else status.last_kind
         if status.last_kind in ("no_state", "paused"):
             message = f"{status.last_kind}: {status.reason}"
+        if self.estop_guard is not None and not self.estop_guard.alive:
+            level = max(level, WARN)
+            message += " (e-stop process gone: e-stops are handled in this process)"
         if lifecycle != "active":
             level = max(level, WARN)
             message = "e-stop" if status.estop else "holding, not streaming (activate to follow "\
@@ -512,13 +580,16 @@ class ExecutorNode(LifecycleNode):
         self.diagnostics.publish(level, f"{lifecycle}: {message}", values)
 
     def close(self) -> None:
-        """Stop the control thread, leave the arm braking to rest, stop the e-stop thread."""
+        """Stop the control thread, hold the arm braking to rest, end the e-stop's thread."""
         if self.backend is not None:
             self._hold()
         self._stop_stream()
         if self.estop_listener is not None:
             self.estop_listener.destroy()
             self.estop_listener = None
+        if self.estop_guard is not None:  # and process
+            self.estop_guard.close()
+            self.estop_guard = None
 
 
 def main(args=None) -> int:

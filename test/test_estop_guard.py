@@ -1,0 +1,191 @@
+"""The e-stop process: its protocol with executor_node, and a stop while the node's process
+is stalled (its interpreter lock held, as taking a 12 MB message holds it)."""
+
+import random
+import threading
+import time
+
+import numpy as np
+import pytest
+from conftest import spin_until, wait_matched
+
+from roboalign_ros.control.trajectory import points_at
+from roboalign_ros.nodes.estop_guard import GuardLost, GuardSettings, SharedReference, engage
+
+N = 6
+SETTINGS = GuardSettings(node_name="g", namespace="/", estop_topic="/e", trajectory_topic="/t",
+                         joint_names=tuple(f"j{i}" for i in range(N)), acc_max=(8.0,) * N,
+                         lower=(-3.0,) * N, upper=(3.0,) * N, brake_time_min=0.1,
+                         use_sim_time=False)
+
+
+def track(v1: float = 1.0):
+    """A track as executor_node sends it: joint1 at v1 rad/s, coasting 20 ms, then braking."""
+    v = np.array([v1, 0, 0, 0, 0, 0])
+    q = np.zeros(N)
+    return ((0.0, q, v), (0.02, q + 0.02 * v, v), (0.2, q + 0.11 * v, np.zeros(N)))
+
+
+def sent_to(log):
+    return lambda stamp, points: log.append((stamp, points))
+
+
+def test_the_guard_brakes_from_where_the_reference_is_and_stops_once():
+    shared, sent = SharedReference(N), []
+    with shared.locked():
+        shared.record(100.0, track())
+    stop = engage(shared, 100.05, 5, sent_to(sent), SETTINGS)
+    q, v = points_at(track(), 0.05)
+    assert len(sent) == 1 and sent[0][0] == 100.05
+    (t0, q0, v0), (t1, q1, v1) = stop
+    assert t0 == 0.0 and np.allclose(q0, q) and np.allclose(v0, v), "not from the reference"
+    assert not np.any(v1) and t1 >= 0.1, "a stop ends at rest, no sooner than brake_time_min"
+    assert shared.engaged
+    with shared.locked():
+        stamp, points = shared.reference()
+    assert stamp == 100.05 and len(points) == 2 and np.allclose(points[1][1], q1), \
+        "the stop is the reference from now on"
+    assert engage(shared, 100.06, 6, sent_to(sent), SETTINGS) == () and len(sent) == 1
+
+
+def test_the_guard_leaves_the_stop_to_the_node_when_nothing_of_ours_moves_the_arm():
+    shared, sent = SharedReference(N), []
+    assert engage(shared, 1.0, 5, sent_to(sent), SETTINGS) == ()          # nothing sent yet
+    with shared.locked():
+        shared.record(100.0, track())
+    assert engage(shared, 100.3, 5, sent_to(sent), SETTINGS) == ()        # it has ended
+    shared.forget()                                                         # MoveItPy, a reset
+    assert engage(shared, 100.01, 5, sent_to(sent), SETTINGS) == ()
+    assert not sent and not shared.engaged
+
+
+def test_an_engage_older_than_the_last_release_is_ignored():
+    shared, sent = SharedReference(N), []
+    with shared.locked():
+        shared.record(100.0, track(), engaged=True)   # executor_node's own e-stop stop
+    assert engage(shared, 100.01, 5, sent_to(sent), SETTINGS) == ()  # stopped already
+    shared.release(source_ns=10)
+    with shared.locked():
+        shared.record(100.02, track())
+    assert engage(shared, 100.03, 9, sent_to(sent), SETTINGS) == (), "a stale engage"
+    assert engage(shared, 100.03, 11, sent_to(sent), SETTINGS) and len(sent) == 1
+
+
+def test_a_point_of_the_wrong_size_is_refused_and_a_dead_holder_is_named():
+    shared = SharedReference(N)
+    with shared.locked(), pytest.raises(ValueError, match="7 positions"):
+        shared.record(1.0, [(0.0, np.zeros(7), np.zeros(7))])
+    shared.lock.acquire()  # as if the e-stop process had died holding it
+    with pytest.raises(GuardLost, match="stayed taken"):
+        with shared.locked(timeout=0.05):
+            pass
+
+
+def interpreter_holder(seconds: float):
+    """A call that holds this process's interpreter lock for about ``seconds`` (one C call,
+    no bytecode) and returns how long it held it; prepared here, so that calling it starts
+    holding at once."""
+    values = [random.random() for _ in range(200_000)]
+    start = time.perf_counter()
+    sorted(values)
+    n = int(len(values) * seconds / max(time.perf_counter() - start, 1e-4))
+    values = [random.random() for _ in range(n)]
+
+    def hold() -> float:
+        start = time.perf_counter()
+        sorted(values)
+        return time.perf_counter() - start
+
+    return hold
+
+
+@pytest.mark.ros
+def test_the_estop_process_stops_the_arm_while_the_node_process_is_stalled(rclpy_context):
+    """executor_node in this process, its interpreter lock held for ~0.5 s right after the
+    e-stop: its own threads cannot run, the e-stop process stops the arm meanwhile, and
+    nothing the node decided before is sent after that stop."""
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Bool
+    from trajectory_msgs.msg import JointTrajectory
+
+    from roboalign_ros.conversions import numpy_to_action_chunk
+    from roboalign_ros.msg import ActionChunk
+    from roboalign_ros.nodes.executor_node import ExecutorNode
+    from roboalign_ros.robot import load_robot_config
+
+    robot = load_robot_config("sim_arm")
+    node = ExecutorNode(context=rclpy_context,
+                        parameter_overrides=[Parameter("path_topic", value="")])
+    node_executor = SingleThreadedExecutor(context=rclpy_context)
+    node_executor.add_node(node)
+    spinning = threading.Event()
+    spinning.set()
+
+    def spin():
+        while spinning.is_set():
+            node_executor.spin_once(timeout_sec=0.01)
+
+    thread = threading.Thread(target=spin, daemon=True)
+    thread.start()
+    probe = Node("estop_guard_probe", context=rclpy_context)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(probe)
+    received = []   # (JointTrajectory, received monotonic)
+    sub = probe.create_subscription(JointTrajectory, robot.trajectory_topic,
+                                    lambda m: received.append((m, time.monotonic())), 100)
+    chunks = probe.create_publisher(ActionChunk, "/roboalign/action_chunk", 10)
+    estop = probe.create_publisher(Bool, "/roboalign/estop", 10)
+    states = probe.create_publisher(JointState, "/joint_states", 10)
+    q = robot.home.copy()
+
+    def publish_state():
+        msg = JointState(name=list(robot.joint_names), position=[*map(float, q), 0.04, 0.04])
+        msg.header.stamp = probe.get_clock().now().to_msg()
+        states.publish(msg)
+
+    probe.create_timer(0.01, publish_state)
+    try:
+        # the node's two e-stop subscriptions and the e-stop process's two; both publishers
+        # of trajectories (the node's, the e-stop process's), and the process has ours
+        wait_matched(executor, estop, timeout=60, at_least=4)
+        wait_matched(executor, chunks, states)
+        wait_matched(executor, sub, timeout=60, at_least=2,
+                     peers=("executor_node_estop_guard", "executor_node"))
+        assert spin_until(executor, lambda: received, 30), "executor_node never held"
+        target = np.append(robot.home + [0.5, 0, 0, 0, 0, 0], 1.0)
+        now = probe.get_clock().now().nanoseconds * 1e-9
+        chunks.publish(numpy_to_action_chunk(
+            np.tile(target, (20, 1)).astype(np.float32), stamp=now, dt=0.1,
+            action_space="joint_position", dimension_names=[*robot.arm_joints, "gripper"]))
+        assert spin_until(executor, lambda: len(received) > 1 and len(received[-1][0].points)
+                          == 3 and received[-1][0].points[0].velocities[0] > 0.05, 10), \
+            "the arm was not moving before the e-stop"
+        hold = interpreter_holder(0.5)
+        t_estop = probe.get_clock().now().nanoseconds * 1e-9
+        estop.publish(Bool(data=True))
+        held = hold()
+        assert held > 0.3, f"the interpreter was held only {held:.3f} s"
+        assert spin_until(executor, lambda: any(
+            len(m.points) == 2 and stamp(m) >= t_estop for m, _ in received), 5)
+        first = next(i for i, (m, _) in enumerate(received)
+                     if len(m.points) == 2 and stamp(m) >= t_estop)
+        stop = received[first][0]
+        assert stamp(stop) - t_estop < held / 2, \
+            f"the stop was sent {stamp(stop) - t_estop:.3f} s after the e-stop (held {held:.3f})"
+        assert abs(stop.points[0].velocities[0]) > 0.05, "it brakes from the moving reference"
+        spin_until(executor, lambda: False, 0.5)
+        after = [m for m, _ in received[first + 1:]]
+        assert not after, f"{len(after)} commands after the stop: {[len(m.points) for m in after]}"
+    finally:
+        spinning.clear()
+        thread.join()
+        node.close()
+        node.destroy_node()
+        probe.destroy_node()
+
+
+def stamp(msg) -> float:
+    return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
