@@ -10,7 +10,7 @@ import pytest
 from conftest import spin_until, wait_matched
 
 from roboalign_ros.control.trajectory import points_at
-from roboalign_ros.nodes.estop_guard import GuardLost, GuardSettings, SharedReference, engage
+from roboalign_ros.nodes.estop_guard import GateState, GuardSettings
 
 N = 6
 SETTINGS = GuardSettings(node_name="g", namespace="/", estop_topic="/e", trajectory_topic="/t",
@@ -26,59 +26,44 @@ def track(v1: float = 1.0):
     return ((0.0, q, v), (0.02, q + 0.02 * v, v), (0.2, q + 0.11 * v, np.zeros(N)))
 
 
-def sent_to(log):
-    return lambda stamp, points: log.append((stamp, points))
-
-
-def test_the_guard_brakes_from_where_the_reference_is_and_stops_once():
-    shared, sent = SharedReference(N), []
-    with shared.locked():
-        shared.record(100.0, track())
-    stop = engage(shared, 100.05, 5, sent_to(sent), SETTINGS)
+def test_the_guard_brakes_from_where_the_last_trajectory_is_and_drops_what_follows():
+    state = GateState(SETTINGS)
+    assert state.command(100.0, track())
+    stop = state.engage(100.05, source_ns=5)
     q, v = points_at(track(), 0.05)
-    assert len(sent) == 1 and sent[0][0] == 100.05
     (t0, q0, v0), (t1, q1, v1) = stop
     assert t0 == 0.0 and np.allclose(q0, q) and np.allclose(v0, v), "not from the reference"
     assert not np.any(v1) and t1 >= 0.1, "a stop ends at rest, no sooner than brake_time_min"
-    assert shared.engaged
-    with shared.locked():
-        stamp, points = shared.reference()
-    assert stamp == 100.05 and len(points) == 2 and np.allclose(points[1][1], q1), \
-        "the stop is the reference from now on"
-    assert engage(shared, 100.06, 6, sent_to(sent), SETTINGS) == () and len(sent) == 1
+    assert state.reference == (100.05, stop), "the stop is the reference from now on"
+    assert state.engage(100.06, source_ns=6) == (), "one stop per e-stop"
+    assert not state.command(100.06, track()), "a trajectory after the stop went out"
+    state.release(source_ns=7)
+    assert state.command(100.1, track()), "after the release trajectories go out again"
 
 
 def test_the_guard_leaves_the_stop_to_the_node_when_nothing_of_ours_moves_the_arm():
-    shared, sent = SharedReference(N), []
-    assert engage(shared, 1.0, 5, sent_to(sent), SETTINGS) == ()          # nothing sent yet
-    with shared.locked():
-        shared.record(100.0, track())
-    assert engage(shared, 100.3, 5, sent_to(sent), SETTINGS) == ()        # it has ended
-    shared.forget()                                                         # MoveItPy, a reset
-    assert engage(shared, 100.01, 5, sent_to(sent), SETTINGS) == ()
-    assert not sent and not shared.engaged
+    state = GateState(SETTINGS)
+    assert state.engage(1.0, source_ns=5) == ()          # nothing published yet
+    state.command(100.0, track())
+    assert state.engage(100.3, source_ns=5)              # ended 0.1 s ago: held there
+    state.release(source_ns=6)
+    state.command(100.0, track())
+    assert state.engage(100.6, source_ns=7) == ()        # ended 0.4 s ago: maybe replaced
+    assert "ended 0.400 s ago" in state.declined
+    state.command(100.0, track())
+    state.forget()                                       # MoveItPy moves the arm, or a reset
+    assert state.engage(100.01, source_ns=8) == ()
+    assert not state.engaged
 
 
-def test_an_engage_older_than_the_last_release_is_ignored():
-    shared, sent = SharedReference(N), []
-    with shared.locked():
-        shared.record(100.0, track(), engaged=True)   # executor_node's own e-stop stop
-    assert engage(shared, 100.01, 5, sent_to(sent), SETTINGS) == ()  # stopped already
-    shared.release(source_ns=10)
-    with shared.locked():
-        shared.record(100.02, track())
-    assert engage(shared, 100.03, 9, sent_to(sent), SETTINGS) == (), "a stale engage"
-    assert engage(shared, 100.03, 11, sent_to(sent), SETTINGS) and len(sent) == 1
-
-
-def test_a_point_of_the_wrong_size_is_refused_and_a_dead_holder_is_named():
-    shared = SharedReference(N)
-    with shared.locked(), pytest.raises(ValueError, match="7 positions"):
-        shared.record(1.0, [(0.0, np.zeros(7), np.zeros(7))])
-    shared.lock.acquire()  # as if the e-stop process had died holding it
-    with pytest.raises(GuardLost, match="stayed taken"):
-        with shared.locked(timeout=0.05):
-            pass
+def test_an_engage_older_than_the_last_release_is_ignored_and_the_nodes_stop_counts():
+    state = GateState(SETTINGS)
+    state.command(100.0, track(), estop=True)           # executor_node's own e-stop stop
+    assert state.engaged and state.engage(100.01, source_ns=5) == ()
+    state.release(source_ns=10)
+    state.command(100.02, track())
+    assert state.engage(100.03, source_ns=9) == (), "a stale engage (a duplicate) stopped"
+    assert state.engage(100.03, source_ns=11)
 
 
 def interpreter_holder(seconds: float):

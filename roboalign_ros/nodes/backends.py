@@ -118,9 +118,8 @@ class JointTrajectoryBackend:
     target with its velocity and then rest, or for a stop, rest after braking. Never an empty
     trajectory: every JTC refuses one and goes on with the running trajectory.
 
-    ``guard``: the e-stop process's :class:`~roboalign_ros.nodes.estop_guard.SharedReference`.
-    Each trajectory is published under its lock unless an e-stop is engaged, and recorded as
-    the reference the e-stop process brakes from.
+    ``guard``: the e-stop process (:class:`~roboalign_ros.nodes.estop_guard.EstopGuard`).
+    Once it is up it publishes every trajectory, so that none follows its e-stop stop.
     """
 
     name = "joint_trajectory"
@@ -128,6 +127,7 @@ class JointTrajectoryBackend:
     def __init__(self, node, robot, guard=None):
         self.joint_names = list(robot.arm_joints)
         self.guard = guard
+        self._via_guard = False
         self._logger = node.get_logger()
         self._pub = node.create_publisher(JointTrajectory, robot.trajectory_topic, COMMAND_QOS)
 
@@ -145,34 +145,29 @@ class JointTrajectoryBackend:
         """One trajectory; ``stamp`` (s, the node's clock) is when its time 0 is.
 
         ``estop``: it is the e-stop's stop (the e-stop process sends none after it). False:
-        not sent, an e-stop is engaged.
+        not sent, the e-stop process has stopped the arm.
         """
-        msg = trajectory_msg(self.joint_names, stamp, times, positions, velocities)
-        if self.guard is None:
-            self._pub.publish(msg)
-            return True
         from roboalign_ros.nodes.estop_guard import GuardLost
 
-        try:
-            with self.guard.locked():
-                if self.guard.engaged:
-                    return False
-                self._pub.publish(msg)
-                self.guard.record(stamp, zip(times, positions, velocities), engaged=estop)
-            return True
-        except GuardLost as err:  # the e-stop process died in its lock: go on without it
-            self._logger.error(f"{err}: e-stops are handled in this process from now on")
-            self.guard = None
-            self._pub.publish(msg)
-            return True
+        if self.guard is not None and (self._via_guard or self.guard.reaches(
+                self._pub.get_subscription_count())):
+            self._via_guard = True   # from now on in one order, through the e-stop process
+            try:
+                return self.guard.send(stamp, zip(times, positions, velocities), estop)
+            except GuardLost as err:
+                self._logger.error(f"{err}: this node publishes and stops the arm itself")
+                self.guard = None
+        self._pub.publish(trajectory_msg(self.joint_names, stamp, times, positions,
+                                         velocities))
+        return True
 
 
 def make_backend(name: str, node, robot, manage_servo: bool = True, guard=None):
     """Build the streaming backend ``name`` (joint_trajectory or servo).
 
     ``manage_servo``: the servo backend sets MoveIt Servo's command type on activate (false for
-    the sim's stand-in, which has no Servo services). ``guard``: the e-stop process's shared
-    reference (joint_trajectory).
+    the sim's stand-in, which has no Servo services). ``guard``: the e-stop process
+    (joint_trajectory).
     """
     if name == "joint_trajectory":
         return JointTrajectoryBackend(node, robot, guard)

@@ -1,23 +1,24 @@
-"""The e-stop in a process of its own: nothing in executor_node's process can delay it.
+"""The e-stop in a process of its own, which is also the only one that commands the arm.
 
 rclpy runs every callback of a process under one interpreter lock, and taking a message holds
 that lock for as long as the copy takes: a 10^6-dimension chunk (12 MB serialized) held it
 for 20-60 ms on the 2-core machine, and an e-stop thread in the same process waits behind it
-however it is scheduled. The guard process subscribes to the e-stop alone (Bools cannot be
-large) and publishes the joint_trajectory_controller's stop itself.
+however it is scheduled. Sharing a lock with that process does not help either: the process
+can lose its interpreter lock while holding ours (measured: e-stop p99 43 ms that way).
 
-The two processes share the controller's reference (the last trajectory sent and its stamp)
-and one lock (:class:`SharedReference`):
+So the guard process publishes every trajectory to the joint_trajectory_controller:
+executor_node hands it each one through a pipe (:meth:`EstopGuard.send`), and the guard
+publishes them in order. The guard subscribes to the e-stop itself (Bools cannot be large);
+on one it brakes from the last trajectory it published to rest
+(:func:`~roboalign_ros.control.trajectory.braking_points`, as executor_node's own stop does),
+publishes that stop, and drops every later trajectory until executor_node, which follows it
+(:meth:`ChunkExecutor.adopt_stop`), releases the e-stop through the same pipe. One publisher
+and one order: nothing decided before the e-stop can follow its stop.
 
-- executor_node publishes every trajectory under the lock, unless the e-stop is engaged, and
-  records it as the reference: a command decided before the e-stop never follows the stop;
-- on an e-stop the guard, under the lock, brakes from that reference to rest
-  (:func:`~roboalign_ros.control.trajectory.braking_points`, as executor_node's own stop
-  does), publishes the stop, records it and marks the e-stop engaged; executor_node adopts
-  that stop as its own (:meth:`ChunkExecutor.adopt_stop`) and alone releases the e-stop;
-- when no trajectory of ours is moving the arm (none yet, ended, or a MoveItPy move or a
-  scene reset since), the guard leaves the stop to executor_node, which holds the measured
-  position; executor_node also stops the arm itself if the guard process is gone.
+When no trajectory of ours is in force (none yet, one that ended over :data:`RECENT` ago, or a
+MoveItPy move or a scene reset since), the guard leaves the stop to executor_node, which holds
+the measured position.
+Until the guard is up, and if it is ever gone, executor_node publishes and stops by itself.
 """
 
 from __future__ import annotations
@@ -26,92 +27,20 @@ import multiprocessing
 import os
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 from roboalign_ros.control.trajectory import braking_points, points_at
 
-MAX_POINTS = 8   # a track has 3 points, a stop or a home move 2
+# A trajectory of ours that ended this recently is what the controller still holds (a stream
+# sends one every period, and one at rest ends where it begins); an older one may have been
+# replaced by another publisher, so the guard leaves that stop to executor_node.
+RECENT = 0.25   # s
 
 
 class GuardLost(RuntimeError):
-    """The e-stop process cannot be relied on (its lock stayed taken: it died holding it)."""
-
-
-class SharedReference:
-    """The controller's reference and the e-stop flag, shared by executor_node and the guard.
-
-    Hold :attr:`lock` around reading and writing (a process-shared semaphore).
-    """
-
-    def __init__(self, joints: int, context=None):
-        context = context or multiprocessing.get_context("spawn")
-        self.joints = joints
-        self.lock = context.Lock()
-        # [engaged (0/1), released after (source stamp of the release, ns)]
-        self._flags = context.RawArray("q", 2)
-        # [stamp (s), number of points (0: no reference), points x (t, q..., v...)]
-        self._points = context.RawArray("d", 2 + MAX_POINTS * (1 + 2 * joints))
-
-    @contextmanager
-    def locked(self, timeout: float = 0.5):
-        """Hold the lock; :class:`GuardLost` if it stays taken (its holder died in it)."""
-        if not self.lock.acquire(timeout=timeout):
-            raise GuardLost(f"the e-stop process's lock stayed taken for {timeout} s")
-        try:
-            yield self
-        finally:
-            self.lock.release()
-
-    @property
-    def engaged(self) -> bool:
-        """Whether an e-stop stopped the arm (the guard or executor_node) and is not released."""
-        return bool(self._flags[0])
-
-    @property
-    def released_after_ns(self) -> int:
-        """Source stamp (ns) of the last release: older engages are stale."""
-        return int(self._flags[1])
-
-    def record(self, stamp: float, points, engaged: bool = False) -> None:
-        """The trajectory just sent (``(t, q, v)`` points from ``stamp``); under the lock."""
-        points = list(points)
-        if len(points) > MAX_POINTS:  # not ours to stop from: leave it to executor_node
-            self._points[1] = 0
-            return
-        n, row = self.joints, 1 + 2 * self.joints
-        for _, q, v in points:
-            if len(q) != n or len(v) != n:
-                raise ValueError(f"a trajectory point has {len(q)} positions and {len(v)} "
-                                 f"velocities; the arm has {n} joints")
-        values = np.frombuffer(self._points, dtype=np.float64)
-        for i, (t, q, v) in enumerate(points):
-            values[2 + i * row:2 + (i + 1) * row] = np.concatenate(([t], q, v))
-        values[0], values[1] = stamp, len(points)
-        if engaged:
-            self._flags[0] = 1
-
-    def forget(self) -> None:
-        """Something else moves the arm now (MoveItPy, a scene reset): no reference."""
-        with self.locked():
-            self._points[1] = 0
-
-    def reference(self) -> tuple[float, tuple]:
-        """``(stamp, points)`` of the last trajectory sent (``()`` if none); under the lock."""
-        count = int(self._points[1])
-        n, row = self.joints, 1 + 2 * self.joints
-        values = np.frombuffer(self._points, dtype=np.float64)
-        points = tuple((float(r[0]), r[1:1 + n].copy(), r[1 + n:row].copy())
-                       for r in (values[2 + i * row:2 + (i + 1) * row] for i in range(count)))
-        return float(values[0]), points
-
-    def release(self, source_ns: int) -> None:
-        """executor_node released the e-stop; engages published before ``source_ns`` are stale."""
-        with self.locked():
-            self._flags[0] = 0
-            self._flags[1] = max(int(self._flags[1]), int(source_ns))
+    """The e-stop process is gone (or its shared lock stayed taken)."""
 
 
 @dataclass(frozen=True)
@@ -130,33 +59,109 @@ class GuardSettings:
     use_sim_time: bool
 
 
-def engage(shared: SharedReference, now: float, source_ns: int, publish, settings) -> tuple:
-    """The guard's reaction to an e-stop published at ``source_ns``: the stop points it sent.
+class GateState:
+    """What the guard process knows: the last trajectory it published, and the e-stop.
 
-    ``()`` if it leaves the stop to executor_node. ``publish(stamp, points)`` sends one.
+    Not thread-safe: the guard process calls it under one lock.
     """
-    with shared.lock:
-        if shared.engaged or source_ns <= shared.released_after_ns:
+
+    def __init__(self, settings: GuardSettings):
+        self.settings = settings
+        self.reference: tuple[float, tuple] | None = None   # (stamp, (t, q, v) points)
+        self.engaged = False
+        self.released_after_ns = -1
+        self.declined = ""   # why the last engage sent no stop
+
+    def command(self, stamp: float, points, estop: bool = False) -> bool:
+        """executor_node's trajectory: publish it (True) unless an e-stop is engaged."""
+        if self.engaged:
+            return False
+        self.reference = (stamp, tuple(points))
+        self.engaged = estop
+        return True
+
+    def engage(self, now: float, source_ns: int) -> tuple:
+        """An e-stop published at ``source_ns``: the stop to publish.
+
+        ``()``: none from us (:attr:`declined` says why, unless it was stopped already).
+        """
+        self.declined = ""
+        if self.engaged or source_ns <= self.released_after_ns:
             return ()   # stopped already, or an engage older than the last release
-        stamp, points = shared.reference()
-        if not points or now - stamp > points[-1][0]:
-            return ()   # no trajectory of ours is moving the arm
-        stop = braking_points(*points_at(points, now - stamp), np.array(settings.acc_max),
-                              np.array(settings.lower), np.array(settings.upper),
-                              settings.brake_time_min)
-        publish(now, stop)
-        shared.record(now, stop, engaged=True)
+        if self.reference is None:
+            self.declined = "no trajectory of ours since the last reset or MoveItPy move"
+            return ()
+        stamp, points = self.reference
+        if now - stamp - points[-1][0] > RECENT:
+            self.declined = f"our last trajectory ended {now - stamp - points[-1][0]:.3f} s ago"
+            return ()
+        s = self.settings
+        stop = braking_points(*points_at(points, now - stamp), np.array(s.acc_max),
+                              np.array(s.lower), np.array(s.upper), s.brake_time_min)
+        self.reference, self.engaged = (now, stop), True
         return stop
+
+    def release(self, source_ns: int) -> None:
+        """executor_node released the e-stop (an engage published before it is stale)."""
+        self.engaged = False
+        self.released_after_ns = max(self.released_after_ns, int(source_ns))
+
+    def forget(self) -> None:
+        """Something else moves the arm now (MoveItPy, a scene reset): no reference."""
+        self.reference = None
+
+
+class SharedStop:
+    """What the guard tells executor_node: ready, engaged, and the stop it sent."""
+
+    def __init__(self, joints: int, context):
+        self.joints = joints
+        self.lock = context.Lock()
+        self._flags = context.RawArray("q", 3)          # [ready, engaged, subscriptions]
+        self._stop = context.RawArray("d", 1 + 2 * (1 + 2 * joints))  # stamp, 2 points
+
+    ready = property(lambda self: bool(self._flags[0]), doc="The guard process is up.")
+    engaged = property(lambda self: bool(self._flags[1]), doc="The guard stopped the arm.")
+
+    matched = property(lambda self: int(self._flags[2]),
+                       doc="How many trajectory subscriptions its publisher has matched.")
+
+    def set_ready(self, matched: int) -> None:
+        """(guard) It is up, and its publisher has matched ``matched`` subscriptions."""
+        self._flags[2] = matched
+        self._flags[0] = 1
+
+    def set_engaged(self, engaged: bool, stamp: float = 0.0, stop=()) -> None:
+        """(guard) It engaged with ``stop`` at ``stamp``, or released."""
+        if engaged:
+            with self.lock:
+                values = np.frombuffer(self._stop, dtype=np.float64)
+                values[0] = stamp
+                values[1:] = np.concatenate([np.concatenate(([t], q, v)) for t, q, v in stop])
+        self._flags[1] = int(engaged)
+
+    def stop(self, timeout: float = 0.5) -> tuple[float, tuple]:
+        """``(stamp, points)`` of the guard's last stop."""
+        if not self.lock.acquire(timeout=timeout):
+            raise GuardLost(f"the e-stop process's lock stayed taken for {timeout} s")
+        try:
+            values = np.frombuffer(self._stop, dtype=np.float64).copy()
+        finally:
+            self.lock.release()
+        n, row = self.joints, 1 + 2 * self.joints
+        rows = (values[1:1 + row], values[1 + row:1 + 2 * row])
+        return float(values[0]), tuple((float(r[0]), r[1:1 + n], r[1 + n:]) for r in rows)
 
 
 class EstopGuard:
-    """Starts and stops the guard process (executor_node's side)."""
+    """The guard process, seen from executor_node: start it, hand it trajectories, stop it."""
 
     def __init__(self, settings: GuardSettings):
         context = multiprocessing.get_context("spawn")
         self.settings = settings
-        self.shared = SharedReference(len(settings.joint_names), context)
-        self._conn, child = context.Pipe()
+        self.shared = SharedStop(len(settings.joint_names), context)
+        child, self._conn = context.Pipe(duplex=False)
+        self._lock = threading.Lock()   # several threads of executor_node send
         self.process = context.Process(target=_guard_main, args=(self.shared, settings, child),
                                        name=settings.node_name, daemon=True)
         self.process.start()
@@ -167,21 +172,69 @@ class EstopGuard:
         """Whether the guard process runs."""
         return self.process.is_alive()
 
+    @property
+    def ready(self) -> bool:
+        """Whether it is up (subscribed and publishing); until then executor_node publishes."""
+        return self.shared.ready and self.alive
+
+    def reaches(self, subscriptions: int) -> bool:
+        """Whether it is up and matched as many trajectory subscriptions as executor_node.
+
+        (A volatile topic drops what is sent before matching.)
+        """
+        return self.ready and self.shared.matched >= subscriptions
+
+    @property
+    def engaged(self) -> bool:
+        """Whether it stopped the arm for an e-stop executor_node has not released yet."""
+        return self.shared.engaged
+
+    def stop(self) -> tuple[float, tuple]:
+        """``(stamp, points)`` of the stop it sent (after :attr:`engaged`)."""
+        return self.shared.stop()
+
+    def send(self, stamp: float, points, estop: bool = False) -> bool:
+        """Hand it a trajectory to publish; False if an e-stop is engaged (it drops it).
+
+        ``estop``: this is executor_node's own e-stop stop (the guard sends none after it).
+        Raises :class:`GuardLost` if the process is gone.
+        """
+        if self.shared.engaged:
+            return False
+        item = ("command", float(stamp),
+                tuple((float(t), tuple(map(float, q)), tuple(map(float, v)))
+                      for t, q, v in points), estop)
+        self._put(item)
+        return True
+
+    def release(self, source_ns: int) -> None:
+        """The e-stop (published at ``source_ns``) was released: trajectories go out again."""
+        self.shared.set_engaged(False)
+        self._put(("release", int(source_ns)))
+
+    def forget(self) -> None:
+        """Something else moves the arm (MoveItPy, a scene reset): no stop from our past."""
+        self._put(("forget",))
+
+    def _put(self, item) -> None:
+        try:
+            with self._lock:
+                self._conn.send(item)
+        except OSError as err:  # BrokenPipeError: it is gone
+            raise GuardLost(f"the e-stop process is gone ({err})") from err
+
     def close(self) -> None:
         """Stop the guard process (it also exits by itself when executor_node's ends)."""
-        try:
-            self._conn.send("exit")
-        except OSError:
-            pass
+        with self._lock:
+            self._conn.close()   # EOF: it exits
         self.process.join(timeout=3.0)
         if self.process.is_alive():
             self.process.kill()
             self.process.join()
-        self._conn.close()
 
 
-def _guard_main(shared: SharedReference, settings: GuardSettings, conn) -> None:
-    """The guard process: subscribe to the e-stop, publish the stop, until told or orphaned."""
+def _guard_main(shared: SharedStop, settings: GuardSettings, conn) -> None:
+    """The guard process: publish executor_node's trajectories and the e-stop's stop."""
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.parameter import Parameter
@@ -202,6 +255,7 @@ def _guard_main(shared: SharedReference, settings: GuardSettings, conn) -> None:
         use_global_arguments=False,
         parameter_overrides=[Parameter("use_sim_time", value=settings.use_sim_time)])
     pub = node.create_publisher(JointTrajectory, settings.trajectory_topic, COMMAND_QOS)
+    state, lock = GateState(settings), threading.Lock()
 
     def publish(stamp, points):
         pub.publish(trajectory_msg(settings.joint_names, stamp, *zip(*points)))
@@ -209,25 +263,48 @@ def _guard_main(shared: SharedReference, settings: GuardSettings, conn) -> None:
     def on_estop(msg: Bool, info) -> None:
         if not msg.data:
             return  # releases are executor_node's
-        if engage(shared, now_seconds(node), info["source_timestamp"], publish, settings):
+        with lock:
+            now = now_seconds(node)
+            stop = state.engage(now, info["source_timestamp"])
+            if stop:
+                publish(now, stop)
+                shared.set_engaged(True, now, stop)
+        if stop:
             node.get_logger().error(
                 f"E-STOP: stop sent {(time.time() - info['received_timestamp'] * 1e-9) * 1e3:.1f}"
                 f" ms after the message arrived (e-stop process)")
+        elif state.declined:
+            node.get_logger().warning(f"e-stop: left to executor_node ({state.declined}): it "
+                                      "holds where the arm is measured")
 
     for qos in (COMMAND_QOS, ESTOP_BEST_EFFORT_QOS):
         node.create_subscription(Bool, settings.estop_topic, on_estop, qos)
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
 
-    def watch_parent():  # "exit", or EOF when executor_node's process is gone
+    def serve():  # executor_node's trajectories, in order; EOF when it closes or is gone
         try:
-            conn.recv()
+            while True:
+                item = conn.recv()
+                with lock:
+                    if item[0] == "command":
+                        _, stamp, points, estop = item
+                        points = tuple((t, np.array(q), np.array(v)) for t, q, v in points)
+                        if state.command(stamp, points, estop):
+                            publish(stamp, points)
+                            if estop:
+                                shared.set_engaged(True, stamp, points[:2])
+                    elif item[0] == "release":
+                        state.release(item[1])
+                    elif item[0] == "forget":
+                        state.forget()
         except (EOFError, OSError):
             pass
         executor.shutdown(timeout_sec=0.5)
         context.try_shutdown()
 
-    threading.Thread(target=watch_parent, daemon=True).start()
+    threading.Thread(target=serve, daemon=True).start()
+    node.create_timer(0.05, lambda: shared.set_ready(pub.get_subscription_count()))
     try:
         executor.spin()
     except (ExternalShutdownException, KeyboardInterrupt):

@@ -1,9 +1,10 @@
 """executor_node: action chunks in, a safe command stream to the arm out.
 
 Wiring: /roboalign/action_chunk -> ChunkExecutor.submit; a control thread at ``rate`` Hz ->
-ChunkExecutor.tick (with the newest joint state and its age) -> backend (joint_trajectory /
-servo); /roboalign/estop -> e-stop (the stop is sent from the callback itself, on a thread
-of its own, or by the e-stop process); /roboalign/instruction -> flush; ``~/go_home`` -> a slow trajectory home (or MoveItPy
+ChunkExecutor.tick (with the newest joint state and its age) -> backend (joint_trajectory, via
+the e-stop process, or servo); /roboalign/estop -> e-stop (the e-stop process stops the arm;
+this node's own stop is sent from the callback itself, on a thread of its own);
+/roboalign/instruction -> flush; ``~/go_home`` -> a slow trajectory home (or MoveItPy
 plan/execute), then hold there until a chunk observed after homing arrives. Delay
 compensation, blending, the watchdogs, the feasibility rule and the safety envelope live in
 roboalign_ros.control.
@@ -21,8 +22,9 @@ is taken once. Both live on a node and executor of their own (``<name>_estop``) 
 own thread, so no other callback can delay an e-stop; and chunks arrive serialized and are
 refused by size before anything decodes them. Taking a huge message still holds this process's
 interpreter lock for tens of ms, so with the joint_trajectory backend (``estop_process``,
-default true) a process of its own (``<name>_estop_guard``, :mod:`.estop_guard`) subscribes to
-the e-stop too and sends the stop itself; this node follows it, and releases the e-stop.
+default true) a process of its own (``<name>_estop_guard``, :mod:`.estop_guard`) publishes the
+trajectories and subscribes to the e-stop too: it sends the stop itself and drops whatever this
+node decided before it. This node follows it, and releases the e-stop.
 """
 
 from __future__ import annotations
@@ -188,7 +190,7 @@ class ExecutorNode(LifecycleNode):
         if p["estop_process"] and p["backend"] == "joint_trajectory":
             self.estop_guard = self._start_estop_guard(p, robot)
         self.backend = make_backend(p["backend"], self, robot, manage_servo=p["servo.manage"],
-                                    guard=self.estop_guard and self.estop_guard.shared)
+                                    guard=self.estop_guard)
         self.gripper = make_gripper(self, robot)
         self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"] or None)
                              if p["home_backend"] == "moveit_py" else None)
@@ -383,7 +385,7 @@ class ExecutorNode(LifecycleNode):
             # before it is published after it
             with self._send_lock:
                 now = now_seconds(self)
-                by_guard = self.estop_guard is not None and self.estop_guard.shared.engaged
+                by_guard = self.estop_guard is not None and self.estop_guard.engaged
                 changed = executor.estop(True, now)
                 if not by_guard:
                     command = executor.tick(now, self.measured_q, self._state_stamp,
@@ -407,7 +409,7 @@ class ExecutorNode(LifecycleNode):
             self._follow_guard(now)  # an engage only the e-stop process has heard yet
             released = executor.estop(False, now)
             if released and self.estop_guard is not None:
-                self.estop_guard.shared.release(info["source_timestamp"])
+                self._to_guard("release", info["source_timestamp"])
         if released:
             self.get_logger().warning("e-stop released: waiting for chunks observed from now "
                                       "on; streaming resumes from the measured position")
@@ -418,7 +420,7 @@ class ExecutorNode(LifecycleNode):
     def _follow_guard(self, now: float) -> None:
         """Engage here too if the e-stop process stopped the arm first (under the send lock)."""
         guard = self.estop_guard
-        if guard is None or not guard.shared.engaged or self.chunk_executor.engaged:
+        if guard is None or not guard.engaged or self.chunk_executor.engaged:
             return
         self.chunk_executor.estop(True, now)
         self._adopt_guard_stop()
@@ -430,12 +432,18 @@ class ExecutorNode(LifecycleNode):
     def _adopt_guard_stop(self) -> None:
         """The e-stop process's stop is the controller's reference from now on."""
         try:
-            with self.estop_guard.shared.locked():
-                stamp, points = self.estop_guard.shared.reference()
+            stamp, points = self.estop_guard.stop()
         except GuardLost:
             return
-        if len(points) == 2:  # its stop (or ours, had ours been first)
-            self.chunk_executor.adopt_stop(stamp, points)
+        self.chunk_executor.adopt_stop(stamp, points)
+
+    def _to_guard(self, what: str, *args) -> None:
+        """Tell the e-stop process (``release`` / ``forget``), if it is still there."""
+        try:
+            getattr(self.estop_guard, what)(*args)
+        except GuardLost as err:
+            self.get_logger().error(f"{err}: this node stops the arm itself",
+                                    throttle_duration_sec=5.0)
 
     def on_scene_reset(self, msg: Empty) -> None:
         """The world was reset (sim_node's reset_task): hold where the arm is now.
@@ -445,7 +453,7 @@ class ExecutorNode(LifecycleNode):
         with self._send_lock:
             self.chunk_executor.scene_reset(now_seconds(self))
             if self.estop_guard is not None:  # the reference from before it is void
-                self.estop_guard.shared.forget()
+                self._to_guard("forget")
         self.get_logger().info("scene reset: plans dropped, holding where the arm is")
 
     def on_instruction(self, msg: String) -> None:
@@ -474,7 +482,7 @@ class ExecutorNode(LifecycleNode):
             # cancel it while it moves; streaming resumes when it ends
             self.chunk_executor.pause(now, float("inf"), "going home (MoveItPy)")
             if self.estop_guard is not None:  # MoveIt moves the arm: our reference is void
-                self.estop_guard.shared.forget()
+                self._to_guard("forget")
             future = self.home_backend.move_to_async(self.robot.home)
             future.add_done_callback(self._moveit_home_done)
             response.success, response.message = True, "MoveItPy: planning and executing home"
