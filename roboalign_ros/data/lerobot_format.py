@@ -11,6 +11,7 @@ its chunk; v3.0 allows files holding any number of episodes, so these load uncha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -120,6 +121,15 @@ class Layout:
     def data(self, episode_index: int) -> Path:
         """Path of the frame table of an episode."""
         return self._fmt(DATA_PATH, episode_index)
+
+    def data_file(self, chunk_index: int, file_index: int) -> Path:
+        """Path of a frame table by chunk and file (LeRobot's hold several episodes)."""
+        return self.root / DATA_PATH.format(chunk_index=chunk_index, file_index=file_index)
+
+    def video_file(self, video_key: str, chunk_index: int, file_index: int) -> Path:
+        """Path of a video by its feature key, chunk and file."""
+        return self.root / VIDEO_PATH.format(video_key=video_key, chunk_index=chunk_index,
+                                             file_index=file_index)
 
     def episode_meta(self, episode_index: int) -> Path:
         """Path of the episode-metadata table of an episode."""
@@ -407,6 +417,10 @@ class EpisodeInfo:
     source: str
     start_time: float  # capture time of the first frame (s, caller's clock)
     dataset_from_index: int
+    # where its frames are: (chunk, file) of its frame table, and per video key (chunk, file,
+    # first frame in that file); ours hold one episode each, LeRobot's several
+    data_file: tuple[int, int] | None = None
+    videos: tuple[tuple[str, int, int, int], ...] = ()
 
     @property
     def dataset_to_index(self) -> int:
@@ -466,9 +480,15 @@ def episode_row_table(row: Mapping[str, Any]) -> pa.Table:
 
 
 def parse_episode_row(
-    row: Mapping[str, Any], chunks_size: int, cameras: Sequence[str], where: str
+    row: Mapping[str, Any], chunks_size: int, cameras: Sequence[str], where: str,
+    fps: int | None = None,
 ) -> tuple[EpisodeInfo, dict[str, dict[str, Any]]]:
-    """Parse and check a meta/episodes row; return (EpisodeInfo, per-episode stats)."""
+    """Parse and check a meta/episodes row; return (EpisodeInfo, per-episode stats).
+
+    Without ``fps`` the row must describe our layout (one episode per file, as the writer
+    appends to). With it, any v3.0 row is read (episodes sharing files, as LeRobot writes
+    and edits them), and the episode's files and first video frame are recorded.
+    """
     try:
         idx = int(row["episode_index"])
         tasks = list(row["tasks"])
@@ -486,15 +506,22 @@ def parse_episode_row(
         if int(row["dataset_to_index"]) != ep.dataset_to_index or ep.length <= 0:
             raise DatasetFormatError(f"{where}: inconsistent length/dataset_to_index")
         c, f = chunk_and_file(idx, chunks_size)
-        if (int(row["data/chunk_index"]), int(row["data/file_index"])) != (c, f):
+        data_file = (int(row["data/chunk_index"]), int(row["data/file_index"]))
+        if fps is None and data_file != (c, f):
             raise DatasetFormatError(
-                f"{where}: episode {idx} data file is not chunk-{c:03d}/file-{f:03d} "
-                "(multi-episode files are not supported by this reader)"
+                f"{where}: episode {idx} data file is not chunk-{c:03d}/file-{f:03d}: it "
+                "shares files with other episodes (LeRobot wrote or edited this dataset); "
+                "DatasetReader reads it, but recording can only append to our own layout"
             )
+        videos = []
         for cam in cameras:
             key = camera_key(cam)
-            if float(row[f"videos/{key}/from_timestamp"]) != 0.0:
+            start = float(row[f"videos/{key}/from_timestamp"])
+            if fps is None and start != 0.0:
                 raise DatasetFormatError(f"{where}: {key} video does not start at 0")
+            videos.append((key, int(row[f"videos/{key}/chunk_index"]),
+                           int(row[f"videos/{key}/file_index"]), round(start * (fps or 1))))
+        ep = dataclasses.replace(ep, data_file=data_file, videos=tuple(videos))
     except KeyError as exc:
         raise DatasetFormatError(f"{where}: column {exc.args[0]!r} missing") from exc
     except (TypeError, ValueError, IndexError) as exc:

@@ -1,7 +1,10 @@
-"""Read a LeRobot v3.0 dataset written by `DatasetWriter` (one episode per file).
+"""Read a LeRobot v3.0 dataset: one `DatasetWriter` wrote, or one LeRobot wrote or edited.
 
 `DatasetReader(root)` validates the dataset when opened (meta files, schema, every episode's
-files and frame counts) and raises `DatasetFormatError` naming the damaged file.
+files and frame counts) and raises `DatasetFormatError` naming the damaged file. Ours hold one
+episode per file; LeRobot's writer and its merge / split / delete put several episodes in one
+data file and one video (the episode rows say which file and from which timestamp), and store
+the tasks as the pandas index of meta/tasks.parquet: both are read.
 """
 
 from __future__ import annotations
@@ -103,8 +106,10 @@ class DatasetReader:
         if not path.is_file():
             raise DatasetFormatError(f"{path}: missing meta/tasks.parquet")
         try:
-            rows = fmt.read_parquet(path).to_pylist()
-            tasks = {int(r["task_index"]): str(r["task"]) for r in rows}
+            table = fmt.read_parquet(path)
+            names = _task_column(table)
+            tasks = {int(i): str(t) for i, t in zip(table.column("task_index").to_pylist(),
+                                                   table.column(names).to_pylist())}
         except Exception as exc:
             raise DatasetFormatError(f"{path}: unreadable tasks table ({exc})") from exc
         if sorted(tasks) != list(range(len(tasks))):
@@ -113,21 +118,31 @@ class DatasetReader:
 
     def _load_episodes(self) -> list[EpisodeInfo]:
         total = int(self.info["total_episodes"])
-        episodes, frames = [], 0
-        for i in range(total):
-            path = self.layout.episode_meta(i)
-            if not path.is_file():
-                raise DatasetFormatError(f"{path}: missing metadata of episode {i}")
+        rows = []
+        for path in sorted(self.root.glob("meta/episodes/chunk-*/file-*.parquet")):
             try:
-                rows = fmt.read_parquet(path, skip_prefix="stats/").to_pylist()
+                rows += [(r, path) for r in fmt.read_parquet(path, skip_prefix="stats/")
+                         .to_pylist()]
             except Exception as exc:
                 raise DatasetFormatError(f"{path}: unreadable episode metadata ({exc})") from exc
-            if len(rows) != 1:
-                raise DatasetFormatError(f"{path}: expected one episode row, found {len(rows)}")
-            ep, _ = fmt.parse_episode_row(rows[0], self.layout.chunks_size, list(self.streams),
-                                          str(path))
-            if ep.index != i or ep.dataset_from_index != frames:
-                raise DatasetFormatError(f"{path}: episode_index/dataset_from_index out of order")
+        by_index: dict[int, tuple[dict, Path]] = {}
+        for row, path in rows:
+            index = row.get("episode_index")
+            if not isinstance(index, int) or index in by_index:
+                raise DatasetFormatError(f"{path}: episode_index {index!r} is missing, not an "
+                                         "integer, or listed twice")
+            by_index[index] = (row, path)
+        episodes, frames = [], 0
+        for i in range(total):
+            if i not in by_index:
+                raise DatasetFormatError(f"{self.root / 'meta/episodes'}: missing metadata of "
+                                         f"episode {i}")
+            row, path = by_index[i]
+            ep, _ = fmt.parse_episode_row(row, self.layout.chunks_size, list(self.streams),
+                                          str(path), fps=self.fps)
+            if ep.dataset_from_index != frames:
+                raise DatasetFormatError(f"{path}: episode {i}: dataset_from_index is "
+                                         f"{ep.dataset_from_index}, expected {frames}")
             if ep.task not in self.tasks:
                 raise DatasetFormatError(f"{path}: task {ep.task!r} not in meta/tasks.parquet")
             episodes.append(dataclasses.replace(ep, task_index=self.tasks.index(ep.task)))
@@ -137,7 +152,7 @@ class DatasetReader:
                 f"{self.layout.info}: total_frames is {self.info['total_frames']} but episodes "
                 f"hold {frames}"
             )
-        if self.layout.episode_meta(total).is_file():
+        if max(by_index, default=-1) >= total:
             log.warning(
                 "%s: episode %d was committed after info.json was last written (interrupted "
                 "save); it is ignored until DatasetWriter.open(%s) adopts it",
@@ -154,32 +169,48 @@ class DatasetReader:
         except (OSError, ValueError, AttributeError) as exc:
             raise DatasetFormatError(f"{path}: unreadable stats ({exc})") from exc
 
+    def _data_path(self, ep: EpisodeInfo) -> Path:
+        return self.layout.data_file(*ep.data_file)
+
+    def _video(self, cam: str, ep: EpisodeInfo) -> tuple[Path, int]:
+        """The video file of ``cam`` holding ``ep``, and the episode's first frame in it."""
+        key = fmt.camera_key(cam)
+        _, chunk, file, start = next(v for v in ep.videos if v[0] == key)
+        return self.layout.video_file(key, chunk, file), start
+
     def _verify_files(self, ep: EpisodeInfo) -> None:
-        path = self.layout.data(ep.index)
-        if not path.is_file():
-            raise DatasetFormatError(f"{path}: missing data file of episode {ep.index}")
-        try:
-            meta = pq.read_metadata(path)
-        except Exception as exc:
-            raise DatasetFormatError(f"{path}: unreadable parquet ({exc})") from exc
-        self._check_schema(meta.schema.to_arrow_schema(), path)
-        if meta.num_rows != ep.length:
-            raise DatasetFormatError(
-                f"{path}: {meta.num_rows} rows but episode {ep.index} has length {ep.length}"
-            )
+        """Check the files holding ``ep`` (each file once: LeRobot's hold several episodes)."""
+        verified = self.__dict__.setdefault("_verified", set())
+        path = self._data_path(ep)
+        if path not in verified:
+            if not path.is_file():
+                raise DatasetFormatError(f"{path}: missing data file of episode {ep.index}")
+            try:
+                meta = pq.read_metadata(path)
+            except Exception as exc:
+                raise DatasetFormatError(f"{path}: unreadable parquet ({exc})") from exc
+            self._check_schema(meta.schema.to_arrow_schema(), path)
+            held = sum(e.length for e in self.episodes if e.data_file == ep.data_file)
+            if meta.num_rows < held:
+                raise DatasetFormatError(
+                    f"{path}: {meta.num_rows} rows but its episodes have {held} frames")
+            verified.add(path)
         for cam in self.streams:
-            vpath = self.layout.video(cam, ep.index)
+            vpath, start = self._video(cam, ep)
+            if (vpath, start) in verified:
+                continue
             if not vpath.is_file():
                 raise DatasetFormatError(f"{vpath}: missing video of camera {cam!r}")
             try:
                 count = video.probe_frame_count(vpath)
             except Exception as exc:
                 raise DatasetFormatError(f"{vpath}: unreadable video ({exc})") from exc
-            if count != ep.length:
+            if count < start + ep.length:
                 raise DatasetFormatError(
-                    f"{vpath}: frame count mismatch: video has {count} frames, parquet has "
-                    f"{ep.length}"
+                    f"{vpath}: frame count mismatch: video has {count} frames, episode "
+                    f"{ep.index} needs frames {start}..{start + ep.length - 1}"
                 )
+            verified.add((vpath, start))
 
     def _check_schema(self, schema: pa.Schema, path: Path) -> None:
         for field in self._schema:
@@ -210,12 +241,19 @@ class DatasetReader:
             raise IndexError(f"episode index {index} out of range 0..{len(self.episodes) - 1}")
         ep = self.episodes[index]
         self._verify_files(ep)
-        path = self.layout.data(ep.index)
+        path = self._data_path(ep)
         try:
             table = fmt.read_parquet(path)
         except Exception as exc:
             raise DatasetFormatError(f"{path}: unreadable parquet ({exc})") from exc
         self._check_schema(table.schema, path)
+        if table.num_rows != ep.length:  # a file of several episodes: this one's rows
+            import pyarrow.compute as pc
+
+            table = table.filter(pc.equal(table.column("episode_index"), ep.index))
+            if table.num_rows != ep.length:
+                raise DatasetFormatError(f"{path}: {table.num_rows} rows of episode {ep.index}"
+                                         f", its length is {ep.length}")
 
         def col(name: str, dtype: Any) -> np.ndarray:
             c = table.column(name).combine_chunks()
@@ -233,9 +271,10 @@ class DatasetReader:
         for cam in wanted:
             is_depth = cam in self.depth_cameras
             out = depths if is_depth else frames
-            vpath = self.layout.video(cam, ep.index)
+            vpath, start = self._video(cam, ep)
             try:
-                out[cam] = video.decode_video(vpath, depth=is_depth)
+                out[cam] = video.decode_video(vpath, depth=is_depth, start=start,
+                                              count=ep.length)
             except Exception as exc:
                 raise DatasetFormatError(f"{vpath}: cannot decode video ({exc})") from exc
             if len(out[cam]) != ep.length:
@@ -294,8 +333,10 @@ class DatasetReader:
     def _episode_samples(self, i: int, horizon: int) -> Iterator[TrainingSample]:
         ep = self.episode(i, decode_video=False)
         n, steps = len(ep), np.arange(horizon)
-        paths = {cam: self.layout.video(cam, i) for cam in self.cameras}
-        streams = {cam: video.iter_video(p) for cam, p in paths.items()}
+        located = {cam: self._video(cam, ep.info) for cam in self.cameras}
+        paths = {cam: p for cam, (p, _) in located.items()}
+        streams = {cam: video.iter_video(p, start=start, count=n)
+                   for cam, (p, start) in located.items()}
         for t in range(n):
             images = {}
             for cam, frames in streams.items():
@@ -316,3 +357,21 @@ class DatasetReader:
                 frame_index=t,
             )
 
+
+def _task_column(table: pa.Table) -> str:
+    """The column of meta/tasks.parquet holding the task strings.
+
+    Ours is ``task``; LeRobot writes the tasks as the pandas index of a frame with a
+    ``task_index`` column, stored under the index's name (``__index_level_0__`` if unnamed).
+    """
+    if "task" in table.column_names:
+        return "task"
+    pandas = json.loads((table.schema.metadata or {}).get(b"pandas", b"{}"))
+    for name in pandas.get("index_columns", []):
+        if isinstance(name, str) and name in table.column_names:
+            return name
+    strings = [f.name for f in table.schema if pa.types.is_string(f.type)
+               or pa.types.is_large_string(f.type)]
+    if len(strings) == 1:
+        return strings[0]
+    raise ValueError(f"no task strings among columns {table.column_names}")

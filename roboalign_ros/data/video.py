@@ -138,23 +138,46 @@ def probe_frame_count(path: Path) -> int:
         return sum(1 for _ in container.demux(stream) if _.size)
 
 
-def iter_video(path: Path, depth: bool = False) -> Iterator[np.ndarray]:
+def iter_video(path: Path, depth: bool = False, start: int = 0,
+               count: int | None = None) -> Iterator[np.ndarray]:
     """Yield the frames of an mp4 one by one as HxWx3 uint8 RGB arrays (streaming).
 
-    ``depth``: a depth stream, as HxW uint16 arrays.
+    ``depth``: a depth stream, as HxW uint16 arrays. ``start`` / ``count``: only the frames
+    ``start .. start + count`` (an episode in a file that holds several, as LeRobot writes
+    them); it seeks to the keyframe before ``start`` and decodes from there.
     """
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        first_pts = stream.start_time or 0
+        if start > 0:
+            container.seek(first_pts + int(start / rate / stream.time_base), stream=stream,
+                           backward=True)
+        n = 0
         for frame in container.decode(stream):
+            if count is not None and n >= count:
+                return
+            if start > 0 and frame.pts is not None:
+                index = round(float((frame.pts - first_pts) * stream.time_base * rate))
+                if index < start:
+                    continue
             yield frame.to_ndarray(format="gray16le" if depth else "rgb24")
+            n += 1
 
 
-def decode_video(path: Path, depth: bool = False) -> np.ndarray:
-    """Decode every frame of an mp4 into a (frames, H, W, 3) uint8 RGB array.
+def decode_video(path: Path, depth: bool = False, start: int = 0,
+                 count: int | None = None) -> np.ndarray:
+    """Decode the frames of an mp4 into a (frames, H, W, 3) uint8 RGB array.
 
-    ``depth``: a depth stream, as a (frames, H, W) uint16 array, bit-exact.
+    ``depth``: a depth stream, as a (frames, H, W) uint16 array, bit-exact. ``start`` /
+    ``count``: only those frames (see :func:`iter_video`).
     """
+    if start or count is not None:
+        frames = list(iter_video(path, depth, start, count))
+        if not frames:
+            raise ValueError(f"no frames from {start} on")
+        return np.stack(frames)
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"

@@ -192,11 +192,17 @@ class DatasetWriter:
             if i >= total and not self._episode_files_complete(i):
                 break
             try:
-                row = fmt.read_parquet(path).to_pylist()[0]
+                rows = fmt.read_parquet(path).to_pylist()
             except Exception as exc:
                 raise DatasetFormatError(f"{path}: unreadable episode metadata ({exc})") from exc
+            if len(rows) != 1 or rows[0].get("episode_index") != i:
+                # never go on to the clean-up below: it would delete LeRobot's shared files
+                raise DatasetFormatError(
+                    f"{path}: {len(rows)} episode rows: this dataset shares files with other "
+                    "episodes (LeRobot wrote or edited it). DatasetReader reads it, but "
+                    "recording can only append to a dataset in our own layout")
             ep, ep_stats = fmt.parse_episode_row(
-                row, self.layout.chunks_size, list(self.streams), str(path)
+                rows[0], self.layout.chunks_size, list(self.streams), str(path)
             )
             self._append_episode(ep, st.from_json(ep_stats))
             i += 1
