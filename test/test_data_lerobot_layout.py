@@ -143,3 +143,24 @@ def test_a_video_shorter_than_its_episodes_is_named(tmp_path: Path) -> None:
     with pytest.raises(DatasetFormatError, match="episode 2 needs frames"):
         DatasetReader(dst)
     assert json.loads((dst / fmt.INFO_PATH).read_text())["total_episodes"] == 3
+
+
+def test_vectors_stored_as_variable_lists_read_and_a_short_row_is_named(tmp_path: Path) -> None:
+    """LeRobot's merge writes observation.state / action as list<float> (not fixed size)."""
+    src = ours(tmp_path / "ours", episodes=1)
+    path = src / fmt.DATA_PATH.format(chunk_index=0, file_index=0)
+    table = pq.read_table(path)
+    for name in (fmt.STATE_KEY, fmt.ACTION_KEY):
+        i = table.column_names.index(name)
+        values = table.column(name).to_pylist()
+        table = table.set_column(i, name, pa.array(values, pa.list_(pa.float32())))
+    pq.write_table(table, path)
+    before = DatasetReader(tmp_path / "ours").episode(0, decode_video=False)
+    assert before.states.shape == (10, len(STATE_NAMES))
+    values = table.column(fmt.STATE_KEY).to_pylist()
+    values[3] = values[3][:-1]
+    i = table.column_names.index(fmt.STATE_KEY)
+    pq.write_table(table.set_column(i, fmt.STATE_KEY, pa.array(values, pa.list_(pa.float32()))),
+                   path)
+    with pytest.raises(DatasetFormatError, match="observation.state.*rows of"):
+        DatasetReader(src).episode(0, decode_video=False)

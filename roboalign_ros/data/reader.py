@@ -217,7 +217,7 @@ class DatasetReader:
             if field.name not in schema.names:
                 raise DatasetFormatError(f"{path}: bad schema: column {field.name!r} missing")
             got = schema.field(field.name).type
-            if got != field.type:
+            if got != field.type and not _same_list(got, field.type):
                 raise DatasetFormatError(
                     f"{path}: bad schema: column {field.name!r} is {got}, expected {field.type}"
                 )
@@ -259,6 +259,14 @@ class DatasetReader:
             c = table.column(name).combine_chunks()
             if pa.types.is_fixed_size_list(c.type):
                 return c.flatten().to_numpy().astype(dtype).reshape(len(c), c.type.list_size)
+            if pa.types.is_list(c.type) or pa.types.is_large_list(c.type):
+                width = self._schema.field(name).type.list_size
+                lengths = c.value_lengths().to_numpy(zero_copy_only=False)
+                if np.any(lengths != width):
+                    raise DatasetFormatError(f"{path}: column {name!r}: rows of "
+                                             f"{sorted(set(lengths.tolist()))} values, not "
+                                             f"{width}")
+                return c.flatten().to_numpy().astype(dtype).reshape(len(c), width)
             return c.to_numpy().astype(dtype)
 
         if not np.array_equal(col("frame_index", np.int64), np.arange(ep.length)) or np.any(
@@ -356,6 +364,16 @@ class DatasetReader:
                 episode_index=i,
                 frame_index=t,
             )
+
+
+def _same_list(got: pa.DataType, expected: pa.DataType) -> bool:
+    """Whether ``got`` is a variable-size list of ``expected``'s values (LeRobot's merge).
+
+    Each row's length is checked when the column is read.
+    """
+    return (pa.types.is_fixed_size_list(expected)
+            and (pa.types.is_list(got) or pa.types.is_large_list(got))
+            and got.value_type == expected.value_type)
 
 
 def _task_column(table: pa.Table) -> str:

@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""LeRobot's own tools on our datasets, and ours on what LeRobot writes: PASS / FAIL per check.
+
+Runs in our venv and calls LeRobot's, a venv of its own (``bash scripts/lerobot_check.sh``
+makes it and runs this). Three datasets: ``roboalign record bulk --wrist --depth``,
+``roboalign data from-bag`` of a synthetic teleoperation bag (compressed colour + depth), and
+``record bulk --wrist`` without depth.
+For each: LeRobot loads every item (``video_backend=pyav``), ``lerobot-train`` runs ACT and
+diffusion 3 steps, ``lerobot-edit-dataset`` deletes, splits and merges; our reader then reads
+each result (depth compared bit for bit with the original), and ``roboalign train head``
+(tiny) trains on the merged one. Prints a table and writes ``<out>/results.json``.
+
+    bash scripts/lerobot_check.sh [--out runs/lerobot_check] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LOAD = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    ds = LeRobotDataset("local/" + sys.argv[2], root=sys.argv[1], video_backend="pyav")
+    shapes = {}
+    for i in range(len(ds)):
+        item = ds[i]
+    for k, v in item.items():
+        if hasattr(v, "shape") and k.startswith("observation.images."):
+            shapes[k] = [list(v.shape), str(v.dtype)]
+    print(json.dumps({"items": len(ds), "episodes": ds.meta.total_episodes,
+                      "image_shapes": shapes}))
+""")
+
+
+class Check:
+    """Runs commands, records PASS / FAIL with the command and the error's tail."""
+
+    def __init__(self, out: Path, lerobot: Path):
+        self.out, self.lerobot, self.results = out, lerobot, []
+
+    def run(self, name: str, cmd: list[str], env: dict | None = None) -> bool:
+        print(f"[lerobot_check] {name}: {' '.join(cmd)}", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              env={**os.environ, **(env or {})})
+        ok = proc.returncode == 0
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        self.results.append({"check": name, "result": "PASS" if ok else "FAIL",
+                             "command": " ".join(cmd), "tail": tail})
+        print(f"    {'PASS' if ok else 'FAIL'} {' | '.join(tail)[-300:]}", flush=True)
+        return ok
+
+    def record(self, name: str, ok: bool, detail: str) -> None:
+        self.results.append({"check": name, "result": "PASS" if ok else "FAIL",
+                             "command": "(this script, our reader)", "tail": [detail]})
+        print(f"[lerobot_check] {name}: {'PASS' if ok else 'FAIL'} {detail}", flush=True)
+
+    def lerobot_bin(self, tool: str) -> str:
+        return str(self.lerobot / "bin" / tool)
+
+
+def make_datasets(out: Path) -> dict[str, Path]:
+    """The two datasets under test, made by our own commands."""
+    from roboalign_ros.recording.synthetic_bag import write_bag
+
+    bulk, bag, from_bag = out / "bulk", out / "bag", out / "from_bag"
+    for root, depth in ((bulk, ["--depth"]), (out / "bulk_rgb", [])):
+        subprocess.run(["roboalign", "record", "bulk", "--tasks", "all", "--episodes", "1",
+                        "--out", str(root), "--wrist", *depth, "--image-size", "96", "--quiet"],
+                       check=True)
+    write_bag(bag, [(0.0, 3.0), (5.0, 3.0), (10.0, 3.0)], compressed_images=True)
+    mapping = out / "bag_map.yaml"
+    import yaml
+
+    from roboalign_ros.robot import package_path
+
+    m = yaml.safe_load(package_path("config", "bag_maps", "recorder.yaml").read_text())
+    m.update(split="gap", depth_cameras={
+        "scene_depth": "/camera/camera/aligned_depth_to_color/image_raw"})
+    mapping.write_text(yaml.safe_dump(m))
+    subprocess.run(["roboalign", "data", "from-bag", str(bag), "--map", str(mapping), "--out",
+                    str(from_bag)], check=True)
+    return {"bulk": bulk, "from_bag": from_bag, "bulk_rgb": out / "bulk_rgb"}
+
+
+def depth_equal(a: Path, b: Path, episodes_b_to_a: dict[int, int]) -> tuple[bool, str]:
+    """Our reader on ``b``: every episode decodes, its actions and depth equal ``a``'s."""
+    try:
+        return _depth_equal(a, b, episodes_b_to_a)
+    except Exception as exc:  # noqa: BLE001 - reported as the check's failure
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def _depth_equal(a: Path, b: Path, episodes_b_to_a: dict[int, int]) -> tuple[bool, str]:
+    import numpy as np
+
+    from roboalign_ros.data import DatasetReader
+
+    ra, rb = DatasetReader(a), DatasetReader(b)
+    worst = 0
+    for j, i in episodes_b_to_a.items():
+        ea, eb = ra.episode(i, depth=True), rb.episode(j, depth=True)
+        if not np.array_equal(ea.actions, eb.actions) or ea.task != eb.task:
+            return False, f"episode {j}: actions or task differ from episode {i}"
+        for cam, d in ea.depth.items():
+            if cam not in eb.depth or eb.depth[cam].shape != d.shape:
+                return False, f"episode {j}: depth {cam} missing or reshaped"
+            worst = max(worst, int(abs(eb.depth[cam].astype(int) - d).max()))
+    return worst == 0, f"{len(rb)} episodes read; largest depth difference {worst} mm"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/lerobot_check")
+    ap.add_argument("--lerobot-venv", default=os.environ.get("LEROBOT_VENV", ""))
+    args = ap.parse_args()
+    out = Path(args.out).resolve()
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    check = Check(out, Path(args.lerobot_venv))
+    lpy = check.lerobot_bin("python")
+    version = subprocess.run([lpy, "-c", "import lerobot; print(lerobot.__version__)"],
+                             capture_output=True, text=True).stdout.strip()
+    print(f"[lerobot_check] LeRobot {version} ({args.lerobot_venv})")
+    datasets = make_datasets(out)
+    hf_home = {"HF_LEROBOT_HOME": str(out / "hf"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    for name, root in datasets.items():
+        from roboalign_ros.data import DatasetReader
+
+        n = len(DatasetReader(root))
+        check.run(f"{name}: LeRobot loads every item",
+                  [lpy, "-c", LOAD, str(root), name], hf_home)
+        for policy in ("act", "diffusion"):
+            check.run(f"{name}: lerobot-train {policy}, 3 steps", [
+                check.lerobot_bin("lerobot-train"), f"--dataset.repo_id=local/{name}",
+                f"--dataset.root={root}", "--dataset.video_backend=pyav",
+                f"--policy.type={policy}", "--policy.device=cpu", "--policy.push_to_hub=false",
+                "--steps=3", "--batch_size=2", "--num_workers=0", "--save_checkpoint=false",
+                "--wandb.enable=false", "--policy.pretrained_backbone_weights=null",
+                f"--output_dir={out / 'train' / name / policy}"],
+                hf_home)
+        edit = check.lerobot_bin("lerobot-edit-dataset")
+        deleted, split, merged = out / f"{name}_deleted", out / f"{name}_split", \
+            out / f"{name}_merged"
+        half = n // 2
+        halves = json.dumps({"a": list(range(half)), "b": list(range(half, n))})
+        if check.run(f"{name}: lerobot-edit-dataset delete episode 0", [
+                edit, f"--repo_id=local/{name}", f"--root={root}",
+                f"--new_repo_id=local/{name}_deleted", f"--new_root={deleted}",
+                "--operation.type=delete_episodes", "--operation.episode_indices=[0]"], hf_home):
+            check.record(f"{name}: our reader reads LeRobot's delete", *depth_equal(
+                root, deleted, {j: j + 1 for j in range(n - 1)}))
+        if check.run(f"{name}: lerobot-edit-dataset split", [
+                edit, f"--repo_id=local/{name}", f"--root={root}", f"--new_root={split}",
+                "--operation.type=split",
+                f"--operation.splits={halves}"],
+                hf_home):
+            check.record(f"{name}: our reader reads LeRobot's split", *depth_equal(
+                root, split / "b", {j: half + j for j in range(n - half)}))
+            if check.run(f"{name}: lerobot-edit-dataset merge (the two halves)", [
+                    edit, f"--new_repo_id=local/{name}_merged", f"--new_root={merged}",
+                    "--operation.type=merge",
+                    f"--operation.repo_ids={json.dumps([name + '_a', name + '_b'])}",
+                    f"--operation.roots={json.dumps([str(split / 'a'), str(split / 'b')])}"],
+                    hf_home):
+                check.record(f"{name}: our reader reads LeRobot's merge, depth bit-exact",
+                             *depth_equal(root, merged, {j: j for j in range(n)}))
+                tiny = out / "tiny_policy"
+                if not tiny.exists():
+                    subprocess.run(["roboalign", "model", "tiny", str(tiny)], check=True)
+                check.run(f"{name}: roboalign train head (tiny) on LeRobot's merge", [
+                    "roboalign", "train", "head", "--config",
+                    str(ROOT / "config/training/mini/head.yaml"),
+                    "--set", f"data.roots=[{merged}]", "--set", f"policy.checkpoint={tiny}",
+                    "--set", f"run.output_dir={out / 'head' / name}", "--set", "max_steps=3",
+                    "--set", "batch_size=4", "--set", "eval_every=3", "--set",
+                    "eval_samples=8"])
+    (out / "results.json").write_text(json.dumps(
+        {"lerobot": version, "results": check.results}, indent=2))
+    print(f"\nLeRobot {version}:")
+    for r in check.results:
+        print(f"  {r['result']}  {r['check']}")
+    return 0 if all(r["result"] == "PASS" for r in check.results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
