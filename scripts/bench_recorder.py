@@ -217,6 +217,8 @@ def main() -> int:
     ap.add_argument("--bag", action="store_true", help="recorder_node bag.enabled (MCAP)")
     ap.add_argument("--bag-compression", default="zstd", choices=["zstd", "none"])
     ap.add_argument("--bag-images", default="raw", choices=["raw", "compressed", "none"])
+    ap.add_argument("--bag-no-depth", action="store_true",
+                    help="bag.depth false: depth only in the dataset")
     ap.add_argument("--keep", help="write the dataset here instead of a temp dir")
     ap.add_argument("--publisher", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -251,7 +253,8 @@ def main() -> int:
          *(["-p", "depth_cameras:=[cam0_depth,cam1_depth]",
             "-p", f"depth_topics:=[{DEPTH_TOPICS[0]},{DEPTH_TOPICS[1]}]"] if args.depth else []),
          *(["-p", "bag.enabled:=true", "-p", f"bag.compression:={args.bag_compression}",
-            "-p", f"bag.images:={args.bag_images}"] if args.bag else [])],
+            "-p", f"bag.images:={args.bag_images}",
+            "-p", f"bag.depth:={str(not args.bag_no_depth).lower()}"] if args.bag else [])],
         stdout=rec_log, stderr=subprocess.STDOUT, env=env)
     rclpy.init()
     node = Node("bench_driver")
@@ -348,8 +351,8 @@ def main() -> int:
             "save_seconds": round(save_s, 2),
             "save_cpu_seconds": round(c2 - sum(n1.values()), 2),
             "depth": args.depth, "bag": args.bag,
-            **({"bag_compression": args.bag_compression, "bag_images": args.bag_images}
-               if args.bag else {}),
+            **({"bag_compression": args.bag_compression, "bag_images": args.bag_images,
+                "bag_depth": not args.bag_no_depth} if args.bag else {}),
             "dataset_mb": round(size / 1e6, 1),
             "mb_per_minute": round(size / 1e6 / (wall / 60), 1),
             "bag_mb": round(bag_bytes / 1e6, 1),

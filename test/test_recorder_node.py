@@ -165,7 +165,7 @@ class Feeder:
                     self.images.append((stamp_to_seconds(img.header.stamp), k))
                 self.image_pub.publish(img)
                 if self.compressed_pub is not None:
-                    from test_recording_from_bag import compressed
+                    from roboalign_ros.recording.synthetic_bag import compressed
 
                     self.compressed_pub.publish(compressed(synthetic_image(k, H, W), now))
                 if self.depth_pub is not None:
@@ -426,12 +426,16 @@ def test_bad_outcome_or_task_is_refused_and_the_episode_keeps_recording(feeder, 
 
 
 def test_depth_is_recorded_bit_exact_through_the_node(rclpy_context, tmp_path):
+    """... and with ``bag.depth: false`` it is stored once, in the dataset, not in the bag."""
+    from rosbags.rosbag2 import Reader
+
     from roboalign_ros.data import DatasetReader
     from roboalign_ros.data.synthetic import synthetic_depth
 
     # its own node name: the module's recorder_node may still be up
     proc = start_recorder(tmp_path / "ds", tmp_path / "recorder.log", "recorder_depth",
-                          depth_cameras="['scene_depth']")
+                          depth_cameras="['scene_depth']",
+                          **{"bag.enabled": "true", "bag.depth": "false"})
     feeder = Feeder(rclpy_context, "/recorder_depth", depth=True)
     try:
         feeder.wait_matched()
@@ -457,6 +461,10 @@ def test_depth_is_recorded_bit_exact_through_the_node(rclpy_context, tmp_path):
         near = np.nonzero(np.abs(stamps - t) <= 0.05)[0]
         assert any(np.array_equal(ep.depth["scene_depth"][i], synthetic_depth(index[c], H, W))
                    for c in near), f"frame {i}: depth is not a published frame"
+    with Reader(tmp_path / "ds" / "bags" / "episode_000000") as bag:
+        topics = {c.topic: c.msgcount for c in bag.connections}
+    assert topics.get("/camera/camera/color/image_raw", 0) >= 10, topics
+    assert "/camera/camera/aligned_depth_to_color/image_raw" not in topics, topics
 
 
 def test_each_saved_episode_also_has_its_raw_topics_in_a_rosbag2(rclpy_context, tmp_path):

@@ -87,6 +87,7 @@ PARAMETERS = {
     "bag.preroll": 1.0,  # s of each topic before the start also in the bag (+ its newest)
     "bag.compression": "zstd",  # none | zstd: MCAP chunk compression
     "bag.images": "raw",  # raw | compressed (the camera's image_transport topics) | none
+    "bag.depth": True,  # depth images in the bag too (false: only the dataset keeps them)
     "bag.nice": 5,  # the bag writer's nice increment (the dataset's inputs first)
 }
 BAG_IMAGES = ("raw", "compressed", "none")
@@ -103,6 +104,9 @@ DESCRIPTIONS = {
                    "<dataset_root>/bags/episode_<index>/ (rosbag2, MCAP), kept when it is saved",
     "sensor_reliability": "reliable | best_effort: QoS of the camera and joint state "
                           "subscriptions (best_effort loses most large images over DDS here)",
+    "bag.depth": "true: depth images go to the bag as bag.images says | false: they stay out of "
+                 "the bag (the dataset keeps them losslessly; from-bag then rebuilds colour "
+                 "only)",
     "bag.compression": "zstd: the bag's MCAP chunks are zstd-compressed (any MCAP reader "
                        "reads them) | none",
     "bag.images": "raw: the image topics themselves go to the bag | compressed: the camera "
@@ -170,9 +174,10 @@ class RecorderNode(Node):
         compressed = p["bag.images"] == "compressed"
         self._compressed_topics: dict[str, str] = {}  # camera -> its topic in the bag
         for cam, topic in zip([*cameras, *depth], [*topics, *depth_topics]):
+            in_bag = cam not in depth or p["bag.depth"]
             sub(Image, topic, lambda m, c=cam: self.on_image(c, m), image_qos,
-                bag=p["bag.images"] == "raw")
-            if compressed and p["bag.enabled"]:
+                bag=p["bag.images"] == "raw" and in_bag)
+            if compressed and p["bag.enabled"] and in_bag:
                 self._compressed_topics[cam] = topic + ("/compressedDepth" if cam in depth
                                                         else "/compressed")
                 sub(CompressedImage, self._compressed_topics[cam], None, image_qos)
