@@ -268,3 +268,31 @@ def test_an_encoder_that_dies_stops_the_recording_and_the_next_start_saves_its_s
     reader = DatasetReader(tmp_path / "ds")
     assert [e.length for e in reader.episodes][0] == spooled
     assert reader.episodes[0].success is None and len(reader) == 2
+
+
+def test_a_discard_answers_once_the_encoder_has_deleted_the_videos_it_began(tmp_path):
+    """Found by a CI run beside a burner: the discard answered while the (niced, slow) encoder
+    still had the episode's .mp4.tmp open; it now waits for the encoder to say it is gone."""
+    import threading
+    import time
+
+    clock = Clock()
+    s = make(tmp_path, clock)
+    feed(s, clock, 0.3, command=command)
+    assert s.start_episode("reach").success
+    videos = tmp_path / "ds" / "videos"
+    deadline = time.monotonic() + 30
+    while not list(videos.rglob("*.tmp")):   # the encoder follows the spool: files begun
+        assert time.monotonic() < deadline, "the encoder never began the episode's videos"
+        feed(s, clock, 0.1, command=command)
+        s.wait_spooled()
+    pid = s.encoder_pid
+    os.kill(pid, signal.SIGSTOP)             # as slow as a niced encoder beside a burner
+    threading.Timer(0.5, os.kill, (pid, signal.SIGCONT)).start()
+    start = time.monotonic()
+    r = s.stop_episode(save=False, success=None)
+    waited = time.monotonic() - start
+    assert r.success and "discarded" in r.message, r.message
+    assert not list(videos.rglob("*.tmp")), f"answered after {waited:.2f} s with files left"
+    assert waited >= 0.4, f"answered after {waited:.2f} s, before the encoder could run"
+    s.close()

@@ -17,8 +17,8 @@ Commands: ``{"cmd": "job", "index", "path", "task", "operator", "source"}`` (an 
 follow; ``"stopped": true, "success"`` for a spool left by an earlier run), ``{"cmd": "stop",
 "index", "frames", "success"}``, ``{"cmd": "discard", "index"}``.
 Events: ``ready`` (``episodes``), ``progress`` (``index``, ``encoded``), ``dropped``
-(``index``, ``reason``), ``saved`` (``index``, ``episode``, ``frames``), ``failed``
-(``index``, ``error``, ``fatal``).
+(``index``, ``reason``), ``saved`` (``index``, ``episode``, ``frames``), ``discarded``
+(``index``: none of its files is left), ``failed`` (``index``, ``error``, ``fatal``).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ class Encoder:
         self.episodes: dict[int, _Episode] = {}
         self.order: deque[int] = deque()
         self.writer: DatasetWriter | None = None
+        self.current: int | None = None   # the episode whose video files are open
         self.closed = False
         if (Path(self.c["root"]) / fmt.INFO_PATH).exists():
             self.writer = DatasetWriter.open(
@@ -98,7 +99,10 @@ class Encoder:
                 ep = self.episodes[int(cmd["index"])]
                 ep.stopped, ep.frames, ep.success = True, int(cmd["frames"]), cmd.get("success")
             elif cmd["cmd"] == "discard":
-                self.episodes[int(cmd["index"])].discarded = True
+                ep = self.episodes[int(cmd["index"])]
+                ep.discarded = True
+                if ep.index != self.current:  # no file of it open: nothing to delete
+                    self.emit("discarded", index=ep.index)
             try:
                 cmd = self.commands.get_nowait()
             except queue.Empty:
@@ -148,6 +152,7 @@ class Encoder:
         try:
             w = self.writer_for(reader)
             w.start_episode(ep.task, operator=ep.operator, source=ep.source)
+            self.current = ep.index
             i = 0
             while True:
                 available = reader.complete_frames()
@@ -156,6 +161,8 @@ class Encoder:
                 self.pump(block=i >= available and not ep.stopped)
                 if self.closed or ep.discarded:
                     w.discard_episode()
+                    if ep.discarded:
+                        self.emit("discarded", index=ep.index)
                     return
                 if i < available:
                     stamp, state, action, images = reader.frame(i)
@@ -175,6 +182,7 @@ class Encoder:
                 return
             saved = w.save_episode(success=ep.success)
         finally:
+            self.current = None
             reader.close()
         shutil.rmtree(ep.path, ignore_errors=True)
         self.emit("saved", index=ep.index, episode=saved.index, frames=saved.length)

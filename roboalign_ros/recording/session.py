@@ -56,6 +56,10 @@ from roboalign_ros.recording import actions as act
 from roboalign_ros.recording import spool as sp
 from roboalign_ros.recording.sampler import HOLD, NEAREST, FrameSampler
 
+# How long a discard waits for the encoder to delete the videos it had begun (it answers at
+# once when it had none open; a stalled encoder must not hold the stop answer longer).
+DISCARD_ACK_S = 5.0
+
 # Default wait between a frame time and its sampling: DDS delivers large images up to ~0.1 s
 # late on a busy machine, and a frame sampled before its image arrived would be dropped.
 MIN_DELAY = 0.25
@@ -285,6 +289,7 @@ class RecordingSession:
         self._spool: sp.EpisodeSpool | None = None  # its spool (spool thread)
         self._spool_bytes = 0
         self._proc: subprocess.Popen | None = None  # the encoder process
+        self._discard_acks: dict[int, threading.Event] = {}  # episode -> its files are gone
         self._send_lock = threading.Lock()
         qsize = max(4, int(math.ceil(c.queue_seconds * c.fps)))
         self._queue: queue.Queue[tuple] = queue.Queue(maxsize=qsize)
@@ -809,8 +814,13 @@ class RecordingSession:
                     job.done.set_result(0)
                 self._jobs_cv.notify_all()
             # told before its files go: the encoder must not take it for lost
+            acked = self._discard_acks.setdefault(job.index, threading.Event())
             self._send({"cmd": "discard", "index": job.index})
             spool.remove()
+            # "discarded" means no file of it is left: the encoder deletes the videos it began
+            if self._proc is not None and self._proc.poll() is None:
+                acked.wait(DISCARD_ACK_S)
+            self._discard_acks.pop(job.index, None)
         return n
 
     def _drop_spool(self) -> None:
@@ -892,6 +902,10 @@ class RecordingSession:
                 with self._jobs_cv:
                     job.encoded = int(event["encoded"])
                     self._jobs_cv.notify_all()
+            elif kind == "discarded":
+                acked = self._discard_acks.get(index)
+                if acked is not None:
+                    acked.set()
             elif kind == "dropped" and job is not None:
                 self._count_drop(str(event["reason"]), job)
             elif kind == "saved" and job is not None:
