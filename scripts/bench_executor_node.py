@@ -46,7 +46,7 @@ def main():
 
     def on_command(msg):
         arrivals.append(time.perf_counter())
-        if not msg.points:  # the controller's stop (empty trajectory = hold)
+        if len(msg.points) == 2:  # the stop: from the reference, braking to rest
             stops.append(time.perf_counter())
         else:
             q[:] = msg.points[0].positions  # a perfectly tracking arm
