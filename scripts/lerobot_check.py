@@ -71,7 +71,7 @@ class Check:
 
 def make_datasets(out: Path) -> dict[str, Path]:
     """The two datasets under test, made by our own commands."""
-    from roboalign_ros.recording.synthetic_bag import write_bag
+    from roboalign_ros.apps.synthetic_bag import write_bag
 
     bulk, bag, from_bag = out / "bulk", out / "bag", out / "from_bag"
     for root, depth in ((bulk, ["--depth"]), (out / "bulk_rgb", [])):

@@ -165,7 +165,7 @@ class Feeder:
                     self.images.append((stamp_to_seconds(img.header.stamp), k))
                 self.image_pub.publish(img)
                 if self.compressed_pub is not None:
-                    from roboalign_ros.recording.synthetic_bag import compressed
+                    from roboalign_ros.apps.synthetic_bag import compressed
 
                     self.compressed_pub.publish(compressed(synthetic_image(k, H, W), now))
                 if self.depth_pub is not None:

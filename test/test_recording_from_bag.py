@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from rosbags.rosbag2 import StoragePlugin
 
+from roboalign_ros.apps.synthetic_bag import DEPTH, H, W, joints, write_bag
 from roboalign_ros.data import DatasetReader
 from roboalign_ros.data.synthetic import synthetic_image
 from roboalign_ros.recording import from_bag as fb
-from roboalign_ros.recording.synthetic_bag import DEPTH, H, W, joints, write_bag
 
 
 def test_a_bag_with_a_pause_becomes_two_episodes_sampled_like_the_recorder(tmp_path):

@@ -3,7 +3,8 @@
 Camera 30 Hz (raw ``sensor_msgs/Image``, or image_transport's compressed colour and aligned
 depth), joint states 100 Hz, arm trajectory commands 50 Hz, the gripper command and the
 instruction, as ``ros2 bag record`` (or recorder_node's bag) writes them. For tests and for
-checks of the bag -> dataset path (``roboalign data from-bag``) without a robot.
+checks of the bag -> dataset path (``roboalign data from-bag``) without a robot. It builds
+rclpy messages, so it lives above the ROS-free core.
 """
 
 from __future__ import annotations
