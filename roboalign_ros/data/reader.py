@@ -95,6 +95,10 @@ class DatasetReader:
         self.tasks = self._load_tasks()
         self.episodes = self._load_episodes()
         self.stats = self._load_stats()
+        self._file_frames: dict[Path, int] = {}   # files checked: rows / video frames
+        self._data_frames: dict = {}               # (chunk, file) -> its episodes' frames
+        for e in self.episodes:
+            self._data_frames[e.data_file] = self._data_frames.get(e.data_file, 0) + e.length
         if verify:
             for ep in self.episodes:
                 self._verify_files(ep)
@@ -179,10 +183,9 @@ class DatasetReader:
         return self.layout.video_file(key, chunk, file), start
 
     def _verify_files(self, ep: EpisodeInfo) -> None:
-        """Check the files holding ``ep`` (each file once: LeRobot's hold several episodes)."""
-        verified = self.__dict__.setdefault("_verified", set())
+        """Check the files holding ``ep``, each file read once (LeRobot's hold several)."""
         path = self._data_path(ep)
-        if path not in verified:
+        if path not in self._file_frames:
             if not path.is_file():
                 raise DatasetFormatError(f"{path}: missing data file of episode {ep.index}")
             try:
@@ -190,27 +193,26 @@ class DatasetReader:
             except Exception as exc:
                 raise DatasetFormatError(f"{path}: unreadable parquet ({exc})") from exc
             self._check_schema(meta.schema.to_arrow_schema(), path)
-            held = sum(e.length for e in self.episodes if e.data_file == ep.data_file)
-            if meta.num_rows < held:
-                raise DatasetFormatError(
-                    f"{path}: {meta.num_rows} rows but its episodes have {held} frames")
-            verified.add(path)
+            self._file_frames[path] = meta.num_rows
+        held = self._data_frames.get(ep.data_file, 0)
+        if self._file_frames[path] < held:
+            raise DatasetFormatError(
+                f"{path}: {self._file_frames[path]} rows but its episodes have {held} frames")
         for cam in self.streams:
             vpath, start = self._video(cam, ep)
-            if (vpath, start) in verified:
-                continue
-            if not vpath.is_file():
-                raise DatasetFormatError(f"{vpath}: missing video of camera {cam!r}")
-            try:
-                count = video.probe_frame_count(vpath)
-            except Exception as exc:
-                raise DatasetFormatError(f"{vpath}: unreadable video ({exc})") from exc
+            if vpath not in self._file_frames:
+                if not vpath.is_file():
+                    raise DatasetFormatError(f"{vpath}: missing video of camera {cam!r}")
+                try:
+                    self._file_frames[vpath] = video.probe_frame_count(vpath)
+                except Exception as exc:
+                    raise DatasetFormatError(f"{vpath}: unreadable video ({exc})") from exc
+            count = self._file_frames[vpath]
             if count < start + ep.length:
                 raise DatasetFormatError(
                     f"{vpath}: frame count mismatch: video has {count} frames, episode "
                     f"{ep.index} needs frames {start}..{start + ep.length - 1}"
                 )
-            verified.add((vpath, start))
 
     def _check_schema(self, schema: pa.Schema, path: Path) -> None:
         for field in self._schema:
