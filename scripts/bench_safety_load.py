@@ -11,14 +11,22 @@ velocity and acceleration limits bind all the time. Prints:
   the URDF limit);
 - the executor's command period p50/p99 (its ``/diagnostics``) and the states it went through.
 
+``--stall-estop-process S`` also stops the e-stop process (which publishes every trajectory)
+for S seconds every 2 s, as a starved machine can: the tracks it then takes late are held back
+(``tracks_held_back``) instead of jumping the controller's reference.
+
     python scripts/bench_safety_load.py [--seconds 60] [--burners 2] [--source sine|policy]
+                                        [--stall-estop-process 0.3]
 """
 
 import argparse
+import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +51,8 @@ def main():
     parser.add_argument("--burners", type=int, default=2)
     parser.add_argument("--source", choices=("sine", "policy"), default="sine")
     parser.add_argument("--log-dir", default=None)
+    parser.add_argument("--stall-estop-process", type=float, default=0.0, metavar="S",
+                        help="stop the e-stop process for S s every 2 s (SIGSTOP/SIGCONT)")
     args = parser.parse_args()
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench_safety_load_"))
     robot = load_robot_config("sim_arm")
@@ -52,11 +62,17 @@ def main():
     try:
         nodes.start("sim_node", "sim.yaml", {"camera.width": 320, "camera.height": 240,
                                              "camera.rate": 10.0})
-        nodes.start("executor_node", "executor.yaml")
+        executor = nodes.start("executor_node", "executor.yaml")
         if args.source == "policy":
             nodes.start("policy_node", "policy.yaml", {"model_path": "tiny", "device": "cpu",
                                                        "torch_threads": 1})
+        stop_stalls, stalls = threading.Event(), []
+        if args.stall_estop_process > 0:
+            threading.Thread(target=stall_estop_process, daemon=True,
+                             args=(executor.pid, args.stall_estop_process, stop_stalls,
+                                   stalls)).start()
         figures = drive(robot, args, nodes)
+        stop_stalls.set()
     finally:
         nodes.stop()
         for b in burners:
@@ -72,10 +88,34 @@ def main():
           f"{figures['samples']} consecutive samples (peak {figures['peak_ratio']:.2f} x limit)")
     print(f"  executor period  p50 {figures['executor'].get('period_p50_ms', '?')} ms, "
           f"p99 {figures['executor'].get('period_p99_ms', '?')} ms (last 500 ticks)")
+    if args.stall_estop_process > 0:
+        print(f"  e-stop process stopped {len(stalls)} times for {args.stall_estop_process} s: "
+              f"tracks held back {figures['executor'].get('tracks_held_back', '?')}")
     print(f"  executor states seen  {sorted(figures['states'])}; "
           f"commands/trajectory points the sim got: {figures['commands']}")
     moved = figures["travel"]
     print(f"  joint travel (sum |dq|) {moved:.2f} rad: the arm did move")
+
+
+def stall_estop_process(executor_pid: int, seconds: float, done: threading.Event,
+                        stalls: list) -> None:
+    """SIGSTOP executor_node's e-stop process (its spawned child) for ``seconds`` every 2 s.
+
+    Appends to ``stalls`` after each.
+    """
+    pid = None
+    while pid is None and not done.wait(0.5):
+        for task in Path(f"/proc/{executor_pid}/task").glob("*"):
+            for child in (task / "children").read_text().split():
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    pid = int(child)
+    while not done.wait(2.0):
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        stalls.append(seconds)
 
 
 def drive(robot, args, nodes):

@@ -9,62 +9,6 @@ import numpy as np
 import pytest
 from conftest import spin_until, wait_matched
 
-from roboalign_ros.control.trajectory import points_at
-from roboalign_ros.nodes.estop_guard import GateState, GuardSettings
-
-N = 6
-SETTINGS = GuardSettings(node_name="g", namespace="/", estop_topic="/e", trajectory_topic="/t",
-                         joint_names=tuple(f"j{i}" for i in range(N)), acc_max=(8.0,) * N,
-                         lower=(-3.0,) * N, upper=(3.0,) * N, brake_time_min=0.1,
-                         use_sim_time=False)
-
-
-def track(v1: float = 1.0):
-    """A track as executor_node sends it: joint1 at v1 rad/s, coasting 20 ms, then braking."""
-    v = np.array([v1, 0, 0, 0, 0, 0])
-    q = np.zeros(N)
-    return ((0.0, q, v), (0.02, q + 0.02 * v, v), (0.2, q + 0.11 * v, np.zeros(N)))
-
-
-def test_the_guard_brakes_from_where_the_last_trajectory_is_and_drops_what_follows():
-    state = GateState(SETTINGS)
-    assert state.command(100.0, track())
-    stop = state.engage(100.05, source_ns=5)
-    q, v = points_at(track(), 0.05)
-    (t0, q0, v0), (t1, q1, v1) = stop
-    assert t0 == 0.0 and np.allclose(q0, q) and np.allclose(v0, v), "not from the reference"
-    assert not np.any(v1) and t1 >= 0.1, "a stop ends at rest, no sooner than brake_time_min"
-    assert state.reference == (100.05, stop), "the stop is the reference from now on"
-    assert state.engage(100.06, source_ns=6) == (), "one stop per e-stop"
-    assert not state.command(100.06, track()), "a trajectory after the stop went out"
-    state.release(source_ns=7)
-    assert state.command(100.1, track()), "after the release trajectories go out again"
-
-
-def test_the_guard_leaves_the_stop_to_the_node_when_nothing_of_ours_moves_the_arm():
-    state = GateState(SETTINGS)
-    assert state.engage(1.0, source_ns=5) == ()          # nothing published yet
-    state.command(100.0, track())
-    assert state.engage(100.3, source_ns=5)              # ended 0.1 s ago: held there
-    state.release(source_ns=6)
-    state.command(100.0, track())
-    assert state.engage(100.6, source_ns=7) == ()        # ended 0.4 s ago: maybe replaced
-    assert "ended 0.400 s ago" in state.declined
-    state.command(100.0, track())
-    state.forget()                                       # MoveItPy moves the arm, or a reset
-    assert state.engage(100.01, source_ns=8) == ()
-    assert not state.engaged
-
-
-def test_an_engage_older_than_the_last_release_is_ignored_and_the_nodes_stop_counts():
-    state = GateState(SETTINGS)
-    state.command(100.0, track(), estop=True)           # executor_node's own e-stop stop
-    assert state.engaged and state.engage(100.01, source_ns=5) == ()
-    state.release(source_ns=10)
-    state.command(100.02, track())
-    assert state.engage(100.03, source_ns=9) == (), "a stale engage (a duplicate) stopped"
-    assert state.engage(100.03, source_ns=11)
-
 
 def interpreter_holder(seconds: float):
     """A call that holds this process's interpreter lock for about ``seconds`` (one C call,

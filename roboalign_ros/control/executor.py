@@ -114,6 +114,9 @@ class Command:
     # time): (time from stamp, positions, velocities) per point; empty otherwise
     points: tuple[tuple[float, np.ndarray, np.ndarray], ...] = ()
     stamp: float = 0.0
+    # a track that goes on from the previous track (not from the measured state): it must join
+    # the trajectory the controller runs, which the e-stop process checks before publishing it
+    continues: bool = False
 
 
 
@@ -194,6 +197,7 @@ class ChunkExecutor:
         # controller's reference is, not from the measured position behind it
         self._motion: tuple | None = None
         self._sent: tuple[float, tuple] | None = None  # (stamp, points) of the last track
+        self._resync = False   # the controller runs another trajectory than _sent: go on from it
         self._state_q: np.ndarray | None = None  # previous joint state, to notice jumps
         self._state_t = -math.inf
         self._clock = -math.inf                # latest ``now`` seen, to notice clock resets
@@ -342,6 +346,16 @@ class ChunkExecutor:
             self._last = None
             self._stopped = True
 
+    def adopt_reference(self, stamp: float, points) -> None:
+        """The controller runs this trajectory of ours, not the tracks sent after it.
+
+        The e-stop process held those back (they arrived too late to join it without a jump):
+        the next track goes on from ``(stamp, points)`` as a JTC samples it.
+        """
+        with self._lock:
+            if self._last is not None:   # streaming; otherwise the next track starts at rest
+                self._sent, self._resync = (float(stamp), tuple(points)), True
+
     def motion_points(self) -> tuple[float, tuple]:
         """``(stamp, points)`` of the last stop or home move, as :attr:`Command.points`."""
         with self._lock:
@@ -422,12 +436,17 @@ class ChunkExecutor:
                 self._last, self._last_t = q.copy(), now - self.config.period
                 self._v[:] = 0.0
                 self._motion = self._sent = None
-            elif now - self._last_t > self.config.lead_time and self._sent is not None:
-                # a late tick (a starved process): the controller's reference has coasted and
-                # braked since the last command; go on from where it is, not from that command
+                self._resync = False
+            elif ((self._resync or now - self._last_t > self.config.lead_time)
+                  and self._sent is not None):
+                # a late tick (a starved process), or our last tracks never took over: the
+                # controller's reference has coasted and braked since the trajectory it runs;
+                # go on from where it is, not from our last command
                 q_ref, v_ref = self._reference(now - self.config.period, q)
                 self._last, self._v[:] = q_ref, v_ref
                 self._last_t = now - self.config.period
+                self._resync = False
+            continues = self._sent is not None
             dt = now - self._last_t
             cmd = env.filter_joint(target[:-1], self._last, self._cmd, dt=dt, v_prev=self._v)
             duration = self._duration(cmd, q)
@@ -435,7 +454,7 @@ class ChunkExecutor:
             self._last[:] = cmd
             self._last_t = now
             command = self._finish('track', cmd.copy(), tuple(env.reasons), duration=duration)
-            command.stamp = now
+            command.stamp, command.continues = now, continues
             v = self._v.copy()
             if not np.any(v):
                 command.points = ((0.0, command.arm, v),)

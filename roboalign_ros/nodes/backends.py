@@ -138,14 +138,17 @@ class JointTrajectoryBackend:
         """
         if command.kind == "track" or command.stop:
             return self.publish(command.stamp, *trajectory_points(command),
-                                estop=command.kind == "estop")
+                                estop=command.kind == "estop", continues=command.continues)
         return True
 
-    def publish(self, stamp: float, times, positions, velocities, estop: bool = False) -> bool:
+    def publish(self, stamp: float, times, positions, velocities, estop: bool = False,
+                continues: bool = False) -> bool:
         """One trajectory; ``stamp`` (s, the node's clock) is when its time 0 is.
 
-        ``estop``: it is the e-stop's stop (the e-stop process sends none after it). False:
-        not sent, the e-stop process has stopped the arm.
+        ``estop``: it is the e-stop's stop (the e-stop process sends none after it).
+        ``continues``: a track going on from the last one (the e-stop process holds it back if
+        it would no longer join the trajectory in force). False: not sent, the e-stop process
+        has stopped the arm.
         """
         from roboalign_ros.nodes.estop_guard import GuardLost
 
@@ -153,7 +156,8 @@ class JointTrajectoryBackend:
                 self._pub.get_subscription_count())):
             self._via_guard = True   # from now on in one order, through the e-stop process
             try:
-                return self.guard.send(stamp, zip(times, positions, velocities), estop)
+                return self.guard.send(stamp, zip(times, positions, velocities), estop,
+                                       continues)
             except GuardLost as err:
                 self._logger.error(f"{err}: this node publishes and stops the arm itself")
                 self.guard = None

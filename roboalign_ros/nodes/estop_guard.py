@@ -15,10 +15,14 @@ publishes that stop, and drops every later trajectory until executor_node, which
 (:meth:`ChunkExecutor.adopt_stop`), releases the e-stop through the same pipe. One publisher
 and one order: nothing decided before the e-stop can follow its stop.
 
-When no trajectory of ours is in force (none yet, one that ended over :data:`RECENT` ago, or a
+When no trajectory of ours is in force (none yet, one that ended over
+:data:`~roboalign_ros.control.estop_gate.RECENT` ago, or a
 MoveItPy move or a scene reset since), the guard leaves the stop to executor_node, which holds
 the measured position.
 Until the guard is up, and if it is ever gone, executor_node publishes and stops by itself.
+A track that reaches the guard too late to join the trajectory in force (either process starved
+of CPU) is held back, and executor_node goes on from the one in force
+(:class:`~roboalign_ros.control.estop_gate.GateState` holds the rules).
 """
 
 from __future__ import annotations
@@ -31,12 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from roboalign_ros.control.trajectory import braking_points, points_at
-
-# A trajectory of ours that ended this recently is what the controller still holds (a stream
-# sends one every period, and one at rest ends where it begins); an older one may have been
-# replaced by another publisher, so the guard leaves that stop to executor_node.
-RECENT = 0.25   # s
+from roboalign_ros.control.estop_gate import GateLimits, GateState
 
 
 class GuardLost(RuntimeError):
@@ -52,79 +51,34 @@ class GuardSettings:
     estop_topic: str
     trajectory_topic: str
     joint_names: tuple[str, ...]
-    acc_max: tuple[float, ...]
-    lower: tuple[float, ...]
-    upper: tuple[float, ...]
-    brake_time_min: float
+    limits: GateLimits
     use_sim_time: bool
 
 
-class GateState:
-    """What the guard process knows: the last trajectory it published, and the e-stop.
+class SharedStop:
+    """What the guard tells executor_node.
 
-    Not thread-safe: the guard process calls it under one lock.
+    Ready, engaged and the stop it sent; how many tracks it held back, and the trajectory in
+    force when it last did.
     """
 
-    def __init__(self, settings: GuardSettings):
-        self.settings = settings
-        self.reference: tuple[float, tuple] | None = None   # (stamp, (t, q, v) points)
-        self.engaged = False
-        self.released_after_ns = -1
-        self.declined = ""   # why the last engage sent no stop
-
-    def command(self, stamp: float, points, estop: bool = False) -> bool:
-        """executor_node's trajectory: publish it (True) unless an e-stop is engaged."""
-        if self.engaged:
-            return False
-        self.reference = (stamp, tuple(points))
-        self.engaged = estop
-        return True
-
-    def engage(self, now: float, source_ns: int) -> tuple:
-        """An e-stop published at ``source_ns``: the stop to publish.
-
-        ``()``: none from us (:attr:`declined` says why, unless it was stopped already).
-        """
-        self.declined = ""
-        if self.engaged or source_ns <= self.released_after_ns:
-            return ()   # stopped already, or an engage older than the last release
-        if self.reference is None:
-            self.declined = "no trajectory of ours since the last reset or MoveItPy move"
-            return ()
-        stamp, points = self.reference
-        if now - stamp - points[-1][0] > RECENT:
-            self.declined = f"our last trajectory ended {now - stamp - points[-1][0]:.3f} s ago"
-            return ()
-        s = self.settings
-        stop = braking_points(*points_at(points, now - stamp), np.array(s.acc_max),
-                              np.array(s.lower), np.array(s.upper), s.brake_time_min)
-        self.reference, self.engaged = (now, stop), True
-        return stop
-
-    def release(self, source_ns: int) -> None:
-        """executor_node released the e-stop (an engage published before it is stale)."""
-        self.engaged = False
-        self.released_after_ns = max(self.released_after_ns, int(source_ns))
-
-    def forget(self) -> None:
-        """Something else moves the arm now (MoveItPy, a scene reset): no reference."""
-        self.reference = None
-
-
-class SharedStop:
-    """What the guard tells executor_node: ready, engaged, and the stop it sent."""
+    MAX_POINTS = 3   # a track: now, end of the coast, rest
 
     def __init__(self, joints: int, context):
         self.joints = joints
         self.lock = context.Lock()
-        self._flags = context.RawArray("q", 3)          # [ready, engaged, subscriptions]
-        self._stop = context.RawArray("d", 1 + 2 * (1 + 2 * joints))  # stamp, 2 points
+        self._flags = context.RawArray("q", 4)   # [ready, engaged, subscriptions, held back]
+        size = 2 + self.MAX_POINTS * (1 + 2 * joints)   # stamp, point count, points
+        self._stop = context.RawArray("d", size)
+        self._reference = context.RawArray("d", size)
 
     ready = property(lambda self: bool(self._flags[0]), doc="The guard process is up.")
     engaged = property(lambda self: bool(self._flags[1]), doc="The guard stopped the arm.")
 
     matched = property(lambda self: int(self._flags[2]),
                        doc="How many trajectory subscriptions its publisher has matched.")
+    held_back = property(lambda self: int(self._flags[3]),
+                         doc="How many continuing tracks it held back so far.")
 
     def set_ready(self, matched: int) -> None:
         """(guard) It is up, and its publisher has matched ``matched`` subscriptions."""
@@ -134,22 +88,38 @@ class SharedStop:
     def set_engaged(self, engaged: bool, stamp: float = 0.0, stop=()) -> None:
         """(guard) It engaged with ``stop`` at ``stamp``, or released."""
         if engaged:
-            with self.lock:
-                values = np.frombuffer(self._stop, dtype=np.float64)
-                values[0] = stamp
-                values[1:] = np.concatenate([np.concatenate(([t], q, v)) for t, q, v in stop])
+            self._write(self._stop, stamp, stop)
         self._flags[1] = int(engaged)
+
+    def set_held_back(self, count: int, stamp: float, points) -> None:
+        """(guard) ``count`` tracks held back so far; ``(stamp, points)`` is in force."""
+        self._write(self._reference, stamp, points)
+        self._flags[3] = count
 
     def stop(self, timeout: float = 0.5) -> tuple[float, tuple]:
         """``(stamp, points)`` of the guard's last stop."""
+        return self._read(self._stop, timeout)
+
+    def reference(self, timeout: float = 0.5) -> tuple[float, tuple]:
+        """``(stamp, points)`` of the trajectory in force when it last held a track back."""
+        return self._read(self._reference, timeout)
+
+    def _write(self, buffer, stamp: float, points) -> None:
+        rows = np.concatenate([np.concatenate(([t], q, v)) for t, q, v in points])
+        with self.lock:
+            values = np.frombuffer(buffer, dtype=np.float64)
+            values[0], values[1] = stamp, len(points)
+            values[2:2 + len(rows)] = rows
+
+    def _read(self, buffer, timeout: float) -> tuple[float, tuple]:
         if not self.lock.acquire(timeout=timeout):
             raise GuardLost(f"the e-stop process's lock stayed taken for {timeout} s")
         try:
-            values = np.frombuffer(self._stop, dtype=np.float64).copy()
+            values = np.frombuffer(buffer, dtype=np.float64).copy()
         finally:
             self.lock.release()
-        n, row = self.joints, 1 + 2 * self.joints
-        rows = (values[1:1 + row], values[1 + row:1 + 2 * row])
+        n, width = self.joints, 1 + 2 * self.joints
+        rows = values[2:2 + int(values[1]) * width].reshape(-1, width)
         return float(values[0]), tuple((float(r[0]), r[1:1 + n], r[1 + n:]) for r in rows)
 
 
@@ -193,17 +163,28 @@ class EstopGuard:
         """``(stamp, points)`` of the stop it sent (after :attr:`engaged`)."""
         return self.shared.stop()
 
-    def send(self, stamp: float, points, estop: bool = False) -> bool:
+    @property
+    def held_back(self) -> int:
+        """How many continuing tracks it held back (see :class:`GateState`)."""
+        return self.shared.held_back
+
+    def reference(self) -> tuple[float, tuple]:
+        """``(stamp, points)`` in force when it last held a track back."""
+        return self.shared.reference()
+
+    def send(self, stamp: float, points, estop: bool = False, continues: bool = False) -> bool:
         """Hand it a trajectory to publish; False if an e-stop is engaged (it drops it).
 
         ``estop``: this is executor_node's own e-stop stop (the guard sends none after it).
+        ``continues``: a track going on from the last one; the guard holds it back if it no
+        longer joins the trajectory in force (:attr:`held_back` counts them).
         Raises :class:`GuardLost` if the process is gone.
         """
         if self.shared.engaged:
             return False
         item = ("command", float(stamp),
                 tuple((float(t), tuple(map(float, q)), tuple(map(float, v)))
-                      for t, q, v in points), estop)
+                      for t, q, v in points), estop, continues)
         self._put(item)
         return True
 
@@ -255,7 +236,7 @@ def _guard_main(shared: SharedStop, settings: GuardSettings, conn) -> None:
         use_global_arguments=False,
         parameter_overrides=[Parameter("use_sim_time", value=settings.use_sim_time)])
     pub = node.create_publisher(JointTrajectory, settings.trajectory_topic, COMMAND_QOS)
-    state, lock = GateState(settings), threading.Lock()
+    state, lock = GateState(settings.limits), threading.Lock()
 
     def publish(stamp, points):
         pub.publish(trajectory_msg(settings.joint_names, stamp, *zip(*points)))
@@ -288,12 +269,19 @@ def _guard_main(shared: SharedStop, settings: GuardSettings, conn) -> None:
                 item = conn.recv()
                 with lock:
                     if item[0] == "command":
-                        _, stamp, points, estop = item
+                        _, stamp, points, estop, continues = item
                         points = tuple((t, np.array(q), np.array(v)) for t, q, v in points)
-                        if state.command(stamp, points, estop):
+                        now = now_seconds(node)
+                        if state.command(stamp, points, estop, continues, now):
                             publish(stamp, points)
                             if estop:
                                 shared.set_engaged(True, stamp, points[:2])
+                        elif not state.engaged:   # held back: executor_node goes on from ours
+                            shared.set_held_back(state.held_back, *state.reference)
+                            node.get_logger().warning(
+                                f"held back a track {now - stamp:.3f} s late: it would have "
+                                f"jumped {state.gap:.4f} rad from the trajectory in force "
+                                f"({state.held_back} so far)", throttle_duration_sec=1.0)
                     elif item[0] == "release":
                         state.release(item[1])
                     elif item[0] == "forget":

@@ -44,6 +44,7 @@ from visualization_msgs.msg import MarkerArray
 
 from roboalign_ros.control.build import EXECUTOR_PARAMETERS, build_executor
 from roboalign_ros.control.chunk import Chunk, ChunkError
+from roboalign_ros.control.estop_gate import GateLimits
 from roboalign_ros.control.kinematics import Kinematics
 from roboalign_ros.control.planned_path import ExecutedPath, planned_path
 from roboalign_ros.conversions import (
@@ -149,6 +150,7 @@ class ExecutorNode(LifecycleNode):
         self._thread: threading.Thread | None = None
         self.estop_listener: EstopListener | None = None
         self.estop_guard: EstopGuard | None = None
+        self._held_back = 0   # tracks the e-stop process held back, as last seen
         self.diagnostics = Diagnostics(self, "executor_node: command stream")  # in every state
         self.create_timer(1.0, self.publish_diagnostics)
         if self.get_parameter("autostart").value:
@@ -188,7 +190,7 @@ class ExecutorNode(LifecycleNode):
         # nothing streams before activate: chunks observed until then are refused
         self.chunk_executor.pause(now_seconds(self), float("inf"), "inactive")
         if p["estop_process"] and p["backend"] == "joint_trajectory":
-            self.estop_guard = self._start_estop_guard(p, robot)
+            self.estop_guard, self._held_back = self._start_estop_guard(p, robot), 0
         self.backend = make_backend(p["backend"], self, robot, manage_servo=p["servo.manage"],
                                     guard=self.estop_guard)
         self.gripper = make_gripper(self, robot)
@@ -222,15 +224,18 @@ class ExecutorNode(LifecycleNode):
             self.executed = ExecutedPath(self.chunk_executor.envelope)
 
     def _start_estop_guard(self, p: dict, robot) -> EstopGuard:
-        limits, n = self.chunk_executor.envelope.limits, len(robot.arm_joints)
+        limits, config = self.chunk_executor.envelope.limits, self.chunk_executor.config
+        acc = np.broadcast_to(np.asarray(limits.acc_max, float), (len(robot.arm_joints),))
+        reach = config.period + config.lead_time   # see GateLimits.join_tolerance
         return EstopGuard(GuardSettings(
             node_name=f"{self.get_name()}_estop_guard", namespace=self.get_namespace(),
             estop_topic=self.resolve_topic_name(p["estop_topic"]),
             trajectory_topic=self.resolve_topic_name(robot.trajectory_topic),
             joint_names=tuple(robot.arm_joints),
-            acc_max=tuple(np.broadcast_to(limits.acc_max, (n,)).tolist()),
-            lower=tuple(limits.lower.tolist()), upper=tuple(limits.upper.tolist()),
-            brake_time_min=self.chunk_executor.config.brake_time_min,
+            limits=GateLimits(acc_max=tuple(acc.tolist()), lower=tuple(limits.lower.tolist()),
+                              upper=tuple(limits.upper.tolist()),
+                              brake_time_min=config.brake_time_min,
+                              join_tolerance=tuple((acc * reach**2).tolist())),
             use_sim_time=bool(self.get_parameter("use_sim_time").value)))
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -418,9 +423,22 @@ class ExecutorNode(LifecycleNode):
                                       throttle_duration_sec=5.0)
 
     def _follow_guard(self, now: float) -> None:
-        """Engage here too if the e-stop process stopped the arm first (under the send lock)."""
+        """Follow the e-stop process (under the send lock).
+
+        Go on from the trajectory in force if it held tracks back; engage here too if it
+        stopped the arm first.
+        """
         guard = self.estop_guard
-        if guard is None or not guard.engaged or self.chunk_executor.engaged:
+        if guard is None:
+            return
+        held_back = guard.held_back
+        if held_back != self._held_back:
+            self._held_back = held_back
+            try:
+                self.chunk_executor.adopt_reference(*guard.reference())
+            except GuardLost:
+                pass   # it is gone: the next send says so, and this node publishes
+        if not guard.engaged or self.chunk_executor.engaged:
             return
         self.chunk_executor.estop(True, now)
         self._adopt_guard_stop()
@@ -573,6 +591,7 @@ class ExecutorNode(LifecycleNode):
         values.update(status.counters)
         if self.estop_guard is not None:  # without it e-stops are still handled, in-process
             values["estop_process"] = "running" if self.estop_guard.alive else "gone"
+            values["tracks_held_back"] = self._held_back
         values.update({f"safety_{k}": v for k, v in status.safety_counters.items()})
         level = ERROR if status.estop else _LEVEL.get(status.last_kind, WARN)
         message = "e-stop" if status.estop else status.last_kind
