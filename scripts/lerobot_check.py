@@ -7,8 +7,10 @@ makes it and runs this). Three datasets: ``roboalign record bulk --wrist --depth
 ``record bulk --wrist`` without depth.
 For each: LeRobot loads every item (``video_backend=pyav``), ``lerobot-train`` runs ACT and
 diffusion 3 steps, ``lerobot-edit-dataset`` deletes, splits and merges; our reader then reads
-each result (depth compared bit for bit with the original), and ``roboalign train head``
-(tiny) trains on the merged one. Prints a table and writes ``<out>/results.json``.
+each result (actions and tasks equal the original's; our depth is not a LeRobot feature, so
+LeRobot's tools do not carry it: the result has none, and the source's depth files are
+unchanged, bit for bit), and ``roboalign train head`` (tiny) trains on the merged one. Prints a
+table and writes ``<out>/results.json``.
 
     bash scripts/lerobot_check.sh [--out runs/lerobot_check] [--keep]
 """
@@ -93,15 +95,16 @@ def make_datasets(out: Path) -> dict[str, Path]:
     return {"bulk": bulk, "from_bag": from_bag, "bulk_rgb": out / "bulk_rgb"}
 
 
-def depth_equal(a: Path, b: Path, episodes_b_to_a: dict[int, int]) -> tuple[bool, str]:
-    """Our reader on ``b``: every episode decodes, its actions and depth equal ``a``'s."""
+def same_episodes(a: Path, b: Path, episodes_b_to_a: dict[int, int]) -> tuple[bool, str]:
+    """Our reader on ``b``: every episode decodes, its actions and task equal ``a``'s; depth,
+    if ``b`` has any, equal too."""
     try:
-        return _depth_equal(a, b, episodes_b_to_a)
+        return _same_episodes(a, b, episodes_b_to_a)
     except Exception as exc:  # noqa: BLE001 - reported as the check's failure
         return False, f"{type(exc).__name__}: {exc}"
 
 
-def _depth_equal(a: Path, b: Path, episodes_b_to_a: dict[int, int]) -> tuple[bool, str]:
+def _same_episodes(a: Path, b: Path, episodes_b_to_a: dict[int, int]) -> tuple[bool, str]:
     import numpy as np
 
     from roboalign_ros.data import DatasetReader
@@ -112,11 +115,19 @@ def _depth_equal(a: Path, b: Path, episodes_b_to_a: dict[int, int]) -> tuple[boo
         ea, eb = ra.episode(i, depth=True), rb.episode(j, depth=True)
         if not np.array_equal(ea.actions, eb.actions) or ea.task != eb.task:
             return False, f"episode {j}: actions or task differ from episode {i}"
-        for cam, d in ea.depth.items():
-            if cam not in eb.depth or eb.depth[cam].shape != d.shape:
-                return False, f"episode {j}: depth {cam} missing or reshaped"
-            worst = max(worst, int(abs(eb.depth[cam].astype(int) - d).max()))
-    return worst == 0, f"{len(rb)} episodes read; largest depth difference {worst} mm"
+        for cam, d in eb.depth.items():
+            worst = max(worst, int(abs(d.astype(int) - ea.depth[cam]).max()))
+    depth = (f"depth kept, largest difference {worst} mm" if rb.depth_cameras else
+             f"no depth (LeRobot does not carry ours; the source had {sorted(ra.depth_cameras)})")
+    return worst == 0, f"{len(rb)} episodes read; {depth}"
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """sha256 of every depth file of ours under ``root``."""
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted((root / "depth").rglob("*.mkv"))}
 
 
 def main() -> int:
@@ -138,6 +149,7 @@ def main() -> int:
         from roboalign_ros.data import DatasetReader
 
         n = len(DatasetReader(root))
+        before = file_digests(root)
         check.run(f"{name}: LeRobot loads every item",
                   [lpy, "-c", LOAD, str(root), name], hf_home)
         for policy in ("act", "diffusion"):
@@ -158,14 +170,14 @@ def main() -> int:
                 edit, f"--repo_id=local/{name}", f"--root={root}",
                 f"--new_repo_id=local/{name}_deleted", f"--new_root={deleted}",
                 "--operation.type=delete_episodes", "--operation.episode_indices=[0]"], hf_home):
-            check.record(f"{name}: our reader reads LeRobot's delete", *depth_equal(
+            check.record(f"{name}: our reader reads LeRobot's delete", *same_episodes(
                 root, deleted, {j: j + 1 for j in range(n - 1)}))
         if check.run(f"{name}: lerobot-edit-dataset split", [
                 edit, f"--repo_id=local/{name}", f"--root={root}", f"--new_root={split}",
                 "--operation.type=split",
                 f"--operation.splits={halves}"],
                 hf_home):
-            check.record(f"{name}: our reader reads LeRobot's split", *depth_equal(
+            check.record(f"{name}: our reader reads LeRobot's split", *same_episodes(
                 root, split / "b", {j: half + j for j in range(n - half)}))
             if check.run(f"{name}: lerobot-edit-dataset merge (the two halves)", [
                     edit, f"--new_repo_id=local/{name}_merged", f"--new_root={merged}",
@@ -173,8 +185,8 @@ def main() -> int:
                     f"--operation.repo_ids={json.dumps([name + '_a', name + '_b'])}",
                     f"--operation.roots={json.dumps([str(split / 'a'), str(split / 'b')])}"],
                     hf_home):
-                check.record(f"{name}: our reader reads LeRobot's merge, depth bit-exact",
-                             *depth_equal(root, merged, {j: j for j in range(n)}))
+                check.record(f"{name}: our reader reads LeRobot's merge",
+                             *same_episodes(root, merged, {j: j for j in range(n)}))
                 tiny = out / "tiny_policy"
                 if not tiny.exists():
                     subprocess.run(["roboalign", "model", "tiny", str(tiny)], check=True)
@@ -185,6 +197,9 @@ def main() -> int:
                     "--set", f"run.output_dir={out / 'head' / name}", "--set", "max_steps=3",
                     "--set", "batch_size=4", "--set", "eval_every=3", "--set",
                     "eval_samples=8"])
+        after = file_digests(root)
+        check.record(f"{name}: our depth files unchanged after LeRobot's tools ran",
+                     before == after, f"{len(after)} depth files, sha256 equal: {before == after}")
     (out / "results.json").write_text(json.dumps(
         {"lerobot": version, "results": check.results}, indent=2))
     print(f"\nLeRobot {version}:")

@@ -1,15 +1,21 @@
-"""Depth streams in the dataset: 16-bit lossless (FFV1), read back bit-exact, LeRobot's
-`video.is_depth_map` set, refused when malformed, appended like any stream."""
+"""Depth streams in the dataset: 16-bit lossless (FFV1 in Matroska), read back bit-exact,
+ours and not a LeRobot feature (LeRobot 0.4 mangled them, 0.6 refuses FFV1 features), refused
+when malformed, appended like any stream; datasets with depth as a feature still read."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import av
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from roboalign_ros.data import DatasetReader, DatasetWriter
+from roboalign_ros.data import lerobot_format as fmt
+from roboalign_ros.data.errors import DatasetFormatError
 from roboalign_ros.data.synthetic import (
     ACTION_NAMES,
     STATE_NAMES,
@@ -17,6 +23,7 @@ from roboalign_ros.data.synthetic import (
     synthetic_depth,
     synthetic_step,
 )
+from roboalign_ros.data.video import VideoEncoder
 
 COLOUR = {"scene": (96, 128)}
 DEPTH = {"scene_depth": (96, 128)}
@@ -32,7 +39,7 @@ def make(root: Path, episodes: int = 2) -> Path:
     return root
 
 
-def test_depth_reads_back_bit_exact_and_is_a_lerobot_depth_map(tmp_path: Path) -> None:
+def test_depth_reads_back_bit_exact_and_stays_outside_lerobots_features(tmp_path: Path) -> None:
     root = make(tmp_path / "d")
     reader = DatasetReader(root)
     assert reader.cameras == COLOUR and reader.depth_cameras == DEPTH
@@ -44,14 +51,57 @@ def test_depth_reads_back_bit_exact_and_is_a_lerobot_depth_map(tmp_path: Path) -
         assert set(ep.frames) == {"scene"}          # colour as before
     assert reader.episode(0).depth == {}            # depth only when asked for
     info = json.loads((root / "meta" / "info.json").read_text())
-    ft = info["features"]["observation.images.scene_depth"]
-    assert ft["dtype"] == "video" and ft["shape"] == [96, 128, 1]
-    assert ft["info"]["video.is_depth_map"] is True
-    assert ft["info"]["video.codec"] == "ffv1" and ft["info"]["video.pix_fmt"] == "gray16le"
-    assert info["features"]["observation.images.scene"]["info"]["video.is_depth_map"] is False
+    assert set(k for k in info["features"] if k.startswith("observation.images.")) == \
+        {"observation.images.scene"}, "depth is a LeRobot feature"
+    desc = info["roboalign"]["depth_streams"]["scene_depth"]
+    assert desc["shape"] == [96, 128, 1] and desc["unit"] == "mm" and desc["codec"] == "ffv1"
+    path = root / "depth" / "scene_depth" / "chunk-000" / "file-001.mkv"
+    with av.open(str(path)) as container:
+        assert "matroska" in container.format.name
+        assert container.streams.video[0].codec_context.name == "ffv1"
     stats = json.loads((root / "meta" / "stats.json").read_text())
     mean = np.asarray(stats["observation.images.scene_depth"]["mean"]).ravel()
     assert mean.shape == (1,) and 0.5 < mean[0] < 1.1          # metres
+
+
+def test_an_unknown_depth_description_is_refused_by_name(tmp_path: Path) -> None:
+    root = make(tmp_path / "d", episodes=1)
+    info = json.loads((root / "meta" / "info.json").read_text())
+    info["roboalign"]["depth_streams"]["scene_depth"]["codec"] = "hevc"
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    with pytest.raises(DatasetFormatError, match="depth_streams.*scene_depth"):
+        DatasetReader(root)
+
+
+def test_a_dataset_with_depth_as_a_video_feature_still_reads(tmp_path: Path) -> None:
+    # the layout before depth left LeRobot's features: FFV1 in mp4 under videos/, a feature
+    # with video.is_depth_map, and the episode rows locating it
+    root = make(tmp_path / "d")
+    key, layout = "observation.images.scene_depth", fmt.Layout(root)
+    for e in range(2):
+        frames = DatasetReader(root).episode(e, depth=True).depth["scene_depth"]
+        enc = VideoEncoder(layout.video("scene_depth", e), 15, 96, 128, depth=True)
+        for f in frames:
+            enc.encode(f)
+        enc.close()
+        row_path = layout.episode_meta(e)
+        row = pq.read_table(row_path)
+        for name, value in (("chunk_index", 0), ("file_index", e), ("from_timestamp", 0.0),
+                            ("to_timestamp", FRAMES / 15)):
+            row = row.append_column(f"videos/{key}/{name}", pa.array([value]))
+        pq.write_table(row, row_path)
+    for path in (root / "depth").rglob("*.mkv"):
+        path.unlink()
+    info = json.loads((root / "meta" / "info.json").read_text())
+    del info["roboalign"]["depth_streams"]
+    info["features"][key] = {"dtype": "video", "shape": [96, 128, 1],
+                             "names": ["height", "width", "channels"],
+                             "info": {"video.codec": "ffv1", "video.is_depth_map": True}}
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    reader = DatasetReader(root)
+    assert reader.cameras == COLOUR and reader.depth_cameras == DEPTH
+    np.testing.assert_array_equal(reader.episode(1, depth=True).depth["scene_depth"][5],
+                                  synthetic_depth(5, 96, 128, seed=1))
 
 
 def test_appending_keeps_depth_and_training_samples_ignore_it(tmp_path: Path) -> None:
@@ -82,4 +132,7 @@ def test_malformed_depth_is_refused_with_its_name(tmp_path: Path, bad, message) 
     with pytest.raises(ValueError, match="depth_cameras"):
         DatasetWriter.create(tmp_path / "e", 15, STATE_NAMES, ACTION_NAMES, COLOUR, "x",
                              depth_cameras={"scene": (96, 128)})
+    with pytest.raises(ValueError, match="depth_streams"):
+        DatasetWriter.create(tmp_path / "f", 15, STATE_NAMES, ACTION_NAMES, COLOUR, "x",
+                             metadata={"depth_streams": {}})
     w.close()

@@ -219,3 +219,29 @@ def test_config_teacher_sim():
         load_config(RationaleConfig, {**data, "teacher": "gemini"})
     with pytest.raises(ConfigError, match="rationale.sim.max_words"):
         load_config(RationaleConfig, {**data, "teacher": "sim", "sim": {"max_words": 3}})
+
+
+def test_what_a_dataset_lacks_is_named_and_the_teacher_says_which(tmp_path, caplog):
+    import json
+
+    from roboalign_ros.data import DatasetReader
+    from roboalign_ros.training.samples import dataset_gaps, open_datasets
+
+    root = tmp_path / "sim"
+    _sim_dataset(root)
+    run_rationale({"data": {"roots": [str(root)]}, "teacher": "sim", "frames_per_episode": 0,
+                   "run": {"output_dir": str(tmp_path / "run"), "progress": False}})
+    assert dataset_gaps(DatasetReader(root)) == []
+    info_path = root / "meta" / "info.json"   # as LeRobot's tools rewrite it: no block of ours
+    info = json.loads(info_path.read_text())
+    del info["roboalign"]
+    info_path.write_text(json.dumps(info))
+    (root / "meta" / "rationales.jsonl").unlink()
+    with caplog.at_level("WARNING"):
+        open_datasets([root])
+    gaps = [r.getMessage() for r in caplog.records]
+    assert any("no roboalign.sim" in g and str(root) in g for g in gaps), gaps
+    assert any("no meta/rationales.jsonl" in g for g in gaps), gaps
+    with pytest.raises(ConfigError, match=r"lacks roboalign\.sim in meta/info\.json"):
+        run_rationale({"data": {"roots": [str(root)]}, "teacher": "sim",
+                       "run": {"output_dir": str(tmp_path / "run2"), "progress": False}})

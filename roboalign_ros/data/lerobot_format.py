@@ -7,6 +7,15 @@ its chunk; v3.0 allows files holding any number of episodes, so these load uncha
     meta/episodes/chunk-000/file-000.parquet     one row per episode (+ our metadata)
     data/chunk-000/file-000.parquet              one row per frame
     videos/observation.images.<cam>/chunk-000/file-000.mp4
+    depth/<stream>/chunk-000/file-000.mkv        ours: lossless 16-bit depth (mm)
+
+Depth is ours, not a LeRobot feature: LeRobot decodes every video feature as images (0.4) or
+accepts only h264/hevc/AV1 with 12-bit codes (0.6), so a feature holding our lossless 16-bit
+FFV1 depth made its loader and editing tools refuse or mangle the whole dataset. The depth
+streams are described in our metadata block of info.json (``roboalign.depth_streams``), in
+Matroska (which every FFmpeg can remux with FFV1; mp4 cannot), one file per episode. LeRobot's
+tools ignore them; what they write has no depth. Datasets written before (depth as a video
+feature with ``video.is_depth_map``) still read.
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
 EPISODES_PATH = "meta/episodes/" + CHUNK_FILE + ".parquet"
 DATA_PATH = "data/" + CHUNK_FILE + ".parquet"
 VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
+DEPTH_PATH = "depth/{stream}/" + CHUNK_FILE + ".mkv"
+DEPTH_STREAMS_KEY = "depth_streams"   # in our metadata block ("roboalign") of info.json
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
@@ -139,6 +150,10 @@ class Layout:
         """Path of the mp4 of one camera of an episode."""
         return self._fmt(VIDEO_PATH, episode_index, video_key=camera_key(camera))
 
+    def depth(self, stream: str, episode_index: int) -> Path:
+        """Path of the depth video (ours, outside LeRobot's features) of an episode."""
+        return self._fmt(DEPTH_PATH, episode_index, stream=stream)
+
 
 # ---------------------------------------------------------------- features / info.json
 
@@ -150,13 +165,10 @@ def make_features(
     fps: int,
     video_codec: str,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
-    depth_cameras: Mapping[str, tuple[int, int]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Build the `features` block of info.json (LeRobot v3.0 conventions).
 
-    `depth_cameras` maps a depth stream's name (e.g. `scene_depth`) to its (height, width):
-    a video feature of shape [h, w, 1] with `video.is_depth_map` true, stored losslessly
-    (FFV1, 16-bit grey, millimetres as the camera gives them; see `video.DEPTH_ENCODER`).
+    Depth streams are not features: see `make_depth_streams`.
 
     `extra` adds per-frame columns beside state and action, e.g.
     ``{"observation.environment_state": {"dtype": "float32", "shape": [n], "names": [...]}}``
@@ -170,28 +182,45 @@ def make_features(
         STATE_KEY: {"dtype": "float32", "shape": [len(state_names)], "names": list(state_names)},
         ACTION_KEY: {"dtype": "float32", "shape": [len(action_names)], "names": list(action_names)},
     }
-    streams = [(cam, hw, False) for cam, hw in cameras.items()]
-    streams += [(cam, hw, True) for cam, hw in (depth_cameras or {}).items()]
-    for cam, hw, depth in streams:
-        what = "depth_cameras" if depth else "cameras"
-        if not _CAMERA_NAME.match(str(cam)) or camera_key(cam) in features:
-            raise ValueError(f"{what}: bad or repeated camera name {cam!r} (letters, digits, "
-                             "_ and - only)")
-        h, w = (int(v) for v in hw)
-        if h <= 0 or w <= 0 or h % 2 or w % 2:
-            raise ValueError(f"{what}[{cam!r}]: height/width must be positive and even, got {hw}")
-        info = {"video.height": h, "video.width": w,
-                "video.codec": DEPTH_CODEC if depth else video_codec,
-                "video.pix_fmt": DEPTH_PIX_FMT if depth else "yuv420p",
-                "video.is_depth_map": depth, "video.fps": fps, "video.channels": 1 if depth else 3,
-                **({"video.depth_unit": "mm"} if depth else {}), "has_audio": False}
-        features[camera_key(cam)] = {"dtype": "video", "shape": [h, w, 1 if depth else 3],
+    for cam, hw in cameras.items():
+        h, w = _stream_size("cameras", cam, hw, features)
+        info = {"video.height": h, "video.width": w, "video.codec": video_codec,
+                "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
+                "video.channels": 3, "has_audio": False}
+        features[camera_key(cam)] = {"dtype": "video", "shape": [h, w, 3],
                                      "names": ["height", "width", "channels"], "info": info}
     for key, ft in (extra or {}).items():
         features[key] = check_extra_feature(key, ft, reserved=features)
     for key, dtype in INDEX_FEATURES.items():
         features[key] = {"dtype": dtype, "shape": [1], "names": None}
     return features
+
+
+def _stream_size(what: str, name: str, hw, taken: Mapping[str, Any]) -> tuple[int, int]:
+    if not _CAMERA_NAME.match(str(name)) or camera_key(name) in taken:
+        raise ValueError(f"{what}: bad or repeated camera name {name!r} (letters, digits, "
+                         "_ and - only)")
+    h, w = (int(v) for v in hw)
+    if h <= 0 or w <= 0 or h % 2 or w % 2:
+        raise ValueError(f"{what}[{name!r}]: height/width must be positive and even, got {hw}")
+    return h, w
+
+
+def make_depth_streams(depth_cameras: Mapping[str, tuple[int, int]], fps: int,
+                       features: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Describe depth streams for our metadata block (``roboalign.depth_streams``).
+
+    `depth_cameras` maps a stream's name (e.g. `scene_depth`) to its (height, width): HxW
+    uint16 millimetres as the camera gives them, stored losslessly (FFV1, 16-bit grey, in
+    Matroska at `DEPTH_PATH`; see `video.DEPTH_ENCODER`). Names may not repeat a camera's.
+    """
+    streams: dict[str, dict[str, Any]] = {}
+    for name, hw in depth_cameras.items():
+        h, w = _stream_size("depth_cameras", name, hw, {**features, **{
+            camera_key(n): None for n in streams}})
+        streams[str(name)] = {"shape": [h, w, 1], "fps": fps, "codec": DEPTH_CODEC,
+                              "pix_fmt": DEPTH_PIX_FMT, "unit": "mm", "path": DEPTH_PATH}
+    return streams
 
 
 def check_extra_feature(
@@ -273,7 +302,7 @@ def video_streams_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, tup
 
 
 def is_depth(ft: Mapping[str, Any]) -> bool:
-    """Whether a video feature is a depth map."""
+    """Whether a video feature is a depth map (datasets written before depth left them)."""
     return bool((ft.get("info") or {}).get("video.is_depth_map"))
 
 
@@ -283,10 +312,28 @@ def cameras_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[int
             if not is_depth(features[camera_key(c)])}
 
 
-def depth_cameras_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
-    """Return stream name -> (height, width) of the depth video features."""
+def legacy_depth_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Stream name -> (height, width) of depth stored as video features (older datasets)."""
     return {c: hw for c, hw in video_streams_of(features).items()
             if is_depth(features[camera_key(c)])}
+
+
+def depth_streams_of(info: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """Stream name -> (height, width) of our depth streams (``roboalign.depth_streams``)."""
+    streams = ((info.get("roboalign") or {}).get(DEPTH_STREAMS_KEY) or {})
+    out = {}
+    for name, desc in streams.items():
+        try:
+            h, w, c = (int(v) for v in desc["shape"])
+            ok = (c == 1 and desc.get("codec") == DEPTH_CODEC and desc.get("unit") == "mm"
+                  and desc.get("path") == DEPTH_PATH and _CAMERA_NAME.match(name))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise DatasetFormatError(f"info.json: roboalign.{DEPTH_STREAMS_KEY}[{name!r}] is not "
+                                     f"one this reader knows ({desc!r})")
+        out[name] = (h, w)
+    return out
 
 
 def dumps_json(obj: Any) -> bytes:

@@ -80,8 +80,10 @@ class DatasetReader:
         feats = self.info["features"]
         self.features = feats
         self.cameras = fmt.cameras_of(feats)
-        self.depth_cameras = fmt.depth_cameras_of(feats)
-        self.streams = fmt.video_streams_of(feats)
+        self._depth = fmt.depth_streams_of(self.info)   # ours, outside the features
+        self.depth_cameras = {**fmt.legacy_depth_of(feats), **self._depth}
+        self._video_keys = list(fmt.video_streams_of(feats))   # LeRobot's video features
+        self.streams = {**fmt.video_streams_of(feats), **self._depth}
         self.state_names = list(feats[fmt.STATE_KEY].get("names") or [])
         self.action_names = list(feats[fmt.ACTION_KEY].get("names") or [])
         self.extra_features = fmt.extra_features_of(feats)
@@ -142,7 +144,7 @@ class DatasetReader:
                 raise DatasetFormatError(f"{self.root / 'meta/episodes'}: missing metadata of "
                                          f"episode {i}")
             row, path = by_index[i]
-            ep, _ = fmt.parse_episode_row(row, self.layout.chunks_size, list(self.streams),
+            ep, _ = fmt.parse_episode_row(row, self.layout.chunks_size, self._video_keys,
                                           str(path), fps=self.fps)
             if ep.dataset_from_index != frames:
                 raise DatasetFormatError(f"{path}: episode {i}: dataset_from_index is "
@@ -178,6 +180,8 @@ class DatasetReader:
 
     def _video(self, cam: str, ep: EpisodeInfo) -> tuple[Path, int]:
         """The video file of ``cam`` holding ``ep``, and the episode's first frame in it."""
+        if cam in self._depth:   # ours: one file per episode
+            return self.layout.depth(cam, ep.index), 0
         key = fmt.camera_key(cam)
         _, chunk, file, start = next(v for v in ep.videos if v[0] == key)
         return self.layout.video_file(key, chunk, file), start

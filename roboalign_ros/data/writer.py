@@ -88,8 +88,10 @@ class DatasetWriter:
         self._state_dim = int(feats[fmt.STATE_KEY]["shape"][0])
         self._action_dim = int(feats[fmt.ACTION_KEY]["shape"][0])
         self.cameras = fmt.cameras_of(feats)
-        self.depth_cameras = fmt.depth_cameras_of(feats)
-        self.streams = fmt.video_streams_of(feats)  # colour and depth: one mp4 each
+        self._depth = fmt.depth_streams_of(info)   # ours, outside the features
+        self.depth_cameras = {**fmt.legacy_depth_of(feats), **self._depth}
+        self._video_keys = list(fmt.video_streams_of(feats))   # LeRobot's video features
+        self.streams = {**fmt.video_streams_of(feats), **self._depth}  # one file each
         self.extra_features = fmt.extra_features_of(feats)
         codecs = {feats[fmt.camera_key(c)]["info"]["video.codec"] for c in self.cameras}
         self._encoder = encoder_for(codecs.pop()) if codecs else DEFAULT_CODEC
@@ -134,7 +136,8 @@ class DatasetWriter:
         per-frame vector columns (`fmt.check_extra_feature`), given to every `add_frame`;
         `metadata` is kept in info.json under ``"roboalign"`` (see `update_metadata`).
         `depth_cameras` maps depth stream names (`scene_depth`) to (height, width): HxW uint16
-        frames (mm), stored losslessly, given in `add_frame`'s `images` like the colour ones.
+        frames (mm), stored losslessly outside LeRobot's features (`fmt.make_depth_streams`),
+        given in `add_frame`'s `images` like the colour ones.
         `stream_workers` > 1 encodes up to that many streams of a frame at once (threads).
         """
         root = Path(root)
@@ -145,7 +148,12 @@ class DatasetWriter:
         if chunks_size <= 0:
             raise ValueError(f"chunks_size: must be positive, got {chunks_size}")
         feats = fmt.make_features(state_names, action_names, cameras, fps, codec_name(codec),
-                                  extra_features, depth_cameras)
+                                  extra_features)
+        metadata = dict(metadata or {})
+        if fmt.DEPTH_STREAMS_KEY in metadata:
+            raise ValueError(f"metadata: {fmt.DEPTH_STREAMS_KEY!r} is the dataset's own key")
+        if depth_cameras:
+            metadata[fmt.DEPTH_STREAMS_KEY] = fmt.make_depth_streams(depth_cameras, fps, feats)
         info = fmt.make_info(feats, fps, robot_type, chunks_size, extra=metadata)
         writer = cls(root, info, gop=gop, crf=crf, encoder_threads=encoder_threads,
                      stream_workers=stream_workers)
@@ -178,7 +186,7 @@ class DatasetWriter:
         return writer
 
     def _recover(self) -> None:
-        for sub in ("data", "videos", "meta"):
+        for sub in ("data", "videos", "depth", "meta"):
             for tmp in (self.root / sub).rglob("*" + storage.TMP_SUFFIX):
                 storage.remove_quietly(tmp)
         total = int(self.info["total_episodes"])
@@ -202,13 +210,13 @@ class DatasetWriter:
                     "episodes (LeRobot wrote or edited it). DatasetReader reads it, but "
                     "recording can only append to a dataset in our own layout")
             ep, ep_stats = fmt.parse_episode_row(
-                rows[0], self.layout.chunks_size, list(self.streams), str(path)
+                rows[0], self.layout.chunks_size, self._video_keys, str(path)
             )
             self._append_episode(ep, st.from_json(ep_stats))
             i += 1
         keep = {p for j in range(i) for p in self._episode_files(j)}
         for pattern in ("data/chunk-*/file-*.parquet", "meta/episodes/chunk-*/file-*.parquet",
-                        "videos/*/chunk-*/file-*.mp4"):
+                        "videos/*/chunk-*/file-*.mp4", "depth/*/chunk-*/file-*.mkv"):
             for path in self.root.glob(pattern):
                 if path not in keep:
                     storage.remove_quietly(path)
@@ -217,8 +225,11 @@ class DatasetWriter:
 
     def _episode_files(self, i: int) -> list[Path]:
         return [self.layout.data(i), self.layout.episode_meta(i)] + [
-            self.layout.video(cam, i) for cam in self.streams
+            self._stream_path(cam, i) for cam in self.streams
         ]
+
+    def _stream_path(self, cam: str, i: int) -> Path:
+        return self.layout.depth(cam, i) if cam in self._depth else self.layout.video(cam, i)
 
     def _episode_files_complete(self, i: int) -> bool:
         return all(p.is_file() for p in self._episode_files(i))
@@ -260,6 +271,8 @@ class DatasetWriter:
     def update_metadata(self, values: Mapping[str, Any]) -> None:
         """Merge `values` (JSON-able) into the metadata block and rewrite info.json now."""
         self._check_usable()
+        if fmt.DEPTH_STREAMS_KEY in values:
+            raise ValueError(f"metadata: {fmt.DEPTH_STREAMS_KEY!r} is the dataset's own key")
         self.info["roboalign"] = {**self.metadata, **values}
         with storage.recording_errors("updating the dataset metadata"):
             self._write_meta()
@@ -291,9 +304,10 @@ class DatasetWriter:
             with storage.recording_errors(f"starting episode {index}"):
                 for cam, (h, w) in self.streams.items():
                     encoders[cam] = VideoEncoder(
-                        storage.tmp_path(self.layout.video(cam, index)), self.fps, h, w,
+                        storage.tmp_path(self._stream_path(cam, index)), self.fps, h, w,
                         encoder=self._encoder, gop=self._gop, crf=self._crf,
                         threads=self._threads, depth=cam in self.depth_cameras,
+                        container="matroska" if cam in self._depth else "mp4",
                     )
         except RecordingError as exc:
             for enc in encoders.values():
@@ -375,7 +389,7 @@ class DatasetWriter:
             source=rec.source, start_time=rec.stamps[0], dataset_from_index=self.num_frames,
         )
         table, ep_stats = self._episode_table(ep, rec)
-        row = fmt.episode_row(ep, list(self.streams), self.fps, self.layout.chunks_size,
+        row = fmt.episode_row(ep, self._video_keys, self.fps, self.layout.chunks_size,
                               st.to_json(ep_stats))
         data_path, meta_path = self.layout.data(index), self.layout.episode_meta(index)
         tmps: list[Path] = []
@@ -390,7 +404,7 @@ class DatasetWriter:
                 meta_bytes = _parquet_bytes(fmt.episode_row_table(row))
                 tmps.append(storage.write_tmp(meta_path, meta_bytes))
                 for cam, enc in rec.encoders.items():
-                    storage.commit(enc.path, self.layout.video(cam, index))
+                    storage.commit(enc.path, self._stream_path(cam, index))
                 storage.commit(tmps[-2], data_path)
                 storage.commit(tmps[-1], meta_path)  # commit point
         except RecordingError as exc:

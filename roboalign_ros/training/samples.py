@@ -9,6 +9,7 @@ teacher rationales (``meta/rationales.jsonl``, see :mod:`.rationale`).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,9 +19,12 @@ import numpy as np
 import torch
 
 from ..data.scene_state import ENV_STATE_KEY as SCENE_STATE
+from ..data.scene_state import PHASE_KEY
 from ..model.normalization import Normalizer, Stats
 from ..model.policy import Observation
 from .config import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,8 +38,34 @@ class Sample:
     scene_state: np.ndarray | None = None  # observation.environment_state, when recorded
 
 
+def dataset_gaps(reader) -> list[str]:
+    """What a dataset lacks that some stages need, one line each (empty: nothing).
+
+    A dataset that LeRobot recorded, or that its editing tools rewrote, has no metadata block
+    of ours (``DatasetInfo`` drops info.json keys it does not know), no teacher rationales and
+    no depth; one recorded outside the sim has no environment state.
+    """
+    from .rationale import RATIONALES_FILE
+
+    gaps = []
+    if SCENE_STATE not in reader.extra_features:
+        gaps.append(f"no {SCENE_STATE}: the sim teacher (rationale, teacher: sim) and the "
+                    "grounding probe (head.localization_weight > 0) need it")
+    elif "sim" not in reader.metadata or PHASE_KEY not in reader.extra_features:
+        gaps.append(f"no roboalign.sim in meta/info.json or no {PHASE_KEY} column (LeRobot's "
+                    "tools drop keys of info.json they do not know): the sim teacher needs "
+                    "them; the source dataset of `roboalign record bulk` has them")
+    if not (reader.root / "meta" / RATIONALES_FILE).is_file():
+        gaps.append(f"no meta/{RATIONALES_FILE}: no teacher reasoning, so SFT learns actions "
+                    "only (write it with `roboalign train rationale`)")
+    return gaps
+
+
 def open_datasets(roots) -> list:
-    """Open every root with ``DatasetReader``; errors name the root (ConfigError)."""
+    """Open every root with ``DatasetReader``; errors name the root (ConfigError).
+
+    What a dataset lacks (:func:`dataset_gaps`) is logged as a warning naming it.
+    """
     from ..data import DatasetReader
 
     readers = []
@@ -48,6 +78,8 @@ def open_datasets(roots) -> list:
             raise ConfigError(f"data.roots[{i}]: {root} is not a readable dataset: {exc}") from exc
         if len(readers[-1]) == 0:
             raise ConfigError(f"data.roots[{i}]: {root} has no episodes")
+        for gap in dataset_gaps(readers[-1]):
+            log.warning("data.roots[%d]: %s: %s", i, root, gap)
     return readers
 
 

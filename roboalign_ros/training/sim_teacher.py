@@ -241,10 +241,12 @@ class SimTeacher:
         """
         meta_json = reader.metadata.get("sim")
         features = reader.extra_features
-        if not meta_json or ss.ENV_STATE_KEY not in features or ss.PHASE_KEY not in features:
-            raise ValueError(f"teacher: sim needs a dataset recorded from the sim with "
-                             f"{ss.ENV_STATE_KEY} and {ss.PHASE_KEY} (roboalign record bulk); "
-                             f"{reader.root} has none")
+        missing = [k for k in (ss.ENV_STATE_KEY, ss.PHASE_KEY) if k not in features]
+        if not meta_json:
+            missing.append("roboalign.sim in meta/info.json (LeRobot's tools drop it)")
+        if missing:
+            raise ValueError(f"teacher: sim needs a dataset recorded from the sim (roboalign "
+                             f"record bulk); {reader.root} lacks {', '.join(missing)}")
         meta = ss.SimMetadata.from_json(meta_json)
         task = meta.tasks.get(episode.task)
         if task is None:
