@@ -20,6 +20,16 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Property tests draw the same examples on every run (``derandomize``), so a rare input cannot
+# turn a run red by chance; ``HYPOTHESIS_PROFILE=explore`` draws new ones to hunt for them
+# (the executor's box property was found that way: a stop that braked out of the box).
+with contextlib.suppress(ImportError):
+    from hypothesis import settings
+
+    settings.register_profile("repeatable", derandomize=True, database=None)
+    settings.register_profile("explore")
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
 
 @pytest.fixture
 def rclpy_context():

@@ -392,3 +392,26 @@ def test_resume_after_an_open_ended_pause_takes_chunks_observed_from_then_on():
     assert not ex.submit(ramp_chunk(0.9, 1, h=100), now=1.0)[0]
     assert ex.submit(ramp_chunk(1.0, 2, h=100), now=1.0)[0]
     assert ex.tick(1.01, Q0).kind == 'track'
+
+
+def test_an_estop_long_after_the_last_hold_brakes_from_where_the_arm_is_not_back_to_it():
+    # the last stop's rest point is only the controller's reference for a while: MoveIt,
+    # teleop or another node may move the arm since (executor_node inactive). An e-stop then
+    # must not command the arm back to that old point.
+    ex = make_exec()
+    first = ex.tick(0.0, np.array([0.1, -0.1]))
+    assert first.stop
+    moved = np.array([0.6, 0.4])             # someone else moved the arm meanwhile
+    ex.estop(True, now=5.0)
+    cmd = ex.tick(5.0, moved)
+    assert cmd.kind == 'estop' and cmd.stop
+    (_, q0, v0), (_, rest, _) = cmd.points
+    np.testing.assert_allclose(q0, moved)
+    np.testing.assert_allclose(rest, moved)
+    assert not np.any(v0)
+    # within RECENT of the last stop its reference still holds (the arm may lag behind it)
+    ex = make_exec()
+    ex.tick(0.0, np.array([0.1, -0.1]))
+    ex.estop(True, now=0.05)
+    (_, q0, _), _ = ex.tick(0.05, np.array([0.12, -0.1])).points
+    np.testing.assert_allclose(q0, [0.1, -0.1])

@@ -103,6 +103,7 @@ class Feeder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._clients: dict[str, object] = {}
+        self.error: BaseException | None = None   # what stopped the publishing thread
 
     # ---------------------------------------------------------------- publishing
 
@@ -122,8 +123,14 @@ class Feeder:
 
         self.grip_pub.publish(Float64MultiArray(
             data=[load_robot_config("sim_arm").gripper_to_joint(GRIPPER_CMD)]))
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run_reporting, daemon=True)
         self._thread.start()
+
+    def _run_reporting(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - raised again in close()
+            self.error = exc   # otherwise it dies silently and the frames read as "dropped"
 
     def _run(self) -> None:
         from sensor_msgs.msg import JointState
@@ -176,12 +183,14 @@ class Feeder:
             time.sleep(0.001)
 
     def close(self) -> None:
-        """Stop publishing and destroy the node."""
+        """Stop publishing and destroy the node; raise what stopped the publishing thread."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
         self.executor.shutdown()
         self.node.destroy_node()
+        if self.error is not None:
+            raise RuntimeError("the feeder's publishing thread failed") from self.error
 
     def wait_for_recorder(self, since: float, timeout: float = 30.0) -> None:
         """Wait for a RecorderStatus stamped after `since` (a restarted recorder is matched)."""

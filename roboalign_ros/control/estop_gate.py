@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from roboalign_ros.control.trajectory import braking_points, points_at
+from .trajectory import braking_points, points_at
 
 # A trajectory of ours that ended this recently is what the controller still holds (a stream
 # sends one every period, and one at rest ends where it begins); an older one may have been
-# replaced by another publisher, so the e-stop process leaves that stop to executor_node.
+# replaced by another publisher, so the e-stop process leaves that stop to executor_node, and
+# executor_node brakes from the measured position instead (ChunkExecutor._reference).
 RECENT = 0.25   # s
 
 

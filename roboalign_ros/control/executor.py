@@ -49,6 +49,7 @@ import numpy as np
 
 from .blending import ActionBlender, BlendMode
 from .chunk import Chunk, ChunkError, ChunkLimits, validate_chunk
+from .estop_gate import RECENT
 from .safety import FK, SafetyEnvelope
 from .trajectory import braking, braking_points, cubic_segment, points_at
 
@@ -369,9 +370,13 @@ class ChunkExecutor:
         if self._last is not None:  # the stream: its last track, as a JTC samples it
             stamp, points = self._sent
             return points_at(points, now - stamp)
+        known = measured_q is not None and np.all(np.isfinite(measured_q))
         if self._motion is not None:
             t0, q0, v0, q1, seconds = self._motion
-            return cubic_segment(t0, q0, v0, t0 + seconds, q1, np.zeros_like(q1), now)
+            # a motion that ended long ago may no longer be what the controller holds (MoveIt,
+            # teleop or another node moved the arm since): braking back to it would be a jolt
+            if not known or now - (t0 + seconds) <= RECENT:
+                return cubic_segment(t0, q0, v0, t0 + seconds, q1, np.zeros_like(q1), now)
         q = np.asarray(measured_q, dtype=float)
         return q.copy(), np.zeros_like(q)
 
@@ -447,6 +452,8 @@ class ChunkExecutor:
                 self._last_t = now - self.config.period
                 self._resync = False
             continues = self._sent is not None
+            # what the controller runs: the last track, or (streaming starts) rest where it is
+            previous = self._sent or (now, ((0.0, self._last.copy(), np.zeros_like(self._v)),))
             dt = now - self._last_t
             cmd = env.filter_joint(target[:-1], self._last, self._cmd, dt=dt, v_prev=self._v)
             duration = self._duration(cmd, q)
@@ -464,10 +471,33 @@ class ChunkExecutor:
             lead = self.config.lead_time
             coast = np.clip(cmd + v * lead, env.limits.lower, env.limits.upper)
             rest, seconds = self._braking(coast, v)
+            if env.has_workspace and (
+                    env.box_violation(env.tool_position(rest))
+                    > env.box_violation(env.tool_position(previous[1][-1][1])) + 1e-12):
+                # where this track would come to rest if the stream stopped here (a late tick,
+                # the watchdog) is further out of the box than the last one's: the last one's
+                # stop goes on instead (it is what the controller runs; no velocity step)
+                return self._continue_stop(command, previous, now)
             command.points = ((0.0, command.arm, v), (lead, coast, v),
                               (lead + seconds, rest, np.zeros_like(v)))
             self._sent = (now, command.points)
             return command
+
+    def _continue_stop(self, command: Command, previous: tuple[float, tuple], now: float
+                       ) -> Command:
+        """``command`` becomes the rest of the ``previous`` track from ``now``: its stop."""
+        stamp, points = previous
+        elapsed = now - stamp
+        q, v = points_at(points, elapsed)
+        command.points = ((0.0, q, v),
+                          *((t - elapsed, pq, pv) for t, pq, pv in points if t > elapsed))
+        command.arm = q.copy()
+        self._last[:], self._v[:] = q, v
+        self._sent = (now, command.points)
+        self.envelope.flag('workspace', 'its stop would leave the box: braking on the last '
+                            "command's stop")
+        command.reasons = tuple(self.envelope.reasons)
+        return command
 
     def _braking(self, q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, float]:
         lim = self.envelope.limits

@@ -166,9 +166,12 @@ class SafetyEnvelope:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def _flag(self, name: str, reason: str) -> None:
+    def flag(self, name: str, reason: str) -> None:
+        """Count limit ``name`` as binding this tick and say why (``reasons``)."""
         self.counters[name] += 1
         self.reasons.append(f'{name}: {reason}')
+
+    _flag = flag
 
     def tool_position(self, q: np.ndarray) -> np.ndarray:
         """Tool position (3,) from ``fk``; a 4x4 homogeneous pose is accepted too."""
