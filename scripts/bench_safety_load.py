@@ -13,10 +13,11 @@ velocity and acceleration limits bind all the time. Prints:
 
 ``--stall-estop-process S`` also stops the e-stop process (which publishes every trajectory)
 for S seconds every 2 s, as a starved machine can: the tracks it then takes late are held back
-(``tracks_held_back``) instead of jumping the controller's reference.
+(``tracks_held_back``) instead of jumping the controller's reference. ``--stall-sim-node S``
+stops sim_node the same way, 1 s out of phase: its physics catches up step by step after.
 
     python scripts/bench_safety_load.py [--seconds 60] [--burners 2] [--source sine|policy]
-                                        [--stall-estop-process 0.3]
+                                        [--stall-estop-process 0.3] [--stall-sim-node 0.3]
 """
 
 import argparse
@@ -53,6 +54,8 @@ def main():
     parser.add_argument("--log-dir", default=None)
     parser.add_argument("--stall-estop-process", type=float, default=0.0, metavar="S",
                         help="stop the e-stop process for S s every 2 s (SIGSTOP/SIGCONT)")
+    parser.add_argument("--stall-sim-node", type=float, default=0.0, metavar="S",
+                        help="stop sim_node for S s every 2 s, 1 s after the e-stop process")
     args = parser.parse_args()
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="bench_safety_load_"))
     robot = load_robot_config("sim_arm")
@@ -60,17 +63,21 @@ def main():
                for _ in range(args.burners)]
     nodes = NodeProcesses(log_dir)
     try:
-        nodes.start("sim_node", "sim.yaml", {"camera.width": 320, "camera.height": 240,
-                                             "camera.rate": 10.0})
+        sim = nodes.start("sim_node", "sim.yaml", {"camera.width": 320, "camera.height": 240,
+                                                   "camera.rate": 10.0})
         executor = nodes.start("executor_node", "executor.yaml")
         if args.source == "policy":
             nodes.start("policy_node", "policy.yaml", {"model_path": "tiny", "device": "cpu",
                                                        "torch_threads": 1})
-        stop_stalls, stalls = threading.Event(), []
+        stop_stalls, stalls = threading.Event(), {"estop": [], "sim": []}
         if args.stall_estop_process > 0:
-            threading.Thread(target=stall_estop_process, daemon=True,
-                             args=(executor.pid, args.stall_estop_process, stop_stalls,
-                                   stalls)).start()
+            threading.Thread(target=stall, daemon=True, args=(
+                lambda: estop_process_pid(executor.pid), args.stall_estop_process, 0.0,
+                stop_stalls, stalls["estop"])).start()
+        if args.stall_sim_node > 0:
+            threading.Thread(target=stall, daemon=True, args=(
+                lambda: sim.pid, args.stall_sim_node, 1.0, stop_stalls,
+                stalls["sim"])).start()
         figures = drive(robot, args, nodes)
         stop_stalls.set()
     finally:
@@ -89,26 +96,36 @@ def main():
     print(f"  executor period  p50 {figures['executor'].get('period_p50_ms', '?')} ms, "
           f"p99 {figures['executor'].get('period_p99_ms', '?')} ms (last 500 ticks)")
     if args.stall_estop_process > 0:
-        print(f"  e-stop process stopped {len(stalls)} times for {args.stall_estop_process} s: "
-              f"tracks held back {figures['executor'].get('tracks_held_back', '?')}")
+        print(f"  e-stop process stopped {len(stalls['estop'])} times for "
+              f"{args.stall_estop_process} s: tracks held back "
+              f"{figures['executor'].get('tracks_held_back', '?')}")
+    if args.stall_sim_node > 0:
+        print(f"  sim_node stopped {len(stalls['sim'])} times for {args.stall_sim_node} s")
     print(f"  executor states seen  {sorted(figures['states'])}; "
           f"commands/trajectory points the sim got: {figures['commands']}")
     moved = figures["travel"]
     print(f"  joint travel (sum |dq|) {moved:.2f} rad: the arm did move")
 
 
-def stall_estop_process(executor_pid: int, seconds: float, done: threading.Event,
-                        stalls: list) -> None:
-    """SIGSTOP executor_node's e-stop process (its spawned child) for ``seconds`` every 2 s.
+def estop_process_pid(executor_pid: int) -> int | None:
+    """executor_node's e-stop process (its spawned child), once it is up."""
+    for task in Path(f"/proc/{executor_pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return int(child)
+    return None
+
+
+def stall(pid_of, seconds: float, offset: float, done: threading.Event, stalls: list) -> None:
+    """SIGSTOP the process ``pid_of()`` for ``seconds`` every 2 s (first after ``offset`` s).
 
     Appends to ``stalls`` after each.
     """
     pid = None
     while pid is None and not done.wait(0.5):
-        for task in Path(f"/proc/{executor_pid}/task").glob("*"):
-            for child in (task / "children").read_text().split():
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    pid = int(child)
+        pid = pid_of()
+    if done.wait(offset):
+        return
     while not done.wait(2.0):
         os.kill(pid, signal.SIGSTOP)
         try:
@@ -154,7 +171,8 @@ def drive(robot, args, nodes):
                 figures["executor"] = values
                 figures["states"].add(values.get("state", "?"))
             elif s.hardware_id == "sim_node":
-                figures["sim"] = {k: v for k, v in values.items() if k.startswith("rejected")}
+                figures["sim"] = {k: v for k, v in values.items()
+                                  if k.startswith(("rejected", "rate_", "resyncs"))}
 
     def on_command(msg):
         figures["commands"] += 1
