@@ -13,5 +13,6 @@ if [ ! -x "$VENV/bin/lerobot-train" ]; then
   "$PYTHON312" -m venv "$VENV"
   "$VENV/bin/pip" install -q "lerobot[training,diffusion]==$LEROBOT_VERSION"
 fi
+bash scripts/setup.sh   # ours up to date (idempotent): the checks run our commands
 set +u; source scripts/env.sh; set -u   # our venv runs the checks; LeRobot's runs LeRobot
 exec python scripts/lerobot_check.py --lerobot-venv "$VENV" "$@"

@@ -59,9 +59,15 @@ def test_depth_reads_back_bit_exact_and_stays_outside_lerobots_features(tmp_path
     with av.open(str(path)) as container:
         assert "matroska" in container.format.name
         assert container.streams.video[0].codec_context.name == "ffv1"
-    stats = json.loads((root / "meta" / "stats.json").read_text())
-    mean = np.asarray(stats["observation.images.scene_depth"]["mean"]).ravel()
+    # its stats are ours too (LeRobot's tools check stats.json's as image stats)
+    assert "observation.images.scene_depth" not in json.loads(
+        (root / "meta" / "stats.json").read_text())
+    mean = np.asarray(desc["stats"]["mean"]).ravel()
     assert mean.shape == (1,) and 0.5 < mean[0] < 1.1          # metres
+    np.testing.assert_array_equal(reader.stats["observation.images.scene_depth"]["mean"],
+                                  desc["stats"]["mean"])
+    rows = pq.read_table(root / "meta/episodes/chunk-000/file-000.parquet").column_names
+    assert not any(c.startswith("stats/observation.images.scene_depth") for c in rows)
 
 
 def test_an_unknown_depth_description_is_refused_by_name(tmp_path: Path) -> None:

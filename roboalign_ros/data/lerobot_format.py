@@ -481,8 +481,12 @@ def episode_row(
     fps: int,
     chunks_size: int,
     stats: Mapping[str, Mapping[str, Any]],
+    depth_keys: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Build the meta/episodes row of an episode (v3.0 columns, ours, per-episode stats)."""
+    """Build the meta/episodes row of an episode (v3.0 columns, ours, per-episode stats).
+
+    ``depth_keys``: the stats keys of our depth streams (``depth_stats/`` columns).
+    """
     c, f = chunk_and_file(ep.index, chunks_size)
     row: dict[str, Any] = {
         "episode_index": ep.index,
@@ -506,8 +510,11 @@ def episode_row(
     row["source"] = ep.source
     row["start_time"] = ep.start_time
     for feat, st in stats.items():
+        # our depth is not a LeRobot feature: its stats beside LeRobot's, which its tools
+        # check as image stats and refuse (shape (1,) is not (3,1,1) or (1,1,1))
+        prefix = "depth_stats" if feat in depth_keys else "stats"
         for name, value in st.items():
-            row[f"stats/{feat}/{name}"] = value
+            row[f"{prefix}/{feat}/{name}"] = value
     return row
 
 
@@ -577,7 +584,7 @@ def parse_episode_row(
         raise DatasetFormatError(f"{where}: bad episode row ({exc})") from exc
     stats: dict[str, dict[str, Any]] = {}
     for key, value in row.items():
-        if key.startswith("stats/"):
+        if key.startswith(("stats/", "depth_stats/")):
             _, feat, name = key.split("/", 2)
             stats.setdefault(feat, {})[name] = value
     return ep, stats

@@ -171,9 +171,14 @@ class DatasetReader:
         if not path.is_file():
             raise DatasetFormatError(f"{path}: missing meta/stats.json")
         try:
-            return st.from_json(json.loads(path.read_text()))
+            stats = st.from_json(json.loads(path.read_text()))
         except (OSError, ValueError, AttributeError) as exc:
             raise DatasetFormatError(f"{path}: unreadable stats ({exc})") from exc
+        streams = (self.info.get("roboalign") or {}).get(fmt.DEPTH_STREAMS_KEY) or {}
+        for name, desc in streams.items():   # our depth's, kept with its description
+            if "stats" in desc:
+                stats.update(st.from_json({fmt.camera_key(name): desc["stats"]}))
+        return stats
 
     def _data_path(self, ep: EpisodeInfo) -> Path:
         return self.layout.data_file(*ep.data_file)

@@ -92,6 +92,7 @@ class DatasetWriter:
         self.depth_cameras = {**fmt.legacy_depth_of(feats), **self._depth}
         self._video_keys = list(fmt.video_streams_of(feats))   # LeRobot's video features
         self.streams = {**fmt.video_streams_of(feats), **self._depth}  # one file each
+        self._depth_stats_keys = [fmt.camera_key(c) for c in self._depth]
         self.extra_features = fmt.extra_features_of(feats)
         codecs = {feats[fmt.camera_key(c)]["info"]["video.codec"] for c in self.cameras}
         self._encoder = encoder_for(codecs.pop()) if codecs else DEFAULT_CODEC
@@ -390,7 +391,7 @@ class DatasetWriter:
         )
         table, ep_stats = self._episode_table(ep, rec)
         row = fmt.episode_row(ep, self._video_keys, self.fps, self.layout.chunks_size,
-                              st.to_json(ep_stats))
+                              st.to_json(ep_stats), self._depth_stats_keys)
         data_path, meta_path = self.layout.data(index), self.layout.episode_meta(index)
         tmps: list[Path] = []
         try:
@@ -532,14 +533,21 @@ class DatasetWriter:
 
     def _write_meta(self) -> None:
         """Atomically rewrite tasks, stats, then info (info.json last)."""
+        stats = st.to_json(st.aggregate(self._episode_stats))
+        extra = dict(self.info.get("roboalign") or {})
+        if self._depth:   # our depth's stats live with its description, not in LeRobot's
+            extra[fmt.DEPTH_STREAMS_KEY] = {
+                name: {**desc, **({"stats": stats.pop(fmt.camera_key(name))}
+                                  if fmt.camera_key(name) in stats else {})}
+                for name, desc in extra[fmt.DEPTH_STREAMS_KEY].items()}
         info = fmt.make_info(
             self.info["features"], self.fps, self.info.get("robot_type") or "",
             self.layout.chunks_size, self.num_episodes, self.num_frames, len(self._tasks),
-            extra=self.info.get("roboalign"),
+            extra=extra,
         )
         files = {
             self.layout.tasks: _parquet_bytes(fmt.tasks_table(self._tasks)),
-            self.layout.stats: fmt.dumps_json(st.to_json(st.aggregate(self._episode_stats))),
+            self.layout.stats: fmt.dumps_json(stats),
             self.layout.info: fmt.dumps_json(info),  # last: the others are derived from episodes
         }
         tmps = []
