@@ -190,9 +190,11 @@ def main() -> int:
                 tiny = out / "tiny_policy"
                 if not tiny.exists():
                     subprocess.run(["roboalign", "model", "tiny", str(tiny)], check=True)
+                # teleoperation has no environment state: no grounding probe (the head says so)
+                probe = [] if name != "from_bag" else ["--set", "localization_weight=0"]
                 check.run(f"{name}: roboalign train head (tiny) on LeRobot's merge", [
                     "roboalign", "train", "head", "--config",
-                    str(ROOT / "config/training/mini/head.yaml"),
+                    str(ROOT / "config/training/mini/head.yaml"), *probe,
                     "--set", f"data.roots=[{merged}]", "--set", f"policy.checkpoint={tiny}",
                     "--set", f"run.output_dir={out / 'head' / name}", "--set", "max_steps=3",
                     "--set", "batch_size=4", "--set", "eval_every=3", "--set",

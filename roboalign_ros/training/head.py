@@ -455,7 +455,8 @@ def _localization(cfg: HeadStageConfig, policy, head, readers, train_fs: Feature
         raise ConfigError(f"{field}: runs in one process only (the probe is outside DDP)")
     if train_fs.scene is None:
         raise ConfigError(f"{field}: the samples have no observation.environment_state "
-                          "(record the dataset with `roboalign record bulk`, or set 0)")
+                          "(record the dataset with `roboalign record bulk`, or "
+                          "--set localization_weight=0)")
     probe = localization_probe(readers, policy, pc.head.keypoints, field).to(acc.device)
     probe.logits = head.keypoint_logits
     points = None
