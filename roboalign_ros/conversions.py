@@ -71,6 +71,22 @@ def seconds_to_duration(seconds: float, duration=None):
     return duration
 
 
+def trajectory_msg(joint_names, stamp: float, times, positions, velocities):
+    """One ``trajectory_msgs/JointTrajectory`` of ``(time_from_start, q, v)`` points.
+
+    ``stamp`` (s, the node's clock) is when its time 0 is.
+    """
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    points = [JointTrajectoryPoint(positions=[float(q) for q in p],
+                                   velocities=[float(v) for v in w],
+                                   time_from_start=seconds_to_duration(t))
+              for t, p, w in zip(times, positions, velocities)]
+    msg = JointTrajectory(joint_names=list(joint_names), points=points)
+    msg.header.stamp = seconds_to_stamp(stamp)
+    return msg
+
+
 # --------------------------------------------------------------------------- images
 
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 
 from std_msgs.msg import Float64MultiArray
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+from trajectory_msgs.msg import JointTrajectory
 
 from roboalign_ros.control.trajectory import trajectory_points
-from roboalign_ros.conversions import seconds_to_duration, seconds_to_stamp
+from roboalign_ros.conversions import trajectory_msg
 from roboalign_ros.nodes.common import COMMAND_QOS
 from roboalign_ros.nodes.servo_backend import ServoBackend
 
@@ -98,17 +98,6 @@ def make_gripper(node, robot):
     if robot.gripper_interface == "action":
         return GripperActionClient(node, robot)
     return GripperPublisher(node, robot)
-
-
-def trajectory_msg(joint_names, stamp: float, times, positions, velocities) -> JointTrajectory:
-    """One JointTrajectory; ``stamp`` (s, the node's clock) is when its time 0 is."""
-    points = [JointTrajectoryPoint(positions=[float(q) for q in p],
-                                   velocities=[float(v) for v in w],
-                                   time_from_start=seconds_to_duration(t))
-              for t, p, w in zip(times, positions, velocities)]
-    msg = JointTrajectory(joint_names=list(joint_names), points=points)
-    msg.header.stamp = seconds_to_stamp(stamp)
-    return msg
 
 
 class JointTrajectoryBackend:

@@ -222,7 +222,7 @@ def _guard_main(shared: SharedStop, settings: GuardSettings, conn) -> None:
     from std_msgs.msg import Bool
     from trajectory_msgs.msg import JointTrajectory
 
-    from roboalign_ros.nodes.backends import trajectory_msg
+    from roboalign_ros.conversions import trajectory_msg
     from roboalign_ros.nodes.common import COMMAND_QOS, ESTOP_BEST_EFFORT_QOS, now_seconds
 
     try:  # ahead of the machine's other work where the OS allows (CAP_SYS_NICE, rlimit)
