@@ -9,8 +9,9 @@ For each: LeRobot loads every item (``video_backend=pyav``), ``lerobot-train`` r
 diffusion 3 steps, ``lerobot-edit-dataset`` deletes, splits and merges; our reader then reads
 each result (actions and tasks equal the original's; our depth is not a LeRobot feature, so
 LeRobot's tools do not carry it: the result has none, and the source's depth files are
-unchanged, bit for bit), and ``roboalign train head`` (tiny) trains on the merged one. Prints a
-table and writes ``<out>/results.json``.
+unchanged, bit for bit), and ``roboalign train head`` (tiny) trains on the merged one. Last,
+LeRobot records a dataset with depth its own way, and our reader must return what LeRobot's
+returns. Prints a table and writes ``<out>/results.json``.
 
     bash scripts/lerobot_check.sh [--out runs/lerobot_check] [--keep]
 """
@@ -43,6 +44,62 @@ LOAD = textwrap.dedent("""
     print(json.dumps({"items": len(ds), "episodes": ds.meta.total_episodes,
                       "image_shapes": shapes}))
 """)
+
+
+# LeRobot records a dataset with depth its own way (12-bit log codes, x265), reads it back and
+# saves what its reader returns (mm) and the depth it was given, for our reader to compare
+RECORD_DEPTH = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    root, H, W, N = sys.argv[1], 48, 64, 20
+    img = {"dtype": "video", "names": ["height", "width", "channels"]}
+    feats = {"observation.state": {"dtype": "float32", "shape": [2], "names": ["a", "b"]},
+             "action": {"dtype": "float32", "shape": [2], "names": ["a", "b"]},
+             "observation.images.cam": {**img, "shape": [H, W, 3]},
+             "observation.images.depth": {**img, "shape": [H, W, 1],
+                                          "info": {"is_depth_map": True}}}
+    ds = LeRobotDataset.create("local/lerobot_depth", 15, feats, root=root,
+                               video_backend="pyav")
+    rng, truth = np.random.default_rng(0), []
+    for episode in range(2):
+        for t in range(N):
+            d = (600 + 400 * np.arange(H)[:, None] / H + rng.normal(0, 2, (H, W)))
+            d = d.astype(np.uint16)
+            d[rng.random((H, W)) < 0.01] = 0
+            truth.append(d)
+            ds.add_frame({"observation.state": np.zeros(2, np.float32),
+                          "action": np.full(2, t, np.float32),
+                          "observation.images.cam": np.full((H, W, 3), t * 10, np.uint8),
+                          "observation.images.depth": d[..., None],
+                          "task": "pick up the red cube"})
+        ds.save_episode()
+    ds.finalize()
+    back = LeRobotDataset("local/lerobot_depth", root=root, video_backend="pyav")
+    read = [back[i]["observation.images.depth"].numpy().reshape(H, W) for i in range(len(back))]
+    np.save(root + "_lerobot_read.npy", np.stack(read))
+    np.save(root + "_truth.npy", np.stack(truth))
+""")
+
+
+def lerobot_depth_equal(root: Path) -> tuple[bool, str]:
+    """Our reader on LeRobot's own depth dataset: equal to what LeRobot's reader returned."""
+    try:
+        import numpy as np
+
+        from roboalign_ros.data import DatasetReader
+
+        r = DatasetReader(root)
+        ours = np.concatenate([r.episode(e, depth=True).depth["depth"] for e in range(len(r))])
+        theirs = np.load(str(root) + "_lerobot_read.npy")
+        truth = np.load(str(root) + "_truth.npy")
+        valid = truth > 0
+        worst = int(np.abs(ours[valid].astype(int) - truth[valid]).max())
+        same = ours.shape == theirs.shape and np.array_equal(ours.astype(np.float32), theirs)
+        return same, (f"{len(r)} episodes; equal to LeRobot's reader: {same}; largest "
+                      f"difference from the depth recorded {worst} mm (12-bit log codes)")
+    except Exception as exc:  # noqa: BLE001 - reported as the check's failure
+        return False, f"{type(exc).__name__}: {exc}"
 
 
 class Check:
@@ -202,6 +259,11 @@ def main() -> int:
         after = file_digests(root)
         check.record(f"{name}: our depth files unchanged after LeRobot's tools ran",
                      before == after, f"{len(after)} depth files, sha256 equal: {before == after}")
+    lerobot_depth = out / "lerobot_depth"
+    if check.run("lerobot_depth: LeRobot records depth its own way (12-bit, x265)",
+                 [lpy, "-c", RECORD_DEPTH, str(lerobot_depth)], hf_home):
+        check.record("lerobot_depth: our reader reads LeRobot's depth as LeRobot does",
+                     *lerobot_depth_equal(lerobot_depth))
     (out / "results.json").write_text(json.dumps(
         {"lerobot": version, "results": check.results}, indent=2))
     print(f"\nLeRobot {version}:")

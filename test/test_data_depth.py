@@ -79,17 +79,13 @@ def test_an_unknown_depth_description_is_refused_by_name(tmp_path: Path) -> None
         DatasetReader(root)
 
 
-def test_a_dataset_with_depth_as_a_video_feature_still_reads(tmp_path: Path) -> None:
-    # the layout before depth left LeRobot's features: FFV1 in mp4 under videos/, a feature
-    # with video.is_depth_map, and the episode rows locating it
-    root = make(tmp_path / "d")
+def depth_as_video_feature(root: Path, feature_info: dict, encode) -> None:
+    """Move the depth of ``root`` into a video feature (``encode(path, frames)`` writes each
+    episode's file): our layout before depth left the features, or LeRobot 0.6's own."""
     key, layout = "observation.images.scene_depth", fmt.Layout(root)
-    for e in range(2):
-        frames = DatasetReader(root).episode(e, depth=True).depth["scene_depth"]
-        enc = VideoEncoder(layout.video("scene_depth", e), 15, 96, 128, depth=True)
-        for f in frames:
-            enc.encode(f)
-        enc.close()
+    for e in range(len(DatasetReader(root))):
+        encode(layout.video("scene_depth", e), DatasetReader(root).episode(e, depth=True)
+               .depth["scene_depth"])
         row_path = layout.episode_meta(e)
         row = pq.read_table(row_path)
         for name, value in (("chunk_index", 0), ("file_index", e), ("from_timestamp", 0.0),
@@ -101,13 +97,62 @@ def test_a_dataset_with_depth_as_a_video_feature_still_reads(tmp_path: Path) -> 
     info = json.loads((root / "meta" / "info.json").read_text())
     del info["roboalign"]["depth_streams"]
     info["features"][key] = {"dtype": "video", "shape": [96, 128, 1],
-                             "names": ["height", "width", "channels"],
-                             "info": {"video.codec": "ffv1", "video.is_depth_map": True}}
+                             "names": ["height", "width", "channels"], "info": feature_info}
     (root / "meta" / "info.json").write_text(json.dumps(info))
+
+
+def test_a_dataset_with_depth_as_a_video_feature_still_reads(tmp_path: Path) -> None:
+    # the layout before depth left LeRobot's features: FFV1 in mp4 under videos/
+    def ffv1(path, frames):
+        enc = VideoEncoder(path, 15, 96, 128, depth=True)
+        for f in frames:
+            enc.encode(f)
+        enc.close()
+
+    root = make(tmp_path / "d")
+    depth_as_video_feature(root, {"video.codec": "ffv1", "video.is_depth_map": True}, ffv1)
     reader = DatasetReader(root)
     assert reader.cameras == COLOUR and reader.depth_cameras == DEPTH
     np.testing.assert_array_equal(reader.episode(1, depth=True).depth["scene_depth"][5],
                                   synthetic_depth(5, 96, 128, seed=1))
+
+
+def lerobot_quantize(mm: np.ndarray) -> np.ndarray:
+    """LeRobot 0.6's quantize_depth (lerobot/datasets/depth_utils.py) with its defaults, for
+    uint16 millimetres: log-spaced 12-bit codes, computed in mm."""
+    lo, hi, shift = 10.0, 10000.0, 3500.0
+    norm = (np.log(mm.astype(np.float32) + shift) - np.log(lo + shift)) / \
+        (np.log(hi + shift) - np.log(lo + shift))
+    return np.rint(norm * 4095).clip(0, 4095).astype(np.uint16)
+
+
+def test_lerobots_own_depth_reads_as_its_reader_gives_it(tmp_path: Path) -> None:
+    # LeRobot 0.6 stores depth as 12-bit codes, x265 lossless gray12le, is_depth_map
+    def x265(path, frames):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with av.open(str(path), "w", format="mp4") as out:
+            stream = out.add_stream("libx265", rate=15)
+            stream.width, stream.height, stream.pix_fmt = 128, 96, "gray12le"
+            stream.options = {"x265-params": "lossless=1:log-level=error"}
+            for f in frames:
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(lerobot_quantize(f),
+                                                                 format="gray12le")))
+            out.mux(stream.encode(None))
+
+    root = make(tmp_path / "d")
+    depth_as_video_feature(root, {"video.codec": "hevc", "video.pix_fmt": "gray12le",
+                                  "is_depth_map": True, "video.depth_min": 0.01,
+                                  "video.depth_max": 10.0, "video.shift": 3.5,
+                                  "video.use_log": True}, x265)
+    reader = DatasetReader(root)
+    assert reader.cameras == COLOUR and reader.depth_cameras == DEPTH
+    got = reader.episode(1, depth=True).depth["scene_depth"]
+    want = np.stack([synthetic_depth(t, 96, 128, seed=1) for t in range(FRAMES)])
+    assert got.dtype == np.uint16 and got.shape == want.shape
+    valid = want > 0
+    # log codes near 0.6-1 m are 1.3 mm apart: within a millimetre of the truth
+    assert np.abs(got[valid].astype(int) - want[valid]).max() <= 1
+    assert np.all(got[~valid] == 10), "LeRobot reads a code of 0 as depth_min (10 mm)"
 
 
 def test_appending_keeps_depth_and_training_samples_ignore_it(tmp_path: Path) -> None:

@@ -66,10 +66,14 @@ INDEX_FEATURES = {
 }
 
 
-def capture_time_key(features: Mapping[str, Any]) -> str:
-    """The capture-time column of a dataset: ``capture_time_ns``, or the legacy float64 one."""
-    return LEGACY_CAPTURE_TIME_KEY if LEGACY_CAPTURE_TIME_KEY in features and \
-        CAPTURE_TIME_KEY not in features else CAPTURE_TIME_KEY
+def capture_time_key(features: Mapping[str, Any]) -> str | None:
+    """The capture-time column of a dataset (``capture_time_ns``, or the legacy float64 one).
+
+    None in one that LeRobot recorded: the column is ours.
+    """
+    if CAPTURE_TIME_KEY in features:
+        return CAPTURE_TIME_KEY
+    return LEGACY_CAPTURE_TIME_KEY if LEGACY_CAPTURE_TIME_KEY in features else None
 
 
 def capture_time_column(stamps, key: str = CAPTURE_TIME_KEY) -> np.ndarray:
@@ -302,8 +306,47 @@ def video_streams_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, tup
 
 
 def is_depth(ft: Mapping[str, Any]) -> bool:
-    """Whether a video feature is a depth map (datasets written before depth left them)."""
-    return bool((ft.get("info") or {}).get("video.is_depth_map"))
+    """Whether a video feature is a depth map.
+
+    Ours written before depth left the features (``video.is_depth_map``), or LeRobot 0.6's
+    own (``is_depth_map``).
+    """
+    info = ft.get("info") or {}
+    return bool(info.get("video.is_depth_map") or info.get("is_depth_map"))
+
+
+# LeRobot 0.6's depth convention (lerobot/configs/video.py DEFAULT_DEPTH_*, DEPTH_QMAX; the math
+# of lerobot/datasets/depth_utils.py dequantize_depth): 12-bit codes between depth_min and
+# depth_max (m), log-spaced with a shift unless use_log is false
+LEROBOT_DEPTH_DEFAULTS = {"depth_min": 0.01, "depth_max": 10.0, "shift": 3.5, "use_log": True}
+LEROBOT_DEPTH_QMAX = 4095
+
+
+def lerobot_depth_params(ft: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The quantizer of a LeRobot 0.6 depth feature (12-bit codes), None for our 16-bit mm."""
+    info = ft.get("info") or {}
+    if not is_depth(ft) or info.get("video.codec") == DEPTH_CODEC:
+        return None
+    return {k: info.get(f"video.{k}", v) if info.get(f"video.{k}") is not None else v
+            for k, v in LEROBOT_DEPTH_DEFAULTS.items()}
+
+
+def dequantize_lerobot_depth(codes: np.ndarray, params: Mapping[str, Any]) -> np.ndarray:
+    """LeRobot 0.6's depth codes -> uint16 millimetres, as its reader returns them.
+
+    A code of 0 reads as ``depth_min``, not as "no return": LeRobot's convention.
+    """
+    lo, hi, shift = float(params["depth_min"]), float(params["depth_max"]), float(params["shift"])
+    if params["use_log"]:
+        offset = np.log(lo + shift)
+        scale = (np.log(hi + shift) - offset) / LEROBOT_DEPTH_QMAX
+        metres = np.exp(codes.astype(np.float32) * np.float32(scale) + np.float32(offset)) \
+            - np.float32(shift)
+    else:
+        scale = (hi - lo) / LEROBOT_DEPTH_QMAX
+        metres = codes.astype(np.float32) * np.float32(scale) + np.float32(lo)
+    mm = np.rint(np.clip(metres, lo, hi) * np.float32(1000.0))
+    return np.clip(mm, 0, 65535).astype(np.uint16)
 
 
 def cameras_of(features: Mapping[str, Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
@@ -380,6 +423,8 @@ def load_info(root: Path) -> dict[str, Any]:
     for key in (STATE_KEY, ACTION_KEY, *INDEX_FEATURES):
         if key == CAPTURE_TIME_KEY:
             key = capture_time_key(feats)
+            if key is None:
+                continue   # ours only: a dataset LeRobot recorded has none
         ft = feats.get(key)
         if not isinstance(ft, dict) or "dtype" not in ft or "shape" not in ft:
             raise DatasetFormatError(f"{path}: features[{key!r}] missing or lacks dtype/shape")

@@ -39,7 +39,7 @@ class Episode:
     states: np.ndarray  # (T, state_dim) float32
     actions: np.ndarray  # (T, action_dim) float32
     timestamps: np.ndarray  # (T,) float32, frame_index / fps (video time)
-    capture_times: np.ndarray  # (T,) float64, the recorder's stamps
+    capture_times: np.ndarray  # (T,) float64, the recorder's stamps (NaN: LeRobot recorded it)
     frames: dict[str, np.ndarray]  # camera -> (T, H, W, 3) uint8 RGB ({} if not decoded)
     extra: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     """Extra feature -> (T, n) array of its dtype, (T,) for shape ``[1]`` (e.g. expert.phase)."""
@@ -84,6 +84,8 @@ class DatasetReader:
         self.depth_cameras = {**fmt.legacy_depth_of(feats), **self._depth}
         self._video_keys = list(fmt.video_streams_of(feats))   # LeRobot's video features
         self.streams = {**fmt.video_streams_of(feats), **self._depth}
+        self._lerobot_depth = {c: fmt.lerobot_depth_params(feats[fmt.camera_key(c)])
+                               for c in fmt.legacy_depth_of(feats)}
         self.state_names = list(feats[fmt.STATE_KEY].get("names") or [])
         self.action_names = list(feats[fmt.ACTION_KEY].get("names") or [])
         self.extra_features = fmt.extra_features_of(feats)
@@ -296,6 +298,9 @@ class DatasetReader:
                                               count=ep.length)
             except Exception as exc:
                 raise DatasetFormatError(f"{vpath}: cannot decode video ({exc})") from exc
+            quantizer = self._lerobot_depth.get(cam)
+            if quantizer is not None:   # LeRobot's 12-bit codes: mm as its reader gives them
+                out[cam] = fmt.dequantize_lerobot_depth(out[cam], quantizer)
             if len(out[cam]) != ep.length:
                 raise DatasetFormatError(
                     f"{vpath}: frame count mismatch: decoded {len(out[cam])} frames, "
@@ -306,9 +311,10 @@ class DatasetReader:
             states=col(fmt.STATE_KEY, np.float32).reshape(ep.length, -1),
             actions=col(fmt.ACTION_KEY, np.float32).reshape(ep.length, -1),
             timestamps=col("timestamp", np.float32),
-            capture_times=fmt.capture_seconds(col(self._capture_key, np.int64 if
-                                                  self._capture_key == fmt.CAPTURE_TIME_KEY
-                                                  else np.float64), self._capture_key),
+            capture_times=np.full(ep.length, np.nan) if self._capture_key is None else
+            fmt.capture_seconds(col(self._capture_key, np.int64 if
+                                    self._capture_key == fmt.CAPTURE_TIME_KEY
+                                    else np.float64), self._capture_key),
             frames=frames,
             extra={key: col(key, ft["dtype"]) for key, ft in self.extra_features.items()},
             depth=depths,

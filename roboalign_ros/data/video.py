@@ -142,6 +142,16 @@ def probe_frame_count(path: Path) -> int:
         return sum(1 for _ in container.demux(stream) if _.size)
 
 
+def _depth_array(frame: av.VideoFrame) -> np.ndarray:
+    """A depth frame's values as stored.
+
+    16-bit grey as is; LeRobot's 12-bit codes unscaled (a conversion to 16 bits would
+    multiply them by 16).
+    """
+    name = frame.format.name
+    return frame.to_ndarray(format=name if name in ("gray12le", "gray16le") else "gray16le")
+
+
 def iter_video(path: Path, depth: bool = False, start: int = 0,
                count: int | None = None) -> Iterator[np.ndarray]:
     """Yield the frames of an mp4 one by one as HxWx3 uint8 RGB arrays (streaming).
@@ -166,7 +176,7 @@ def iter_video(path: Path, depth: bool = False, start: int = 0,
                 index = round(float((frame.pts - first_pts) * stream.time_base * rate))
                 if index < start:
                     continue
-            yield frame.to_ndarray(format="gray16le" if depth else "rgb24")
+            yield _depth_array(frame) if depth else frame.to_ndarray(format="rgb24")
             n += 1
 
 
@@ -190,7 +200,7 @@ def decode_video(path: Path, depth: bool = False, start: int = 0,
         extra = []
         n = 0
         for frame in container.decode(stream):
-            rgb = frame.to_ndarray(format="gray16le" if depth else "rgb24")
+            rgb = _depth_array(frame) if depth else frame.to_ndarray(format="rgb24")
             if n < len(out):
                 out[n] = rgb
             else:

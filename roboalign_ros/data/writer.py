@@ -180,6 +180,10 @@ class DatasetWriter:
         """
         root = Path(root)
         info = fmt.load_info(root)
+        if fmt.capture_time_key(info["features"]) is None:
+            raise DatasetFormatError(f"{root}: LeRobot recorded this dataset (no capture time "
+                                     "column). DatasetReader reads it, but recording can only "
+                                     "append to a dataset in our own layout")
         writer = cls(root, info, gop=gop, crf=crf, encoder_threads=encoder_threads,
                      stream_workers=stream_workers)
         with storage.recording_errors("recovering the dataset"):
