@@ -309,3 +309,30 @@ def test_no_command_moves_a_joint_faster_than_its_limit(probe):
         reported, windowed = _joint_speeds(probe.state, j)
         assert windowed <= limits[j] * 1.1 and reported <= limits[j] * 1.2, \
             f"joint{j + 1}: {reported:.2f} / {windowed:.2f} rad/s > limit {limits[j]:.2f}"
+
+
+def test_a_plan_for_the_world_before_a_reset_is_refused_even_when_stamped_after_it(probe):
+    # a stream's next period, decided before its sender heard of the reset: stamped after the
+    # reset, it starts where the arm was before it (issue 22: it pulled the arm 0.014 rad away
+    # from home in a fresh-clone CI run)
+    from trajectory_msgs.msg import JointTrajectory
+
+    from roboalign_ros.conversions import seconds_to_stamp
+
+    assert probe.reset().success
+    pub = probe.publisher(JointTrajectory, probe.robot.trajectory_topic)
+    home = probe.arm_q()
+    names = list(probe.robot.arm_joints)
+    now = probe.node.get_clock().now().nanoseconds * 1e-9
+    old_world = trajectory(names, [(0.0, home + 0.3), (0.5, home + 0.35)],
+                           stamp=seconds_to_stamp(now))
+    pub.publish(old_world)
+    probe.wait(0.6)
+    np.testing.assert_allclose(probe.arm_q(), home, atol=2e-3)
+    assert "planned for the world before the last reset_task" in probe.log.read_text()
+    # one that starts where the arm is, stamped as well, is taken
+    now = probe.node.get_clock().now().nanoseconds * 1e-9
+    pub.publish(trajectory(names, [(0.0, home), (0.5, home + 0.1)],
+                           stamp=seconds_to_stamp(now)))
+    assert spin_until(probe.executor, lambda: probe.arm_q()[0] > home[0] + 0.09, 5), \
+        "a plan from the arm's position after the reset was refused"

@@ -37,7 +37,11 @@ from roboalign_ros.nodes.common import (
 from roboalign_ros.sim.server import CommandRejected, SceneCamera, SimServer, TooFast
 from roboalign_ros.srv import ResetTask
 
-MAX_CATCH_UP = 1.0   # s behind the wall clock that the physics loop makes up step by step
+MAX_CATCH_UP = 0.5   # s behind the wall clock that the physics loop makes up step by step
+# The sim's own rule after a reset_task (real arms are not teleported): for RESET_SETTLE s, a
+# trajectory that would make the reference jump over RESET_JUMP rad was planned for the world
+# before it, by a sender that had not heard of the reset yet, and is refused
+RESET_SETTLE, RESET_JUMP = 1.0, 0.05
 
 PARAMETERS = {
     "robot": "sim_arm",
@@ -134,13 +138,26 @@ class SimNode(Node):
                 f"stamped {self._reset_stamp - stamp:.3f} s before the last reset_task "
                 "(planned for the world before it)"))
             return
+        now = now_seconds(self)
+        times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        positions = [list(p.positions) for p in msg.points]
+        velocities = [list(p.velocities) for p in msg.points]
+        if now - self._reset_stamp < RESET_SETTLE:
+            # stamped after the reset but decided before its sender heard of it (a stream's
+            # next period): it starts where the arm was before the reset, so taking it would
+            # make the reference jump there
+            gap = self.server.takeover_gap(msg.joint_names, times, positions, velocities,
+                                           start_time=stamp, now=now)
+            if gap > RESET_JUMP:
+                self._reject("joint_trajectory", CommandRejected(
+                    f"planned for the world before the last reset_task: taking it "
+                    f"{now - self._reset_stamp:.3f} s after the reset would jump the "
+                    f"reference {gap:.3f} rad"))
+                return
         try:
             self.server.command_trajectory(
-                list(msg.joint_names),
-                [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points],
-                [list(p.positions) for p in msg.points],
-                [list(p.velocities) for p in msg.points],
-                start_time=stamp_to_seconds(msg.header.stamp), now=now_seconds(self))
+                list(msg.joint_names), times, positions, velocities, start_time=stamp,
+                now=now)
         except CommandRejected as exc:
             self._reject("joint_trajectory", exc)
 

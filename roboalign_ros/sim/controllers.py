@@ -86,6 +86,10 @@ class JointTrajectoryFollower:
         t = self._traj
         return t is not None and (t.start is None or self._time < t.start + t.times[-1])
 
+    def sample_reference(self) -> np.ndarray | None:
+        """The last commanded position (``last_commanded_state_``), or None before any."""
+        return None if self._desired_q is None else self._desired_q.copy()
+
     def reset(self, q: np.ndarray) -> None:
         """Drop any trajectory and hold ``q`` at rest (a sim reset, controller switch)."""
         self._traj = None

@@ -17,6 +17,7 @@ import mujoco
 import numpy as np
 
 from roboalign_ros.control.kinematics import Kinematics
+from roboalign_ros.control.trajectory import points_at
 from roboalign_ros.sim.controllers import (
     CommandRejected,
     JointTrajectoryFollower,
@@ -93,6 +94,30 @@ class SimServer:
             self.trajectory.command(joint_names, times_from_start, positions, velocities,
                                     start_time=start_time, now=now)
             self.twist.stop()  # the latest command source wins, as with controller switching
+
+    def takeover_gap(self, joint_names, times_from_start, positions, velocities=None, *,
+                     start_time: float, now: float) -> float:
+        """How far (rad, largest joint) the reference would jump if this took over at ``now``.
+
+        0 while its first point is still ahead (the controller moves to it). Malformed input
+        reads as 0 (:meth:`command_trajectory` refuses it with its reasons).
+        """
+        try:
+            elapsed = now - start_time if start_time else 0.0
+            times = [float(t) for t in times_from_start]
+            if not times or elapsed < times[0]:
+                return 0.0
+            order = [list(joint_names).index(n) for n in self.trajectory.joint_names]
+            pos = np.asarray(positions, float)[:, order]
+            vel = (np.asarray(velocities, float)[:, order]
+                   if velocities is not None and len(velocities) and len(velocities[0])
+                   else np.zeros_like(pos))
+            q, _ = points_at(tuple(zip(times, pos, vel)), elapsed)
+        except (ValueError, IndexError):
+            return 0.0
+        with self.lock:
+            reference = self.trajectory.sample_reference()
+        return float(np.max(np.abs(q - reference))) if reference is not None else 0.0
 
     def command_twist(self, twist, *, stamp: float, now: float) -> None:
         """Accept a Servo twist (base frame) or raise :class:`CommandRejected`."""
