@@ -171,7 +171,6 @@ class SafetyEnvelope:
         self.counters[name] += 1
         self.reasons.append(f'{name}: {reason}')
 
-    _flag = flag
 
     def tool_position(self, q: np.ndarray) -> np.ndarray:
         """Tool position (3,) from ``fk``; a 4x4 homogeneous pose is accepted too."""
@@ -208,14 +207,14 @@ class SafetyEnvelope:
         step_max = self._step_max if dt == self.period else self.step_limit(dt)
         lim = self.limits
         if not np.all(np.isfinite(target)):  # defensive: chunks are validated upstream
-            self._flag('nonfinite', 'non-finite target, holding')
+            self.flag('nonfinite', 'non-finite target, holding')
             out[:] = last
             return out
         # 1. position limits
         np.clip(target, self._lo, self._hi, out=out)
         if not np.array_equal(out, target):
             j = int(np.argmax(np.abs(out - target)))
-            self._flag('position_limit', f'{lim.joint_names[j]} {target[j]:.4f} -> '
+            self.flag('position_limit', f'{lim.joint_names[j]} {target[j]:.4f} -> '
                                          f'{out[j]:.4f} rad')
         # 2. velocity / per-step limit, uniform scaling of the step
         np.copyto(self._clipped, out)  # kept for the braking distance below (out is reused)
@@ -231,7 +230,7 @@ class SafetyEnvelope:
             step *= 1.0 / worst
             np.add(last, step, out=out)
             kind = 'velocity_limit' if self._vel_binds[j] else 'step_limit'
-            self._flag(kind, f'{lim.joint_names[j]} step scaled by {1.0 / worst:.3f}')
+            self.flag(kind, f'{lim.joint_names[j]} step scaled by {1.0 / worst:.3f}')
         # 3. acceleration: per joint, no faster than it can still brake to the target, and
         #    the velocity change within acc_max * dt (no overshoot, no instant start)
         if v_prev is not None and dt > 0:
@@ -242,7 +241,7 @@ class SafetyEnvelope:
                            v_prev + lim.acc_max * tdt)
             if not np.allclose(v_ok, v, rtol=0.0, atol=1e-9):
                 j = int(np.argmax(np.abs(v_ok - v)))
-                self._flag('acceleration_limit', f'{lim.joint_names[j]} velocity '
+                self.flag('acceleration_limit', f'{lim.joint_names[j]} velocity '
                                                  f'{v[j]:.3f} -> {v_ok[j]:.3f} rad/s')
                 np.multiply(v_ok, tdt, out=step)
                 np.clip(step, -step_max, step_max, out=step)
@@ -261,7 +260,7 @@ class SafetyEnvelope:
         step = np.subtract(out, last, out=self._step)
         if self.limits.workspace_mode == 'hold':
             out[:] = last
-            self._flag('workspace', 'tool would leave the box, holding previous command')
+            self.flag('workspace', 'tool would leave the box, holding previous command')
             return
         # Largest alpha in [0, 1] whose point is no worse than ``last`` (inside if last is).
         lo, hi = 0.0, 1.0
@@ -275,17 +274,17 @@ class SafetyEnvelope:
                 hi = mid
         np.multiply(step, lo, out=out)
         out += last
-        self._flag('workspace', f'tool would leave the box, step projected to {lo:.3f}')
+        self.flag('workspace', f'tool would leave the box, step projected to {lo:.3f}')
 
     def filter_gripper(self, g: float) -> float:
         """Clamp the gripper opening into ``gripper_range``."""
         lo, hi = self.limits.gripper_range
         if not (lo <= g <= hi):
             if g != g:  # NaN: close is not always safe either; hold mid-range is worse.
-                self._flag('gripper_range', 'non-finite gripper, clamped to lower bound')
+                self.flag('gripper_range', 'non-finite gripper, clamped to lower bound')
                 return lo
             c = min(max(g, lo), hi)
-            self._flag('gripper_range', f'{g:.3f} -> {c:.3f}')
+            self.flag('gripper_range', f'{g:.3f} -> {c:.3f}')
             return c
         return g
 
@@ -294,7 +293,7 @@ class SafetyEnvelope:
         """Safe base-frame twist ``[vx vy vz wx wy wz]`` at measured joints ``q``, into ``out``."""
         lim = self.limits
         if not np.all(np.isfinite(twist)):
-            self._flag('nonfinite', 'non-finite twist, zeroed')
+            self.flag('nonfinite', 'non-finite twist, zeroed')
             out[:] = 0.0
             return out
         out[:] = twist
@@ -302,14 +301,14 @@ class SafetyEnvelope:
         s = float(np.sqrt(v @ v))
         if s > lim.max_linear_speed:
             v *= lim.max_linear_speed / s
-            self._flag('linear_speed', f'{s:.3f} -> {lim.max_linear_speed} m/s')
+            self.flag('linear_speed', f'{s:.3f} -> {lim.max_linear_speed} m/s')
         s = float(np.sqrt(w @ w))
         if s > lim.max_angular_speed:
             w *= lim.max_angular_speed / s
-            self._flag('angular_speed', f'{s:.3f} -> {lim.max_angular_speed} rad/s')
+            self.flag('angular_speed', f'{s:.3f} -> {lim.max_angular_speed} rad/s')
         if self.has_workspace and q is None:
             v[:] = 0.0  # cannot tell where the tool is: no translation
-            self._flag('workspace', 'no joint state, linear velocity zeroed')
+            self.flag('workspace', 'no joint state, linear velocity zeroed')
         elif self.has_workspace:
             p = self.tool_position(q)
             nxt = p + v * self.period
@@ -317,5 +316,5 @@ class SafetyEnvelope:
             if leaving.any():
                 v[leaving] = 0.0
                 axes = ''.join('xyz'[i] for i in np.flatnonzero(leaving))
-                self._flag('workspace', f'linear {axes} zeroed at box boundary')
+                self.flag('workspace', f'linear {axes} zeroed at box boundary')
         return out
