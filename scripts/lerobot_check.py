@@ -2,14 +2,18 @@
 """LeRobot's own tools on our datasets, and ours on what LeRobot writes: PASS / FAIL per check.
 
 Runs in our venv and calls LeRobot's, a venv of its own (``bash scripts/lerobot_check.sh``
-makes it and runs this). Three datasets: ``roboalign record bulk --wrist --depth``,
-``roboalign data from-bag`` of a synthetic teleoperation bag (compressed colour + depth), and
-``record bulk --wrist`` without depth.
+makes it and runs this). Four datasets: ``roboalign record bulk --wrist --depth``,
+``roboalign data from-bag`` of a synthetic teleoperation bag (compressed colour + depth),
+``record bulk --wrist`` without depth, and ``record bulk --wrist --depth --lerobot-depth``
+(the opt-in copy of the depth as LeRobot's own depth features).
 For each: LeRobot loads every item (``video_backend=pyav``), ``lerobot-train`` runs ACT and
 diffusion 3 steps, ``lerobot-edit-dataset`` deletes, splits and merges; our reader then reads
-each result (actions and tasks equal the original's; our depth is not a LeRobot feature, so
-LeRobot's tools do not carry it: the result has none, and the source's depth files are
-unchanged, bit for bit), and ``roboalign train head`` (tiny) trains on the merged one. Last,
+each result (actions and tasks equal the original's; depth: our lossless streams are not
+LeRobot features, so LeRobot's tools do not carry them and the result has none, unless the
+dataset has the LeRobot copy, which must read back bit-exact), the source's depth files stay
+unchanged, bit for bit, and ``roboalign train head`` (tiny) trains on the merged one. On the
+copy, LeRobot's decoded depth must equal ours, and LeRobot's ACT and diffusion (3-channel
+cameras only) train after ``lerobot-edit-dataset remove_feature`` takes the depth out. Last,
 LeRobot records a dataset with depth its own way, and our reader must return what LeRobot's
 returns. Prints a table and writes ``<out>/results.json``.
 
@@ -44,6 +48,42 @@ LOAD = textwrap.dedent("""
     print(json.dumps({"items": len(ds), "episodes": ds.meta.total_episodes,
                       "image_shapes": shapes}))
 """)
+
+
+# LeRobot decodes the depth features of one episode; saved for our reader to compare
+DECODE_DEPTH = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    ds = LeRobotDataset("local/" + sys.argv[2], root=sys.argv[1], video_backend="pyav")
+    keys = [k for k, f in ds.meta.features.items() if (f.get("info") or {}).get("is_depth_map")]
+    end = int(ds.meta.episodes[0]["dataset_to_index"])
+    for k in keys:
+        np.save(sys.argv[3] + "_" + k + ".npy",
+                np.stack([ds[i][k].numpy().reshape(ds[i][k].shape[-2:]) for i in range(end)]))
+    print(keys)
+""")
+
+
+def lerobot_decodes_our_depth(root: Path, saved: str) -> tuple[bool, str]:
+    """LeRobot's decode of the copy (episode 0) against our reader's lossless depth."""
+    try:
+        import numpy as np
+
+        from roboalign_ros.data import DatasetReader
+        from roboalign_ros.data import lerobot_format as fmt
+
+        ep = DatasetReader(root).episode(0, depth=True)
+        parts = []
+        for cam, ours in ep.depth.items():
+            theirs = np.load(f"{saved}_{fmt.camera_key(cam)}.npy")
+            if theirs.shape != ours.shape or not np.array_equal(theirs, ours.astype(np.float32)):
+                worst = float(np.abs(theirs - ours).max()) if theirs.shape == ours.shape else -1
+                return False, f"{cam}: LeRobot decodes {theirs.shape}, off by up to {worst} mm"
+            parts.append(f"{cam} {ours.shape} {int(ours.min())}-{int(ours.max())} mm")
+        return bool(parts), "equal, bit for bit: " + "; ".join(parts)
+    except Exception as exc:  # noqa: BLE001 - reported as the check's failure
+        return False, f"{type(exc).__name__}: {exc}"
 
 
 # LeRobot records a dataset with depth its own way (12-bit log codes, x265), reads it back and
@@ -133,7 +173,8 @@ def make_datasets(out: Path) -> dict[str, Path]:
     from roboalign_ros.apps.synthetic_bag import write_bag
 
     bulk, bag, from_bag = out / "bulk", out / "bag", out / "from_bag"
-    for root, depth in ((bulk, ["--depth"]), (out / "bulk_rgb", [])):
+    for root, depth in ((bulk, ["--depth"]), (out / "bulk_rgb", []),
+                        (out / "bulk_lerobot_depth", ["--depth", "--lerobot-depth"])):
         subprocess.run(["roboalign", "record", "bulk", "--tasks", "all", "--episodes", "1",
                         "--out", str(root), "--wrist", *depth, "--image-size", "96", "--quiet"],
                        check=True)
@@ -149,7 +190,8 @@ def make_datasets(out: Path) -> dict[str, Path]:
     mapping.write_text(yaml.safe_dump(m))
     subprocess.run(["roboalign", "data", "from-bag", str(bag), "--map", str(mapping), "--out",
                     str(from_bag)], check=True)
-    return {"bulk": bulk, "from_bag": from_bag, "bulk_rgb": out / "bulk_rgb"}
+    return {"bulk": bulk, "from_bag": from_bag, "bulk_rgb": out / "bulk_rgb",
+            "bulk_lerobot_depth": out / "bulk_lerobot_depth"}
 
 
 def same_episodes(a: Path, b: Path, episodes_b_to_a: dict[int, int]) -> tuple[bool, str]:
@@ -167,6 +209,8 @@ def _same_episodes(a: Path, b: Path, episodes_b_to_a: dict[int, int]) -> tuple[b
     from roboalign_ros.data import DatasetReader
 
     ra, rb = DatasetReader(a), DatasetReader(b)
+    if not set(ra.lerobot_depth) <= set(rb.depth_cameras):
+        return False, f"the LeRobot depth copies {ra.lerobot_depth} were not carried"
     worst = 0
     for j, i in episodes_b_to_a.items():
         ea, eb = ra.episode(i, depth=True), rb.episode(j, depth=True)
@@ -174,7 +218,8 @@ def _same_episodes(a: Path, b: Path, episodes_b_to_a: dict[int, int]) -> tuple[b
             return False, f"episode {j}: actions or task differ from episode {i}"
         for cam, d in eb.depth.items():
             worst = max(worst, int(abs(d.astype(int) - ea.depth[cam]).max()))
-    depth = (f"depth kept, largest difference {worst} mm" if rb.depth_cameras else
+    depth = (f"depth ({sorted(rb.depth_cameras)}) read back, largest difference {worst} mm"
+             if rb.depth_cameras else
              f"no depth (LeRobot does not carry ours; the source had {sorted(ra.depth_cameras)})")
     return worst == 0, f"{len(rb)} episodes read; {depth}"
 
@@ -204,21 +249,37 @@ def main() -> int:
     hf_home = {"HF_LEROBOT_HOME": str(out / "hf"), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     for name, root in datasets.items():
         from roboalign_ros.data import DatasetReader
+        from roboalign_ros.data import lerobot_format as fmt
 
-        n = len(DatasetReader(root))
+        reader = DatasetReader(root)
+        n, copies = len(reader), [fmt.camera_key(c) for c in reader.lerobot_depth]
         before = file_digests(root)
         check.run(f"{name}: LeRobot loads every item",
                   [lpy, "-c", LOAD, str(root), name], hf_home)
+        edit = check.lerobot_bin("lerobot-edit-dataset")
+        train_root, train_name = root, name
+        if copies:
+            saved = str(out / f"{name}_lerobot_decoded")
+            if check.run(f"{name}: LeRobot decodes the depth copy (episode 0)",
+                         [lpy, "-c", DECODE_DEPTH, str(root), name, saved], hf_home):
+                check.record(f"{name}: LeRobot's decoded depth equals ours",
+                             *lerobot_decodes_our_depth(root, saved))
+            # LeRobot's ACT and diffusion take 3-channel cameras only (its own depth too)
+            train_root, train_name = out / f"{name}_no_depth", f"{name}_no_depth"
+            check.run(f"{name}: lerobot-edit-dataset remove_feature (depth, for training)", [
+                edit, f"--repo_id=local/{name}", f"--root={root}",
+                f"--new_repo_id=local/{train_name}", f"--new_root={train_root}",
+                "--operation.type=remove_feature",
+                f"--operation.feature_names={json.dumps(copies)}"], hf_home)
         for policy in ("act", "diffusion"):
             check.run(f"{name}: lerobot-train {policy}, 3 steps", [
-                check.lerobot_bin("lerobot-train"), f"--dataset.repo_id=local/{name}",
-                f"--dataset.root={root}", "--dataset.video_backend=pyav",
+                check.lerobot_bin("lerobot-train"), f"--dataset.repo_id=local/{train_name}",
+                f"--dataset.root={train_root}", "--dataset.video_backend=pyav",
                 f"--policy.type={policy}", "--policy.device=cpu", "--policy.push_to_hub=false",
                 "--steps=3", "--batch_size=2", "--num_workers=0", "--save_checkpoint=false",
                 "--wandb.enable=false", "--policy.pretrained_backbone_weights=null",
                 f"--output_dir={out / 'train' / name / policy}"],
                 hf_home)
-        edit = check.lerobot_bin("lerobot-edit-dataset")
         deleted, split, merged = out / f"{name}_deleted", out / f"{name}_split", \
             out / f"{name}_merged"
         half = n // 2

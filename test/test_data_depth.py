@@ -5,6 +5,7 @@ when malformed, appended like any stream; datasets with depth as a feature still
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import av
@@ -187,3 +188,83 @@ def test_malformed_depth_is_refused_with_its_name(tmp_path: Path, bad, message) 
         DatasetWriter.create(tmp_path / "f", 15, STATE_NAMES, ACTION_NAMES, COLOUR, "x",
                              metadata={"depth_streams": {}})
     w.close()
+
+
+def far(depth: np.ndarray) -> np.ndarray:
+    """A frame with a patch past the copy's range (5 m) and one at its edge (4095 mm)."""
+    depth = depth.copy()
+    depth[:4, :4], depth[-4:, -4:] = 5000, 4095
+    return depth
+
+
+def make_with_copy(root: Path, episodes: int = 2) -> Path:
+    w = DatasetWriter.create(root, 15, STATE_NAMES, ACTION_NAMES, COLOUR, "sim_arm",
+                             depth_cameras=DEPTH, lerobot_depth=True)
+    for e in range(episodes):
+        w.start_episode("go")
+        for t in range(FRAMES):
+            s, a = synthetic_step(t, e, len(STATE_NAMES), len(ACTION_NAMES))
+            w.add_frame(s, a, {"scene": np.full((96, 128, 3), t, np.uint8),
+                               "scene_depth": far(synthetic_depth(t, 96, 128, seed=e))},
+                        timestamp=1.0 + t / 15 + 100 * e)
+        w.save_episode()
+    w.close()
+    return root
+
+
+def test_the_opt_in_lerobot_copy_is_lerobots_depth_feature_and_ours_stays_the_reference(
+        tmp_path: Path) -> None:
+    root = make_with_copy(tmp_path / "d")
+    info = json.loads((root / "meta" / "info.json").read_text())
+    ft = info["features"]["observation.images.scene_depth"]
+    # as LeRobot 0.6 describes its own depth (is_depth_map, hevc gray12le), quantizer linear
+    assert ft["shape"] == [96, 128, 1] and ft["info"]["is_depth_map"] is True
+    assert (ft["info"]["video.codec"], ft["info"]["video.pix_fmt"]) == ("hevc", "gray12le")
+    assert (ft["info"]["video.depth_min"], ft["info"]["video.depth_max"],
+            ft["info"]["video.use_log"]) == (0.0, 4.095, False)
+    copy = root / "videos/observation.images.scene_depth/chunk-000/file-001.mp4"
+    with av.open(str(copy)) as c:
+        codes = np.stack([f.to_ndarray(format="gray12le") for f in c.decode(video=0)])
+    truth = np.stack([far(synthetic_depth(t, 96, 128, seed=1)) for t in range(FRAMES)])
+    np.testing.assert_array_equal(codes, np.minimum(truth, 4095))   # 1 mm codes, lossless
+    # LeRobot's stats of the copy: millimetres, (1, 1, 1); ours stay metres, and ours are read
+    stats = json.loads((root / "meta" / "stats.json").read_text())
+    mm = np.asarray(stats["observation.images.scene_depth"]["mean"])
+    ours = np.asarray(info["roboalign"]["depth_streams"]["scene_depth"]["stats"]["mean"])
+    assert mm.shape == (1, 1, 1) and mm.ravel()[0] == pytest.approx(ours.ravel()[0] * 1000)
+    row = pq.read_table(root / "meta/episodes/chunk-000/file-001.parquet").to_pylist()[0]
+    assert np.asarray(row["stats/observation.images.scene_depth/max"]).ravel()[0] == 5000.0
+    assert np.asarray(row["depth_stats/observation.images.scene_depth/max"]).ravel()[0] == 5.0
+    reader = DatasetReader(root)
+    assert reader.cameras == COLOUR and reader.depth_cameras == DEPTH
+    np.testing.assert_array_equal(reader.episode(1, depth=True).depth["scene_depth"], truth)
+    np.testing.assert_allclose(reader.stats["observation.images.scene_depth"]["mean"], ours)
+    # appending keeps the copy
+    w = DatasetWriter.open(root)
+    record_synthetic_episode(w, 2, FRAMES)
+    w.close()
+    assert (root / "videos/observation.images.scene_depth/chunk-000/file-002.mp4").is_file()
+
+
+def test_where_lerobots_tools_left_only_the_copy_it_reads_back_exactly_up_to_4095_mm(
+        tmp_path: Path) -> None:
+    root = make_with_copy(tmp_path / "d")
+    # what LeRobot's merge / split / delete write: its features, none of our depth
+    shutil.rmtree(root / "depth")
+    info = json.loads((root / "meta" / "info.json").read_text())
+    del info["roboalign"]
+    (root / "meta" / "info.json").write_text(json.dumps(info))
+    reader = DatasetReader(root)
+    assert reader.depth_cameras == DEPTH
+    got = reader.episode(1, depth=True).depth["scene_depth"]
+    truth = np.stack([far(synthetic_depth(t, 96, 128, seed=1)) for t in range(FRAMES)])
+    np.testing.assert_array_equal(got[truth <= 4095], truth[truth <= 4095])   # bit-exact
+    assert np.all(got[truth > 4095] == 4095), "past 4.095 m the copy holds its range's end"
+    assert float(np.asarray(reader.stats["observation.images.scene_depth"]["max"]).max()) \
+        == 5.0, "the reader gives depth stats in metres (LeRobot keeps them in mm)"
+
+
+def test_the_copy_needs_depth_streams(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="lerobot_depth.*depth_cameras"):
+        DatasetWriter.create(tmp_path / "d", 15, STATE_NAMES, ACTION_NAMES, COLOUR, "x",
+                             lerobot_depth=True)

@@ -16,6 +16,12 @@ streams are described in our metadata block of info.json (``roboalign.depth_stre
 Matroska (which every FFmpeg can remux with FFV1; mp4 cannot), one file per episode. LeRobot's
 tools ignore them; what they write has no depth. Datasets written before (depth as a video
 feature with ``video.is_depth_map``) still read.
+
+Opt-in (``lerobot_depth``): a copy of each depth stream as LeRobot 0.6's own depth feature,
+``observation.images.<stream>`` (`make_lerobot_depth_features`): linear 12-bit codes of 1 mm,
+0 to 4.095 m, x265 lossless. LeRobot decodes it to the same millimetres, and its editing
+tools carry it; our reader prefers our lossless stream and falls back to the copy where
+LeRobot's tools left only that (bit-exact up to 4.095 m; further depth is clipped there).
 """
 
 from __future__ import annotations
@@ -225,6 +231,50 @@ def make_depth_streams(depth_cameras: Mapping[str, tuple[int, int]], fps: int,
         streams[str(name)] = {"shape": [h, w, 1], "fps": fps, "codec": DEPTH_CODEC,
                               "pix_fmt": DEPTH_PIX_FMT, "unit": "mm", "path": DEPTH_PATH}
     return streams
+
+
+# LeRobot 0.6's quantizer (lerobot/datasets/depth_utils.py quantize_depth) with these settings
+# maps millimetres to codes 1:1 (code = rint(mm / 4095 * 4095)) and its dequantize_depth maps
+# them back exactly: no depth is mangled where LeRobot decodes the copy
+LEROBOT_DEPTH_COPY = {"depth_min": 0.0, "depth_max": 4.095, "shift": 3.5, "use_log": False}
+LEROBOT_DEPTH_MAX_MM = 4095
+
+
+def make_lerobot_depth_features(depth_cameras: Mapping[str, tuple[int, int]],
+                                fps: int) -> dict[str, dict[str, Any]]:
+    """LeRobot 0.6 depth features (``is_depth_map``) copying our depth streams (opt-in).
+
+    Written as LeRobot's own writer describes a depth feature
+    (lerobot/datasets/video_utils.py, the depth branch of the video info), with the linear
+    1 mm quantizer `LEROBOT_DEPTH_COPY`; the frames are `lerobot_depth_codes`.
+    """
+    out = {}
+    for name, (h, w) in depth_cameras.items():
+        info = {"is_depth_map": True, "depth_unit": "mm", "video.height": int(h),
+                "video.width": int(w), "video.codec": "hevc", "video.pix_fmt": "gray12le",
+                "video.fps": fps, "video.channels": 1, "has_audio": False,
+                "video.extra_options": {"x265-params": "lossless=1"},
+                **{f"video.{k}": v for k, v in LEROBOT_DEPTH_COPY.items()}}
+        out[camera_key(name)] = {"dtype": "video", "shape": [int(h), int(w), 1],
+                                 "names": ["height", "width", "channels"], "info": info}
+    return out
+
+
+def lerobot_depth_codes(mm: np.ndarray) -> np.ndarray:
+    """Depth (uint16 mm) -> the copy's 12-bit codes: the same values, clipped at 4095 mm."""
+    return np.minimum(mm, LEROBOT_DEPTH_MAX_MM).astype(np.uint16)
+
+
+def lerobot_depth_copies(info: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """Our depth streams that also have a LeRobot depth feature copying them (opt-in)."""
+    ours = depth_streams_of(info)
+    return {c: hw for c, hw in legacy_depth_of(info["features"]).items() if c in ours}
+
+
+def depth_stats_in_mm(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """Our depth stats (metres) as LeRobot keeps a depth feature's: millimetres, (1, 1, 1)."""
+    return {k: v if k == "count" else (np.asarray(v, np.float64) * 1000.0).reshape(1, 1, 1)
+            .tolist() for k, v in stats.items()}
 
 
 def check_extra_feature(
@@ -530,7 +580,9 @@ def episode_row(
 ) -> dict[str, Any]:
     """Build the meta/episodes row of an episode (v3.0 columns, ours, per-episode stats).
 
-    ``depth_keys``: the stats keys of our depth streams (``depth_stats/`` columns).
+    ``depth_keys``: the stats keys of our depth streams (``depth_stats/`` columns, in
+    metres); one that is also a LeRobot feature (`make_lerobot_depth_features`) gets its
+    ``stats/`` columns too, in millimetres as LeRobot keeps them.
     """
     c, f = chunk_and_file(ep.index, chunks_size)
     row: dict[str, Any] = {
@@ -560,6 +612,9 @@ def episode_row(
         prefix = "depth_stats" if feat in depth_keys else "stats"
         for name, value in st.items():
             row[f"{prefix}/{feat}/{name}"] = value
+        if feat in depth_keys and feat in {camera_key(c) for c in cameras}:
+            for name, value in depth_stats_in_mm(st).items():
+                row[f"stats/{feat}/{name}"] = value
     return row
 
 
@@ -628,8 +683,9 @@ def parse_episode_row(
             raise
         raise DatasetFormatError(f"{where}: bad episode row ({exc})") from exc
     stats: dict[str, dict[str, Any]] = {}
+    ours: dict[str, dict[str, Any]] = {}   # our depth's (metres) over a LeRobot copy's (mm)
     for key, value in row.items():
         if key.startswith(("stats/", "depth_stats/")):
-            _, feat, name = key.split("/", 2)
-            stats.setdefault(feat, {})[name] = value
-    return ep, stats
+            prefix, feat, name = key.split("/", 2)
+            (ours if prefix == "depth_stats" else stats).setdefault(feat, {})[name] = value
+    return ep, {**stats, **ours}

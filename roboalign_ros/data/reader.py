@@ -84,8 +84,11 @@ class DatasetReader:
         self.depth_cameras = {**fmt.legacy_depth_of(feats), **self._depth}
         self._video_keys = list(fmt.video_streams_of(feats))   # LeRobot's video features
         self.streams = {**fmt.video_streams_of(feats), **self._depth}
+        # our depth streams copied as LeRobot depth features (``lerobot_depth``, opt-in)
+        self.lerobot_depth = sorted(fmt.lerobot_depth_copies(self.info))
+        # LeRobot's 12-bit depth features; a copy of one of ours is not read (ours is exact)
         self._lerobot_depth = {c: fmt.lerobot_depth_params(feats[fmt.camera_key(c)])
-                               for c in fmt.legacy_depth_of(feats)}
+                               for c in fmt.legacy_depth_of(feats) if c not in self._depth}
         self.state_names = list(feats[fmt.STATE_KEY].get("names") or [])
         self.action_names = list(feats[fmt.ACTION_KEY].get("names") or [])
         self.extra_features = fmt.extra_features_of(feats)
@@ -180,6 +183,12 @@ class DatasetReader:
         for name, desc in streams.items():   # our depth's, kept with its description
             if "stats" in desc:
                 stats.update(st.from_json({fmt.camera_key(name): desc["stats"]}))
+        for name in self._lerobot_depth:   # LeRobot keeps depth stats in mm; ours are metres
+            key = fmt.camera_key(name)
+            if key in stats and (self.features[key].get("info") or {}).get(
+                    "depth_unit", "mm") == "mm":
+                stats[key] = {k: v if k == "count" else v / 1000.0
+                              for k, v in stats[key].items()}
         return stats
 
     def _data_path(self, ep: EpisodeInfo) -> Path:

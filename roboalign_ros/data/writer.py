@@ -57,6 +57,8 @@ class _Recording:
     source: str
     encoders: dict[str, VideoEncoder]
     image_stats: dict[str, st.ImageStatsAccumulator]
+    # depth stream -> its LeRobot copy's encoder (opt-in, `fmt.make_lerobot_depth_features`)
+    copies: dict[str, VideoEncoder] = dataclasses.field(default_factory=dict)
     states: list[np.ndarray] = dataclasses.field(default_factory=list)
     actions: list[np.ndarray] = dataclasses.field(default_factory=list)
     stamps: list[float] = dataclasses.field(default_factory=list)
@@ -93,6 +95,9 @@ class DatasetWriter:
         self._video_keys = list(fmt.video_streams_of(feats))   # LeRobot's video features
         self.streams = {**fmt.video_streams_of(feats), **self._depth}  # one file each
         self._depth_stats_keys = [fmt.camera_key(c) for c in self._depth]
+        self._copies = fmt.lerobot_depth_copies(info)   # depth LeRobot decodes too (opt-in)
+        # the depth streams copied as LeRobot depth features (``create(lerobot_depth=True)``)
+        self.lerobot_depth = sorted(self._copies)
         self.extra_features = fmt.extra_features_of(feats)
         codecs = {feats[fmt.camera_key(c)]["info"]["video.codec"] for c in self.cameras}
         self._encoder = encoder_for(codecs.pop()) if codecs else DEFAULT_CODEC
@@ -128,6 +133,7 @@ class DatasetWriter:
         extra_features: Mapping[str, Mapping[str, Any]] | None = None,
         metadata: Mapping[str, Any] | None = None,
         depth_cameras: Mapping[str, tuple[int, int]] | None = None,
+        lerobot_depth: bool = False,
         stream_workers: int = 1,
     ) -> DatasetWriter:
         """Create an empty dataset at `root` (which must not hold a dataset yet).
@@ -138,7 +144,9 @@ class DatasetWriter:
         `metadata` is kept in info.json under ``"roboalign"`` (see `update_metadata`).
         `depth_cameras` maps depth stream names (`scene_depth`) to (height, width): HxW uint16
         frames (mm), stored losslessly outside LeRobot's features (`fmt.make_depth_streams`),
-        given in `add_frame`'s `images` like the colour ones.
+        given in `add_frame`'s `images` like the colour ones. `lerobot_depth`: also a copy of
+        each as LeRobot 0.6's own depth feature (`fmt.make_lerobot_depth_features`), which
+        LeRobot decodes (1 mm codes up to 4.095 m) and its editing tools carry.
         `stream_workers` > 1 encodes up to that many streams of a frame at once (threads).
         """
         root = Path(root)
@@ -155,6 +163,10 @@ class DatasetWriter:
             raise ValueError(f"metadata: {fmt.DEPTH_STREAMS_KEY!r} is the dataset's own key")
         if depth_cameras:
             metadata[fmt.DEPTH_STREAMS_KEY] = fmt.make_depth_streams(depth_cameras, fps, feats)
+        if lerobot_depth:
+            if not depth_cameras:
+                raise ValueError("lerobot_depth: copies depth streams; give depth_cameras")
+            feats.update(fmt.make_lerobot_depth_features(depth_cameras, fps))
         info = fmt.make_info(feats, fps, robot_type, chunks_size, extra=metadata)
         writer = cls(root, info, gop=gop, crf=crf, encoder_threads=encoder_threads,
                      stream_workers=stream_workers)
@@ -231,7 +243,7 @@ class DatasetWriter:
     def _episode_files(self, i: int) -> list[Path]:
         return [self.layout.data(i), self.layout.episode_meta(i)] + [
             self._stream_path(cam, i) for cam in self.streams
-        ]
+        ] + [self.layout.video(cam, i) for cam in self._copies]
 
     def _stream_path(self, cam: str, i: int) -> Path:
         return self.layout.depth(cam, i) if cam in self._depth else self.layout.video(cam, i)
@@ -305,6 +317,7 @@ class DatasetWriter:
             raise ValueError(f"source: must be one of {fmt.SOURCES}, got {source!r}")
         index = self.num_episodes
         encoders: dict[str, VideoEncoder] = {}
+        copies: dict[str, VideoEncoder] = {}
         try:
             with storage.recording_errors(f"starting episode {index}"):
                 for cam, (h, w) in self.streams.items():
@@ -314,8 +327,13 @@ class DatasetWriter:
                         threads=self._threads, depth=cam in self.depth_cameras,
                         container="matroska" if cam in self._depth else "mp4",
                     )
+                for cam, (h, w) in self._copies.items():
+                    copies[cam] = VideoEncoder(
+                        storage.tmp_path(self.layout.video(cam, index)), self.fps, h, w,
+                        gop=self._gop, threads=self._threads, depth=True,
+                        depth_encoder="libx265")
         except RecordingError as exc:
-            for enc in encoders.values():
+            for enc in [*encoders.values(), *copies.values()]:
                 enc.abort()
             self._failed = exc
             raise
@@ -323,6 +341,7 @@ class DatasetWriter:
             task=task, operator=str(operator), source=source, encoders=encoders,
             image_stats={c: st.ImageStatsAccumulator(h, w, depth=c in self.depth_cameras)
                          for c, (h, w) in self.streams.items()},
+            copies=copies,
         )
 
     def add_frame(
@@ -400,7 +419,7 @@ class DatasetWriter:
         tmps: list[Path] = []
         try:
             with storage.recording_errors(f"saving episode {index}"):
-                for enc in rec.encoders.values():
+                for enc in [*rec.encoders.values(), *rec.copies.values()]:
                     enc.close()
                     tmps.append(enc.path)
                     if enc.frames != n:
@@ -410,6 +429,8 @@ class DatasetWriter:
                 tmps.append(storage.write_tmp(meta_path, meta_bytes))
                 for cam, enc in rec.encoders.items():
                     storage.commit(enc.path, self._stream_path(cam, index))
+                for cam, enc in rec.copies.items():
+                    storage.commit(enc.path, self.layout.video(cam, index))
                 storage.commit(tmps[-2], data_path)
                 storage.commit(tmps[-1], meta_path)  # commit point
         except RecordingError as exc:
@@ -433,7 +454,7 @@ class DatasetWriter:
         """Drop the episode in progress; nothing of it stays on disk."""
         rec, self._rec = self._rec, None
         if rec is not None:
-            for enc in rec.encoders.values():
+            for enc in [*rec.encoders.values(), *rec.copies.values()]:
                 enc.abort()
 
     def close(self) -> None:
@@ -455,6 +476,8 @@ class DatasetWriter:
         def one(cam: str) -> None:
             rec.encoders[cam].encode(images[cam])
             rec.image_stats[cam].add(images[cam])
+            if cam in rec.copies:
+                rec.copies[cam].encode(fmt.lerobot_depth_codes(images[cam]))
 
         if self._stream_workers == 1 or len(rec.encoders) == 1:
             for cam in rec.encoders:
@@ -544,6 +567,10 @@ class DatasetWriter:
                 name: {**desc, **({"stats": stats.pop(fmt.camera_key(name))}
                                   if fmt.camera_key(name) in stats else {})}
                 for name, desc in extra[fmt.DEPTH_STREAMS_KEY].items()}
+            for name in self._copies:   # LeRobot's copy: its stats where LeRobot keeps them
+                desc = extra[fmt.DEPTH_STREAMS_KEY][name]
+                if "stats" in desc:
+                    stats[fmt.camera_key(name)] = fmt.depth_stats_in_mm(desc["stats"])
         info = fmt.make_info(
             self.info["features"], self.fps, self.info.get("robot_type") or "",
             self.layout.chunks_size, self.num_episodes, self.num_frames, len(self._tasks),

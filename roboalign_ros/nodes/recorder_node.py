@@ -60,6 +60,7 @@ PARAMETERS = {
     "camera_topics": [""],  # "" = the robot config's color topic
     "depth_cameras": [],  # depth stream names (observation.images.<name>, lossless 16-bit)
     "depth_topics": [],  # one per depth camera; "" = the robot config's aligned depth topic
+    "lerobot_depth": False,
     "action_source": "joint_trajectory",
     "sensor_reliability": "reliable",
     "action_chunk_topic": "/roboalign/action_chunk",
@@ -97,6 +98,9 @@ DESCRIPTIONS = {
     "cameras": "camera names (feature observation.images.<name>), one per camera_topics entry",
     "depth_cameras": "depth stream names (e.g. scene_depth), one per depth_topics entry; "
                      "16UC1 (mm) or 32FC1 (m), stored losslessly",
+    "lerobot_depth": "true: also copy the depth as LeRobot 0.6's own depth features "
+                     "(1 mm codes up to 4.095 m), which LeRobot decodes and its editing "
+                     "tools keep; ours stays the lossless reference",
     "action_source": "joint_trajectory | servo | action_chunk",
     "gripper_fallback": "state: measured opening until a gripper command arrives | drop",
     "bag.enabled": "each episode's raw topics (images, depth, camera_info, joint states, "
@@ -153,7 +157,7 @@ class RecorderNode(Node):
         self.session = RecordingSession(SessionConfig(
             root=Path(p["dataset_root"]).expanduser(), fps=int(p["fps"]),
             arm_joints=robot.arm_joints, cameras=cameras, robot_type=robot.name,
-            depth_cameras=depth,
+            depth_cameras=depth, lerobot_depth=bool(p["lerobot_depth"]),
             action_source=source, max_skew=p["max_skew"],
             delay=None if p["sample_delay"] < 0 else p["sample_delay"],
             gripper_fallback=p["gripper_fallback"], servo_timeout=p["servo_timeout"],

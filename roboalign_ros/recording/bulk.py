@@ -91,6 +91,7 @@ class BulkConfig:
     workers: int = 1
     depth: bool = False  # also record the scene camera's aligned depth (lossless, mm)
     wrist: bool = False  # also record the wrist camera (same size, same instants)
+    lerobot_depth: bool = False  # with depth: also as LeRobot's own depth features (to 4.095 m)
     codec: str | None = None
     gop: int | None = None
     crf: int | None = None
@@ -111,6 +112,8 @@ class BulkConfig:
             raise ValueError("tasks: at least one task is needed")
         if cfg.workers < 1:
             raise ValueError(f"workers: must be >= 1, got {cfg.workers}")
+        if cfg.lerobot_depth and not cfg.depth:
+            raise ValueError("lerobot_depth: copies the depth streams; record them (--depth)")
         if not 1 <= cfg.fps <= 60:
             raise ValueError(f"fps: must be in [1, 60], got {cfg.fps}")
         if cfg.width % 2 or cfg.height % 2 or cfg.width <= 0 or cfg.height <= 0:
@@ -385,6 +388,7 @@ def _open_dataset(cfg: BulkConfig, env, meta: ss.SimMetadata):
         writer = DatasetWriter.create(
             cfg.root, cfg.fps, state_names, action_names, cameras,
             robot.name, codec=cfg.codec, extra_features=features, depth_cameras=depth,
+            lerobot_depth=cfg.lerobot_depth,
             metadata={"sim": meta.to_json(), "recorder": "roboalign record bulk"}, **video)
         split = sp.SeedSplit(split_seed=cfg.split_seed)
         sp.save_split(cfg.root, split)
@@ -399,6 +403,9 @@ def _open_dataset(cfg: BulkConfig, env, meta: ss.SimMetadata):
         problems.append(f"cameras {writer.cameras} (asked: {cameras})")
     if writer.depth_cameras != depth:
         problems.append(f"depth cameras {writer.depth_cameras} (asked: {depth or 'none'})")
+    if bool(writer.lerobot_depth) != cfg.lerobot_depth:
+        problems.append(f"LeRobot depth copies {writer.lerobot_depth or 'none'} (asked: "
+                        f"{'yes' if cfg.lerobot_depth else 'none'})")
     if writer.extra_features != {k: dict(v) for k, v in features.items()}:
         problems.append("environment state layout")
     split = sp.load_split(cfg.root)
@@ -565,6 +572,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--depth", action="store_true",
                     help="also record the aligned depth (scene_depth, and wrist_depth with "
                          "--wrist; lossless, mm)")
+    ap.add_argument("--lerobot-depth", action="store_true",
+                    help="with --depth: also copy it as LeRobot 0.6's own depth features "
+                         "(observation.images.<stream>, 1 mm codes to 4.095 m), which "
+                         "LeRobot decodes and its editing tools keep")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap.parse_args(argv)
 
@@ -581,7 +592,7 @@ def config_from_args(args: argparse.Namespace) -> BulkConfig:
                       split_seed=args.split_seed, robot=args.robot, width=width, height=height,
                       fps=args.fps, settle=args.settle, max_attempts=args.max_attempts,
                       workers=args.workers, depth=args.depth, wrist=args.wrist,
-                      progress=not args.quiet)
+                      lerobot_depth=args.lerobot_depth, progress=not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

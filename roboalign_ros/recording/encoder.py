@@ -197,6 +197,7 @@ class Encoder:
                 {cam: shapes[cam] for cam in c["cameras"]}, c["robot_type"], codec=c["codec"],
                 gop=c["gop"], crf=c["crf"], encoder_threads=c["encoder_threads"],
                 depth_cameras={cam: shapes[cam] for cam in c["depth_cameras"]},
+                lerobot_depth=c["lerobot_depth"],
                 stream_workers=c["stream_workers"])
         return self.writer
 

@@ -58,6 +58,7 @@ class BagMap:
     max_skew: float = 0.05
     cameras: dict = dataclasses.field(default_factory=dict)        # name -> topic
     depth_cameras: dict = dataclasses.field(default_factory=dict)  # name -> topic
+    lerobot_depth: bool = False  # also copy depth as LeRobot's own depth features (4.095 m)
     state: str = "/joint_states"
     action_source: str = "joint_trajectory"  # joint_trajectory | servo | action_chunk
     action: str = "/arm_controller/joint_trajectory"
@@ -78,6 +79,9 @@ class BagMap:
             raise BagError(f"map: split: {self.split} needs split_topic")
         if self.action_source not in ("joint_trajectory", "servo", "action_chunk"):
             raise BagError(f"map: action_source: {self.action_source!r}")
+        if self.lerobot_depth is not False and (self.lerobot_depth is not True
+                                                or not self.depth_cameras):
+            raise BagError("map: lerobot_depth: true or false; true needs depth_cameras")
         if not (isinstance(self.fps, int) and self.fps > 0) or not self.max_skew > 0 \
                 or not self.gap > 0:
             raise BagError("map: fps, max_skew and gap must be positive")
@@ -229,7 +233,8 @@ def convert(bags: list[Path], m: BagMap, out: Path, task: str = "", progress: bo
     clock = _ReplayClock()
     session = RecordingSession(SessionConfig(
         root=tmp, fps=m.fps, arm_joints=robot.arm_joints, cameras=list(m.cameras),
-        depth_cameras=list(m.depth_cameras), robot_type=robot.name,
+        depth_cameras=list(m.depth_cameras), lerobot_depth=m.lerobot_depth,
+        robot_type=robot.name,
         action_source=m.action_source, max_skew=m.max_skew, queue_seconds=4.0), clock=clock)
     feed = MessageFeed(session, robot)
     result = Conversion()

@@ -110,6 +110,7 @@ class SessionConfig:
     cameras: Sequence[str]
     robot_type: str = ""
     depth_cameras: Sequence[str] = ()  # depth streams (16UC1 mm / 32FC1 m), stored lossless
+    lerobot_depth: bool = False  # also copy them as LeRobot's own depth features (to 4.095 m)
     action_source: str = "joint_trajectory"
     max_skew: float = 0.05
     delay: float | None = None  # default: max(MIN_DELAY, max_skew + 1/fps)
@@ -136,6 +137,8 @@ class SessionConfig:
         names = [*self.cameras, *self.depth_cameras]
         if len(set(names)) != len(names):
             raise ValueError(f"cameras / depth_cameras: duplicate names in {names}")
+        if self.lerobot_depth and not self.depth_cameras:
+            raise ValueError("lerobot_depth: copies the depth cameras; depth_cameras is empty")
         if self.gripper_fallback not in ("state", "drop"):
             raise ValueError(f"gripper_fallback: must be 'state' or 'drop', got "
                              f"{self.gripper_fallback!r}")
@@ -836,6 +839,7 @@ class RecordingSession:
         config = {"root": str(c.root), "fps": c.fps, "state_names": c.state_names,
                   "action_names": c.action_names, "cameras": list(c.cameras),
                   "depth_cameras": list(c.depth_cameras), "robot_type": c.robot_type,
+                  "lerobot_depth": c.lerobot_depth,
                   "codec": c.codec, "gop": c.gop, "crf": c.crf,
                   "encoder_threads": c.encoder_threads,
                   "stream_workers": c.stream_workers or len(c.cameras) + len(c.depth_cameras),
@@ -986,6 +990,9 @@ class RecordingSession:
         if set(w.depth_cameras) != set(c.depth_cameras):
             problems.append(f"depth cameras {sorted(w.depth_cameras)} (recorder: "
                             f"{sorted(c.depth_cameras)})")
+        if bool(w.lerobot_depth) != c.lerobot_depth:
+            problems.append(f"lerobot_depth {bool(w.lerobot_depth)} (recorder: "
+                            f"{c.lerobot_depth})")
         if problems:
             w.close()
             raise ValueError(f"dataset_root: {c.root} holds a dataset with " + "; ".join(problems)
