@@ -31,15 +31,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from roboalign_ros.parameters import default
+
 
 @dataclass(frozen=True)
 class GateLimits:
     """When an observation is too old or inconsistent to act on (seconds)."""
 
-    max_image_age: float = 0.5
-    max_state_skew: float = 0.1
+    max_image_age: float = default("policy_node", "max_image_age")
+    max_state_skew: float = default("policy_node", "max_state_skew")
     require_instruction: bool = True
-    max_camera_skew: float = 0.1  # between the first camera's frame and each other camera's
+    max_camera_skew: float = default("policy_node", "max_camera_skew")
 
     def __post_init__(self):
         if not self.max_image_age > 0 or not self.max_state_skew > 0 \
@@ -51,10 +53,10 @@ class GateLimits:
 class InputLimits:
     """The largest inputs the policy is run on (defaults fit a 1920x1080 RealSense stream)."""
 
-    max_instruction_chars: int = 1000
-    max_instruction_tokens: int = 256
-    max_image_width: int = 1920
-    max_image_height: int = 1080
+    max_instruction_chars: int = default("policy_node", "max_instruction_chars")
+    max_instruction_tokens: int = default("policy_node", "max_instruction_tokens")
+    max_image_width: int = default("policy_node", "max_image_width")
+    max_image_height: int = default("policy_node", "max_image_height")
     max_image_bytes: int = 1920 * 1080 * 4  # rgba8 at full size
 
     def __post_init__(self):

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from roboalign_ros.parameters import default
+
 TWIST_FIELDS = ("linear.x", "linear.y", "linear.z", "angular.x", "angular.y", "angular.z")
 BUTTON_FIELDS = ("deadman_button", "gripper_toggle_button", "gripper_open_button",
                  "gripper_close_button", "speed_up_button", "speed_down_button")
@@ -125,16 +127,16 @@ BUILTIN_PROFILES: dict[str, JoyProfile] = {
 class TeleopConfig:
     """Speeds, deadzone, speed scaling, timeouts."""
 
-    max_linear: float = 0.2  # m/s at full deflection and speed_scale 1
-    max_angular: float = 0.8  # rad/s
-    deadzone: float = 0.1  # |axis| below this is 0
-    speed_scale: float = 0.5  # initial fraction of the max speeds
-    speed_step: float = 0.1  # +/- per speed button press
-    min_speed_scale: float = 0.1
-    max_speed_scale: float = 1.0
-    stale_timeout: float = 0.5  # s; an older Joy counts as released
-    key_hold: float = 0.6  # s a key press keeps moving (covers the terminal's key repeat delay)
-    gripper_initial: float = 1.0  # assumed opening before the first command
+    max_linear: float = default("teleop_node", "max_linear")
+    max_angular: float = default("teleop_node", "max_angular")  # rad/s
+    deadzone: float = default("teleop_node", "deadzone")  # |axis| below this is 0
+    speed_scale: float = default("teleop_node", "speed_scale")  # initial fraction of the max speeds
+    speed_step: float = default("teleop_node", "speed_step")  # +/- per speed button press
+    min_speed_scale: float = default("teleop_node", "min_speed_scale")
+    max_speed_scale: float = default("teleop_node", "max_speed_scale")
+    stale_timeout: float = default("teleop_node", "stale_timeout")
+    key_hold: float = default("teleop_node", "key_hold")
+    gripper_initial: float = default("teleop_node", "gripper_initial")
 
     def __post_init__(self):
         """Check ranges; ValueError names the field."""

@@ -153,13 +153,3 @@ def test_unsupported_resolution_exits_cleanly_with_the_reason():
     assert proc.returncode == 1, out
     assert "color 1000x500@30 rgb8 is not offered" in out and "shutting down" in out
     assert "Traceback" not in out
-
-
-def test_params_file_sets_only_declared_parameters():
-    import yaml
-
-    from roboalign_ros.nodes.camera_node import PARAMETERS
-
-    params = yaml.safe_load(CONFIG.read_text())["camera_node"]["ros__parameters"]
-    assert set(params) == set(PARAMETERS)
-    assert {k: type(v) for k, v in params.items()} == {k: type(v) for k, v in PARAMETERS.items()}

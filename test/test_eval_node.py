@@ -190,14 +190,3 @@ def test_real_mode_start_stop_label_and_estop_repeat(rclpy_context, tmp_path):
     finally:
         probe.close()
         stop(procs)
-
-
-def test_param_file_sets_only_declared_parameters():
-    from roboalign_ros.nodes.eval_node import PARAMETERS
-    from roboalign_ros.robot import package_path
-
-    doc = yaml.safe_load(package_path("config", "eval_node.yaml").read_text())
-    keys = set(doc["eval_node"]["ros__parameters"])
-    assert keys == set(PARAMETERS)
-    for key, value in doc["eval_node"]["ros__parameters"].items():
-        assert type(value) is type(PARAMETERS[key]), key

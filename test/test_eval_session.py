@@ -16,6 +16,7 @@ PLAN = {"name": "unit", "policy": "p", "model": "m",
 
 def make(tmp_path, **config):
     store = ResultsStore(tmp_path / "unit")
+    config.setdefault("wait_for_policy", False)  # no policy in these tests (eval_node waits)
     return EvalSession(parse_plan(PLAN), store, SessionConfig(**config))
 
 

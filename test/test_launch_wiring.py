@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from roboalign_ros.parameters import load_spec
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
 
@@ -141,8 +143,7 @@ def check_node(node, arguments):
         return None
     executable = kw["executable"]
     assert executable in installed_nodes(), f"{executable} is not installed by CMakeLists.txt"
-    module = importlib.import_module(f"roboalign_ros.nodes.{executable}")
-    declared = set(module.PARAMETERS)
+    declared = set(load_spec(executable).parameters)
     node_name = kw.get("name", executable)
     for entry in kw.get("parameters", []):
         if isinstance(entry, str):
@@ -208,8 +209,6 @@ def test_policy_and_executor_are_lifecycle_nodes_configured_then_activated(name,
     not undone), only with autostart:=true."""
     from lifecycle_msgs.msg import Transition
 
-    from roboalign_ros.nodes import executor_node, policy_node
-
     monkeypatch.setattr(fake_launch["launch.substitutions"].LaunchConfiguration, "perform",
                         _perform, raising=False)
     monkeypatch.setattr(sys.modules[__name__], "MISSING", set())
@@ -217,8 +216,8 @@ def test_policy_and_executor_are_lifecycle_nodes_configured_then_activated(name,
     defaults = declared_defaults(description)
     assert defaults["autostart"] == "true"
     top = list(description.args[0])
-    for node, module in (("policy_node", policy_node), ("executor_node", executor_node)):
-        assert module.PARAMETERS["autostart"] is True      # ros2 run / the apps: unchanged
+    for node in ("policy_node", "executor_node"):
+        assert load_spec(node).defaults["autostart"] is True   # ros2 run / the apps: unchanged
         (action,) = [a for a in top if type(a).__name__ == "LifecycleNode"
                      and a.kwargs["executable"] == node]
         assert action.kwargs["name"] == node and "namespace" in action.kwargs

@@ -390,8 +390,8 @@ def test_missing_inputs_drop_frames_and_are_counted(feeder, recorder):
 def test_bad_parameters_stop_the_node_with_a_clear_error(tmp_path):
     for param, needle in (("action_source:=telepathy", "action_source"),
                           ("camera_topics:=[a,b]", "camera_topics"),
-                          ("bag.images:=jpeg", "bag.images: 'jpeg' is not one of"),
-                          ("bag.compression:=lz4", "bag compression: 'lz4' is not one of")):
+                          ("bag.images:=jpeg", "bag.images: 'jpeg' breaks the rule: one of"),
+                          ("bag.compression:=lz4", "bag.compression: 'lz4' breaks the rule")):
         name, value = param.split(":=")
         proc = start_recorder(tmp_path / "ds", tmp_path / "bad.log", **{name: value})
         assert proc.wait(timeout=30) == 1

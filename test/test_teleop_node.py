@@ -153,28 +153,3 @@ def test_keyboard_mode_in_a_terminal(rclpy_context):
         os.close(slave)
         executor.shutdown()
         node.destroy_node()
-
-
-def test_params_file_sets_only_declared_parameters():
-    import yaml
-
-    from roboalign_ros.nodes.teleop_node import PARAMETERS, profile_parameters
-    from roboalign_ros.teleop import BUILTIN_PROFILES
-
-    params = yaml.safe_load(CONFIG.read_text())["teleop_node"]["ros__parameters"]
-    flat = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[key] = value
-    declared = dict(PARAMETERS)
-    for profile in BUILTIN_PROFILES.values():
-        declared.update(profile_parameters(profile))
-    assert set(flat) == set(declared)
-    # same types (rclpy refuses an int where a float was declared) and the built-in defaults
-    assert flat == declared
-    assert {k: type(v) for k, v in flat.items()} == {k: type(v) for k, v in declared.items()}
-    for key, value in flat.items():
-        if isinstance(value, list):
-            assert [type(x) for x in value] == [type(x) for x in declared[key]], key

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from roboalign_ros.parameters import default
+
 
 class CameraError(RuntimeError):
     """The camera cannot be opened or stopped streaming."""
@@ -68,14 +70,14 @@ def _require_rs():
 class CameraSettings:
     """What to stream. ``depth_width``/``depth_height`` 0 = the colour resolution."""
 
-    serial_no: str = ""
-    width: int = 640
-    height: int = 480
-    fps: int = 30
-    enable_depth: bool = True
-    align_depth: bool = True
-    depth_width: int = 0
-    depth_height: int = 0
+    serial_no: str = default("camera_node", "serial_no")
+    width: int = default("camera_node", "width")
+    height: int = default("camera_node", "height")
+    fps: int = default("camera_node", "fps")
+    enable_depth: bool = default("camera_node", "enable_depth")
+    align_depth: bool = default("camera_node", "align_depth")
+    depth_width: int = default("camera_node", "depth_width")
+    depth_height: int = default("camera_node", "depth_height")
 
     def __post_init__(self):
         """Validate every field (ValueError naming it)."""

@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from roboalign_ros.parameters import default
+
 from .blending import ActionBlender, BlendMode
 from .chunk import Chunk, ChunkError, ChunkLimits, validate_chunk
 from .estop_gate import RECENT
@@ -58,25 +60,25 @@ TWIST_DIM = 6
 
 @dataclass
 class ExecutorConfig:
-    """Executor parameters (the node reads them from config/executor.yaml)."""
+    """Executor parameters (defaults: executor_node's, config/parameters/executor_node.yaml)."""
 
     dimension_names: tuple[str, ...]     # arm joints (or vx..wz) + 'gripper', in order
-    action_space: str = 'joint_position'
-    rate_hz: float = 100.0
-    blend: BlendMode = 'rtc'
-    ensemble_k: float = 0.0              # 1/s, temporal_ensemble weight exp(-k * age)
-    rtc_blend_s: float = 0.2             # s, rtc crossfade duration
+    action_space: str = default("executor_node", "action_space")
+    rate_hz: float = default("executor_node", "rate")
+    blend: BlendMode = default("executor_node", "blend")
+    ensemble_k: float = default("executor_node", "ensemble_k")
+    rtc_blend_s: float = default("executor_node", "rtc_blend")
     rtc_shape: str = 'smooth'            # 'linear' | 'smooth'
-    watchdog_timeout: float = 0.5        # s without a new chunk -> hold
+    watchdog_timeout: float = default("executor_node", "watchdog_timeout")
     max_horizon: int = 200
     max_duration: float = 10.0
     max_dt: float = 0.5
     max_future: float = 0.05
-    max_age: float = 1.0
+    max_age: float = default("executor_node", "max_chunk_age")
     gripper_name: str = 'gripper'
-    lead_time: float = 0.02              # s, the shortest duration of a command
-    duration_margin: float = 0.8         # commands move at most this fraction of vel_max
-    state_timeout: float = 0.5           # s without a joint state -> stop (no_state)
+    lead_time: float = default("executor_node", "lead_time")
+    duration_margin: float = default("executor_node", "duration_margin")
+    state_timeout: float = default("executor_node", "state_timeout")
     brake_time_min: float = 0.1          # s, the shortest stop (see :func:`braking`)
     jump_slack: float = 0.02             # rad a state may move beyond vel_max * elapsed
 

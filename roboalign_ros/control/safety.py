@@ -32,6 +32,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from roboalign_ros.parameters import default
+
 FK = Callable[[np.ndarray], np.ndarray]
 
 
@@ -58,14 +60,14 @@ class SafetyLimits:
     upper: np.ndarray
     vel_max: np.ndarray
     joint_names: tuple[str, ...] = ()
-    margin: float | np.ndarray = 0.02             # rad kept away from the URDF limits
-    velocity_scale: float = 0.5                   # fraction of vel_max a policy may use
-    max_step: float | np.ndarray = 0.05           # rad per tick
-    acc_max: float | np.ndarray = 8.0             # rad/s^2 per joint (URDFs rarely give one)
+    margin: float | np.ndarray = default("executor_node", "safety.margin")
+    velocity_scale: float = default("executor_node", "safety.velocity_scale")
+    max_step: float | np.ndarray = default("executor_node", "safety.max_step")
+    acc_max: float | np.ndarray = default("executor_node", "safety.acc_max")
     max_tick_dt: float = 0.05                     # s; a longer gap still allows one such step
     workspace_min: np.ndarray | None = None       # (3,) m, tool position in base_link
     workspace_max: np.ndarray | None = None
-    workspace_mode: Literal['hold', 'project'] = 'hold'
+    workspace_mode: Literal['hold', 'project'] = default("executor_node", "safety.workspace_mode")
     max_linear_speed: float = 0.25                # m/s (ee_delta)
     max_angular_speed: float = 1.0                # rad/s (ee_delta)
     gripper_range: tuple[float, float] = (0.0, 1.0)

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from roboalign_ros.evaluation.results import COUNTED, ResultsStore, make_record
+from roboalign_ros.parameters import default
 
 PLAN = "eval_sim"
 TINY, EXPERT = "tiny", "expert"  # model names that are not checkpoints
@@ -66,7 +67,7 @@ class PolicyCrashed(RuntimeError):
 class SimEvalConfig:
     """How episodes are run (``None``: the value config/ or the policy gives)."""
 
-    robot: str = "sim_arm"
+    robot: str = default("policy_node", "robot")
     device: str = "cpu"
     action_source: str | None = None   # override the policy's: 'head' | 'tokens'
     reasoning_every: int = -1           # -1: the checkpoint's; 'tokens' forces 1
@@ -74,7 +75,7 @@ class SimEvalConfig:
     fixed_latency: float | None = None  # s; replaces the measured delay
     episode_seconds: float | None = None  # None: each task's own
     camera_rate: float | None = None    # Hz; None: config/sim.yaml
-    max_rate: float = 0.0               # Hz cap on decisions, as policy_node's (0: no cap)
+    max_rate: float = default("policy_node", "max_rate")
     image_size: tuple[int, int] | None = None  # (h, w); None: the policy's, else sim.yaml's
     torch_threads: int = 1              # CPU inference threads (0: torch's default)
     workers: int = 1                    # processes running episodes (a checkpoint path only)
@@ -202,13 +203,14 @@ class SimEvaluator:
         from roboalign_ros.control.kinematics import Kinematics
         from roboalign_ros.conversions import JointStateMapper
         from roboalign_ros.model import Observation  # noqa: F401  torch: seconds, not per episode
-        from roboalign_ros.parameters import load_parameters
+        from roboalign_ros.parameters import node_parameters
         from roboalign_ros.policy_runtime import GateLimits, InputLimits, ObservationGate
         from roboalign_ros.sim.server import SceneCamera, SimServer
 
         self.config, self.model = config, model
         self.name = name or model or type(policy).__name__
-        sim, pol = load_parameters("sim.yaml"), load_parameters("policy.yaml")
+        sim = node_parameters("sim_node", "sim.yaml")
+        pol = node_parameters("policy_node", "policy.yaml")
         self.server = SimServer(config.robot, control_period=sim["control_period"],
                                 servo_timeout=sim["servo.timeout"],
                                 max_linear=sim["servo.max_linear"],

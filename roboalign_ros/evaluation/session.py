@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from roboalign_ros.evaluation.plan import TaskSpec, TrialPlan, TrialSlot
 from roboalign_ros.evaluation.results import ResultsStore, make_record
+from roboalign_ros.parameters import default
 
 OUTCOME_CODES = {1: "success", 2: "failure", 3: "aborted"}  # LabelTrial.srv constants
 
@@ -135,12 +136,12 @@ class Trial:
 class SessionConfig:
     """How trials are run (node parameters)."""
 
-    mode: str = "sim"  # sim | real
-    operator: str = ""
-    go_home: bool = False
-    auto_label: bool = True  # sim: timeouts are failures, sim success is success, no label
-    wait_for_policy: bool = False
-    time_limit: float = 0.0  # > 0 overrides the plan's time limits
+    mode: str = default("eval_node", "mode")  # sim | real
+    operator: str = default("eval_node", "operator")
+    go_home: bool = default("eval_node", "go_home")
+    auto_label: bool = default("eval_node", "auto_label")
+    wait_for_policy: bool = default("eval_node", "wait_for_policy")
+    time_limit: float = default("eval_node", "time_limit")  # > 0 overrides the plan's time limits
     reset_retry: float = 2.0  # s between failed sim resets
     success_slack: float = 1.0  # s; a sim success older than the reset is stale
 

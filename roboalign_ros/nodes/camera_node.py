@@ -41,41 +41,6 @@ from roboalign_ros.nodes.common import (
     run_node,
 )
 
-PARAMETERS = {
-    "serial_no": "",
-    "width": 640,
-    "height": 480,
-    "fps": 30,
-    "depth_width": 0,
-    "depth_height": 0,
-    "enable_depth": True,
-    "align_depth": True,
-    "camera_namespace": "camera",
-    "camera_name": "camera",
-    "color_frame_id": "camera_color_optical_frame",
-    "depth_frame_id": "camera_depth_optical_frame",
-    "timestamp_source": "device",
-    "frame_timeout": 1.0,
-    "retry_period": 2.0,
-    "max_retries": 10,
-    "software_device": False,
-    "diagnostics_period": 1.0,
-}
-DESCRIPTIONS = {
-    "serial_no": "serial number of the camera to open; empty = the first one found",
-    "width": "colour width (px); depth too unless depth_width/depth_height are set",
-    "height": "colour height (px)",
-    "fps": "frame rate of both streams",
-    "depth_width": "depth width (px), 0 = colour width",
-    "depth_height": "depth height (px), 0 = colour height",
-    "timestamp_source": "device: frame timestamps (global time / hardware clock mapped to the "
-                        "host clock); arrival: host clock when the frameset arrived",
-    "frame_timeout": "seconds without a frameset before the camera is restarted",
-    "retry_period": "seconds between attempts to open a missing camera",
-    "max_retries": "attempts to open a missing camera before shutting down (-1 = forever)",
-    "software_device": "stream synthetic frames from an rs.software_device (no camera needed)",
-}
-
 
 def camera_info_msg(intrinsics: Intrinsics, frame_id: str) -> CameraInfo:
     """Build a CameraInfo from the intrinsics (header stamp left to the caller)."""
@@ -92,7 +57,7 @@ class CameraNode(Node):
 
     def __init__(self, source_factory=None, autostart: bool = True, **node_kwargs):
         super().__init__("camera_node", **node_kwargs)
-        p = self.p = declare_parameters(self, PARAMETERS, DESCRIPTIONS)
+        p = self.p = declare_parameters(self, "camera_node")
         self.settings = CameraSettings(
             serial_no=p["serial_no"], width=p["width"], height=p["height"], fps=p["fps"],
             enable_depth=p["enable_depth"], align_depth=p["align_depth"],

@@ -17,6 +17,8 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
+from roboalign_ros.parameters import Parameter, ParameterSpec, load_spec
+
 # Subscribers of camera / joint-state streams take the newest sample and accept both reliable
 # and best-effort publishers (realsense2_camera and ros2_control publish reliable).
 SENSOR_QOS = qos_profile_sensor_data
@@ -51,42 +53,92 @@ def sensor_qos_for(reliability: str, depth: int) -> QoSProfile:
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
 
-def declare_parameters(node: Node, defaults: Mapping[str, object],
-                       descriptions: Mapping[str, str] | None = None) -> dict[str, object]:
-    """Declare every parameter of ``defaults`` (dotted names) and return their values.
-
-    An empty list default declares a string array (ROS cannot type an empty list).
-    """
-    from rclpy.parameter import Parameter
-
-    descriptions = descriptions or {}
-    values = {}
-    for name, default in defaults.items():
-        descriptor = ParameterDescriptor(description=descriptions.get(name, ""))
-        if isinstance(default, list) and not default:
-            value = node.declare_parameter(name, Parameter.Type.STRING_ARRAY, descriptor).value
-            values[name] = list(value or [])
+def _as_spec(spec) -> ParameterSpec:
+    if isinstance(spec, ParameterSpec):
+        return spec
+    if isinstance(spec, str):
+        return load_spec(spec)
+    # TRANSITION (removed once every node has its spec): a plain defaults dict
+    kinds = {bool: "bool", int: "int", float: "double", str: "string"}
+    params = []
+    for name, default in spec.items():
+        if isinstance(default, list):
+            first = default[0] if default else ""
+            kind = kinds[type(first)] + "_array"
         else:
-            values[name] = node.declare_parameter(name, default, descriptor).value
-    return values
+            kind = kinds[type(default)]
+        params.append(Parameter(name, kind, default, name))
+    return ParameterSpec("node", params)
 
 
-def parameter_values(node: Node, defaults: Mapping[str, object]) -> dict[str, object]:
-    """The current values of the parameters of ``defaults`` (see :func:`declare_parameters`).
+def declare_parameters(node: Node, spec: ParameterSpec | str) -> dict[str, object]:
+    """Declare every parameter of ``spec`` and return their values, checked against it.
+
+    ``spec``: the node's (``config/parameters/<node>.yaml``) or its name. Each is declared
+    with its type, description, rules and read-only flag, so ``ros2 param describe`` shows
+    them; a value set later (``ros2 param set``) that breaks its rule is refused with the
+    reason. A bad value given at start raises ValueError naming it.
+    """
+    from rcl_interfaces.msg import SetParametersResult
+    from rclpy.parameter import Parameter as RosParameter
+
+    spec = _as_spec(spec)
+    for p in spec:
+        if p.default == []:  # ROS cannot type an empty list: declare the type, no value
+            kind = getattr(RosParameter.Type, p.type.upper())
+            node.declare_parameter(p.name, kind, _descriptor(p))
+        else:
+            node.declare_parameter(p.name, p.default, _descriptor(p))
+
+    def check(parameters) -> SetParametersResult:
+        for param in parameters:
+            if param.name in spec:
+                try:
+                    spec.check(param.name, _value(param.value, spec[param.name]))
+                except ValueError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(check)
+    return parameter_values(node, spec)
+
+
+def _descriptor(p: Parameter) -> ParameterDescriptor:
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange
+
+    descriptor = ParameterDescriptor(description=p.description, read_only=p.read_only,
+                                     additional_constraints=p.rules())
+    bounds = p.validation.get("bounds<>")
+    if bounds is not None and p.type == "double":
+        descriptor.floating_point_range = [FloatingPointRange(from_value=float(bounds[0]),
+                                                              to_value=float(bounds[1]))]
+    elif bounds is not None and p.type == "int":
+        descriptor.integer_range = [IntegerRange(from_value=int(bounds[0]),
+                                                 to_value=int(bounds[1]), step=1)]
+    return descriptor
+
+
+def _value(value, p: Parameter):
+    # rclpy gives arrays as array.array / lists; an empty array may come back as None
+    return list(value or []) if p.type.endswith("_array") else value
+
+
+def parameter_values(node: Node, spec: ParameterSpec | str) -> dict[str, object]:
+    """The current values of ``spec``'s parameters, checked (ValueError names a bad one).
 
     What a lifecycle node reads when it configures, so that ``ros2 param set`` before
     ``configure`` takes effect.
     """
     from rclpy.exceptions import ParameterUninitializedException
 
+    spec = _as_spec(spec)
     values = {}
-    for name, default in defaults.items():
+    for p in spec:
         try:
-            value = node.get_parameter(name).value
+            values[p.name] = _value(node.get_parameter(p.name).value, p)
         except ParameterUninitializedException:  # a typed empty list nobody has set
-            value = None
-        values[name] = list(value or []) if isinstance(default, list) else value
-    return values
+            values[p.name] = []
+    return spec.validate(values)
 
 
 def lifecycle_state(node: Node) -> str:

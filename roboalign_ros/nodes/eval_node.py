@@ -39,26 +39,6 @@ from roboalign_ros.nodes.common import (
 from roboalign_ros.robot import package_path
 from roboalign_ros.srv import LabelTrial, ResetTask
 
-PARAMETERS = {
-    "plan": "config/eval/sim_smoke.yaml",
-    "mode": "sim",
-    "results_dir": "~/roboalign_eval",
-    "operator": "",
-    "go_home": False,
-    "auto_label": True,
-    "wait_for_policy": True,
-    "time_limit": 0.0,
-    "tick_rate": 10.0,
-    "status_rate": 1.0,
-    "instruction_topic": "/roboalign/instruction",
-    "estop_topic": "/roboalign/estop",
-    "task_status_topic": "/roboalign/task_status",
-    "policy_status_topic": "/roboalign/status",
-    "eval_status_topic": "/roboalign/eval_status",
-    "reset_service": "/sim_node/reset_task",
-    "home_service": "/executor_node/go_home",
-}
-
 _NOT_READY = (PolicyStatus.STATE_UNCONFIGURED, PolicyStatus.STATE_LOADING,
               PolicyStatus.STATE_ERROR)
 
@@ -76,10 +56,7 @@ class EvalNode(Node):
 
     def __init__(self, **overrides):
         super().__init__("eval_node", **overrides)
-        p = declare_parameters(self, PARAMETERS)
-        for rate in ("tick_rate", "status_rate"):
-            if not 0 < p[rate] <= 100:
-                raise ValueError(f"{rate}: {p[rate]} Hz is not in (0, 100]")
+        p = declare_parameters(self, "eval_node")
         self.p = p
         plan = load_plan(resolve_plan(p["plan"]))
         store = ResultsStore(Path(p["results_dir"]).expanduser() / plan.name)

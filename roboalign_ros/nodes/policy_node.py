@@ -45,7 +45,6 @@ from roboalign_ros.conversions import (
     seconds_to_stamp,
     stamp_to_seconds,
 )
-from roboalign_ros.model.reasoning import SECTIONS
 from roboalign_ros.msg import ActionChunk, PolicyStatus, Reasoning
 from roboalign_ros.nodes.common import (
     COMMAND_QOS,
@@ -83,40 +82,6 @@ from roboalign_ros.policy_runtime import (
 )
 from roboalign_ros.robot import load_robot_config
 
-PARAMETERS = {
-    "robot": "sim_arm",
-    "model_path": "",
-    "device": "auto",
-    "cameras": [],  # the model's camera names to subscribe (empty: all, from its checkpoint)
-    "camera_topics": [],  # one colour topic per camera; "" or none: the first camera -> the
-    #                       robot config's color topic, camera C -> /camera/C/color/image_raw
-    "instruction_topic": "/roboalign/instruction",
-    "chunk_topic": "/roboalign/action_chunk",
-    "reasoning_topic": "/roboalign/reasoning",
-    "status_topic": "/roboalign/status",
-    "max_image_age": 0.5,
-    "max_state_skew": 0.1,
-    "max_camera_skew": 0.1,  # s between the first camera's frame and each other camera's
-    "max_instruction_chars": 1000,
-    "max_instruction_tokens": 256,  # counted with the policy's tokenizer
-    "max_image_width": 1920,
-    "max_image_height": 1080,
-    "max_image_bytes": 1920 * 1080 * 4,
-    "max_rate": 0.0,  # Hz; 0 = as fast as the model goes
-    "reasoning_every": -1,  # -1: the checkpoint's setting; 0: off; N > 0: on (inline: every N)
-    "reasoning_mode": "async",  # async: own thread, never stalls the arm | inline: in predict
-    "reasoning_period": 1.0,  # s between generations in async mode (0: back to back)
-    "torch_threads": 0,  # CPU inference threads; 0 = torch's default
-    "sensor_reliability": "reliable",  # camera/joint-state QoS: reliable | best_effort
-    "autostart": True,  # configure + activate at startup (launch files drive them instead)
-    # attention overlays on ~/attention/<camera> (sensor_msgs/Image), off the action path
-    "attention.enabled": False,
-    "attention.period": 2.0,  # s between overlays (each costs ~0.3 s of a CPU core, mini)
-    "attention.source": "action head",  # action head | reasoning | action tokens | a section
-}
-
-REASONING_MODES = ("async", "inline")
-ATTENTION_SOURCES = ("action head", "reasoning", "action tokens", *SECTIONS)
 _RGB_FROM = {"rgb8": lambda a: a, "bgr8": lambda a: a[..., ::-1],
              "rgba8": lambda a: a[..., :3]}
 _LIMITS = ("max_instruction_chars", "max_instruction_tokens", "max_image_width",
@@ -128,8 +93,8 @@ class PolicyNode(LifecycleNode):
 
     def __init__(self, **overrides):
         super().__init__("policy_node", **overrides)
-        declare_parameters(self, PARAMETERS)  # read at configure (ros2 param set works before)
-        self.p = parameter_values(self, PARAMETERS)
+        declare_parameters(self, "policy_node")  # read at configure (ros2 param set works before)
+        self.p = parameter_values(self, "policy_node")
         self.policy = self._entities = None
         self.worker: PolicyWorker | None = None
         self.reasoner: ReasoningWorker | None = None
@@ -165,7 +130,7 @@ class PolicyNode(LifecycleNode):
     def on_configure(self, state: State) -> TransitionCallbackReturn:
         """Parameters -> gate, limits, topics; load the model and warm it up."""
         self._entities = Entities(self)
-        self.p = p = parameter_values(self, PARAMETERS)
+        self.p = p = parameter_values(self, "policy_node")
         self._set_state(PolicyStatus.STATE_LOADING, f"loading {p['model_path']}")
         try:
             self._configure(p)
@@ -180,17 +145,6 @@ class PolicyNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def _configure(self, p) -> None:
-        if p["reasoning_mode"] not in REASONING_MODES:
-            raise ValueError(f"reasoning_mode: {p['reasoning_mode']!r}; one of {REASONING_MODES}")
-        min_period(p["max_rate"])  # names a negative max_rate
-        if not p["reasoning_period"] >= 0:
-            raise ValueError(f"reasoning_period: must be >= 0 s, got {p['reasoning_period']}")
-        if p["attention.enabled"]:
-            if not p["attention.period"] > 0:
-                raise ValueError(f"attention.period: must be > 0 s, got {p['attention.period']}")
-            if p["attention.source"] not in ATTENTION_SOURCES:
-                raise ValueError(f"attention.source: {p['attention.source']!r}; one of "
-                                 f"{ATTENTION_SOURCES}")
         self.robot = load_robot_config(p["robot"])
         self.gate = ObservationGate(GateLimits(p["max_image_age"], p["max_state_skew"],
                                                max_camera_skew=p["max_camera_skew"]))

@@ -39,7 +39,7 @@ from roboalign_ros.nodes.common import (
     sensor_qos_for,
 )
 from roboalign_ros.recording import actions as act
-from roboalign_ros.recording.bag import BagRecorder, check_compression
+from roboalign_ros.recording.bag import BagRecorder
 from roboalign_ros.recording.feed import MessageFeed
 from roboalign_ros.recording.session import (
     RecorderState,
@@ -50,83 +50,6 @@ from roboalign_ros.recording.session import (
 from roboalign_ros.robot import load_robot_config
 from roboalign_ros.srv import GetRecorderStatus, StartEpisode, StopEpisode
 
-PARAMETERS = {
-    "robot": "sim_arm",
-    "dataset_root": "~/roboalign_datasets/demos",
-    "fps": 15,
-    "max_skew": 0.05,
-    "sample_delay": -1.0,  # < 0: max(0.25, max_skew + 1/fps)
-    "cameras": ["scene"],
-    "camera_topics": [""],  # "" = the robot config's color topic
-    "depth_cameras": [],  # depth stream names (observation.images.<name>, lossless 16-bit)
-    "depth_topics": [],  # one per depth camera; "" = the robot config's aligned depth topic
-    "lerobot_depth": False,
-    "action_source": "joint_trajectory",
-    "sensor_reliability": "reliable",
-    "action_chunk_topic": "/roboalign/action_chunk",
-    "instruction_topic": "/roboalign/instruction",
-    "reasoning_topic": "/roboalign/reasoning",  # for the bag (bag.enabled)
-    "status_topic": "/roboalign/recorder_status",
-    "status_rate": 2.0,
-    "gripper_fallback": "state",
-    "servo_timeout": 0.2,
-    "action_max_age": 0.5,
-    "queue_seconds": 2.0,
-    "default_operator": "",
-    "video.codec": "libx264",
-    "video.crf": -1,  # < 0: the codec's default
-    "video.gop": 10,
-    "video.threads": 1,
-    "video.stream_workers": 0,  # streams encoded at once; 0: all
-    "video.nice": 10,  # the encoder process's nice increment (the inputs come first)
-    "stop_wait": 5.0,  # s a stop_episode waits for the encoding before it answers "encoding"
-    "spool.dir": "",  # "" = <dataset_root>/spool
-    "spool.max_gb": 20.0,  # raw frames of unsaved episodes on disk; more: frames dropped
-    "spool.recover_partial": True,  # an episode cut by a crash: saved at restart (else deleted)
-    "bag.enabled": False,  # also write each episode's raw topics as a rosbag2 (MCAP)
-    "bag.queue_size": 2000,  # messages waiting for the bag writer before they drop
-    "bag.preroll": 1.0,  # s of each topic before the start also in the bag (+ its newest)
-    "bag.compression": "zstd",  # none | zstd: MCAP chunk compression
-    "bag.images": "raw",  # raw | compressed (the camera's image_transport topics) | none
-    "bag.depth": True,  # depth images in the bag too (false: only the dataset keeps them)
-    "bag.nice": 5,  # the bag writer's nice increment (the dataset's inputs first)
-}
-BAG_IMAGES = ("raw", "compressed", "none")
-DESCRIPTIONS = {
-    "dataset_root": "LeRobot v3 dataset directory (created on the first episode, else appended)",
-    "max_skew": "largest |input stamp - frame time| (s) before a frame is dropped",
-    "cameras": "camera names (feature observation.images.<name>), one per camera_topics entry",
-    "depth_cameras": "depth stream names (e.g. scene_depth), one per depth_topics entry; "
-                     "16UC1 (mm) or 32FC1 (m), stored losslessly",
-    "lerobot_depth": "true: also copy the depth as LeRobot 0.6's own depth features "
-                     "(1 mm codes up to 4.095 m), which LeRobot decodes and its editing "
-                     "tools keep; ours stays the lossless reference",
-    "action_source": "joint_trajectory | servo | action_chunk",
-    "gripper_fallback": "state: measured opening until a gripper command arrives | drop",
-    "bag.enabled": "each episode's raw topics (images, depth, camera_info, joint states, "
-                   "commands, instruction, chunks, reasoning) also go to "
-                   "<dataset_root>/bags/episode_<index>/ (rosbag2, MCAP), kept when it is saved",
-    "sensor_reliability": "reliable | best_effort: QoS of the camera and joint state "
-                          "subscriptions (best_effort loses most large images over DDS here)",
-    "bag.depth": "true: depth images go to the bag as bag.images says | false: they stay out of "
-                 "the bag (the dataset keeps them losslessly; from-bag then rebuilds colour "
-                 "only)",
-    "bag.compression": "zstd: the bag's MCAP chunks are zstd-compressed (any MCAP reader "
-                       "reads them) | none",
-    "bag.images": "raw: the image topics themselves go to the bag | compressed: the camera "
-                  "driver's image_transport topics instead (<topic>/compressed for colour, "
-                  "<topic>/compressedDepth for depth, sensor_msgs/CompressedImage; the driver "
-                  "must publish them) | none: no images in the bag (the dataset has them; "
-                  "from-bag cannot rebuild the episode); the dataset is recorded from the raw "
-                  "topics in every case",
-    "stop_wait": "seconds stop_episode waits for the episode's encoding to finish; a longer "
-                 "one is answered at once and saved when done (status message: encoding)",
-    "spool.max_gb": "bound on the raw frames of unsaved episodes on disk (the spool): frames "
-                    "beyond it are dropped and counted (spool_full)",
-    "spool.recover_partial": "at start, an episode a crash cut short is saved from the spool "
-                             "with outcome unknown (true) or deleted (false); the log and "
-                             "status name it",
-}
 COMMAND_SUB_QOS = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 
@@ -135,7 +58,7 @@ class RecorderNode(Node):
 
     def __init__(self, **overrides):
         super().__init__("recorder_node", **overrides)
-        p = declare_parameters(self, PARAMETERS, DESCRIPTIONS)
+        p = declare_parameters(self, "recorder_node")
         robot = load_robot_config(p["robot"])
         cameras, topics = list(p["cameras"]), list(p["camera_topics"])
         if len(topics) != len(cameras):
@@ -149,9 +72,6 @@ class RecorderNode(Node):
             depth_topics = [""]  # one depth camera: the robot config's aligned depth
         depth_topics = [t or robot.depth_topic for t in depth_topics]
         source = act.check_action_source(p["action_source"])
-        check_compression(p["bag.compression"])
-        if p["bag.images"] not in BAG_IMAGES:
-            raise ValueError(f"bag.images: {p['bag.images']!r} is not one of {list(BAG_IMAGES)}")
         image_qos = sensor_qos_for(p["sensor_reliability"], 10)
         joint_qos = sensor_qos_for(p["sensor_reliability"], 200)  # 0.4 s at 500 Hz
         self.session = RecordingSession(SessionConfig(

@@ -33,35 +33,6 @@ from roboalign_ros.teleop import (
     TeleopCore,
 )
 
-PARAMETERS = {
-    "robot": "sim_arm",
-    "mode": "joy",
-    "profile": "xbox",
-    "joy_topic": "/joy",
-    "twist_topic": "/servo_node/delta_twist_cmds",
-    "gripper_topic": "/gripper_controller/commands",
-    "frame_id": "base_link",
-    "publish_rate": 50.0,
-    "max_linear": 0.2,
-    "max_angular": 0.8,
-    "deadzone": 0.1,
-    "speed_scale": 0.5,
-    "speed_step": 0.1,
-    "min_speed_scale": 0.1,
-    "max_speed_scale": 1.0,
-    "stale_timeout": 0.5,
-    "key_hold": 0.6,
-    "gripper_initial": 1.0,
-}
-DESCRIPTIONS = {
-    "robot": "robot config (config/robots/<robot>.yaml): the gripper's joint range",
-    "mode": "joy (sensor_msgs/Joy on joy_topic) or keyboard (this terminal)",
-    "profile": "device mapping: spacemouse, xbox or a profile defined in the parameters file",
-    "max_linear": "m/s at full deflection and speed scale 1",
-    "max_angular": "rad/s at full deflection and speed scale 1",
-    "stale_timeout": "s; a Joy older than this counts as released (zero twist)",
-    "key_hold": "s one key press keeps moving (keyboard)",
-}
 CONFIG_FIELDS = ("max_linear", "max_angular", "deadzone", "speed_scale", "speed_step",
                  "min_speed_scale", "max_speed_scale", "stale_timeout", "key_hold",
                  "gripper_initial")
@@ -80,17 +51,16 @@ class TeleopNode(Node):
 
     def __init__(self, keyboard: bool = False, stdin=None, **node_kwargs):
         super().__init__("teleop_node", **node_kwargs)
-        p = self.p = declare_parameters(self, PARAMETERS, DESCRIPTIONS)
+        p = self.p = declare_parameters(self, "teleop_node")
         self.robot = load_robot_config(p["robot"])
         mode = "keyboard" if keyboard else p["mode"]
-        if mode not in ("joy", "keyboard"):
-            raise ValueError(f"mode: {mode!r} must be 'joy' or 'keyboard'")
         # Every built-in profile is declared (so one file can hold them all) plus the chosen one.
         names = list(BUILTIN_PROFILES) + [p["profile"]] * (p["profile"] not in BUILTIN_PROFILES)
         profiles = {}
         for name in names:
             builtin = BUILTIN_PROFILES.get(name, JoyProfile(name, axes=(-1,) * 6))
-            v = declare_parameters(self, profile_parameters(builtin))
+            v = {name: self.declare_parameter(name, default).value
+                 for name, default in profile_parameters(builtin).items()}
             profiles[name] = JoyProfile(
                 name, axes=tuple(v[f"{name}.axes"]), scales=tuple(v[f"{name}.scales"]),
                 **{b: v[f"{name}.{b}"] for b in BUTTON_FIELDS})
@@ -107,8 +77,6 @@ class TeleopNode(Node):
         self.twist_pub = self.create_publisher(TwistStamped, p["twist_topic"], COMMAND_QOS)
         self.gripper_pub = self.create_publisher(Float64MultiArray, p["gripper_topic"],
                                                  COMMAND_QOS)
-        if not p["publish_rate"] > 0:
-            raise ValueError(f"publish_rate: {p['publish_rate']} must be > 0")
         self.create_timer(1.0 / p["publish_rate"], self._on_timer)
         self.keyboard = None
         if mode == "joy":

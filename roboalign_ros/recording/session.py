@@ -52,6 +52,7 @@ import numpy as np
 
 from roboalign_ros.data import DatasetWriter, RecordingError, storage
 from roboalign_ros.data import lerobot_format as fmt
+from roboalign_ros.parameters import default
 from roboalign_ros.recording import actions as act
 from roboalign_ros.recording import spool as sp
 from roboalign_ros.recording.sampler import HOLD, NEAREST, FrameSampler
@@ -110,23 +111,23 @@ class SessionConfig:
     cameras: Sequence[str]
     robot_type: str = ""
     depth_cameras: Sequence[str] = ()  # depth streams (16UC1 mm / 32FC1 m), stored lossless
-    lerobot_depth: bool = False  # also copy them as LeRobot's own depth features (to 4.095 m)
-    action_source: str = "joint_trajectory"
-    max_skew: float = 0.05
+    lerobot_depth: bool = default("recorder_node", "lerobot_depth")
+    action_source: str = default("recorder_node", "action_source")
+    max_skew: float = default("recorder_node", "max_skew")
     delay: float | None = None  # default: max(MIN_DELAY, max_skew + 1/fps)
-    gripper_fallback: str = "state"  # or "drop"
-    servo_timeout: float = 0.2
-    action_max_age: float = 0.5
-    queue_seconds: float = 2.0
-    codec: str = "libx264"
+    gripper_fallback: str = default("recorder_node", "gripper_fallback")  # or "drop"
+    servo_timeout: float = default("recorder_node", "servo_timeout")
+    action_max_age: float = default("recorder_node", "action_max_age")
+    queue_seconds: float = default("recorder_node", "queue_seconds")
+    codec: str = default("recorder_node", "video.codec")
     crf: int | None = None
-    gop: int = 10
-    encoder_threads: int = 1
-    stream_workers: int = 0  # streams encoded at once; 0: all of them
-    encoder_nice: int = 10  # added to the encoder process's nice value (lower CPU priority)
+    gop: int = default("recorder_node", "video.gop")
+    encoder_threads: int = default("recorder_node", "video.threads")
+    stream_workers: int = default("recorder_node", "video.stream_workers")
+    encoder_nice: int = default("recorder_node", "video.nice")
     spool_dir: Path | None = None  # default: <root>/spool
-    spool_max_gb: float = 20.0  # raw frames of unsaved episodes on disk; beyond: dropped
-    recover_partial: bool = True  # an episode cut by a crash: saved (True) or deleted
+    spool_max_gb: float = default("recorder_node", "spool.max_gb")
+    recover_partial: bool = default("recorder_node", "spool.recover_partial")
 
     def __post_init__(self) -> None:
         act.check_action_source(self.action_source)
