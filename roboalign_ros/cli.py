@@ -1,76 +1,151 @@
 """``roboalign``: one command line for users with or without the ros2 CLI.
 
-    roboalign demo                       the simulated closed loop (sim + policy + executor)
-    roboalign sim [--task T --seed S]    the MuJoCo arm node alone (like `ros2 run ... sim_node`)
-    roboalign node NAME [--ros-args ...] any node of the package (like `ros2 run`)
-    roboalign record sim --task T --episodes N     expert demos recorded through the ROS graph
-    roboalign record bulk --tasks T1,T2 --episodes N --out DIR   the same, headless, in sim time
-    roboalign data from-bag BAG... --map M --out DIR   rosbag2 (MCAP / sqlite3) -> dataset
-    roboalign train {sft,rationale,align,head} --config C [--set k=v ...]
-    roboalign eval ...                   evaluation trials (see `roboalign eval -h`)
-    roboalign eval sim --model DIR --task T --seeds A-B   the same, headless, in sim time
-    roboalign explain --model M --dataset D --episode E --frame F   attention maps (PNG)
-    roboalign repro mini                 record -> train (4 stages) -> evaluate -> report
-    roboalign bench {policy,serving,executor,sim,closed-loop}
-    roboalign model tiny OUT_DIR         write a tiny random policy checkpoint
-
-Nothing here imports rclpy or torch until a subcommand needs it, so training machines without
-ROS can use the training, model and bench commands.
+Every command is a leaf of one argparse tree, :data:`COMMANDS`, so ``roboalign ... --help`` is
+always current. A leaf's options come from the module that implements it: its
+``add_arguments(parser)`` adds them and sets ``func``, the handler (parsed options -> exit
+status); the module's own ``main(argv)`` builds the same parser alone. A leaf's module is
+imported only when that command is parsed: ``roboalign --help`` and ``roboalign train --help``
+import neither rclpy nor torch, and training machines without ROS can use the training, model
+and bench commands. The training stages come from :mod:`roboalign_ros.training.stages`.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import sys
 
+from roboalign_ros.training import stages
+
 NODES = ("camera_node", "eval_node", "executor_node", "policy_node", "recorder_node",
          "sim_node", "teleop_node")
 
-# subcommand -> (module, function taking argv) for commands implemented elsewhere
-DELEGATES = {
-    ("record", "sim"): ("roboalign_ros.apps.record_sim", "main"),
-    ("record", "bulk"): ("roboalign_ros.recording.bulk", "main"),
-    ("data", "from-bag"): ("roboalign_ros.recording.from_bag", "main"),
-    ("train", "ground"): ("roboalign_ros.training.ground", "main"),
-    ("train", "sft"): ("roboalign_ros.training.sft", "main"),
-    ("train", "rationale"): ("roboalign_ros.training.rationale", "main"),
-    ("train", "align"): ("roboalign_ros.training.align", "main"),
-    ("train", "head"): ("roboalign_ros.training.head", "main"),
-    ("bench", "policy"): ("roboalign_ros.model.bench", "main"),
-    ("bench", "closed-loop"): ("roboalign_ros.apps.demo", "bench_main"),
-    ("model", "tiny"): ("roboalign_ros.model.tiny", "main"),
-    ("eval", None): ("roboalign_ros.apps.evaluate", "main"),
-    ("demo", None): ("roboalign_ros.apps.demo", "main"),
-    ("explain", None): ("roboalign_ros.apps.explain", "main"),
-    ("repro", None): ("roboalign_ros.apps.repro", "main"),
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that gets its options from ``fill(parser)`` when first used."""
+
+    def __init__(self, *args, fill=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._fill = fill
+
+    def _filled(self) -> None:
+        fill, self._fill = self._fill, None
+        if fill is not None:
+            fill(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._filled()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._filled()
+        return super().format_help()
+
+
+def _from(module: str, function: str = "add_arguments"):
+    """``module.function(parser)``, the module imported when the command is parsed."""
+    return lambda parser: getattr(importlib.import_module(module), function)(parser)
+
+
+def _script(name: str):
+    """``add_arguments`` of ``scripts/<name>``, a benchmark of the source checkout."""
+    def add(parser: argparse.ArgumentParser) -> None:
+        from roboalign_ros.robot import package_path
+
+        path = package_path("scripts", name)
+        if not path.is_file():
+            parser.error(f"{name} is part of the source checkout ({path} not found)")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module          # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        module.add_arguments(parser)
+    return add
+
+
+def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", default=None, help="task name or instruction")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--camera-rate", type=float, default=None, help="Hz")
+    parser.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None)
+    parser.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], metavar="ARG",
+                        help="the rest goes to the node, e.g. --ros-args -p camera.depth:=true")
+    parser.set_defaults(func=lambda args: _run_node("sim_node", _sim_ros_args(args)))
+
+
+def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=NODES, metavar="NAME", help=", ".join(NODES))
+    parser.add_argument("ros_args", nargs=argparse.REMAINDER, metavar="...",
+                        help="the node's arguments, e.g. --ros-args -p rate:=10")
+    parser.set_defaults(func=lambda args: _run_node(args.name, args.ros_args))
+
+
+# command -> (one-line help, what it is): a function adding a leaf's options, or subcommands
+COMMANDS = {
+    "demo": ("the simulated closed loop (sim + policy + executor), what happens printed",
+             _from("roboalign_ros.apps.demo")),
+    "sim": ("the MuJoCo arm node alone (like `ros2 run roboalign_ros sim_node`)",
+            _add_sim_arguments),
+    "node": ("any node of the package (like `ros2 run`)", _add_node_arguments),
+    "record": ("expert demos of the sim tasks", {
+        "sim": ("through the ROS graph (sim_node + recorder_node), in real time",
+                _from("roboalign_ros.apps.record_sim")),
+        "bulk": ("headless, in sim time, in parallel processes",
+                 _from("roboalign_ros.recording.bulk")),
+    }),
+    "data": ("datasets from elsewhere", {
+        "from-bag": ("rosbag2 (MCAP / sqlite3) -> dataset",
+                     _from("roboalign_ros.recording.from_bag")),
+    }),
+    "train": ("one training stage (in pipeline order)", {
+        name: (stage.summary, functools.partial(stages.add_arguments, stage=name))
+        for name, stage in stages.STAGES.items()}),
+    "eval": ("evaluation trials: through the ROS graph (run), headless in sim time (sim), report",
+             _from("roboalign_ros.apps.evaluate")),
+    "explain": ("where a policy looks: attention maps (PNG)", _from("roboalign_ros.apps.explain")),
+    "repro": ("RoboAlign's comparison in miniature: record -> train -> evaluate -> report",
+              _from("roboalign_ros.apps.repro")),
+    "bench": ("benchmarks", {
+        "policy": ("VLA policy latency (no ROS)", _from("roboalign_ros.model.bench")),
+        "serving": ("action-chunk inter-arrival while reasoning runs (no ROS)",
+                    _script("bench_serving.py")),
+        "executor": ("the executor core's control loop (no ROS)", _script("bench_executor.py")),
+        "sim": ("MuJoCo physics real-time factor and render rate", _script("bench_sim.py")),
+        "closed-loop": ("chunk rate and latency of the closed loop on this machine",
+                        _from("roboalign_ros.apps.demo", "add_bench_arguments")),
+    }),
+    "model": ("checkpoints", {
+        "tiny": ("write a tiny random policy checkpoint (or a random backbone)",
+                 _from("roboalign_ros.model.tiny")),
+    }),
 }
-SCRIPTS = {("bench", "executor"): "bench_executor.py", ("bench", "sim"): "bench_sim.py",
-           ("bench", "serving"): "bench_serving.py"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``roboalign`` parser: every command of :data:`COMMANDS`, each leaf filled when used."""
+    parser = _Parser(prog="roboalign",
+                     description="One command line for users with or without the ros2 CLI.",
+                     epilog="`roboalign COMMAND [SUBCOMMAND] --help` shows a command's options. "
+                            "Nothing imports rclpy or torch until a command runs.")
+    _add_commands(parser, COMMANDS)
+    return parser
+
+
+def _add_commands(parser: argparse.ArgumentParser, commands: dict) -> None:
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name, (help_, body) in commands.items():
+        if isinstance(body, dict):
+            _add_commands(sub.add_parser(name, help=f"{help_}: {', '.join(body)}",
+                                         description=help_), body)
+        else:
+            sub.add_parser(name, help=help_, description=help_, fill=body)
 
 
 def _run_node(name: str, argv: list[str]) -> int:
-    if name not in NODES:
-        print(f"roboalign node: unknown node {name!r}; one of {', '.join(NODES)}",
-              file=sys.stderr)
-        return 2
     module = importlib.import_module(f"roboalign_ros.nodes.{name}")
     return module.main(["roboalign", *argv])
-
-
-def _run_script(script: str, argv: list[str]) -> int:
-    import runpy
-
-    from roboalign_ros.robot import package_path
-
-    path = package_path("scripts", script)
-    if not path.exists():
-        print(f"{script} is part of the source checkout ({path} not found)", file=sys.stderr)
-        return 2
-    sys.argv = [str(path), *argv]
-    runpy.run_path(str(path), run_name="__main__")
-    return 0
 
 
 def _let_workers_import_this_module() -> None:
@@ -88,45 +163,20 @@ def _let_workers_import_this_module() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch ``roboalign <command> [<sub>] ...``."""
+    """Parse ``roboalign <command> [<sub>] ...`` and run the command (``--help``: exit 0)."""
     _let_workers_import_this_module()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(__doc__)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
         return 0
-    command, rest = argv[0], argv[1:]
-    if command == "sim":
-        return _run_node("sim_node", _sim_args(rest))
-    if command == "node":
-        if not rest:
-            print(f"roboalign node NAME: one of {', '.join(NODES)}", file=sys.stderr)
-            return 2
-        return _run_node(rest[0], rest[1:])
-    sub = rest[0] if rest and not rest[0].startswith("-") else None
-    for key in ((command, sub), (command, None)):
-        if key in SCRIPTS:
-            return _run_script(SCRIPTS[key], rest[1:])
-        if key in DELEGATES:
-            module, function = DELEGATES[key]
-            args = rest[1:] if key[1] is not None else rest
-            result = getattr(importlib.import_module(module), function)(args)
-            return result if isinstance(result, int) else 0  # some mains return their results
-    known = sorted({c if s is None else f"{c} {s}" for c, s in [*DELEGATES, *SCRIPTS]} |
-                   {"sim", "node"})
-    print(f"roboalign: unknown command {' '.join(argv[:2])!r}; known: {', '.join(known)}",
-          file=sys.stderr)
-    return 2
+    args = parser.parse_args(argv)
+    result = args.func(args)
+    return result if isinstance(result, int) else 0  # some commands return their results
 
 
-def _sim_args(argv: list[str]) -> list[str]:
-    """``roboalign sim --task T --seed S --camera-rate R`` -> sim_node --ros-args."""
-    parser = argparse.ArgumentParser(prog="roboalign sim",
-                                     description="Run the MuJoCo arm node (no ros2 CLI needed).")
-    parser.add_argument("--task", default=None, help="task name or instruction")
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--camera-rate", type=float, default=None, help="Hz")
-    parser.add_argument("--camera-size", type=int, nargs=2, metavar=("W", "H"), default=None)
-    args, ros_args = parser.parse_known_args(argv)
+def _sim_ros_args(args: argparse.Namespace) -> list[str]:
+    """``roboalign sim`` options -> sim_node's ``--ros-args``."""
     from roboalign_ros.robot import package_path
 
     out = ["--ros-args", "--params-file", str(package_path("config", "sim.yaml"))]
@@ -139,7 +189,7 @@ def _sim_args(argv: list[str]) -> list[str]:
     if args.camera_size is not None:
         out += ["-p", f"camera.width:={args.camera_size[0]}",
                 "-p", f"camera.height:={args.camera_size[1]}"]
-    return out + [a for a in ros_args if a != "--ros-args"]
+    return out + [a for a in args.ros_args if a != "--ros-args"]
 
 
 if __name__ == "__main__":

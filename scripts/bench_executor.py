@@ -62,8 +62,8 @@ def pct(x, p):
     return float(np.percentile(np.asarray(x), p))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``roboalign bench executor``; ``func`` runs the benchmark."""
     ap.add_argument('--seconds', type=float, default=10.0)
     ap.add_argument('--rate', type=float, default=100.0)
     ap.add_argument('--chunk-period', type=float, default=0.1)
@@ -76,8 +76,18 @@ def main() -> None:
                     help='fraction of the run at which another thread engages the e-stop')
     ap.add_argument('--baseline', action='store_true',
                     help='run the same deadline loop without the executor (host jitter)')
-    args = ap.parse_args()
+    ap.set_defaults(func=run_cli)
 
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` (default: the command line) and run the benchmark."""
+    ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    add_arguments(ap)
+    run_cli(ap.parse_args(argv))
+
+
+def run_cli(args: argparse.Namespace) -> None:
+    """Run the executor's deadline loop with parsed options and print the percentiles."""
     period = 1.0 / args.rate
     try:
         if args.robot == 'toy':

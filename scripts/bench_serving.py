@@ -142,9 +142,8 @@ def summarize(chunks: np.ndarray, thoughts: np.ndarray, overlays: np.ndarray,
             else float("nan")}
 
 
-def main(argv=None) -> dict:
-    """Serve each mode in turn and print the table."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``roboalign bench serving``; ``func`` runs the benchmark."""
     ap.add_argument("--model", default="tiny", help="tiny (random) or a checkpoint directory")
     ap.add_argument("--preset", default="tiny", choices=["tiny", "qwen2.5-vl-3b"],
                     help="with --model tiny: the random policy's size")
@@ -161,7 +160,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--json", default=None)
-    a = ap.parse_args(argv)
+    ap.set_defaults(func=run_cli)
+
+
+def main(argv=None) -> dict:
+    """Serve each mode in turn and print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    return run_cli(ap.parse_args(argv))
+
+
+def run_cli(a: argparse.Namespace) -> dict:
+    """Serve each mode with parsed options; returns the rows."""
     if a.threads:
         torch.set_num_threads(a.threads)
     pol = load(a)

@@ -20,15 +20,25 @@ import numpy as np  # noqa: E402
 from roboalign_ros.sim import TabletopEnv  # noqa: E402
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print physics RTF (no rendering) and colour+depth render rate."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``roboalign bench sim``; ``func`` runs the benchmark."""
     ap.add_argument('--seconds', type=float, default=10.0, help='simulated seconds of physics')
     ap.add_argument('--frames', type=int, default=30, help='frames to render')
     ap.add_argument('--width', type=int, default=640)
     ap.add_argument('--height', type=int, default=480)
     ap.add_argument('--task', default='pick_red_cube')
-    args = ap.parse_args(argv)
+    ap.set_defaults(func=run_cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print physics RTF (no rendering) and colour+depth render rate."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    return run_cli(ap.parse_args(argv))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """The benchmark with parsed options."""
 
     env = TabletopEnv()
     env.reset(args.task, seed=0)

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from roboalign_ros.apps import repro as rp
+from roboalign_ros.training.stages import STAGES
 
 
 def test_the_shipped_config_loads_and_names_known_tasks_and_stage_configs():
@@ -16,8 +17,21 @@ def test_the_shipped_config_loads_and_names_known_tasks_and_stage_configs():
     assert len(cfg.tasks) == 3
     kinds = {t.split("_")[0] for t in cfg.tasks}
     assert kinds == {"pick", "push", "place"}   # a pick, a push and a place into the bowl
-    for path in (cfg.sft, cfg.rationale, cfg.align, cfg.head):
+    for stage in STAGES:                                 # every registered training stage
+        path = getattr(cfg, stage)
         assert package_path(*path.split("/")).is_file(), path
+
+
+def test_the_report_does_not_import_the_app_that_calls_it():
+    import ast
+
+    from roboalign_ros.apps import repro_report
+
+    tree = ast.parse(Path(repro_report.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "roboalign_ros.apps.repro" not in imported          # repro -> repro_report only
+    assert "roboalign_ros.apps.repro_plan" in imported
 
 
 @pytest.mark.parametrize("bad, field", [

@@ -98,6 +98,6 @@ def test_main_rejects_bad_config(tmp_path):
 def test_stage_dispatcher_usage():
     from roboalign_ros.training import STAGES, main
 
-    assert set(STAGES) == {"sft", "rationale", "align", "head"}
+    assert list(STAGES) == ["rationale", "ground", "sft", "align", "head"]
     assert main(["nope"]) == 2
     assert main([]) == 2

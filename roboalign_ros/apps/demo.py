@@ -252,8 +252,8 @@ def _summary(stats: LoopStats) -> str:
     return "\n".join(line for line in lines if line)
 
 
-def _parser(prog: str, duration: float) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser, duration: float = 15.0) -> None:
+    """The options of ``roboalign demo``; ``func`` runs the demo."""
     p.add_argument("--duration", type=float, default=duration, help="seconds (default %(default)s)")
     p.add_argument("--task", default=None, help="one task (default: the demo's three)")
     p.add_argument("--seed", type=int, default=DEMO_SEED)
@@ -267,7 +267,19 @@ def _parser(prog: str, duration: float) -> argparse.ArgumentParser:
     p.add_argument("--reasoning-every", type=int, default=5,
                    help="reason every N chunks (0 = off, -1 = the checkpoint's setting)")
     p.add_argument("--log-dir", default="log/demo")
-    return p
+    p.set_defaults(func=run_cli)
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``roboalign bench closed-loop`` (the demo's, a longer run)."""
+    add_arguments(p, duration=60.0)
+    p.set_defaults(func=run_bench_cli)
+
+
+def _parse(add, prog: str, argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add(p)
+    return p.parse_args(argv)
 
 
 def default_model() -> str:
@@ -280,7 +292,11 @@ def default_model() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``roboalign demo``: the closed loop on a pick, a push and a place; what happens, printed."""
-    a = _parser("roboalign demo", 15.0).parse_args(argv)
+    return run_cli(_parse(add_arguments, "roboalign demo", argv))
+
+
+def run_cli(a: argparse.Namespace) -> int:
+    """``roboalign demo`` with parsed options."""
     model = a.model or default_model()
     tasks = [a.task] if a.task else list(DEMO_TASKS)
     stats = run_closed_loop(a.duration, tasks[0], a.seed, model, a.device,
@@ -298,7 +314,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def bench_main(argv: list[str] | None = None) -> int:
     """``roboalign bench closed-loop``: chunk rate and latency of the loop on this machine."""
-    a = _parser("roboalign bench closed-loop", 60.0).parse_args(argv)
+    return run_bench_cli(_parse(add_bench_arguments, "roboalign bench closed-loop", argv))
+
+
+def run_bench_cli(a: argparse.Namespace) -> int:
+    """``roboalign bench closed-loop`` with parsed options."""
     stats = run_closed_loop(a.duration, a.task or DEMO_TASKS[0], a.seed, a.model or "tiny",
                             a.device,
                             tuple(a.camera_size), a.camera_rate, a.log_dir,

@@ -158,6 +158,12 @@ def sim(a: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     """The ``roboalign eval`` argument parser."""
     p = argparse.ArgumentParser(prog="roboalign eval", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The subcommands of ``roboalign eval`` (run, report, sim), each setting ``func``."""
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a plan in the sim (sim + policy + executor + eval)")
     r.add_argument("--plan", default="config/eval/sim_smoke.yaml")
@@ -219,7 +225,6 @@ def parser() -> argparse.ArgumentParser:
                         "blend=temporal_ensemble (repeatable)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=sim)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

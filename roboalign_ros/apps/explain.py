@@ -143,10 +143,10 @@ def attention_check(explainer, reader, frames: int, radius: float = RADIUS_PX,
             "skipped_episodes": skipped, "sources": summary, "rows": rows}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``roboalign explain``."""
-    ap = argparse.ArgumentParser(prog="roboalign explain", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``roboalign explain`` (and its description); ``func`` explains."""
+    ap.description = __doc__
+    ap.formatter_class = argparse.RawDescriptionHelpFormatter
     ap.add_argument("--model", required=True, help="policy checkpoint directory (or 'tiny')")
     ap.add_argument("--dataset", help="LeRobot v3 dataset to take the observation from")
     ap.add_argument("--episode", type=int, default=0)
@@ -161,7 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--radius", type=float, default=RADIUS_PX,
                     help=f"px around an object for --check (default {RADIUS_PX:g})")
     ap.add_argument("--out", default="runs/explain", help="output directory")
-    a = ap.parse_args(argv)
+    ap.set_defaults(func=run_cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``roboalign explain``."""
+    ap = argparse.ArgumentParser(prog="roboalign explain")
+    add_arguments(ap)
+    return run_cli(ap.parse_args(argv))
+
+
+def run_cli(a: argparse.Namespace) -> int:
+    """``roboalign explain`` with parsed options."""
     try:
         layers = [int(x) for x in a.layers.split(",")] if a.layers else None
     except ValueError:

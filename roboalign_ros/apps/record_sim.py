@@ -30,9 +30,8 @@ import numpy as np
 DEFAULT_ROOT = "datasets/sim_expert"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line options."""
-    ap = argparse.ArgumentParser(prog="roboalign record sim", description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``roboalign record sim``; ``func`` records."""
     ap.add_argument("--task", action="append", default=None,
                     help="task name (repeatable; 'all' = every registered task)")
     ap.add_argument("--episodes", "-n", type=int, default=3, help="episodes per task")
@@ -52,15 +51,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--settle", type=float, default=0.5, help="s recorded after the expert ends")
     ap.add_argument("--operator", default="scripted_expert")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = ap.parse_args(argv)
+    ap.set_defaults(func=run_cli)
+
+
+def _checked(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the default camera rate filled in; ValueError naming a bad option."""
     if args.episodes < 1:
-        ap.error("--episodes: must be >= 1")
+        raise ValueError("--episodes: must be >= 1")
     if args.fps < 1 or args.fps > 60:
-        ap.error("--fps: must be in [1, 60]")
+        raise ValueError("--fps: must be in [1, 60]")
     args.camera_rate = args.camera_rate or min(60.0, 2.0 * args.fps)
     if not args.fps <= args.camera_rate <= 60:
-        ap.error("--camera-rate: must be in [fps, 60]")
+        raise ValueError("--camera-rate: must be in [fps, 60]")
     return args
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options, checked (exit 2 on a bad one)."""
+    ap = argparse.ArgumentParser(prog="roboalign record sim", description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    try:
+        return _checked(args)
+    except ValueError as exc:
+        ap.error(str(exc))
 
 
 def _wait(future, timeout: float, what: str):
@@ -216,7 +230,16 @@ def _recorder_process(args, log: Path) -> subprocess.Popen:
 
 def main(argv: list[str] | None = None) -> int:
     """Record scripted-expert demos of sim tasks through sim_node + recorder_node."""
-    args = parse_args(argv)
+    return run_cli(parse_args(argv))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``roboalign record sim`` with parsed options."""
+    try:
+        _checked(args)
+    except ValueError as exc:
+        print(f"roboalign record sim: {exc}", file=sys.stderr)
+        return 2
     os.environ.setdefault("MUJOCO_GL", "osmesa")
     import rclpy
     from rclpy.executors import SingleThreadedExecutor

@@ -35,29 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ("record", "rationale", "backbone", "ground", "untrained", "sft_plain", "sft", "align",
-          "head_plain", "head_sft", "head_align", "offline", "evaluate", "graph", "report")
-
-# evaluated configurations: name -> (policy directory under out/, SimEvalConfig overrides)
-# The heads read the prompt and image features only (head_context "none", see stage_head_*),
-# so their action path never waits for generation: they run without reasoning here, and the
-# MLLM's reasoning is judged where it acts, through its own action tokens (*_tokens).
-CONFIGURATIONS = {
-    "untrained": ("untrained", {"reasoning_every": 0}),
-    "sft_plain": ("head_plain/policy", {"reasoning_every": 0}),
-    "sft": ("head_sft/policy", {"reasoning_every": 0}),
-    "align": ("head_align/policy", {"reasoning_every": 0}),
-    "sft_tokens": ("head_sft/policy", {"action_source": "tokens"}),
-    "align_tokens": ("head_align/policy", {"action_source": "tokens"}),
-}
-LABELS = {
-    "untrained": "1. untrained",
-    "sft_plain": "2. SFT, no reasoning (+ head)",
-    "sft": "3. SFT + teacher reasoning (+ head)",
-    "align": "4. SFT + GRPO (RoboAlign, + head)",
-    "sft_tokens": "3. as 3, MLLM action tokens",
-    "align_tokens": "4. as 4, MLLM action tokens",
-}
+from roboalign_ros.apps.repro_plan import CONFIGURATIONS, LABELS, STAGES, TRAINS, evaluation_seeds
+from roboalign_ros.training.stages import STAGES as TRAINING
 
 
 @dataclasses.dataclass
@@ -75,11 +54,12 @@ class ReproConfig:
     vocab_size: int = 1024
     seed: int = 0
     threads: int = 0                 # torch CPU threads (0: torch's default)
-    ground: str = "config/training/mini/ground.yaml"
-    sft: str = "config/training/mini/sft.yaml"
-    rationale: str = "config/training/mini/rationale.yaml"
-    align: str = "config/training/mini/align.yaml"
-    head: str = "config/training/mini/head.yaml"
+    # the config of each training stage (roboalign_ros.training.stages: every one has a field)
+    rationale: str = TRAINING["rationale"].mini
+    ground: str = TRAINING["ground"].mini
+    sft: str = TRAINING["sft"].mini
+    align: str = TRAINING["align"].mini
+    head: str = TRAINING["head"].mini
     overrides: dict = dataclasses.field(default_factory=dict)   # stage -> ["key=value", ...]
     eval_seeds: int = 50             # held-out seeds per task for every configuration ...
     eval_seeds_slow: int = 5         # ... except these (tokens: one generation per chunk)
@@ -156,6 +136,11 @@ class Repro:
         """``base`` overrides of a training stage, then the config's own for it."""
         return [*base, *self.cfg.overrides.get(stage, [])]
 
+    def train(self, stage: str, *base: str):
+        """Run pipeline ``stage``'s training stage on its config with ``base`` overrides."""
+        name = TRAINS[stage]
+        return TRAINING[name].run(getattr(self.cfg, name), self.overrides(stage, *base))
+
     def run(self, stages=STAGES) -> dict:
         """Run ``stages`` in order (finished ones are skipped); returns the state."""
         if self.cfg.threads:
@@ -215,11 +200,8 @@ class Repro:
 
     def stage_rationale(self) -> dict:
         """Sim-teacher rationales (four sections per frame)."""
-        from roboalign_ros.training.rationale import run_rationale
-
-        return run_rationale(self.cfg.rationale, self.overrides(
-            "rationale", f"data.roots=[{self.dataset}]",
-            f"run.output_dir={self.path('rationale')}"))
+        return self.train("rationale", f"data.roots=[{self.dataset}]",
+                          f"run.output_dir={self.path('rationale')}")
 
     def stage_backbone(self) -> dict:
         """A random mini backbone whose tokenizer knows the dataset's words."""
@@ -232,11 +214,9 @@ class Repro:
 
     def stage_ground(self) -> dict:
         """The random backbone learns where objects are, on rendered scenes (no demos)."""
-        from roboalign_ros.training.ground import run_ground
-
-        path = run_ground(self.cfg.ground, self.overrides(
-            "ground", f"data.roots=[{self.dataset}]", f"run.output_dir={self.path('ground')}",
-            f"policy.backbone={self.path('backbone')}", f"run.seed={self.cfg.seed}"))
+        path = self.train("ground", f"data.roots=[{self.dataset}]",
+                          f"run.output_dir={self.path('ground')}",
+                          f"policy.backbone={self.path('backbone')}", f"run.seed={self.cfg.seed}")
         history = json.loads((self.path("ground") / "ground_history.json").read_text())
         held = [h["held_out_error_m"] for h in history if "held_out_error_m" in h]
         return {"backbone": str(path), "held_out_error_m": held[-1] if held else None}
@@ -262,38 +242,32 @@ class Repro:
 
     def stage_sft_plain(self) -> dict:
         """Configuration 2's backbone: SFT on action tokens only (empty think block)."""
-        from roboalign_ros.training.sft import run_sft
-
-        return {"policy": str(run_sft(self.cfg.sft, self.overrides(
-            "sft_plain", *self._sft_base("sft_plain"), "reasoning=none",
-            "policy.policy_overrides.reasoning_every=0")))}
+        return {"policy": str(self.train("sft_plain", *self._sft_base("sft_plain"),
+                                         "reasoning=none",
+                                         "policy.policy_overrides.reasoning_every=0"))}
 
     def stage_sft(self) -> dict:
         """Configuration 3's backbone: SFT with the teacher's reasoning (lambda_r = 0.3)."""
-        from roboalign_ros.training.sft import run_sft
-
-        return {"policy": str(run_sft(self.cfg.sft, self.overrides(
-            "sft", *self._sft_base("sft"))))}
+        return {"policy": str(self.train("sft", *self._sft_base("sft")))}
 
     def stage_align(self) -> dict:
         """Configuration 4's backbone: RoboAlign GRPO from the sft policy."""
-        from roboalign_ros.training.align import reward_curve, run_align
+        from roboalign_ros.training.align import reward_curve
 
-        policy = run_align(self.cfg.align, self.overrides(
-            "align", f"data.roots=[{self.dataset}]", f"run.output_dir={self.path('align')}",
-            f"policy.checkpoint={self.path('sft', 'policy')}", f"run.seed={self.cfg.seed}"))
+        policy = self.train("align", f"data.roots=[{self.dataset}]",
+                            f"run.output_dir={self.path('align')}",
+                            f"policy.checkpoint={self.path('sft', 'policy')}",
+                            f"run.seed={self.cfg.seed}")
         history = json.loads((self.path("align") / "align_history.json").read_text())
         curve = reward_curve(history)
         return {"policy": str(policy), "reward_first": curve[0] if curve else None,
                 "reward_last": curve[-1] if curve else None}
 
     def _head(self, output: str, backbone: str, context: str) -> dict:
-        from roboalign_ros.training.head import run_head
-
-        policy = run_head(self.cfg.head, self.overrides(
-            output, f"data.roots=[{self.dataset}]", f"run.output_dir={self.path(output)}",
-            f"policy.checkpoint={self.path(backbone, 'policy')}", f"context={context}",
-            f"run.seed={self.cfg.seed}"))
+        policy = self.train(output, f"data.roots=[{self.dataset}]",
+                            f"run.output_dir={self.path(output)}",
+                            f"policy.checkpoint={self.path(backbone, 'policy')}",
+                            f"context={context}", f"run.seed={self.cfg.seed}")
         metrics = json.loads((self.path(output) / "head_metrics.json").read_text())
         return {"policy": str(policy), "metrics": metrics}
 
@@ -330,10 +304,7 @@ class Repro:
 
     def eval_seeds(self, name: str) -> list[int]:
         """The held-out seeds configuration ``name`` is evaluated on (the same for all)."""
-        from roboalign_ros.evaluation.headless import eval_seeds
-
-        slow = name in self.cfg.slow_configurations
-        return eval_seeds(self.cfg.eval_seeds_slow if slow else self.cfg.eval_seeds)
+        return evaluation_seeds(self.cfg, name)
 
     def stage_evaluate(self) -> dict:
         """Every configuration in the headless sim on the same held-out seeds."""
@@ -420,11 +391,8 @@ def load_repro_config(path: str | os.PathLike | None, **overrides) -> ReproConfi
     return ReproConfig(**data)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``roboalign repro mini``."""
-    from roboalign_ros.robot import package_path
-
-    ap = argparse.ArgumentParser(prog="roboalign repro", description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``roboalign repro``; ``func`` runs the pipeline."""
     ap.add_argument("preset", choices=("mini",))
     ap.add_argument("--config", default=None, help="default: config/repro/mini.yaml")
     ap.add_argument("--out", default=None, help="reproduction directory (default: runs/mini)")
@@ -433,7 +401,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redo", nargs="+", choices=STAGES, default=(),
                     help="forget that these stages finished, then run")
     ap.add_argument("--threads", type=int, default=None)
-    a = ap.parse_args(argv)
+    ap.set_defaults(func=run_cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``roboalign repro mini``."""
+    ap = argparse.ArgumentParser(prog="roboalign repro", description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    return run_cli(ap.parse_args(argv))
+
+
+def run_cli(a: argparse.Namespace) -> int:
+    """``roboalign repro`` with parsed options."""
+    from roboalign_ros.robot import package_path
+
     path = a.config or package_path("config", "repro", "mini.yaml")
     try:
         cfg = load_repro_config(path, out=a.out, threads=a.threads)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from roboalign_ros.apps.repro_plan import LABELS, STAGES, evaluation_seeds
+
 
 def _cell(group: dict | None) -> str:
     if not group or not group.get("trials"):
@@ -24,8 +26,6 @@ def _cell(group: dict | None) -> str:
 def write_repro_report(repro, out: Path) -> dict:
     """Write the report of ``repro`` (a :class:`~roboalign_ros.apps.repro.Repro`) to ``out``."""
     from rich.table import Table
-
-    from roboalign_ros.apps.repro import LABELS, STAGES
 
     out.mkdir(parents=True, exist_ok=True)
     state, tasks = repro.state, list(repro.cfg.tasks)
@@ -69,7 +69,7 @@ def write_repro_report(repro, out: Path) -> dict:
     summary = {"configurations": rows, "graph": graph, "offline": offline,
                "grpo_reward_curve": rewards, "stage_seconds": times,
                "total_seconds": sum(times.values()),
-               "seeds": {n: repro.eval_seeds(n) for n in evaluated}}
+               "seeds": {n: evaluation_seeds(repro.cfg, n) for n in evaluated}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     _plot(rows, graph, rewards, tasks, out / "report.png")
     repro.log(f"report: {out / 'report.png'}, {out / 'summary.json'}")

@@ -170,9 +170,8 @@ def format_report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    """CLI entry point (``roboalign bench policy`` forwards its arguments here)."""
-    ap = argparse.ArgumentParser(description="VLA policy latency benchmark (no ROS)")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``roboalign bench policy``; ``func`` runs the benchmark."""
     ap.add_argument("--preset", default="auto", choices=["auto", "tiny", "qwen2.5-vl-3b"])
     ap.add_argument("--device", default=None)
     ap.add_argument("--runs", type=int, default=20)
@@ -184,7 +183,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--cameras", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--json", default=None, help="also write the result to this file")
-    a = ap.parse_args(argv)
+    ap.set_defaults(func=run_cli)
+
+
+def main(argv=None) -> dict:
+    """CLI entry point, as ``roboalign bench policy``; returns the result."""
+    ap = argparse.ArgumentParser(prog="roboalign bench policy",
+                                 description="VLA policy latency benchmark (no ROS)")
+    add_arguments(ap)
+    return run_cli(ap.parse_args(argv))
+
+
+def run_cli(a: argparse.Namespace) -> dict:
+    """Benchmark with parsed options, print the table; returns the result."""
     tiny = a.preset == "tiny" or (a.preset == "auto" and not torch.cuda.is_available()
                                   and a.device in (None, "cpu"))
     image_size = a.image_size or ((112, 112) if tiny else (224, 224))

@@ -236,9 +236,8 @@ def write_tiny_policy(directory: str, **kwargs) -> str:
     return directory
 
 
-def main(argv=None) -> None:
-    """CLI: write a tiny random policy checkpoint."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``roboalign model tiny``; ``func`` writes the checkpoint."""
     ap.add_argument("out_dir")
     ap.add_argument("--backbone", choices=sorted(PRESETS), default=None,
                     help="write a random backbone of this preset (not a policy)")
@@ -253,7 +252,18 @@ def main(argv=None) -> None:
     ap.add_argument("--action-space", default="joint_position")
     ap.add_argument("--reasoning-every", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
+    ap.set_defaults(func=run_cli)
+
+
+def main(argv=None) -> None:
+    """CLI: write a tiny random policy checkpoint."""
+    ap = argparse.ArgumentParser(prog="roboalign model tiny", description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    run_cli(ap.parse_args(argv))
+
+
+def run_cli(a: argparse.Namespace) -> None:
+    """``roboalign model tiny`` with parsed options."""
     if a.backbone:
         corpus = dataset_corpus(a.corpus) if a.corpus else None
         print(write_random_backbone(a.out_dir, a.backbone, tuple(a.image_size), a.seed, corpus,

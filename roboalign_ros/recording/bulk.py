@@ -544,10 +544,8 @@ def record_bulk(cfg: BulkConfig) -> BulkResult:
 # ------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line options."""
-    ap = argparse.ArgumentParser(prog="roboalign record bulk",
-                                 description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``roboalign record bulk``; ``func`` records."""
     ap.add_argument("--tasks", default="all",
                     help="comma-separated task names, or 'all' (every registered task)")
     ap.add_argument("--episodes", "-n", type=int, default=10,
@@ -577,6 +575,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "(observation.images.<stream>, 1 mm codes to 4.095 m), which "
                          "LeRobot decodes and its editing tools keep")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.set_defaults(func=run_cli)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    ap = argparse.ArgumentParser(prog="roboalign record bulk",
+                                 description=__doc__.splitlines()[0])
+    add_arguments(ap)
     return ap.parse_args(argv)
 
 
@@ -597,7 +603,11 @@ def config_from_args(args: argparse.Namespace) -> BulkConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Record; exit 0 when every task got its episodes, 1 otherwise, 2 on bad options."""
-    args = parse_args(argv)
+    return run_cli(parse_args(argv))
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``roboalign record bulk`` with parsed options (exit status as :func:`main`)."""
     try:
         cfg = config_from_args(args).resolved()
         result = record_bulk(cfg)

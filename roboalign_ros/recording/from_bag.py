@@ -392,19 +392,29 @@ def _messages(bag: Path, reader, connections):
                        f"({type(exc).__name__}: {exc})") from exc
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI: ``roboalign data from-bag``; exit 0 on success, 2 on bad input."""
-    from roboalign_ros.robot import package_path
-
-    ap = argparse.ArgumentParser(prog="roboalign data from-bag",
-                                 description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of ``roboalign data from-bag``; ``func`` converts."""
     ap.add_argument("bags", nargs="+", help="rosbag2 directories (MCAP or sqlite3)")
     ap.add_argument("--map", default=None, help="default: config/bag_maps/recorder.yaml")
     ap.add_argument("--out", required=True, help="new dataset directory")
     ap.add_argument("--task", default="", help="task of every episode (default: the "
                     "instruction topic's latest message)")
     ap.add_argument("--quiet", action="store_true")
-    a = ap.parse_args(argv)
+    ap.set_defaults(func=run_cli)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``roboalign data from-bag``; exit 0 on success, 2 on bad input."""
+    ap = argparse.ArgumentParser(prog="roboalign data from-bag",
+                                 description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    return run_cli(ap.parse_args(argv))
+
+
+def run_cli(a: argparse.Namespace) -> int:
+    """``roboalign data from-bag`` with parsed options."""
+    from roboalign_ros.robot import package_path
+
     try:
         m = load_map(a.map or package_path("config", "bag_maps", "recorder.yaml"))
         t0 = time.perf_counter()

@@ -1,39 +1,50 @@
-"""Training pipeline (ROS-free): SFT, teacher rationales, GRPO alignment, action head.
+"""Training pipeline (ROS-free): rationales, grounding, SFT, GRPO alignment, action head.
 
 Stages (each ``run_<stage>(config, overrides=())`` + ``main(argv)``; config = YAML path, dict
-or dataclass; see ``config/training/*.yaml`` and README.md in this directory)::
+or dataclass; see ``config/training/*.yaml`` and README.md in this directory), listed with
+their order and configs in :data:`STAGES` (:mod:`.stages`)::
 
-    rationale -> sft -> align -> head
+    rationale -> ground -> sft -> align -> head
 
 >>> from roboalign_ros.training import run_sft
 >>> run_sft("config/training/sft.yaml", ["run.output_dir=runs/sft"])
+
+The names below are imported on first use: importing the package (for :data:`STAGES`, say)
+does not import torch.
 """
 
-from .align import AlignConfig, run_align
-from .config import ConfigError, load_config
-from .head import HeadStageConfig, run_head
-from .rationale import RationaleConfig, RationaleStore, Teacher, run_rationale, validate_rationale
-from .rewards import action_prefix_reward, roboalign_reward
-from .sft import SFTConfig, run_sft
+import importlib
 
-STAGES = {"sft": "roboalign_ros.training.sft", "rationale": "roboalign_ros.training.rationale",
-          "align": "roboalign_ros.training.align", "head": "roboalign_ros.training.head"}
+from .stages import STAGES
+
+_LAZY = {"AlignConfig": "align", "run_align": "align", "ConfigError": "config",
+         "load_config": "config", "HeadStageConfig": "head", "run_head": "head",
+         "RationaleConfig": "rationale", "RationaleStore": "rationale", "Teacher": "rationale",
+         "run_rationale": "rationale", "validate_rationale": "rationale",
+         "action_prefix_reward": "rewards", "roboalign_reward": "rewards", "SFTConfig": "sft",
+         "run_sft": "sft", "run_ground": "ground"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
 
 
 def main(argv=None) -> int:
     """``roboalign train <stage> --config X [--set key=value]`` dispatcher."""
-    import importlib
     import sys
+
+    from . import stages
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES:
         print(f"usage: roboalign train {{{','.join(STAGES)}}} --config FILE [--set KEY=VALUE]",
               file=sys.stderr)
         return 2
-    return importlib.import_module(STAGES[argv[0]]).main(argv[1:])
+    return stages.main(argv[0], argv[1:])
 
 
-__all__ = ["AlignConfig", "ConfigError", "HeadStageConfig", "RationaleConfig", "RationaleStore",
-           "SFTConfig", "STAGES", "Teacher", "action_prefix_reward", "load_config", "main",
-           "roboalign_reward", "run_align", "run_head", "run_rationale", "run_sft",
-           "validate_rationale"]
+__all__ = ["STAGES", "main", *_LAZY]

@@ -44,7 +44,6 @@ from .common import (
     resolve_resume,
     save_policy,
     seed_everything,
-    stage_arg_parser,
 )
 from .config import DataConfig, RunConfig, check, load_config
 from .rewards import GRPOReward
@@ -302,9 +301,9 @@ def reward_curve(history: list[dict]) -> list[float]:
 
 def main(argv=None) -> int:
     """CLI: ``align --config X [--set key=value ...]``."""
-    args = stage_arg_parser("align", __doc__).parse_args(argv)
-    print(run_align(args.config, args.set))
-    return 0
+    from . import stages
+
+    return stages.main("align", argv)
 
 
 if __name__ == "__main__":

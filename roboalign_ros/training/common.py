@@ -1,8 +1,7 @@
-"""Helpers shared by the stages: seeding, progress bars, TensorBoard, checkpoints, CLI args."""
+"""Helpers shared by the stages: seeding, progress bars, TensorBoard, checkpoints."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -135,13 +134,3 @@ def save_policy(policy, directory: str | Path, accelerator=None, model=None) -> 
         policy.processor.save_pretrained(directory / "backbone")
     accelerator.wait_for_everyone()
     return directory
-
-
-def stage_arg_parser(stage: str, doc: str | None = None) -> argparse.ArgumentParser:
-    """``--config FILE`` and repeatable ``--set key=value``."""
-    ap = argparse.ArgumentParser(prog=f"roboalign train {stage}",
-                                 description=(doc or "").strip().splitlines()[0] if doc else None)
-    ap.add_argument("--config", default=None, help="stage YAML config (default: built-in defaults)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a config value (dotted keys, YAML values); repeatable")
-    return ap

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .build import PolicyInitConfig, load_or_build_policy
-from .common import progress, seed_everything, stage_arg_parser, summary_writer
+from .common import progress, seed_everything, summary_writer
 from .config import ConfigError, DataConfig, RunConfig, check, load_config
 from .localization import (
     LocalizationProbe,
@@ -248,9 +248,9 @@ def run_ground(config, overrides=()) -> Path:
 
 def main(argv=None) -> int:
     """CLI: ``ground --config X [--set key=value ...]``."""
-    args = stage_arg_parser("ground", __doc__).parse_args(argv)
-    print(run_ground(args.config, args.set))
-    return 0
+    from . import stages
+
+    return stages.main("ground", argv)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ from .common import (
     read_checkpoint_step,
     resolve_resume,
     seed_everything,
-    stage_arg_parser,
     summary_writer,
     write_checkpoint,
 )
@@ -482,9 +481,9 @@ def _ddp_loss(head, feats, state, chunk, mask, gen):
 
 def main(argv=None) -> int:
     """CLI: ``head --config X [--set key=value ...]``."""
-    args = stage_arg_parser("head", __doc__).parse_args(argv)
-    print(run_head(args.config, args.set))
-    return 0
+    from . import stages
+
+    return stages.main("head", argv)
 
 
 if __name__ == "__main__":

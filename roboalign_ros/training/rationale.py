@@ -534,12 +534,9 @@ def _open_dataset(root):
 
 def main(argv=None) -> int:
     """CLI: ``rationale --config X [--set key=value ...]``."""
-    from .common import stage_arg_parser
+    from . import stages
 
-    args = stage_arg_parser("rationale", __doc__).parse_args(argv)
-    counts = run_rationale(args.config, args.set)
-    print(json.dumps(counts))
-    return 0
+    return stages.main("rationale", argv)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from .common import (
     resolve_resume,
     save_policy,
     seed_everything,
-    stage_arg_parser,
     summary_writer,
     write_checkpoint,
 )
@@ -393,9 +392,9 @@ def run_sft(config, overrides=()) -> Path:
 
 def main(argv=None) -> int:
     """CLI: ``sft --config X [--set key=value ...]``."""
-    args = stage_arg_parser("sft", __doc__).parse_args(argv)
-    print(run_sft(args.config, args.set))
-    return 0
+    from . import stages
+
+    return stages.main("sft", argv)
 
 
 if __name__ == "__main__":
