@@ -130,6 +130,17 @@ def image_to_numpy(msg) -> np.ndarray:
     return image
 
 
+_RGB_FROM = {"rgb8": lambda a: a, "bgr8": lambda a: a[..., ::-1], "rgba8": lambda a: a[..., :3]}
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """A colour ``sensor_msgs/Image`` (rgb8, bgr8, rgba8) as an (H, W, 3) RGB view, no copy."""
+    if msg.encoding not in _RGB_FROM:
+        raise ConversionError(f"encoding: {msg.encoding!r} is not a colour encoding "
+                              f"({', '.join(_RGB_FROM)})")
+    return _RGB_FROM[msg.encoding](image_to_numpy(msg))
+
+
 def numpy_to_image(image: np.ndarray, encoding: str, *, stamp: float | None = None,
                    frame_id: str = "", msg=None):
     """Build (or fill) a ``sensor_msgs/Image`` from an array of the encoding's dtype and shape.
@@ -325,3 +336,15 @@ class JointStateMapper:
         state[:n_arm] = q[:n_arm]
         state[n_arm] = self.robot.joint_to_gripper(q[n_arm]) if len(q) > n_arm else 0.0
         return state
+
+
+def reasoning_msg(sequence: int, text: str, *, stamp: float, instruction: str, seconds: float,
+                  frame_id: str):
+    """A ``roboalign_ros/Reasoning``: one generation, stamped with its observation's time."""
+    from roboalign_ros.msg import Reasoning
+
+    msg = Reasoning(sequence=sequence, instruction=instruction, text=text or "")
+    seconds_to_stamp(stamp, msg.header.stamp)
+    msg.header.frame_id = frame_id
+    seconds_to_duration(seconds, msg.generation_time)
+    return msg

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from roboalign_ros.conversions import image_to_numpy, numpy_to_action_chunk, numpy_to_image
-from roboalign_ros.policy_runtime import GateLimits, ObservationGate, PolicyWorker
+from roboalign_ros.serving import GateLimits, ObservationGate, PolicyWorker
 
 
 def main():

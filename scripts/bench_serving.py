@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from roboalign_ros.model import Observation
-from roboalign_ros.policy_runtime import (
+from roboalign_ros.serving import (
     AttentionWorker,
     GateLimits,
     ObservationGate,

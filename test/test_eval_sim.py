@@ -46,8 +46,8 @@ def tiny():
     """The random tiny policy policy_node runs for model_path 'tiny' (built once)."""
     import torch
 
-    from roboalign_ros.policy_runtime import load_policy
     from roboalign_ros.robot import load_robot_config
+    from roboalign_ros.serving import load_policy
 
     torch.set_num_threads(1)  # two threads on two busy cores: 20x slower
     return load_policy("tiny", load_robot_config("sim_arm"), "cpu", reasoning_every=0)
@@ -209,25 +209,20 @@ def test_cli_tiny(tmp_path, capsys):
 
 
 def test_executor_built_as_the_node_builds_it():
-    from roboalign_ros.control.build import (
-        EXECUTOR_PARAMETERS,
-        build_executor,
-        executor_parameters,
-    )
+    from roboalign_ros.control.build import build_executor, executor_parameters
 
     p = executor_parameters()
     assert p["rate"] == 100.0 and p["safety.velocity_scale"] == 0.5  # config/executor.yaml
     ex = build_executor(p)
     assert ex.config.rate_hz == 100.0 and ex.envelope.has_workspace
     assert ex.envelope.limits.velocity_scale == 0.5
-    with pytest.raises(ValueError, match="unknown parameters"):
+    with pytest.raises(ValueError, match="safety.velocity: executor_node has no such parameter"):
         executor_parameters({"safety.velocity": 1.0})
-    with pytest.raises(ValueError, match="backend"):
-        build_executor(executor_parameters({"action_space": "ee_delta"}))
     pytest.importorskip("rclpy")
-    from roboalign_ros.nodes.executor_node import PARAMETERS
+    from roboalign_ros.nodes.backends import backend_for
 
-    assert EXECUTOR_PARAMETERS == PARAMETERS  # one set of defaults until the node uses build.py
+    with pytest.raises(ValueError, match="backend: 'joint_trajectory' does not stream"):
+        backend_for("joint_trajectory", "ee_delta")   # executor_node's check (its registry)
 
 
 def test_workers_give_the_same_records_as_one_process(tmp_path):

@@ -198,7 +198,7 @@ def test_executor_unconfigured_until_configured_bad_parameter_fails_cleanup_rele
     # blend:=bogus: configure fails, names the parameter, the node stays unconfigured and up
     assert not lc.transition(Transition.TRANSITION_CONFIGURE)
     assert lc.state() == UNCONFIGURED and arm.proc.poll() is None
-    assert "configure failed: blend: 'bogus' is not one of" in arm.log_path.read_text()
+    assert "configure failed: blend: 'bogus' breaks the rule: one of" in arm.log_path.read_text()
     assert said(arm.executor, arm.diagnostics, UNCONFIGURED, "configure failed: blend")
     assert arm.chunk_pub.get_subscription_count() == 0, "failed configure but subscribed"
     lc.set_parameter("blend", "latest")

@@ -44,8 +44,8 @@ BUILT_FROM = {
                           "recover_partial": "spool.recover_partial"}),
     ("roboalign_ros/evaluation/session.py", "SessionConfig"): ("eval_node", {}),
     ("roboalign_ros/camera/realsense.py", "CameraSettings"): ("camera_node", {}),
-    ("roboalign_ros/policy_runtime.py", "GateLimits"): ("policy_node", {}),
-    ("roboalign_ros/policy_runtime.py", "InputLimits"): ("policy_node", {}),
+    ("roboalign_ros/serving/gate.py", "GateLimits"): ("policy_node", {}),
+    ("roboalign_ros/serving/gate.py", "InputLimits"): ("policy_node", {}),
     # the headless evaluator runs a worker per core: its own device and thread defaults
     ("roboalign_ros/evaluation/headless.py", "SimEvalConfig"): (
         "policy_node", {"device": None, "torch_threads": None}),

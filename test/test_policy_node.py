@@ -95,7 +95,7 @@ def probe(rclpy_context, policy_process):
     def instruct(text):
         """Publish an instruction and wait until the node has it: its status names it (the
         worker sends one at least every 0.5 s)."""
-        from roboalign_ros.policy_runtime import preview
+        from roboalign_ros.serving import preview
 
         n = len(p.statuses)
         p.instruction_pub.publish(String(data=text))

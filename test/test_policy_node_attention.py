@@ -64,7 +64,7 @@ def test_overlays_arrive_with_the_cameras_stamp_and_frame_while_chunks_flow(
 
 @pytest.mark.parametrize("params, named", [
     (["attention.enabled:=true", "attention.source:=elbow"], "attention.source"),
-    (["max_rate:=-5.0"], "max_rate: must be >= 0 Hz"),
+    (["max_rate:=-5.0"], "max_rate: -5.0 breaks the rule: >= 0.0"),
 ])
 def test_a_bad_parameter_is_named_and_the_node_stops(params, named):
     proc = subprocess.run(

@@ -185,8 +185,8 @@ def run_cli(a: argparse.Namespace) -> int:
         return 2
     from roboalign_ros.model import CheckpointError, Observation
     from roboalign_ros.model.attention import AttentionExplainer
-    from roboalign_ros.policy_runtime import load_policy
     from roboalign_ros.robot import load_robot_config
+    from roboalign_ros.serving import load_policy
 
     try:
         policy = load_policy(a.model, load_robot_config("sim_arm"), "cpu")

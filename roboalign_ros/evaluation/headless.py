@@ -7,7 +7,7 @@ of through topics:
   follower, the rate limiter) stepped every control period; the camera rendered as sim_node
   renders it (:class:`~roboalign_ros.sim.server.SceneCamera`) at the camera rate of
   config/sim.yaml and the policy's image size;
-* policy: a :class:`~roboalign_ros.policy_runtime.PolicyWorker` (observation gate, image /
+* policy: a :class:`~roboalign_ros.serving.PolicyWorker` (observation gate, image /
   joint-state pairing by stamp, stale chunks dropped) stepped on the newest frame whenever the
   previous inference has finished, on the Observation policy_node builds;
 * executor: the :class:`~roboalign_ros.control.executor.ChunkExecutor` and safety envelope
@@ -54,9 +54,6 @@ PLAN = "eval_sim"
 TINY, EXPERT = "tiny", "expert"  # model names that are not checkpoints
 DEFAULT_EPISODES = 10
 EPS = 1e-9  # s; events this close count as simultaneous (k * dt vs sums of latencies)
-# policy.yaml parameters bounding the policy's inputs (policy_node reads the same)
-_INPUT_LIMITS = ("max_instruction_chars", "max_instruction_tokens", "max_image_width",
-                 "max_image_height", "max_image_bytes")
 
 
 class PolicyCrashed(RuntimeError):
@@ -93,7 +90,7 @@ class SimEvalConfig:
             raise ValueError(f"episode_seconds: must be > 0, got {self.episode_seconds}")
         if self.camera_rate is not None and not 0 < self.camera_rate <= 60:
             raise ValueError(f"camera_rate: {self.camera_rate} Hz is not in (0, 60]")
-        from roboalign_ros.policy_runtime import min_period
+        from roboalign_ros.serving import min_period
 
         min_period(self.max_rate)  # names a negative max_rate
         if not self.workers >= 1:
@@ -199,12 +196,12 @@ class SimEvaluator:
 
     def __init__(self, policy, config: SimEvalConfig, model: str = "", name: str = ""):
         os.environ.setdefault("MUJOCO_GL", "osmesa")
+        from roboalign_ros import serving
         from roboalign_ros.control.build import SPACE_BACKEND, executor_parameters
         from roboalign_ros.control.kinematics import Kinematics
         from roboalign_ros.conversions import JointStateMapper
         from roboalign_ros.model import Observation  # noqa: F401  torch: seconds, not per episode
         from roboalign_ros.parameters import node_parameters
-        from roboalign_ros.policy_runtime import GateLimits, InputLimits, ObservationGate
         from roboalign_ros.sim.server import SceneCamera, SimServer
 
         self.config, self.model = config, model
@@ -224,7 +221,7 @@ class SimEvaluator:
                                                           sim["camera.width"])
         self.camera = SceneCamera(self.server, w, h, depth=False)
         self.camera_rate = config.camera_rate or sim["camera.rate"]
-        from roboalign_ros.policy_runtime import min_period
+        from roboalign_ros.serving import min_period
 
         self.min_period = min_period(config.max_rate)
         self.status_every = max(1, round(1.0 / (sim["status_rate"] * self.server.control_period)))
@@ -233,9 +230,9 @@ class SimEvaluator:
             "backend": SPACE_BACKEND.get(cfg.action_space, ""), **config.executor})
         self.kinematics = Kinematics(self.robot)
         self.joint_space = cfg.action_space == "joint_position"
-        self.gate = ObservationGate(GateLimits(pol["max_image_age"], pol["max_state_skew"]),
-                                    needs_state=bool(cfg.state_dim))
-        self.limits = InputLimits(**{name: pol[name] for name in _INPUT_LIMITS})
+        # the gate and bounds policy_node builds from the same parameters
+        self.gate = serving.observation_gate(pol, needs_state=bool(cfg.state_dim))
+        self.limits = serving.input_limits(pol)
         self.state_of = JointStateMapper(self.robot)
         self.arm_of = JointStateMapper(self.robot, with_gripper=False)
         self.observation_stamp = math.nan  # of the observation being predicted
@@ -249,10 +246,9 @@ class SimEvaluator:
         if len(cfg.camera_names) != 1:
             raise ValueError(f"model: needs cameras {list(cfg.camera_names)}; the sim renders "
                              "one (its scene camera)")
-        expected = list(self.robot.arm_joints) + ["gripper"]
-        if cfg.action_space == "joint_position" and list(cfg.dimension_names) != expected:
-            raise ValueError(f"model: dimension_names {list(cfg.dimension_names)} do not match "
-                             f"robot {self.robot.name}: {expected}")
+        from roboalign_ros.serving import check_policy
+
+        check_policy(self.policy, self.robot)   # as policy_node checks it
 
     # -- the policy as policy_node runs it ---------------------------------------------------
 
@@ -272,12 +268,10 @@ class SimEvaluator:
             self._clock += self._latency  # the world went on while the policy thought
 
     def _observation(self, snap):
-        from roboalign_ros.model import Observation  # imported (slowly) in __init__
+        from roboalign_ros.serving import observation
 
         self.observation_stamp = snap.image_stamp
-        # as policy_node._observation: the model's camera <- the sim's scene camera
-        images = {name: np.ascontiguousarray(img) for name, img in snap.images.items()}
-        return Observation(images=images, state=snap.state, instruction=snap.instruction)
+        return observation(snap)   # as policy_node's: the model's camera <- the scene camera
 
     def _infer(self, worker, frames: deque, pending: deque, busy_until: float, t: float,
                task: str, seed: int) -> float:
@@ -360,7 +354,7 @@ class SimEvaluator:
         :attr:`trace` holds the episode's chunks, latencies and refusals afterwards.
         """
         from roboalign_ros.control.build import build_executor
-        from roboalign_ros.policy_runtime import PolicyWorker, tokenizer_counter
+        from roboalign_ros.serving import PolicyWorker, tokenizer_counter
 
         server = self.server
         instruction = server.reset(task, seed)
@@ -563,8 +557,8 @@ def load_model(model, config: SimEvalConfig):
         return EXPERT, EXPERT, EXPERT
     import torch
 
-    from roboalign_ros.policy_runtime import load_policy
     from roboalign_ros.robot import load_robot_config
+    from roboalign_ros.serving import load_policy
 
     if config.torch_threads > 0:
         torch.set_num_threads(config.torch_threads)

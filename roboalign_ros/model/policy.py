@@ -1,7 +1,7 @@
 """The VLA policy: backbone + action tokenizer + reasoning format + flow-matching head.
 
 Inference: ``VLAPolicy.from_pretrained(dir).predict(Observation(...)) -> PolicyOutput``, or
-the two paths separately, as a robot serves them (``policy_runtime``): ``reason(obs) ->
+the two paths separately, as a robot serves them (``roboalign_ros.serving``): ``reason(obs) ->
 Reasoning`` (generation, slow) and ``act(obs, reasoning) -> PolicyOutput`` (features + head,
 never generating).
 
@@ -447,7 +447,7 @@ class VLAPolicy:
         when the instruction changes, and reused in between; 0 disables it. ``seed`` makes the
         head's noise (and thus the chunk) reproducible; otherwise the policy's generator runs on.
         The action path waits for the generation here; a robot serves the two apart
-        (``policy_runtime.ReasoningWorker``).
+        (``serving.ReasoningWorker``).
         """
         t_start = time.perf_counter()
         self.check_observation(observation)

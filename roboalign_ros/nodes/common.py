@@ -71,13 +71,16 @@ def _as_spec(spec) -> ParameterSpec:
     return ParameterSpec("node", params)
 
 
-def declare_parameters(node: Node, spec: ParameterSpec | str) -> dict[str, object]:
+def declare_parameters(node: Node, spec: ParameterSpec | str,
+                       check: bool = True) -> dict[str, object]:
     """Declare every parameter of ``spec`` and return their values, checked against it.
 
     ``spec``: the node's (``config/parameters/<node>.yaml``) or its name. Each is declared
     with its type, description, rules and read-only flag, so ``ros2 param describe`` shows
     them; a value set later (``ros2 param set``) that breaks its rule is refused with the
-    reason. A bad value given at start raises ValueError naming it.
+    reason. A bad value given at start raises ValueError naming it; with ``check`` false it
+    is returned as given (a lifecycle node checks at configure, with :func:`parameter_values`,
+    so the transition fails naming it and the node stays up to be set right).
     """
     from rcl_interfaces.msg import SetParametersResult
     from rclpy.parameter import Parameter as RosParameter
@@ -90,7 +93,7 @@ def declare_parameters(node: Node, spec: ParameterSpec | str) -> dict[str, objec
         else:
             node.declare_parameter(p.name, p.default, _descriptor(p))
 
-    def check(parameters) -> SetParametersResult:
+    def refuse_bad(parameters) -> SetParametersResult:
         for param in parameters:
             if param.name in spec:
                 try:
@@ -99,8 +102,8 @@ def declare_parameters(node: Node, spec: ParameterSpec | str) -> dict[str, objec
                     return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
 
-    node.add_on_set_parameters_callback(check)
-    return parameter_values(node, spec)
+    node.add_on_set_parameters_callback(refuse_bad)
+    return parameter_values(node, spec, check)
 
 
 def _descriptor(p: Parameter) -> ParameterDescriptor:
@@ -123,7 +126,8 @@ def _value(value, p: Parameter):
     return list(value or []) if p.type.endswith("_array") else value
 
 
-def parameter_values(node: Node, spec: ParameterSpec | str) -> dict[str, object]:
+def parameter_values(node: Node, spec: ParameterSpec | str,
+                     check: bool = True) -> dict[str, object]:
     """The current values of ``spec``'s parameters, checked (ValueError names a bad one).
 
     What a lifecycle node reads when it configures, so that ``ros2 param set`` before
@@ -138,7 +142,7 @@ def parameter_values(node: Node, spec: ParameterSpec | str) -> dict[str, object]
             values[p.name] = _value(node.get_parameter(p.name).value, p)
         except ParameterUninitializedException:  # a typed empty list nobody has set
             values[p.name] = []
-    return spec.validate(values)
+    return spec.validate(values) if check else values
 
 
 def lifecycle_state(node: Node) -> str:

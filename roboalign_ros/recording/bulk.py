@@ -52,25 +52,16 @@ ACTION_SOURCE = "joint_trajectory"
 OPERATOR = "scripted_expert"
 
 
-def _ros_parameters(name: str) -> dict:
-    import yaml
-
-    from roboalign_ros.robot import package_path
-
-    data = yaml.safe_load(package_path("config", name).read_text()) or {}
-    node = next(iter(data.values()))
-    return node["ros__parameters"]
-
-
 def node_defaults() -> dict[str, Any]:
-    """Camera size from config/sim.yaml, fps / skew / video settings from config/recorder.yaml."""
-    sim, rec = _ros_parameters("sim.yaml"), _ros_parameters("recorder.yaml")
-    video = rec.get("video", {})
-    crf = int(video.get("crf", -1))
-    return {"width": int(sim["camera"]["width"]), "height": int(sim["camera"]["height"]),
-            "fps": int(rec["fps"]), "max_skew": float(rec["max_skew"]),
-            "codec": str(video.get("codec", "libx264")), "gop": int(video.get("gop", 10)),
-            "crf": None if crf < 0 else crf, "encoder_threads": int(video.get("threads", 1))}
+    """Camera size as sim_node's, fps / skew / video as recorder_node's (specs + config files)."""
+    from roboalign_ros.parameters import node_parameters
+
+    sim = node_parameters("sim_node", "sim.yaml")
+    rec = node_parameters("recorder_node", "recorder.yaml")
+    crf = rec["video.crf"]
+    return {"width": sim["camera.width"], "height": sim["camera.height"], "fps": rec["fps"],
+            "max_skew": rec["max_skew"], "codec": rec["video.codec"], "gop": rec["video.gop"],
+            "crf": None if crf < 0 else crf, "encoder_threads": rec["video.threads"]}
 
 
 @dataclasses.dataclass(frozen=True)

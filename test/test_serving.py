@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from roboalign_ros.policy_runtime import (
+from roboalign_ros.serving import (
     GateLimits,
     ObservationGate,
     PolicyWorker,
@@ -113,7 +113,7 @@ def test_empty_model_path_is_a_clear_error():
 # ---------------------------------------------------------------- input bounds (issue 10)
 
 def test_instruction_is_bounded_by_characters_before_tokens():
-    from roboalign_ros.policy_runtime import InputLimits, instruction_problem
+    from roboalign_ros.serving import InputLimits, instruction_problem
 
     counted = []
 
@@ -131,7 +131,7 @@ def test_instruction_is_bounded_by_characters_before_tokens():
 
 
 def test_images_are_refused_by_their_header():
-    from roboalign_ros.policy_runtime import InputLimits, image_problem
+    from roboalign_ros.serving import InputLimits, image_problem
 
     limits = InputLimits()
     assert image_problem(640, 480, "rgb8", 640 * 480 * 3, limits) is None
@@ -143,14 +143,14 @@ def test_images_are_refused_by_their_header():
 
 
 def test_bad_input_limits_are_refused():
-    from roboalign_ros.policy_runtime import InputLimits
+    from roboalign_ros.serving import InputLimits
 
     with pytest.raises(ValueError, match="max_image_width"):
         InputLimits(max_image_width=0)
 
 
 def bounded_worker(predict, clock, **kw):
-    from roboalign_ros.policy_runtime import InputLimits
+    from roboalign_ros.serving import InputLimits
 
     worker = PolicyWorker(predict, lambda snap: snap, gate(), [].append, clock,
                           limits=InputLimits(max_instruction_chars=50, max_instruction_tokens=4),
@@ -173,7 +173,7 @@ def test_refused_instruction_blocks_with_its_reason_and_never_reaches_the_model(
 
 
 def test_refused_image_or_joint_state_is_named_instead_of_its_symptom():
-    from roboalign_ros.policy_runtime import IMAGE, JOINT_STATE
+    from roboalign_ros.serving import IMAGE, JOINT_STATE
 
     clock = Clock(1.0)
     worker = bounded_worker(lambda obs: "chunk", clock)
