@@ -13,7 +13,11 @@ roboticist's arm runs (``joint_trajectory_controller``, ``joint_state_broadcaste
 
 Two hardware variants: ``exact`` (position commands; the state equals the command, the mild
 case) and ``lagging`` (velocity commands through the JTC's PID, ``calculate_dynamics``
-integrating them: the state trails the command as on a real arm).
+integrating them: the state trails the command as on a real arm). The arm runs
+``arm_controller`` (the JTC) or, instead, ``forward_position_controller`` (exact only: a
+JointGroupPositionController, or where position_controllers is not installed, as in the
+prebuilt tree, the same thing built as upstream builds it: a ForwardCommandController with
+``interface_name: position``).
 
 The rig process must have the installation's Python path (``controller_manager_msgs``) to
 drive the controller_manager services: run under ``make test-controllers`` or after sourcing
@@ -30,7 +34,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-CONTROLLERS = ("joint_state_broadcaster", "arm_controller", "gripper_controller")
+POSITION_CONTROLLER = "forward_position_controller"   # config/sim_arm_controllers.yaml
 # PID on velocity commands (lagging variant): position error -> velocity, plus feed-forward
 LAGGING_GAINS = {"p": 5.0, "i": 0.0, "d": 0.0, "ff_velocity_scale": 1.0}
 
@@ -48,6 +52,11 @@ class Ros2Control:
                              capture_output=True, check=True, env=os.environ.copy())
         pairs = (item.split("=", 1) for item in out.stdout.decode().split("\0") if "=" in item)
         return dict(pairs)
+
+    def has_package(self, name: str) -> bool:
+        """Whether the installation has the ROS package ``name``."""
+        prefixes = self.environment().get("AMENT_PREFIX_PATH", "").split(":")
+        return any((Path(p) / "share" / name / "package.xml").exists() for p in prefixes if p)
 
 
 def find_ros2_control() -> Ros2Control | None:
@@ -83,10 +92,12 @@ def mock_urdf(variant: str = "exact") -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def controller_parameters(variant: str, out_dir: Path, arm: dict | None = None) -> list[Path]:
+def controller_parameters(variant: str, out_dir: Path, arm: dict | None = None,
+                          position_type: str | None = None) -> list[Path]:
     """Parameter files for ros2_control_node: ours, plus the overrides the rig needs.
 
-    ``arm``: more arm_controller parameters (experiments with the JTC's options).
+    ``arm``: more arm_controller parameters (experiments with the JTC's options);
+    ``position_type``: the type to load ``forward_position_controller`` as.
     """
     from roboalign_ros.robot import load_robot_config, package_path
 
@@ -100,6 +111,9 @@ def controller_parameters(variant: str, out_dir: Path, arm: dict | None = None) 
     if arm:
         override.setdefault("arm_controller", {"ros__parameters": {}})
         override["arm_controller"]["ros__parameters"].update(arm)
+    if position_type:
+        override["controller_manager"]["ros__parameters"][POSITION_CONTROLLER] = {
+            "type": position_type}
     import yaml
 
     path = out_dir / f"rig_{variant}.yaml"
@@ -112,14 +126,27 @@ class Ros2ControlRig:
 
     ``node``: an rclpy node of the caller (it publishes the URDF on ``/robot_description``,
     transient local, as robot_state_publisher would, and calls the controller_manager).
+    ``arm_controller``: the arm's controller, ``arm_controller`` or :data:`POSITION_CONTROLLER`.
     """
 
     def __init__(self, node, install: Ros2Control, log_dir: str | os.PathLike,
-                 variant: str = "exact", arm: dict | None = None):
+                 variant: str = "exact", arm: dict | None = None,
+                 arm_controller: str = "arm_controller"):
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from std_msgs.msg import String
 
         self.node, self.variant = node, variant
+        self.controllers = ("joint_state_broadcaster", arm_controller, "gripper_controller")
+        position_type = None
+        if arm_controller == POSITION_CONTROLLER:
+            if variant != "exact":
+                raise ValueError(f"{POSITION_CONTROLLER} needs position command interfaces: "
+                                 f"variant 'exact', not {variant!r}")
+            # position_controllers/src/joint_group_position_controller.cpp: the class is
+            # ForwardCommandController with interface_name "position"
+            position_type = ("position_controllers/JointGroupPositionController"
+                             if install.has_package("position_controllers")
+                             else "forward_command_controller/ForwardCommandController")
         log_dir = Path(log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"ros2_control_node_{variant}.log"
@@ -128,7 +155,7 @@ class Ros2ControlRig:
         self._desc = node.create_publisher(String, "/robot_description", latched)
         self._desc.publish(String(data=mock_urdf(variant)))
         cmd = ["ros2_control_node", "--ros-args"]
-        for f in controller_parameters(variant, log_dir, arm):
+        for f in controller_parameters(variant, log_dir, arm, position_type):
             cmd += ["--params-file", str(f)]
         env = install.environment()
         env.update(RCUTILS_COLORIZED_OUTPUT="0", RCUTILS_LOGGING_BUFFERED_STREAM="0")
@@ -140,20 +167,22 @@ class Ros2ControlRig:
         return self.log_path.read_text(errors="replace")
 
     def activate(self, executor, timeout: float = 60.0) -> None:
-        """Load, configure and activate :data:`CONTROLLERS` through the controller_manager."""
-        from controller_manager_msgs.srv import (
-            ConfigureController,
-            LoadController,
-            SwitchController,
-        )
+        """Load, configure and activate the controllers through the controller_manager."""
+        from controller_manager_msgs.srv import ConfigureController, LoadController
 
-        for name in CONTROLLERS:
+        for name in self.controllers:
             for srv, verb in ((LoadController, "load"), (ConfigureController, "configure")):
                 result = self._call(executor, srv, f"/controller_manager/{verb}_controller",
                                     srv.Request(name=name), timeout)
                 if not result.ok:
                     raise RuntimeError(f"{verb}_controller {name} failed:\n{self.log()[-2000:]}")
-        request = SwitchController.Request(activate_controllers=list(CONTROLLERS),
+        self.switch(executor, self.controllers, timeout)
+
+    def switch(self, executor, activate, timeout: float = 60.0) -> None:
+        """Activate the loaded controllers ``activate`` (e.g. one its update deactivated)."""
+        from controller_manager_msgs.srv import SwitchController
+
+        request = SwitchController.Request(activate_controllers=list(activate),
                                            strictness=SwitchController.Request.STRICT,
                                            activate_asap=True)
         request.timeout.sec = 5
@@ -250,7 +279,8 @@ class Probe:
 
         Only then has it sent its one start-up stop; a trajectory published before that would
         be replaced by it. Its diagnostics say 'hold' from the start (before any joint state),
-        so the reason tells: 'no chunk covers now' needs an active node with a joint state.
+        so the reason tells: 'no chunk covers now' (or, activated again after chunks, the
+        watchdog's) needs an active node with a joint state.
         """
         from diagnostic_msgs.msg import DiagnosticArray
 
@@ -264,7 +294,8 @@ class Probe:
         deadline = time.monotonic() + timeout
         try:
             while not any(v.get("lifecycle_state") == "active" and v.get("state") == "hold"
-                          and v.get("reason") == "no chunk covers now" for v in seen):
+                          and (v.get("reason") == "no chunk covers now"
+                               or v.get("reason", "").startswith("watchdog:")) for v in seen):
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"executor_node never held where the arm is within "
                                        f"{timeout} s: last reports {seen[-2:]}")

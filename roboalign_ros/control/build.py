@@ -17,53 +17,25 @@ from roboalign_ros.control.blending import BLEND_MODES
 from roboalign_ros.control.executor import ChunkExecutor, ExecutorConfig
 from roboalign_ros.control.safety import SafetyEnvelope
 
-# executor_node's declared parameters and their defaults (config/executor.yaml sets most).
-EXECUTOR_PARAMETERS: dict[str, Any] = {
-    "robot": "sim_arm",
-    "action_space": "joint_position",
-    "backend": "joint_trajectory",
-    "home_backend": "joint_trajectory",
-    "planning_group": "",  # "" = the one config/moveit/<robot>.yaml names
-    "rate": 100.0,
-    "lead_time": 0.02,
-    "duration_margin": 0.8,
-    "state_timeout": 0.5,
-    "blend": "temporal_ensemble",
-    "rtc_blend": 0.2,
-    "ensemble_k": 0.0,
-    "watchdog_timeout": 0.5,
-    "max_chunk_age": 1.0,
-    "home_speed": 0.3,
-    "servo.manage": True,  # backend servo: switch MoveIt Servo to twists on activate
-    "chunk_topic": "/roboalign/action_chunk",
-    "estop_topic": "/roboalign/estop",
-    "estop_process": True,  # joint_trajectory: the e-stop's stop comes from its own process
-    "instruction_topic": "/roboalign/instruction",
-    "scene_reset_topic": "/roboalign/scene_reset",  # std_msgs/Empty: the world was reset
-    "path_topic": "~/planned_path",  # MarkerArray of each accepted chunk's tool path; "" = off
-    "safety.velocity_scale": 0.5,
-    "safety.max_step": 0.05,
-    "safety.acc_max": 8.0,
-    "safety.margin": 0.02,
-    "safety.workspace": True,
-    "safety.workspace_mode": "hold",
-    "autostart": True,  # the node configures + activates itself at startup (lifecycle)
-}
-
+# the default backend of each action space (the headless evaluator names it); which backends
+# stream which space is executor_node's backend registry (nodes/backends.py), which checks it
 SPACE_BACKEND = {"joint_position": "joint_trajectory", "ee_delta": "servo"}
 TWIST_NAMES = ("vx", "vy", "vz", "wx", "wy", "wz")
 
 
 def executor_parameters(overrides: Mapping[str, Any] | None = None,
                         file: str | os.PathLike | None = "executor.yaml") -> dict[str, Any]:
-    """executor_node's parameters: its defaults, then ``file``, then ``overrides``."""
+    """executor_node's parameters: its spec's defaults, then ``file``, then ``overrides``.
+
+    The spec: config/parameters/executor_node.yaml.
+    """
     from roboalign_ros.parameters import node_parameters
 
-    return node_parameters(EXECUTOR_PARAMETERS, file, overrides)
+    return node_parameters("executor_node", file, overrides)
 
 
 def build_executor(params: Mapping[str, Any], robot=None, kinematics=None) -> ChunkExecutor:
-    """The :class:`ChunkExecutor` executor_node runs for ``params`` (:data:`EXECUTOR_PARAMETERS`).
+    """The :class:`ChunkExecutor` executor_node runs for ``params`` (:func:`executor_parameters`).
 
     ``robot``: the loaded robot spec (default: ``params['robot']``); ``kinematics``: its
     :class:`~roboalign_ros.control.kinematics.Kinematics` when the caller has one (it builds
@@ -79,9 +51,6 @@ def build_executor(params: Mapping[str, Any], robot=None, kinematics=None) -> Ch
         raise ValueError(f"rate: must be > 0 Hz, got {p['rate']}")
     robot = robot if robot is not None else load_robot_config(p["robot"])
     space = p["action_space"]
-    if SPACE_BACKEND.get(space) != p["backend"]:
-        raise ValueError(f"backend: action_space {space!r} is executed by "
-                         f"{SPACE_BACKEND.get(space, 'no backend')!r}, not {p['backend']!r}")
     names = (tuple(robot.arm_joints) if space == "joint_position" else TWIST_NAMES) + ("gripper",)
     config = ExecutorConfig(dimension_names=names, action_space=space, rate_hz=p["rate"],
                             blend=p["blend"], ensemble_k=p["ensemble_k"],

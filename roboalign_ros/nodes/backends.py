@@ -1,12 +1,28 @@
-"""How executor commands reach the arm: ros2_control JTC topic, MoveIt Servo, or MoveItPy.
+"""How executor commands reach the arm: a registry of output backends.
 
-Each backend turns one :class:`~roboalign_ros.control.executor.Command` per tick into messages.
-``moveit_py`` imports MoveIt only when chosen and fails with a clear error where it is missing.
+A backend turns one :class:`~roboalign_ros.control.executor.Command` per tick into messages.
+Each registers its name, the chunk action spaces it streams and a factory
+(:func:`register_backend`); executor_node builds the one its ``backend`` parameter names and
+refuses a pair the registry does not hold, naming the choices. A backend's own parameters are
+executor_node's, declared in config/parameters/executor_node.yaml (``<backend>.<name>``).
+Built in: ``joint_trajectory`` (ros2_control JTC topic, below), ``servo`` (MoveIt Servo,
+:mod:`.servo_backend`), ``moveit_py`` (homing only, :mod:`.moveit_backend`). Every module
+``roboalign_ros/nodes/*_backend.py`` is imported when the registry is first read, so a new
+backend is one such file that calls :func:`register_backend` (e.g. :mod:`.position_backend`).
+
+A backend object has ``send(command)`` (False: the e-stop process had already stopped the
+arm) and may have ``activate()`` / ``deactivate()`` (executor_node's lifecycle), ``close()``,
+``forget()`` (a scene reset voided the controller's reference), ``halted`` (why the controller
+halted itself) and ``publish(stamp, times, positions, velocities)`` (it executes a stamped
+joint trajectory itself, e.g. ``~/go_home``; without it the home move goes to the JTC topic).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from std_msgs.msg import Float64MultiArray
 from trajectory_msgs.msg import JointTrajectory
@@ -16,7 +32,75 @@ from roboalign_ros.conversions import trajectory_msg
 from roboalign_ros.nodes.common import COMMAND_QOS
 from roboalign_ros.nodes.servo_backend import ServoBackend
 
-BACKENDS = ("joint_trajectory", "servo", "moveit_py")
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A registered output backend.
+
+    ``factory(node, robot, params, guard)`` builds it: ``params`` are executor_node's parameter
+    values (the backend's own included), ``guard`` the e-stop process or None.
+    """
+
+    name: str
+    action_spaces: tuple[str, ...]     # the chunk action spaces it streams (none: not streamed)
+    factory: Callable[..., Any] | None
+    estop_process: bool = False        # its stops can come from the e-stop process (JTC topic)
+    note: str = ""                     # why it streams nothing, for the error
+
+
+_REGISTRY: dict[str, BackendSpec] = {}
+_discovered = False
+
+
+def register_backend(name: str, action_spaces, factory, *, estop_process: bool = False,
+                     note: str = "") -> BackendSpec:
+    """Make backend ``name`` available to executor_node (``backend: <name>``).
+
+    ``estop_process``: its stops may come from the e-stop process (it publishes on the JTC
+    topic); ``note``: for a backend that streams nothing, why (said in the error).
+    """
+    spec = BackendSpec(name, tuple(action_spaces), factory, estop_process, note)
+    if _REGISTRY.get(name, spec) != spec:
+        raise ValueError(f"backend {name!r} is registered twice")
+    _REGISTRY[name] = spec
+    return spec
+
+
+def registered_backends() -> dict[str, BackendSpec]:
+    """Every registered backend by name, after importing each ``nodes/*_backend.py`` module."""
+    global _discovered
+    if not _discovered:
+        import importlib
+        import pkgutil
+
+        import roboalign_ros.nodes as nodes
+
+        _discovered = True
+        for module in pkgutil.iter_modules(nodes.__path__):
+            if module.name.endswith("_backend"):
+                importlib.import_module(f"{nodes.__name__}.{module.name}")
+    return dict(_REGISTRY)
+
+
+def backend_for(name: str, action_space: str) -> BackendSpec:
+    """The backend ``name`` if it streams ``action_space``; ValueError names the choices."""
+    specs = registered_backends()
+    fits = ", ".join(sorted(n for n, s in specs.items() if action_space in s.action_spaces))
+    spec = specs.get(name)
+    if spec is None:
+        raise ValueError(f"backend: {name!r} is not one of {', '.join(sorted(specs))} "
+                         f"(for action_space {action_space!r}: {fits or 'none'})")
+    if action_space not in spec.action_spaces:
+        why = spec.note or f"it streams {', '.join(spec.action_spaces)}"
+        raise ValueError(f"backend: {name!r} does not stream action_space {action_space!r} "
+                         f"({why}); the backends that do: {fits or 'none'}")
+    return spec
+
+
+def make_backend(name: str, node, robot, params: Mapping[str, Any], guard=None):
+    """Build backend ``name`` for ``params['action_space']`` (see :func:`backend_for`)."""
+    spec = backend_for(name, params["action_space"])
+    return spec.factory(node, robot, params, guard)
 
 
 class GripperPublisher:
@@ -155,18 +239,11 @@ class JointTrajectoryBackend:
         return True
 
 
-def make_backend(name: str, node, robot, manage_servo: bool = True, guard=None):
-    """Build the streaming backend ``name`` (joint_trajectory or servo).
-
-    ``manage_servo``: the servo backend sets MoveIt Servo's command type on activate (false for
-    the sim's stand-in, which has no Servo services). ``guard``: the e-stop process
-    (joint_trajectory).
-    """
-    if name == "joint_trajectory":
-        return JointTrajectoryBackend(node, robot, guard)
-    if name == "servo":
-        return ServoBackend(node, robot, manage_servo=manage_servo)
-    if name == "moveit_py":
-        raise ValueError("backend: 'moveit_py' cannot stream chunks; use it as home_backend "
-                         "and joint_trajectory or servo as backend")
-    raise ValueError(f"backend: {name!r} is not one of {BACKENDS}")
+register_backend("joint_trajectory", ("joint_position",),
+                 lambda node, robot, params, guard: JointTrajectoryBackend(node, robot, guard),
+                 estop_process=True)
+register_backend("servo", ("ee_delta",),
+                 lambda node, robot, params, guard: ServoBackend(
+                     node, robot, manage_servo=params["servo.manage"]))
+register_backend("moveit_py", (), None,
+                 note="it plans whole motions: use it as home_backend")

@@ -1,8 +1,9 @@
 """executor_node: action chunks in, a safe command stream to the arm out.
 
 Wiring: /roboalign/action_chunk -> ChunkExecutor.submit; a control thread at ``rate`` Hz ->
-ChunkExecutor.tick (with the newest joint state and its age) -> backend (joint_trajectory, via
-the e-stop process, or servo); /roboalign/estop -> e-stop (the e-stop process stops the arm;
+ChunkExecutor.tick (with the newest joint state and its age) -> the backend the registry
+builds for ``backend`` (nodes/backends.py: joint_trajectory via the e-stop process, servo,
+position, ...); /roboalign/estop -> e-stop (the e-stop process stops the arm;
 this node's own stop is sent from the callback itself, on a thread of its own);
 /roboalign/instruction -> flush; ``~/go_home`` -> a slow trajectory home (or MoveItPy
 plan/execute), then hold there until a chunk observed after homing arrives. Delay
@@ -42,7 +43,7 @@ from std_msgs.msg import Bool, Empty, String
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-from roboalign_ros.control.build import EXECUTOR_PARAMETERS, build_executor
+from roboalign_ros.control.build import build_executor
 from roboalign_ros.control.chunk import Chunk, ChunkError
 from roboalign_ros.control.estop_gate import GateLimits
 from roboalign_ros.control.kinematics import Kinematics
@@ -54,7 +55,12 @@ from roboalign_ros.conversions import (
     stamp_to_seconds,
 )
 from roboalign_ros.msg import ActionChunk
-from roboalign_ros.nodes.backends import JointTrajectoryBackend, make_backend, make_gripper
+from roboalign_ros.nodes.backends import (
+    JointTrajectoryBackend,
+    backend_for,
+    make_backend,
+    make_gripper,
+)
 from roboalign_ros.nodes.common import (
     COMMAND_QOS,
     ERROR,
@@ -75,8 +81,6 @@ from roboalign_ros.nodes.estop_guard import EstopGuard, GuardLost, GuardSettings
 from roboalign_ros.nodes.markers import path_markers
 from roboalign_ros.nodes.moveit_backend import MoveItPyBackend
 from roboalign_ros.robot import load_robot_config
-
-PARAMETERS = EXECUTOR_PARAMETERS  # one set of defaults for the node and in-process users
 
 # Serialized bytes a chunk may take beyond its actions (names, instruction, reasoning text).
 CHUNK_TEXT_BYTES = 256 * 1024
@@ -137,7 +141,9 @@ class ExecutorNode(LifecycleNode):
 
     def __init__(self, **overrides):
         super().__init__("executor_node", **overrides)
-        declare_parameters(self, PARAMETERS)  # read at configure (ros2 param set works before)
+        # config/parameters/executor_node.yaml (the backends' own included); read at configure,
+        # so that ros2 param set works before it
+        declare_parameters(self, "executor_node", check=False)
         self.p: dict | None = None
         self.chunk_executor = self.backend = self._entities = None
         self.home_backend = self.home_trajectory = self.gripper = None
@@ -162,7 +168,7 @@ class ExecutorNode(LifecycleNode):
         """Parameters -> robot config, executor and limits, backend, subscriptions."""
         self._entities = Entities(self)
         try:
-            self._configure(parameter_values(self, PARAMETERS))
+            self._configure(parameter_values(self, "executor_node"))
         except Exception as exc:  # a bad parameter: say which, stay unconfigured
             self._release()
             self._error = f"configure failed: {exc}"
@@ -182,6 +188,7 @@ class ExecutorNode(LifecycleNode):
 
     def _configure(self, p: dict) -> None:
         self.p = p
+        spec = backend_for(p["backend"], p["action_space"])  # before anything is built
         robot = load_robot_config(p["robot"])
         self.robot = robot
         if not p["safety.workspace"]:
@@ -189,14 +196,14 @@ class ExecutorNode(LifecycleNode):
         self.chunk_executor = build_executor(p, robot, Kinematics(robot))
         # nothing streams before activate: chunks observed until then are refused
         self.chunk_executor.pause(now_seconds(self), float("inf"), "inactive")
-        if p["estop_process"] and p["backend"] == "joint_trajectory":
+        if p["estop_process"] and spec.estop_process:
             self.estop_guard, self._held_back = self._start_estop_guard(p, robot), 0
-        self.backend = make_backend(p["backend"], self, robot, manage_servo=p["servo.manage"],
-                                    guard=self.estop_guard)
+        self.backend = make_backend(p["backend"], self, robot, p, guard=self.estop_guard)
         self.gripper = make_gripper(self, robot)
         self.home_backend = (MoveItPyBackend(self, robot, p["planning_group"] or None)
                              if p["home_backend"] == "moveit_py" else None)
-        self.home_trajectory = (self.backend if isinstance(self.backend, JointTrajectoryBackend)
+        # the slow home move: through the backend where it runs stamped trajectories itself
+        self.home_trajectory = (self.backend if hasattr(self.backend, "publish")
                                 else JointTrajectoryBackend(self, robot))
         self.arm_positions = JointStateMapper(robot, with_gripper=False)
         self._instruction: str | None = None
@@ -472,6 +479,8 @@ class ExecutorNode(LifecycleNode):
             self.chunk_executor.scene_reset(now_seconds(self))
             if self.estop_guard is not None:  # the reference from before it is void
                 self._to_guard("forget")
+            if hasattr(self.backend, "forget"):
+                self.backend.forget()
         self.get_logger().info("scene reset: plans dropped, holding where the arm is")
 
     def on_instruction(self, msg: String) -> None:
@@ -610,6 +619,8 @@ class ExecutorNode(LifecycleNode):
         """Stop the control thread, hold the arm braking to rest, end the e-stop's thread."""
         if self.backend is not None:
             self._hold()
+            if hasattr(self.backend, "close"):  # (position: after it has sent the stop out)
+                self.backend.close()
         self._stop_stream()
         if self.estop_listener is not None:
             self.estop_listener.destroy()

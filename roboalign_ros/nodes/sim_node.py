@@ -2,8 +2,12 @@
 
 Publishes /joint_states (every control period), the scene camera in the realsense2_camera
 layout (color, aligned depth in mm, camera_info), the task status and, on reset, the task's
-instruction; takes joint trajectories (joint_trajectory_controller semantics), Servo twists and
-gripper commands; serves ``~/reset_task``. Physics and rendering run in their own threads.
+instruction; takes arm commands as the controller ``arm_controller.plugin`` names does (a
+joint_trajectory_controller's trajectories on the robot config's ``topics.trajectory``, or a
+JointGroupPositionController's positions on ``/<arm_controller.name>/commands``), Servo twists
+and gripper commands; serves ``~/reset_task`` (which also activates an arm controller that its
+own update had deactivated, as a restarted controller_manager would). Physics and rendering run
+in their own threads.
 Refused commands are logged and counted on /diagnostics (``rejected_commands``, of them
 ``rejected_speed`` for velocity-limit refusals); ``rate_clamped_steps`` counts physics steps on
 which the rate limiter held a position target back to the joint velocity limits (step jitter on
@@ -34,6 +38,7 @@ from roboalign_ros.nodes.common import (
     now_seconds,
     run_node,
 )
+from roboalign_ros.sim.controllers import POSITION_TYPE
 from roboalign_ros.sim.server import CommandRejected, SceneCamera, SimServer, TooFast
 from roboalign_ros.srv import ResetTask
 
@@ -43,43 +48,12 @@ MAX_CATCH_UP = 0.5   # s behind the wall clock that the physics loop makes up st
 # before it, by a sender that had not heard of the reset yet, and is refused
 RESET_SETTLE, RESET_JUMP = 1.0, 0.05
 
-PARAMETERS = {
-    "robot": "sim_arm",
-    "task": "pick_red_cube",
-    "seed": 0,
-    "control_period": 0.01,
-    "status_rate": 10.0,
-    "publish_instruction": True,
-    "instruction_topic": "/roboalign/instruction",
-    "scene_reset_topic": "/roboalign/scene_reset",
-    "camera.enabled": True,
-    "camera.rate": 15.0,
-    "camera.width": 640,
-    "camera.height": 480,
-    "camera.depth": True,
-    "camera.frame_id": "camera_color_optical_frame",
-    "camera.namespace": "/camera/camera",
-    # a second camera on the hand (URDF wrist_camera frame), same size, rate and stamps
-    "wrist_camera.enabled": False,
-    "wrist_camera.namespace": "/camera/wrist",
-    "wrist_camera.frame_id": "wrist_camera_color_optical_frame",
-    "servo.timeout": 0.2,
-    "servo.max_linear": 0.25,
-    "servo.max_angular": 1.0,
-    # the joint_trajectory_controller options the stand-in follows (see config/*_controllers.yaml)
-    "jtc.interpolate_from_desired_state": True,
-    "jtc.allow_nonzero_velocity_at_trajectory_end": False,
-}
-
-
 class SimNode(Node):
     """Wires :class:`~roboalign_ros.sim.server.SimServer` to ROS topics and services."""
 
     def __init__(self, **overrides):
         super().__init__("sim_node", **overrides)
-        p = declare_parameters(self, PARAMETERS)
-        if not 0 < p["camera.rate"] <= 60:
-            raise ValueError(f"camera.rate: {p['camera.rate']} Hz is not in (0, 60]")
+        p = declare_parameters(self, "sim_node")
         self.p = p
         self.server = SimServer(p["robot"], control_period=p["control_period"],
                                 servo_timeout=p["servo.timeout"],
@@ -88,7 +62,9 @@ class SimNode(Node):
                                 interpolate_from_desired_state=p[
                                     "jtc.interpolate_from_desired_state"],
                                 allow_nonzero_velocity_at_trajectory_end=p[
-                                    "jtc.allow_nonzero_velocity_at_trajectory_end"])
+                                    "jtc.allow_nonzero_velocity_at_trajectory_end"],
+                                arm_controller=p["arm_controller.plugin"],
+                                position_controller=p["arm_controller.name"])
         robot = self.server.robot
         topics = robot.topics
         self.joint_pub = self.create_publisher(JointState, topics["joint_states"], 10)
@@ -106,8 +82,14 @@ class SimNode(Node):
                                  "frame (xacro wrist_camera:=true)")
             self.cameras.append(("wrist", p["wrist_camera.frame_id"],
                                  self._camera_publishers(p["wrist_camera.namespace"])))
-        self.create_subscription(JointTrajectory, topics["trajectory"], self.on_trajectory,
-                                 COMMAND_QOS)
+        if p["arm_controller.plugin"] == POSITION_TYPE:
+            self.arm_topic = f"/{p['arm_controller.name'].strip('/')}/commands"
+            self.create_subscription(Float64MultiArray, self.arm_topic, self.on_position,
+                                     COMMAND_QOS)
+        else:
+            self.arm_topic = topics["trajectory"]
+            self.create_subscription(JointTrajectory, self.arm_topic, self.on_trajectory,
+                                     COMMAND_QOS)
         self.create_subscription(TwistStamped, topics["servo"], self.on_twist, COMMAND_QOS)
         self.create_subscription(Float64MultiArray, topics["gripper"], self.on_gripper,
                                  COMMAND_QOS)
@@ -125,6 +107,7 @@ class SimNode(Node):
             thread.start()
         self.get_logger().info(
             f"sim ready: robot {robot.name}, task '{self.server.env.task.instruction}', "
+            f"arm controller {p['arm_controller.plugin']} on {self.arm_topic}, "
             f"{1 / self.server.control_period:.0f} Hz joint states, camera "
             f"{p['camera.width']}x{p['camera.height']} @ {p['camera.rate']} Hz")
 
@@ -160,6 +143,24 @@ class SimNode(Node):
                 now=now)
         except CommandRejected as exc:
             self._reject("joint_trajectory", exc)
+
+    def on_position(self, msg: Float64MultiArray) -> None:
+        """JointGroupPositionController semantics; a refused command changes nothing."""
+        now = now_seconds(self)
+        if now - self._reset_stamp < RESET_SETTLE:
+            # as for trajectories: sent before its sender heard of the reset, it would pull
+            # the arm back to where it was
+            gap = self.server.position_gap(msg.data)
+            if gap > RESET_JUMP:
+                self._reject("position", CommandRejected(
+                    f"sent for the world before the last reset_task: taking it "
+                    f"{now - self._reset_stamp:.3f} s after the reset would jump the "
+                    f"reference {gap:.3f} rad"))
+                return
+        try:
+            self.server.command_position(list(msg.data))
+        except CommandRejected as exc:
+            self._reject("position", exc)
 
     def on_twist(self, msg: TwistStamped) -> None:
         """MoveIt Servo semantics: base-frame twist, halts when commands stop."""
@@ -228,6 +229,8 @@ class SimNode(Node):
         t, deadline, tick, late = now_seconds(self), time.perf_counter(), 0, 0
         while not self._stop.is_set():
             sample = self.server.step(t)      # commands sampled at the step's start ...
+            for error in self.server.controller_errors():   # its update failed
+                self._reject("position", CommandRejected(error))
             t += period                       # ... the state is the one at its end
             msg.header.stamp = seconds_to_stamp(t, msg.header.stamp)
             msg.position, msg.velocity = sample.position.tolist(), sample.velocity.tolist()

@@ -1,4 +1,4 @@
-"""The sim's stand-ins for ros2_control's joint_trajectory_controller and MoveIt Servo (no rclpy).
+"""The sim's stand-ins for ros2_control's arm controllers and MoveIt Servo (no rclpy).
 
 They give the simulated arm the command semantics a real arm has, so the executor and teleop
 talk to the sim exactly as they would to hardware:
@@ -12,6 +12,10 @@ talk to the sim exactly as they would to hardware:
   commanded one with ``interpolate_from_desired_state``) and how it is interpolated
   (``Trajectory::sample``, ``interpolate_between_points``: linear with positions only, cubic
   with velocities). Like the real controller it never refuses a trajectory for its speed.
+- :class:`JointGroupPositionFollower`: position_controllers' JointGroupPositionController, a
+  forward_command_controller on the position interfaces, as ros2_controllers (kilted)
+  ``forward_command_controller/src/forward_controllers_base.cpp`` states its rules (and
+  ros2_control's ``controller_manager.cpp`` what happens when its ``update`` fails).
 - :class:`TwistFollower`: a base-frame twist turned into joint motion by damped-least-squares
   differential IK, halting when commands stop arriving.
 
@@ -222,6 +226,97 @@ def _segment(t0, p0, v0, t1, p1, v1, t) -> tuple[np.ndarray, np.ndarray]:
         return np.array(p1, float), np.zeros_like(p1, dtype=float)
     slope = (p1 - p0) / h
     return p0 + slope * min(max(t - t0, 0.0), h), slope
+
+
+JTC_TYPE = "joint_trajectory_controller/JointTrajectoryController"
+POSITION_TYPE = "position_controllers/JointGroupPositionController"
+ARM_CONTROLLERS = (JTC_TYPE, POSITION_TYPE)
+
+
+class JointGroupPositionFollower:
+    """Follow ``std_msgs/Float64MultiArray`` commands as a JointGroupPositionController does.
+
+    That controller is forward_command_controller's ForwardCommandController with the
+    ``position`` interface (``position_controllers/src/joint_group_position_controller.cpp``,
+    its constructor); its rules are ``forward_controllers_base.cpp``'s (kilted):
+
+    - the subscription (``on_configure``'s callback) drops a message holding a non-finite
+      value ("Non-finite value received. Dropping message"); any other becomes the command,
+      the newest winning (:meth:`command`);
+    - ``update`` (:meth:`sample`, once per control period) takes the newest command; all NaN,
+      or no value at all, is "no command": nothing is written and the joints keep their last
+      command. A size other than the joint count: "command size (n) does not match number of
+      interfaces (6)", ``update`` returns ERROR, and ``ControllerManager::update``
+      (controller_manager.cpp) deactivates the controller ("Deactivating controllers : [ name]
+      as their update resulted in an error!"): it writes nothing more, the joints hold, until
+      it is activated again. Otherwise each value goes to its joint unchanged, in the
+      ``joints`` order: no interpolation, no limits of its own;
+    - ``on_activate`` / ``on_deactivate`` reset the command to NaN (no command).
+
+    The sim's own (its motors'), as for the JTC stand-in: values outside the joint limits are
+    refused whole. A reset (``reset_task``) holds the new position and activates the
+    controller again, as a restarted controller_manager would.
+    """
+
+    def __init__(self, joint_names: Sequence[str], lower, upper,
+                 name: str = "forward_position_controller", position_tolerance: float = 1e-6):
+        self.joint_names = tuple(joint_names)
+        self.name = name
+        self.lower, self.upper = np.asarray(lower, float), np.asarray(upper, float)
+        self.position_tolerance = position_tolerance
+        self.active = True
+        self._command: np.ndarray | None = None   # rt_command_: the newest message kept
+        self._written: np.ndarray | None = None   # what the position interfaces hold
+        self.failures: list[str] = []             # update's errors, for the node to log
+
+    def command(self, values: Sequence[float]) -> None:
+        """The subscription's callback: keep ``values`` as the newest command, or raise."""
+        values = np.asarray(values, float).ravel()
+        if not np.isfinite(values).all():
+            raise CommandRejected("Non-finite value received. Dropping message")
+        tol = self.position_tolerance
+        if len(values) == len(self.joint_names):   # (another size fails in update)
+            outside = (values < self.lower - tol) | (values > self.upper + tol)
+            if outside.any():
+                j = int(np.argmax(outside))
+                raise CommandRejected(
+                    f"data[{j}]: {self.joint_names[j]} = {values[j]:.4f} outside its limits "
+                    f"[{self.lower[j]:.4f}, {self.upper[j]:.4f}] (the sim's motors refuse it)")
+        self._command = values
+
+    def sample(self, now: float | None = None, period: float = 0.0, measured_q=None,
+               measured_v=None) -> np.ndarray | None:
+        """``update``: the position the joints hold this period (None: never commanded).
+
+        The arguments are those of :meth:`JointTrajectoryFollower.sample` (unused: a forward
+        controller reads no time and no state).
+        """
+        command = self._command
+        if not self.active or command is None or np.isnan(command).all():
+            return self._written
+        n = len(self.joint_names)
+        if len(command) != n:
+            self.active, self._command = False, None   # on_deactivate: no command
+            self.failures += [f"command size ({len(command)}) does not match number of "
+                              f"interfaces ({n})",
+                              f"Deactivating controllers : [ {self.name} ] as their update "
+                              "resulted in an error!"]
+            return self._written
+        self._written = command.copy()
+        return self._written
+
+    def sample_reference(self) -> np.ndarray | None:
+        """The position last written (None before any)."""
+        return None if self._written is None else self._written.copy()
+
+    def reset(self, q: np.ndarray) -> None:
+        """Hold ``q``, dropping the command (another command source took over the arm)."""
+        self._written = np.asarray(q, float).copy()
+        self._command = None
+
+    def activate(self) -> None:
+        """Activate the controller again (``on_activate``: no command until one arrives)."""
+        self.active, self._command = True, None
 
 
 class RateLimiter:

@@ -19,7 +19,11 @@ import numpy as np
 from roboalign_ros.control.kinematics import Kinematics
 from roboalign_ros.control.trajectory import points_at
 from roboalign_ros.sim.controllers import (
+    ARM_CONTROLLERS,
+    JTC_TYPE,
+    POSITION_TYPE,
     CommandRejected,
+    JointGroupPositionFollower,
     JointTrajectoryFollower,
     RateLimiter,
     TooFast,
@@ -58,7 +62,17 @@ class SimServer:
     def __init__(self, robot: str = "sim_arm", control_period: float = 0.01,
                  servo_timeout: float = 0.2, max_linear: float = 0.25,
                  max_angular: float = 1.0, interpolate_from_desired_state: bool = True,
-                 allow_nonzero_velocity_at_trajectory_end: bool = False):
+                 allow_nonzero_velocity_at_trajectory_end: bool = False,
+                 arm_controller: str = JTC_TYPE,
+                 position_controller: str = "forward_position_controller"):
+        """The arm, its controllers and Servo.
+
+        ``arm_controller``: the controller type the arm runs (one of ARM_CONTROLLERS);
+        ``position_controller``: the JointGroupPositionController's name, when it is that.
+        """
+        if arm_controller not in ARM_CONTROLLERS:
+            raise ValueError(f"arm_controller: {arm_controller!r} is not one of "
+                             f"{', '.join(ARM_CONTROLLERS)}")
         self.env = TabletopEnv(robot, control_period=control_period)
         self.robot = self.env.robot
         self.lock = threading.RLock()
@@ -69,12 +83,16 @@ class SimServer:
             spec.arm_joints, spec.lower, spec.upper, spec.velocity,
             interpolate_from_desired_state=interpolate_from_desired_state,
             allow_nonzero_velocity_at_trajectory_end=allow_nonzero_velocity_at_trajectory_end)
+        self.position = JointGroupPositionFollower(spec.arm_joints, spec.lower, spec.upper,
+                                                   name=position_controller)
+        # the controller that moves the arm (the other one gets no commands)
+        self.arm = self.position if arm_controller == POSITION_TYPE else self.trajectory
         self.twist = TwistFollower(Kinematics(spec), timeout=servo_timeout,
                                    max_linear=max_linear, max_angular=max_angular)
         # every arm target, from any command source, goes through the limiter to the physics
         self.limiter = RateLimiter(spec.arm_joints, spec.velocity,
                                    self.trajectory.velocity_tolerance)
-        self.trajectory.reset(self.env.arm_q())
+        self.arm.reset(self.env.arm_q())
         self.limiter.reset(self.env.arm_q())
 
     @property
@@ -119,12 +137,39 @@ class SimServer:
             reference = self.trajectory.sample_reference()
         return float(np.max(np.abs(q - reference))) if reference is not None else 0.0
 
+    def command_position(self, values) -> None:
+        """Accept a JointGroupPositionController command or raise :class:`CommandRejected`.
+
+        The newest one is written at the next step; see :class:`JointGroupPositionFollower`.
+        """
+        with self.lock:
+            self.position.command(values)
+            self.twist.stop()
+
+    def position_gap(self, values) -> float:
+        """How far (rad, largest joint) the position command would move the reference at once.
+
+        0 for a command of the wrong size or with NaN (refused for that).
+        """
+        values = np.asarray(values, float).ravel()
+        with self.lock:
+            reference = self.position.sample_reference()
+        if reference is None or values.shape != reference.shape or not np.isfinite(values).all():
+            return 0.0
+        return float(np.max(np.abs(values - reference)))
+
+    def controller_errors(self) -> list[str]:
+        """What the arm controller said since the last call (its ``update`` failed)."""
+        with self.lock:
+            errors, self.position.failures = self.position.failures, []
+            return errors
+
     def command_twist(self, twist, *, stamp: float, now: float) -> None:
         """Accept a Servo twist (base frame) or raise :class:`CommandRejected`."""
         with self.lock:
             self.twist.command(twist, stamp=stamp, now=now)
             if self.twist.active:
-                self.trajectory.reset(self.env.q_target)
+                self.arm.reset(self.env.q_target)
 
     def command_gripper(self, values) -> str | None:
         """Accept a gripper command or raise; returns a note when the finger's limits held it.
@@ -152,7 +197,8 @@ class SimServer:
             if not name:
                 raise ValueError("task: no task given and none running")
             self.env.reset(name, seed=int(seed))
-            self.trajectory.reset(self.env.arm_q())
+            self.arm.reset(self.env.arm_q())
+            self.position.activate()   # a restarted controller_manager's
             self.limiter.reset(self.env.arm_q())
             self.twist.stop()
             return self.env.task.instruction
@@ -164,14 +210,14 @@ class SimServer:
         with self.lock:
             n = len(self.robot.arm_joints)
             _, q, qd, _ = self.env.joint_state()
-            target = self.trajectory.sample(now, self.env.control_period, q[:n], qd[:n])
+            target = self.arm.sample(now, self.env.control_period, q[:n], qd[:n])
             if self.twist.active:
                 moved = self.twist.step(self.env.q_target, now, self.env.control_period)
                 if moved is not None:
                     target = moved
                 else:  # commands stopped: halt where we are commanded to be
                     self.twist.stop()
-                    self.trajectory.reset(self.env.q_target)
+                    self.arm.reset(self.env.q_target)
                     target = None
             if target is not None:  # physics time per step, whatever the wall clock did
                 target = self.limiter(target, self.env.control_period)
