@@ -1,7 +1,7 @@
 """``backend: position``: joint positions streamed to a forward position controller.
 
 For ``position_controllers/JointGroupPositionController``, a forward_command_controller on the
-arms' position interfaces (ros2_controllers, kilted: ``joint_group_position_controller.cpp``
+arm's position interfaces (ros2_controllers, kilted: ``joint_group_position_controller.cpp``
 sets the interface name to ``position``), or a ``forward_command_controller/
 ForwardCommandController`` with ``interface_name: position``. What the controller does with a
 message (``forward_command_controller/src/forward_controllers_base.cpp``): the subscription
@@ -44,7 +44,6 @@ class PositionBackend:
     name = "position"
 
     def __init__(self, node, robot, controller: str = "forward_position_controller"):
-        self.joint_names = tuple(robot.arm_joints)
         self.topic = f"/{controller.strip('/')}/commands"
         self.period = 1.0 / robot.controller_rate   # one command per controller update
         self._node = node
@@ -61,8 +60,8 @@ class PositionBackend:
     def send(self, command) -> bool:
         """Take a track or stop as the reference; a stop is sent at once (any other: nothing)."""
         if command.points and (command.kind == "track" or command.stop):
-            self.publish(command.stamp, *zip(*command.points), now=command.stamp
-                         if command.stop else None)
+            at_once = command.stamp if command.stop else None
+            self.publish(command.stamp, *zip(*command.points), now=at_once)
         return True
 
     def publish(self, stamp: float, times, positions, velocities, now: float | None = None
@@ -155,11 +154,6 @@ class PositionBackend:
             self._stop.wait(delay)
 
 
-def _make(node, robot, params, guard=None) -> PositionBackend:
-    controller = params["position.controller"]
-    if not controller or not controller.strip("/"):
-        raise ValueError("position.controller: the forward position controller's name is empty")
-    return PositionBackend(node, robot, controller)
-
-
-register_backend("position", ("joint_position",), _make)
+register_backend("position", ("joint_position",),
+                 lambda node, robot, params, guard: PositionBackend(
+                     node, robot, params["position.controller"]))
