@@ -105,6 +105,8 @@ COMMANDS = {
     "eval": ("evaluation trials: through the ROS graph (run), headless in sim time (sim), report",
              _from("roboalign_ros.apps.evaluate")),
     "explain": ("where a policy looks: attention maps (PNG)", _from("roboalign_ros.apps.explain")),
+    "serve": ("a policy as a network service for policy_nodes elsewhere (no ROS)",
+              _from("roboalign_ros.apps.serve")),
     "repro": ("RoboAlign's comparison in miniature: record -> train -> evaluate -> report",
               _from("roboalign_ros.apps.repro")),
     "bench": ("benchmarks", {

@@ -76,22 +76,42 @@ def check_policy(policy, robot, cameras: tuple[str, ...] | None = None) -> None:
 
 
 def load_checked(p: Mapping[str, Any], robot, cameras: tuple[str, ...] | None = None):
-    """Load ``model_path`` on ``device`` (``torch_threads``), check it, warm it up."""
-    if p["torch_threads"] > 0:
-        import torch
+    """Load ``model_path`` on ``device`` (``torch_threads``), check it, warm it up.
 
-        torch.set_num_threads(p["torch_threads"])
-    try:
-        policy = load_policy(p["model_path"], robot, p["device"], p["reasoning_every"])
-    except Exception as exc:
-        raise ValueError(f"model_path: {p['model_path']!r}: model failed to load: "
-                         f"{exc}") from exc
+    ``inference: remote``: the model ``roboalign serve`` serves at ``server`` instead
+    (:class:`~.remote.RemotePolicy`), checked and warmed up the same way.
+    """
+    if p["inference"] == "remote":
+        policy = connect_remote(p)
+    else:
+        if p["torch_threads"] > 0:
+            import torch
+
+            torch.set_num_threads(p["torch_threads"])
+        try:
+            policy = load_policy(p["model_path"], robot, p["device"], p["reasoning_every"])
+        except Exception as exc:
+            raise ValueError(f"model_path: {p['model_path']!r}: model failed to load: "
+                             f"{exc}") from exc
     check_policy(policy, robot, cameras)
     try:  # one action-path call on blank inputs, so that the first real chunk is not slow
         policy.warmup(calls=1, reasoning=False)
     except Exception as exc:
         raise RuntimeError(f"model_path: warm-up inference failed: {exc}") from exc
     return policy
+
+
+def connect_remote(p: Mapping[str, Any]):
+    """The served policy at ``server`` (policy_node's remote parameters)."""
+    from .remote import RemotePolicy, read_token, tls_context
+
+    if not p["server"]:
+        raise ValueError("server: inference remote needs the server's HOST:PORT")
+    token = read_token(p["token_file"]) if p["token_file"] else None
+    context = tls_context(p["tls.cert"] or None, p["tls.key"] or None, p["tls.ca"] or None,
+                          server=False)
+    return RemotePolicy(p["server"], token=token, timeout=p["remote_timeout"],
+                        ssl_context=context)
 
 
 def reasoning_mode(policy, requested: str) -> str:
