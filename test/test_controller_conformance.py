@@ -526,17 +526,16 @@ def stream_to(t, goal, seconds: float):
 
 def test_chunks_are_followed_within_the_executors_limits(streaming):
     t = streaming
-    home, start = t.robot.home, len(t.received)
-    goal = offset(t, 0.6)
-    states = len(t.probe.states)
+    start, goal = len(t.received), offset(t, 0.6)
+    states, sent_at = len(t.probe.states), t.now()
     stream_to(t, goal, 2.0)
     assert abs(t.joint1() - goal[0]) < 0.01, f"{t.name}: at {t.joint1()}"
-    # the executor's velocity limit, not the motor's (twice as fast), set the pace
-    seen = [(s, q[0]) for s, q in t.probe.states[states:]]
-    left = next(s for s, q in seen if q > home[0] + 0.02)
-    arrived = next(s for s, q in seen if q > goal[0] - 0.02)
+    # the executor's velocity limit set the pace, not the motor's (twice as fast): the arm is
+    # never ahead of the reference, which left home after the first chunk was sent (a stalled
+    # process only makes it later; the arm may then catch up, so no speed between samples)
+    arrived = next(s for s, q in t.probe.states[states:] if q[0] > goal[0] - 0.02)
     limit = t.robot.velocity[0] * 0.5   # safety.velocity_scale
-    assert arrived - left >= 0.95 * (0.56 / limit), f"{t.name}: {arrived - left:.3f} s"
+    assert arrived - sent_at >= 0.575 / limit, f"{t.name}: {arrived - sent_at:.3f} s"
     sent = np.array(t.received[start:])
     assert sent.ndim == 2 and sent.shape[1] == 6 and np.all(np.isfinite(sent))
     assert np.all((t.robot.lower < sent) & (sent < t.robot.upper))
@@ -554,10 +553,10 @@ def test_an_estop_stops_the_arm_and_the_last_safe_position_is_held(streaming):
     seen = settle(t)
     assert seen.max() - at_estop < 0.25, f"{t.name}: travelled {seen.max() - at_estop} rad"
     held = len(t.received)
-    settle(t, 0.5)
-    hold = np.array(t.received[held:])
     # the stop's rest, sent every period: the controller holds it even if one is lost
-    assert len(hold) >= 20 and np.ptp(hold, axis=0).max() == 0.0, f"{t.name}: {len(hold)}"
+    assert spin_until(t.executor, lambda: len(t.received) >= held + 20, 10), t.name
+    hold = np.array(t.received[held:])
+    assert np.ptp(hold, axis=0).max() == 0.0, f"{t.name}: not one position: {hold[[0, -1]]}"
     assert abs(t.joint1() - hold[-1][0]) < 1e-3
     t.probe.estop(False)
 
