@@ -39,7 +39,7 @@ def run_cli(a: argparse.Namespace) -> int:
     """Check the options, load the model, serve; 2 on a bad option."""
     from roboalign_ros.parameters import node_parameters
     from roboalign_ros.robot import load_robot_config
-    from roboalign_ros.serving import load_checked
+    from roboalign_ros.serving import input_limits, load_checked
     from roboalign_ros.serving.remote import (
         PolicyServer,
         is_loopback,
@@ -64,7 +64,8 @@ def run_cli(a: argparse.Namespace) -> int:
         print(f"roboalign serve: {exc}")
         return 2
     policy = load_checked(p, load_robot_config(a.robot))
-    server = PolicyServer(policy, a.bind, token=token, ssl_context=context, mutual_tls=mutual)
+    server = PolicyServer(policy, a.bind, token=token, ssl_context=context, mutual_tls=mutual,
+                          limits=input_limits(p))
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -241,7 +241,9 @@ def build_service(p: Mapping[str, Any], robot, *, clock: Callable[[], float],
         predict = policy.act
     worker = PolicyWorker(predict, observation, gate, on_decision, clock,
                           min_period(p["max_rate"]), limits=limits,
-                          count_tokens=tokenizer_counter(policy.tokenizer), reasoner=reasoner,
+                          count_tokens=tokenizer_counter(policy.tokenizer)
+                          if policy.tokenizer is not None else None,   # remote: the server's
+                          reasoner=reasoner,
                           cameras=cameras)
     attention = None
     if p["attention.enabled"]:   # an eager-attention copy of the model on its own thread

@@ -186,7 +186,9 @@ class PolicyServer:
 
     def __init__(self, policy, bind: str = "127.0.0.1:8765", *, token: str | None = None,
                  ssl_context: ssl.SSLContext | None = None, mutual_tls: bool = False,
-                 max_message: int = MAX_MESSAGE) -> None:
+                 max_message: int = MAX_MESSAGE, limits=None) -> None:
+        from .gate import InputLimits, tokenizer_counter
+
         host, self.port = parse_address(bind)
         self.host = host
         if not is_loopback(host) and token is None and not mutual_tls:
@@ -195,6 +197,9 @@ class PolicyServer:
                              "server does not start unauthenticated off this machine")
         self.policy, self.token, self.ssl = policy, token, ssl_context
         self.max_message = max_message
+        # the input bounds policy_node applies, applied again here: clients are not trusted
+        self.limits = limits or InputLimits()
+        self._count_tokens = tokenizer_counter(policy.tokenizer)
         self.config = policy.config.to_dict()
         self._act_lock = threading.Lock()     # one chunk at a time; reason may run beside it
         self._reason_lock = threading.Lock()
@@ -242,13 +247,26 @@ class PolicyServer:
             reply["id"] = request_id if isinstance(request_id, int) else None
             connection.send(pack(reply))
 
+    def _observation(self, message: dict):
+        from .gate import instruction_problem
+
+        observation = decode_observation(message.get("observation"), self.policy.config)
+        problem = instruction_problem(observation.instruction, self.limits, self._count_tokens)
+        for name, image in observation.images.items():
+            h, w, _ = image.shape
+            if w > self.limits.max_image_width or h > self.limits.max_image_height:
+                problem = f"images[{name!r}]: {w}x{h} exceeds the server's max_image_* bounds"
+        if problem:
+            raise ProtocolError(problem)
+        return observation
+
     def _dispatch(self, message: dict) -> dict:
         op = message["op"]
         if op == "config":
             return {"op": "config", "protocol": PROTOCOL, "config": self.config}
-        cfg, reasonings = self.policy.config, self._session(message)
+        reasonings = self._session(message)
         if op == "reason":
-            observation = decode_observation(message.get("observation"), cfg)
+            observation = self._observation(message)
             with self._reason_lock:
                 reasoning = self.policy.reason(observation)
             with self._sessions_lock:
@@ -261,7 +279,7 @@ class PolicyServer:
                     "reasoning": reasoning.reasoning, "instruction": reasoning.instruction,
                     "seconds": reasoning.seconds}
         if op == "act":
-            observation = decode_observation(message.get("observation"), cfg)
+            observation = self._observation(message)
             key = message.get("reasoning_id")
             if key is not None and key not in reasonings:
                 raise ProtocolError(f"reasoning_id {key!r} is not one of this session's "
