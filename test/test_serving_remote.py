@@ -242,3 +242,18 @@ def test_arrays_are_checked_byte_for_byte() -> None:
                          ({**field, "extra": 1}, "expected")]:
         with pytest.raises(ValueError, match=message):
             decode_array(bad, "img", "|u1", 3)
+
+
+def test_eval_sim_runs_through_the_server(policy, served, tmp_path):
+    from roboalign_ros.evaluation import headless as hl
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    model = f"{hl.REMOTE}{address(served)}"
+    before = served.served
+    result = hl.evaluate(model, "pick_red_cube", [100000], tmp_path / "out",
+                         hl.SimEvalConfig(episode_seconds=1.0, progress=False,
+                                          token_file=str(token)))
+    assert result.ran == 1 and served.served > before, "no chunk came from the server"
+    with pytest.raises(ValueError, match="set them on the server"):
+        hl.load_model(model, hl.SimEvalConfig(reasoning_every=0, token_file=str(token)))

@@ -124,7 +124,8 @@ def sim(a: argparse.Namespace) -> int:
     """Headless evaluation: per-task success with Wilson intervals, results in --out."""
     from roboalign_ros.evaluation import headless as hl
 
-    out = Path(a.out) if a.out else hl.default_out(a.model)
+    model = f"{hl.REMOTE}{a.server}" if a.server else a.model
+    out = Path(a.out) if a.out else hl.default_out(model)
     try:
         seeds = hl.parse_seeds(a.seeds) if a.seeds else \
             hl.eval_seeds(a.episodes_per_task or hl.DEFAULT_EPISODES)
@@ -134,9 +135,9 @@ def sim(a: argparse.Namespace) -> int:
             fixed_latency=a.fixed_latency, episode_seconds=a.episode_seconds,
             camera_rate=a.camera_rate, max_rate=a.max_rate,
             image_size=tuple(a.image_size) if a.image_size else None,
-            torch_threads=a.torch_threads, workers=a.workers,
+            torch_threads=a.torch_threads, workers=a.workers, token_file=a.token_file,
             executor=hl.parse_executor_overrides(a.executor), progress=not a.quiet)
-        result = hl.evaluate(a.model, a.task, seeds, out, config)
+        result = hl.evaluate(model, a.task, seeds, out, config)
     except KeyboardInterrupt:
         print(f"interrupted: finished episodes are saved in {out}; run again to resume",
               file=sys.stderr)
@@ -190,9 +191,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rep.add_argument("--out", default=None, help="output directory (default: next to results)")
     rep.set_defaults(func=report)
     s = sub.add_parser("sim", help="headless in-process evaluation in sim time (no ROS graph)")
-    s.add_argument("--model", required=True,
-                   help="checkpoint dir, 'tiny' (random policy) or 'expert' (the scripted "
-                        "expert's plan replayed through the loop: its ceiling)")
+    model = s.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model",
+                       help="checkpoint dir, 'tiny' (random policy) or 'expert' (the scripted "
+                            "expert's plan replayed through the loop: its ceiling)")
+    model.add_argument("--server", metavar="HOST:PORT",
+                       help="the policy a `roboalign serve` serves, as policy_node's inference "
+                            "remote uses it")
+    s.add_argument("--token-file", default="", help="the server's token (--server)")
     s.add_argument("--task", required=True, help="task names, comma-separated, or 'all'")
     seeds = s.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", help="e.g. 100000-100049 or 1,2,5-7")

@@ -52,6 +52,7 @@ from roboalign_ros.parameters import default
 
 PLAN = "eval_sim"
 TINY, EXPERT = "tiny", "expert"  # model names that are not checkpoints
+REMOTE = "remote:"  # a model name "remote:HOST:PORT": the policy a `roboalign serve` serves
 DEFAULT_EPISODES = 10
 EPS = 1e-9  # s; events this close count as simultaneous (k * dt vs sums of latencies)
 
@@ -76,6 +77,7 @@ class SimEvalConfig:
     image_size: tuple[int, int] | None = None  # (h, w); None: the policy's, else sim.yaml's
     torch_threads: int = 1              # CPU inference threads (0: torch's default)
     workers: int = 1                    # processes running episodes (a checkpoint path only)
+    token_file: str = ""                # a remote model's server token
     executor: dict[str, Any] = dataclasses.field(default_factory=dict)  # executor_node params
     progress: bool = True
 
@@ -540,6 +542,8 @@ def default_out(model) -> Path:
     """``runs/eval_sim/<model name>``: the results directory when none is given."""
     if not isinstance(model, (str, os.PathLike)):
         return Path("runs", "eval_sim", getattr(model, "name", type(model).__name__))
+    if str(model).startswith(REMOTE):
+        return Path("runs", "eval_sim", "remote_" + str(model)[len(REMOTE):].replace(":", "_"))
     name = str(model) if str(model) in (TINY, EXPERT) else Path(model).expanduser().resolve().name
     return Path("runs", "eval_sim", name)
 
@@ -555,6 +559,15 @@ def load_model(model, config: SimEvalConfig):
     model = str(model)
     if model == EXPERT:
         return EXPERT, EXPERT, EXPERT
+    if model.startswith(REMOTE):   # through the server, as policy_node with inference remote
+        from roboalign_ros.serving.remote import RemotePolicy, read_token
+
+        if config.action_source is not None or config.reasoning_every != -1:
+            raise ValueError("action_source / reasoning_every: set them on the server "
+                             "(roboalign serve --reasoning-every)")
+        token = read_token(config.token_file) if config.token_file else None
+        return RemotePolicy(model[len(REMOTE):], token=token, timeout=120.0), \
+            default_out(model).name, model
     import torch
 
     from roboalign_ros.robot import load_robot_config
