@@ -33,14 +33,17 @@ from launch_ros.actions import LifecycleNode, Node
 
 from roboalign_ros.launch_arguments import DEVICE, boolean, choice, text, validate
 from roboalign_ros.launch_lifecycle import managed
+from roboalign_ros.nodes.backends import registered_backends
 
 ARGUMENTS = {  # name: (default, description, check of the value)
     "robot": ("sim_arm", "robot config in config/robots/ (sim_arm, fr3, ur5e) or a YAML path",
               text(required=True)),
     "model_path": ("", "policy checkpoint directory (save_pretrained layout)", text()),
     "device": ("cuda", "policy device: cuda, cuda:N, cpu or auto", DEVICE),
-    "backend": ("joint_trajectory", "joint_trajectory (ros2_control JTC) or servo (MoveIt Servo)",
-                choice("joint_trajectory", "servo")),
+    "backend": ("joint_trajectory", "output backend (roboalign_ros/nodes/backends.py registry): "
+                "joint_trajectory (ros2_control JTC), servo (MoveIt Servo), position "
+                "(JointGroupPositionController), ...",
+                choice(*sorted(n for n, b in registered_backends().items() if b.action_spaces))),
     "action_space": ("joint_position", "joint_position (with joint_trajectory) or ee_delta",
                      choice("joint_position", "ee_delta")),
     "camera": ("realsense2_camera", "realsense2_camera, camera_node (pyrealsense2) or none",

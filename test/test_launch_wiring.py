@@ -324,7 +324,7 @@ BAD_VALUES = [
     ("sim.launch.py", "model_path", "", "must not be empty"),
     ("sim.launch.py", "autostart", "later", "not a boolean"),
     ("bringup.launch.py", "autostart", "2", "not a boolean"),
-    ("bringup.launch.py", "backend", "moveit_py", "not one of joint_trajectory, servo"),
+    ("bringup.launch.py", "backend", "moveit_py", "not one of joint_trajectory, position, servo"),
     ("bringup.launch.py", "moveit", "yes please", "not one of true, false"),
     ("eval.launch.py", "mode", "fake", "not one of sim, real"),
     ("eval.launch.py", "go_home", "2", "not a boolean"),
