@@ -13,12 +13,26 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    from roboalign_ros.sim.env import TabletopEnv
+
+class TabletopEnv(Protocol):
+    """What a success check reads of the scene (``sim.env.TabletopEnv`` provides it)."""
+
+    def object_position(self, name: str) -> np.ndarray:
+        """The object's position now (m, base frame)."""
+
+    def initial_object_position(self, name: str) -> np.ndarray:
+        """Its position at the episode's start."""
+
+    def object_spec(self, name: str) -> Any:
+        """Its shape (``rest_height``, ``footprint``, ...)."""
+
+    def is_grasped(self, name: str, any_finger: bool = False) -> bool:
+        """Whether the gripper holds it (with ``any_finger``: touches it)."""
+
 
 # Region of the table where objects are placed (base frame, m).
 PLACE_X = (0.27, 0.50)
