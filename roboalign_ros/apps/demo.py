@@ -63,12 +63,14 @@ class LoopStats:
 def run_closed_loop(duration: float, task: str, seed: int, model: str, device: str,
                     camera_size: tuple[int, int], camera_rate: float, log_dir: str,
                     stop_on_success: bool = True, quiet: bool = False,
-                    reasoning_every: int = 5, then: list[tuple[str, int]] = ()) -> LoopStats:
+                    reasoning_every: int = 5, then: list[tuple[str, int]] = (),
+                    server: str = "") -> LoopStats:
     """Run sim + policy + executor for ``duration`` s and return what the monitor measured.
 
     ``then``: more ``(task, seed)`` episodes after the first, each started with the sim's
     ``reset_task`` once the previous one succeeded or ran out of ``duration``; every episode's
-    outcome (the sim's success check) lands in ``LoopStats.results``.
+    outcome (the sim's success check) lands in ``LoopStats.results``. ``server``: policy_node
+    uses the policy a ``roboalign serve`` serves there (``inference: remote``), not ``model``.
     """
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -92,7 +94,8 @@ def run_closed_loop(duration: float, task: str, seed: int, model: str, device: s
     nodes.start("executor_node", "executor.yaml", {"servo.manage": False})  # sim: no Servo
     nodes.start("policy_node", "policy.yaml",
                 {"model_path": model, "device": device, "reasoning_every": reasoning_every,
-                 "torch_threads": 1 if device == "cpu" else 0})
+                 "torch_threads": 1 if device == "cpu" else 0,
+                 **({"inference": "remote", "server": server} if server else {})})
     stats = LoopStats()
     state_names = {v: k[len("STATE_"):].lower() for k, v in vars(PolicyStatus).items()
                    if k.startswith("STATE_")}
@@ -261,6 +264,8 @@ def add_arguments(p: argparse.ArgumentParser, duration: float = 15.0) -> None:
                    help="checkpoint dir or 'tiny' (random policy); default: the shipped trained "
                         f"policy ({DEMO_MODEL}) if present, else tiny")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--server", default="", metavar="HOST:PORT",
+                   help="run policy_node with inference remote on this roboalign serve server")
     # the shipped policy was trained on 224x168 frames at 15 fps (the bulk recorder's)
     p.add_argument("--camera-size", type=int, nargs=2, default=(224, 168), metavar=("W", "H"))
     p.add_argument("--camera-rate", type=float, default=15.0)
@@ -302,7 +307,7 @@ def run_cli(a: argparse.Namespace) -> int:
     stats = run_closed_loop(a.duration, tasks[0], a.seed, model, a.device,
                             tuple(a.camera_size), a.camera_rate, a.log_dir,
                             reasoning_every=a.reasoning_every,
-                            then=[(t, a.seed) for t in tasks[1:]])
+                            then=[(t, a.seed) for t in tasks[1:]], server=a.server)
     print("\n" + _summary(stats))
     for task, seed, ok, took in stats.results:
         print(f"  {task:28s} seed {seed}: {'SUCCESS' if ok else 'failure'} ({took:.1f} s)")
