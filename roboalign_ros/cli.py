@@ -75,11 +75,22 @@ def _add_sim_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=lambda args: _run_node("sim_node", _sim_ros_args(args)))
 
 
-def _add_node_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", choices=NODES, metavar="NAME", help=", ".join(NODES))
-    parser.add_argument("ros_args", nargs=argparse.REMAINDER, metavar="...",
-                        help="the node's arguments, e.g. --ros-args -p rate:=10")
-    parser.set_defaults(func=lambda args: _run_node(args.name, args.ros_args))
+def _node_command(name: str):
+    """``roboalign node <name>``: its ``--help`` lists the node's parameters, from its spec."""
+    def add(parser: argparse.ArgumentParser) -> None:
+        from roboalign_ros.parameters import load_spec
+
+        spec = load_spec(name)
+        lines = [f"  {p.name} ({p.type}, default {p.default!r}"
+                 f"{'; ' + p.rules() if p.rules() else ''}): {p.description}" for p in spec]
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        parser.epilog = (f"parameters (--ros-args -p NAME:=VALUE; config/parameters/{name}.yaml, "
+                         "docs/parameters.md):\n" + "\n".join(lines))
+        parser.add_argument("--ros-args", nargs=argparse.REMAINDER, default=[], metavar="ARG",
+                            help="the node's ROS arguments, e.g. --ros-args -p rate:=10")
+        parser.set_defaults(func=lambda args: _run_node(name, ["--ros-args", *args.ros_args]),
+                            name=name)
+    return add
 
 
 # command -> (one-line help, what it is): a function adding a leaf's options, or subcommands
@@ -88,7 +99,8 @@ COMMANDS = {
              _from("roboalign_ros.apps.demo")),
     "sim": ("the MuJoCo arm node alone (like `ros2 run roboalign_ros sim_node`)",
             _add_sim_arguments),
-    "node": ("any node of the package (like `ros2 run`)", _add_node_arguments),
+    "node": ("any node of the package (like `ros2 run`)", {
+        name: (f"{name} (its parameters: --help)", _node_command(name)) for name in NODES}),
     "record": ("expert demos of the sim tasks", {
         "sim": ("through the ROS graph (sim_node + recorder_node), in real time",
                 _from("roboalign_ros.apps.record_sim")),

@@ -129,7 +129,18 @@ def test_sim_arguments_become_sim_node_ros_args():
     assert pairs == ["task:=push_green_block_left", "seed:=3", "camera.rate:=5.0",
                      "camera.width:=320", "camera.height:=240", "camera.depth:=true"]
     node = cli.build_parser().parse_args(["node", "policy_node", "--ros-args", "-p", "a:=1"])
-    assert (node.name, node.ros_args) == ("policy_node", ["--ros-args", "-p", "a:=1"])
+    assert (node.name, node.ros_args) == ("policy_node", ["-p", "a:=1"])
+
+
+def test_a_nodes_help_lists_its_parameters_from_its_spec(capsys):
+    from roboalign_ros.parameters import load_spec
+
+    with pytest.raises(SystemExit):
+        cli.main(["node", "executor_node", "--help"])
+    out = capsys.readouterr().out
+    for p in load_spec("executor_node"):
+        assert f"  {p.name} ({p.type}, default {p.default!r}" in out
+    assert "safety.velocity_scale (double, default 0.5; in [0.01, 1.0])" in out
 
 
 @pytest.mark.parametrize("argv, names", [
