@@ -99,3 +99,32 @@ def test_seeds_clear_of_the_evaluation_seeds():
     with pytest.raises(ConfigError, match="seed_base"):
         run_ground({"data": {"roots": [str(DEMOS)]}, "policy": {"backbone": "x"},
                     "seed_base": 100_010})
+
+
+def test_ground_resumes_where_it_stopped(tmp_path):
+    import shutil
+
+    from roboalign_ros.model.tiny import build_random_backbone
+
+    model, processor = build_random_backbone("tiny", image_size=(56, 56))
+    model.save_pretrained(tmp_path / "random")
+    processor.save_pretrained(tmp_path / "random")
+
+    def run(out, save_every=0):
+        return run_ground({"data": {"roots": [str(DEMOS)]},
+                           "run": {"output_dir": str(out), "progress": False,
+                                   "save_every": save_every, "keep_checkpoints": 0},
+                           "policy": {"backbone": str(tmp_path / "random"), "horizon": 4,
+                                      "image_size": [56, 56], "head_width": 32,
+                                      "head_layers": 1, "head_heads": 2,
+                                      "action_vocab_size": 64, "attn_implementation": "sdpa"},
+                           "steps": 4, "batch_size": 2, "eval_scenes": 2, "eval_every": 2,
+                           "keypoints": 6})
+
+    run(tmp_path / "a")
+    run(tmp_path / "b", save_every=2)
+    shutil.copytree(tmp_path / "b" / "checkpoint-2", tmp_path / "c" / "checkpoint-2")
+    run(tmp_path / "c")  # resumes at step 2: the backbone, the probe, the optimizer
+    a, c = (json.loads((tmp_path / d / "ground_history.json").read_text()) for d in "ac")
+    assert [h["step"] for h in c] == [1, 2, 3, 4]
+    assert [h["loss"] for h in c] == [h["loss"] for h in a]

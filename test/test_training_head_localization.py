@@ -85,3 +85,27 @@ def test_localization_needs_keypoints_and_scene_states(data, tmp_path):
         run_head(_config(data, tmp_path / "a", localization_weight=1.0, head_overrides={}))
     with pytest.raises(ConfigError, match="localization_weight: must be >= 0"):
         run_head(_config(data, tmp_path / "b", localization_weight=-1.0))
+
+
+def test_resume_with_the_probe_reproduces_the_run(data, tmp_path):
+    """The probe's regressor is kept in checkpoints, so a resumed run is the uninterrupted one."""
+    import shutil
+
+    def run(out, save_every=0):
+        cfg = _config(data, out, localization_weight=1.0, localization_token_targets=True,
+                      max_steps=4)
+        cfg["data"]["frame_stride"] = 8
+        cfg["run"].update(save_every=save_every, keep_checkpoints=0)
+        return run_head(cfg)
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", save_every=2)
+    shutil.copytree(tmp_path / "b" / "checkpoint-2", tmp_path / "c" / "checkpoint-2")
+    resumed = run(tmp_path / "c")
+    a, c = (json.loads((tmp_path / d / "head_history.json").read_text()) for d in "ac")
+    assert [h["step"] for h in c] == [1, 2, 3, 4]
+    assert [h["loss"] for h in c] == [h["loss"] for h in a]
+    from safetensors.torch import load_file
+
+    wa, wc = load_file(straight / "head.safetensors"), load_file(resumed / "head.safetensors")
+    assert all(torch.equal(wa[k], wc[k]) for k in wa)

@@ -151,7 +151,9 @@ def test_sft_resume_matches_uninterrupted_run(work, tmp_path):
     cfg["max_steps"] = 4  # rerun in the same output_dir: resumes from checkpoint-2
     resumed = run_sft(cfg)
     hist = json.loads((tmp_path / "b" / "sft_history.json").read_text())
-    assert [h["step"] for h in hist] == [3, 4]
+    straight_hist = json.loads((tmp_path / "a" / "sft_history.json").read_text())
+    assert [h["step"] for h in hist] == [1, 2, 3, 4]  # the checkpoint kept steps 1-2
+    assert [h["loss"] for h in hist] == [h["loss"] for h in straight_hist]
     a, b = _weights(straight), _weights(resumed)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)

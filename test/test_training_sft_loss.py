@@ -32,6 +32,23 @@ def test_split_losses_without_reasoning_tokens():
     assert n_rea == 0 and float(l_rea) == 0.0 and n_act == 3
 
 
+def test_split_losses_over_processes_average_to_the_batch_mean():
+    """Each process divides by the global token counts / 2: the mean is the batch's loss."""
+    torch.manual_seed(0)
+    labels = torch.tensor([[-100, 1, START, 3, 4, 5, 6, -100],
+                           [-100, -100, 2, 5, START, 3, -100, -100]])
+    logits = torch.randn(2, 8, 10)
+    whole = split_losses(logits, labels, START)
+    rows = [(logits[i:i + 1], labels[i:i + 1]) for i in range(2)]  # one row per process
+    plain = [split_losses(lg, lb, START) for lg, lb in rows]
+    total = torch.tensor([sum(p[2] for p in plain), sum(p[3] for p in plain)])  # all-reduce
+    shared = [split_losses(lg, lb, START, lambda c: total.clamp(min=1) / 2) for lg, lb in rows]
+    for k in range(2):  # action, reasoning
+        torch.testing.assert_close((shared[0][k] + shared[1][k]) / 2, whole[k])
+    # each process's own token mean would weight the rows' tokens unequally
+    assert abs(float((plain[0][0] + plain[1][0]) / 2 - whole[0])) > 1e-3
+
+
 @pytest.fixture(scope="module")
 def policy():
     from roboalign_ros.model import build_tiny_policy

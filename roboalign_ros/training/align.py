@@ -39,13 +39,14 @@ from .build import PolicyInitConfig, load_or_build_policy
 from .common import (
     FINAL_DIR,
     checkpoints,
+    cpu_processes,
     mark_complete,
     mixed_precision,
     resolve_resume,
     save_policy,
     seed_everything,
 )
-from .config import DataConfig, RunConfig, check, load_config
+from .config import ConfigError, DataConfig, RunConfig, check, load_config
 from .rewards import GRPOReward
 from .samples import FrameSamples, check_compatible, open_datasets, split_episodes
 
@@ -64,7 +65,8 @@ class AlignConfig:
         policy: the starting policy, normally the SFT stage's ``policy/`` (``checkpoint``).
         fraction: fraction of the selected frames used (0 = all / ``data.max_samples``).
         group_size: completions per prompt (G; paper 5).
-        prompts_per_step: prompts per device per optimizer step.
+        prompts_per_step: prompts per process per optimizer step (the global batch is
+            ``group_size x prompts_per_step x processes`` completions).
         learning_rate: paper 1e-6 (constant schedule); beta: KL weight to the start model
             (0 disables the reference model); temperature / top_p: sampling.
         max_completion_length: generated tokens per completion (reasoning + actions).
@@ -241,6 +243,10 @@ def run_align(config, overrides=()) -> Path:
         samples.items = [samples.items[i] for i in pick]
     rows = build_prompt_rows(policy, [samples[i] for i in range(len(samples))],
                              with_chunk=cfg.distance_weight > 0)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if len(rows) < cfg.prompts_per_step * world:  # TRL would stop at step 0, silently
+        raise ConfigError(f"align.prompts_per_step: {cfg.prompts_per_step} prompts per process "
+                          f"x {world} processes is more than the {len(rows)} prompts selected")
     dataset = Dataset.from_list(rows)
     log.info("align: %d prompts, group %d", len(rows), cfg.group_size)
 
@@ -270,7 +276,7 @@ def run_align(config, overrides=()) -> Path:
         save_total_limit=cfg.run.keep_checkpoints or None,
         bf16=mixed_precision(cfg.run) == "bf16", fp16=mixed_precision(cfg.run) == "fp16",
         remove_unused_columns=False, disable_tqdm=not cfg.run.progress,
-        dataloader_num_workers=0, log_completions=False,
+        dataloader_num_workers=0, log_completions=False, use_cpu=cpu_processes(),
     )
     old_tb = os.environ.get("TENSORBOARD_LOGGING_DIR")
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(out_dir / "tb")  # read by TRL's TB callback

@@ -16,6 +16,17 @@ TRAINER_STATE = "trainer_state"  # sub-directory of a checkpoint with optimizer 
 FINAL_DIR = "policy"
 
 
+def cpu_processes() -> bool:
+    """True in a multi-process launch on a machine without CUDA.
+
+    accelerate then has to be told to run the processes on CPU (gloo): otherwise each would
+    train alone, as N independent single-process runs.
+    """
+    import torch
+
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def mixed_precision(run_cfg) -> str:
     """``run.mixed_precision`` on CUDA; "no" (float32) on CPU."""
     import torch
@@ -91,29 +102,6 @@ def rotate_checkpoints(output_dir: str | Path, keep: int) -> None:
 def mark_complete(path: Path, info: dict | None = None) -> None:
     """Write ``COMPLETE`` last, so a checkpoint interrupted mid-write is never resumed from."""
     (path / "COMPLETE").write_text(json.dumps(info or {}))
-
-
-def write_checkpoint(out_dir: Path, step: int, save, accelerator, stage: str,
-                     keep: int) -> Path:
-    """Write ``checkpoint-<step>``: the policy (``save(path)``), the accelerate state, the step.
-
-    Marked complete last, so resuming never picks a half-written checkpoint.
-    """
-    path = Path(out_dir) / f"checkpoint-{step}"
-    save(path)
-    accelerator.save_state(str(path / TRAINER_STATE))
-    if accelerator.is_main_process:
-        (path / TRAINER_STATE / "step.json").write_text(json.dumps({"step": step}))
-        mark_complete(path, {"stage": stage, "step": step})
-        rotate_checkpoints(out_dir, keep)
-    accelerator.wait_for_everyone()
-    return path
-
-
-def read_checkpoint_step(accelerator, resume: Path) -> int:
-    """Restore the accelerate state of a checkpoint and return its step."""
-    accelerator.load_state(str(resume / TRAINER_STATE))
-    return json.loads((resume / TRAINER_STATE / "step.json").read_text())["step"]
 
 
 def save_policy(policy, directory: str | Path, accelerator=None, model=None) -> Path:

@@ -11,24 +11,22 @@ layers up to the feature layer) and a :class:`~.localization.LocalizationProbe` 
 object's x, y; the output is a backbone directory for ``sft`` (``policy.backbone``).
 
 Output ``<output_dir>/backbone/`` (model + processor) and ``ground_history.json`` (training and
-held-out localization error per logged step). Not resumable inside the stage: an interrupted
-run starts again (it takes minutes).
+held-out localization error per step). Trains in the shared loop (:mod:`.loop`), in one
+process; resumable like the other stages (``checkpoint-<step>/backbone`` + the probe's and the
+optimizer's state).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import itertools
 import logging
-import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .build import PolicyInitConfig, load_or_build_policy
-from .common import progress, seed_everything, summary_writer
 from .config import ConfigError, DataConfig, RunConfig, check, load_config
 from .localization import (
     LocalizationProbe,
@@ -36,6 +34,7 @@ from .localization import (
     object_position_columns,
     pixels_to_grid,
 )
+from .loop import Trainer
 from .samples import open_datasets
 
 log = logging.getLogger(__name__)
@@ -146,18 +145,17 @@ def _arm_states(readers) -> np.ndarray:
 
 def run_ground(config, overrides=()) -> Path:
     """Run the stage; returns the grounded backbone directory."""
-    from transformers import get_scheduler
-
     from ..model import backbone as bb
     from ..model.policy import Observation
     from ..sim.tasks import get_task
 
     cfg = load_config(GroundConfig, config, overrides)
-    seed_everything(cfg.run.seed)
-    out_dir = Path(cfg.run.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer("ground", cfg.run)
+    if trainer.num_processes > 1:
+        raise ConfigError("ground: runs in one process (its forward stops early at the feature "
+                          "layer, outside a wrapped model's forward)")
     readers = open_datasets(cfg.data.roots)
-    policy = load_or_build_policy(cfg.policy, readers, "cpu", cfg.run.seed)
+    policy = load_or_build_policy(cfg.policy, readers, trainer.device, cfg.run.seed)
     if len(policy.config.camera_names) != 1:
         raise ConfigError("ground: renders one camera (the sim's scene camera); the policy has "
                           f"{policy.config.camera_names}")
@@ -178,15 +176,15 @@ def run_ground(config, overrides=()) -> Path:
     model = policy.backbone
     probe = LocalizationProbe(bb.text_config(model).hidden_size, cfg.keypoints, 1, cols,
                               targets.mean(axis=0), targets.std(axis=0))
-    grid = policy.token_grid()
+    grid = policy.token_grid().to(trainer.device)
     cols, rows = image_grid_shape(grid)
     height, width = source.height, source.width
     model.train()
     model.requires_grad_(True)
     params = list(model.parameters()) + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sched = get_scheduler("cosine", opt, num_warmup_steps=int(cfg.warmup_ratio * cfg.steps),
-                          num_training_steps=cfg.steps)
+    model = trainer.prepare(model, opt, cfg.steps, extra=[probe], lr_scheduler="cosine",
+                            warmup_ratio=cfg.warmup_ratio, max_grad_norm=cfg.max_grad_norm)
 
     def loss_of(scenes):  # SceneSource.scene tuples -> (loss, regression error in m)
         obs = [Observation({policy.config.camera_names[0]: img},
@@ -199,51 +197,32 @@ def run_ground(config, overrides=()) -> Path:
         return probe.loss(hidden, grid, inputs["attention_mask"], [s[1] for s in scenes],
                           points)
 
-    def held_out() -> float:
+    def loss(step: int):  # the scenes of a step are a function of it: resume sees the same
+        n, first = cfg.poses_per_layout, step * cfg.batch_size
+        value, err = loss_of([source.scene(cfg.seed_base + i // n, i % n)
+                              for i in range(first, first + cfg.batch_size)])
+        return value, {"error_m": err}
+
+    def held_out(step: int) -> dict:
         model.eval()
         errs = []
         with torch.no_grad():
             for i in range(0, len(eval_scenes), cfg.batch_size):
                 errs.append(loss_of(eval_scenes[i:i + cfg.batch_size])[1])
         model.train()
-        return float(np.mean(errs))
+        log.info("ground: step %d, held-out error %.1f cm", step, 100 * float(np.mean(errs)))
+        return {"held_out_error_m": float(np.mean(errs))}
 
-    tb = summary_writer(cfg.run, True)
-    bar = progress(total=cfg.steps, desc="ground", enable=cfg.run.progress)
-    history, t0 = [], time.perf_counter()
-    for step in range(1, cfg.steps + 1):
-        n = cfg.poses_per_layout
-        first = (step - 1) * cfg.batch_size
-        loss, err = loss_of([source.scene(cfg.seed_base + i // n, i % n)
-                             for i in range(first, first + cfg.batch_size)])
-        opt.zero_grad()
-        loss.backward()
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        row = {"step": step, "loss": float(loss.detach()), "error_m": err,
-               "seconds": time.perf_counter() - t0}
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            row["held_out_error_m"] = held_out()
-            log.info("ground: step %d, held-out error %.1f cm", step, 100 * row["held_out_error_m"])
-        history.append(row)
-        bar.update(1)
-        bar.set_postfix(err_cm=f"{100 * err:.1f}")
-        if tb is not None and (step % cfg.run.log_every == 0 or "held_out_error_m" in row):
-            for k, v in row.items():
-                if k != "step":
-                    tb.add_scalar(f"ground/{k}", v, step)
-        if not math.isfinite(row["loss"]):
-            raise RuntimeError(f"ground: loss is {row['loss']} at step {step}")
-    bar.close()
-    target = out_dir / BACKBONE_DIR
-    model.save_pretrained(target)
-    policy.processor.save_pretrained(target)
-    (out_dir / "ground_history.json").write_text(json.dumps(history))
-    if tb is not None:
-        tb.close()
-    return target
+    def save_backbone(directory: Path):
+        state = trainer.acc.get_state_dict(model)
+        if trainer.is_main:
+            trainer.acc.unwrap_model(model).save_pretrained(directory, state_dict=state)
+            policy.processor.save_pretrained(directory)
+        trainer.acc.wait_for_everyone()
+
+    trainer.fit(itertools.count(trainer.step), loss, cfg.steps, evaluate=held_out,
+                eval_every=cfg.eval_every, save=lambda path: save_backbone(path / BACKBONE_DIR))
+    return trainer.finish(save_backbone, BACKBONE_DIR)
 
 
 def main(argv=None) -> int:

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,17 +36,9 @@ import torch
 
 from ..data.scene_state import ENV_STATE_KEY as SCENE_STATE
 from .build import PolicyInitConfig, load_or_build_policy
-from .common import (
-    FINAL_DIR,
-    mixed_precision,
-    progress,
-    read_checkpoint_step,
-    resolve_resume,
-    seed_everything,
-    summary_writer,
-    write_checkpoint,
-)
+from .common import progress
 from .config import ConfigError, DataConfig, RunConfig, check, load_config
+from .loop import Trainer
 from .samples import FrameSamples, check_compatible, open_datasets, split_episodes
 
 log = logging.getLogger(__name__)
@@ -274,17 +266,12 @@ def run_head(config, overrides=()) -> Path:
     Metrics (held-out MSE vs. mean-chunk baseline, normalized units) go to
     ``<output_dir>/head_metrics.json`` and TensorBoard.
     """
-    from accelerate import Accelerator
-    from transformers import get_scheduler
-
     from ..model import backbone as bb
     from ..model.head import FlowMatchingHead
 
     cfg = load_config(HeadStageConfig, config, overrides)
-    acc = Accelerator(mixed_precision=mixed_precision(cfg.run))
-    seed_everything(cfg.run.seed)
-    out_dir = Path(cfg.run.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer("head", cfg.run)
+    acc, out_dir = trainer.acc, trainer.out_dir
     readers = open_datasets(cfg.data.roots)
     splits = [split_episodes(len(r), cfg.data.val_fraction, cfg.data.episodes) for r in readers]
     src = Path(cfg.policy.checkpoint)
@@ -316,7 +303,7 @@ def run_head(config, overrides=()) -> Path:
             continue
         key = _cache_key(str(src), policy.feature_layer, mode, s.items)
         cache = out_dir / "features" / f"{name}-{key}.safetensors"
-        if acc.is_main_process:
+        if trainer.is_main:
             extract_features(policy, s, mode, cfg.feature_batch_size, cache, cfg.run.progress)
         acc.wait_for_everyone()
         sets[name] = extract_features(policy, s, mode, cfg.feature_batch_size, cache, False)
@@ -337,106 +324,71 @@ def run_head(config, overrides=()) -> Path:
             head.set_token_grid(policy.token_grid())
         policy.head = head
     head.float().train()
-    probe, points = _localization(cfg, policy, head, readers, train_fs, acc)
-    steps_per_epoch = max(1, math.ceil(len(train_fs) / (cfg.batch_size * acc.num_processes)))
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    params = list(head.parameters()) + ([] if probe is None else list(probe.out.parameters()))
+    probe, points = _localization(cfg, policy, head, readers, train_fs, trainer)
+    batches_per_epoch = math.ceil(len(train_fs) / cfg.batch_size)
+    total, _ = trainer.total_steps(batches_per_epoch, cfg.epochs, cfg.max_steps)
+    clipped = list(head.parameters())  # the head's; the probe's regressor is not clipped
+    params = clipped + ([] if probe is None else list(probe.out.parameters()))
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sched = get_scheduler(cfg.lr_scheduler if cfg.lr_scheduler != "constant"
-                          else "constant_with_warmup", opt,
-                          num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
-    head, opt, sched = acc.prepare(head, opt, sched)
-    backbone_src = src / "backbone"
-
-    step = 0
-    resume = resolve_resume(cfg.run)
-    if resume is not None:
-        step = read_checkpoint_step(acc, resume)
-
-    def save(path: Path):
-        if acc.is_main_process:
-            policy.head = acc.unwrap_model(head)
-            policy.save_pretrained(path, save_backbone=False)
-            link_tree(backbone_src, path / "backbone")
-        acc.wait_for_everyone()
-
-    def checkpoint():
-        write_checkpoint(out_dir, step, save, acc, "head", cfg.run.keep_checkpoints)
-
-    tb = summary_writer(cfg.run, acc.is_main_process)
-    bar = progress(total=total, desc="head", enable=cfg.run.progress, initial=step)
-    rank, world = acc.process_index, acc.num_processes
+    head = trainer.prepare(head, opt, total, extra=[] if probe is None else [probe.out],
+                           lr_scheduler=cfg.lr_scheduler, warmup_ratio=cfg.warmup_ratio,
+                           max_grad_norm=cfg.max_grad_norm, clip=clipped)
     unwrapped = acc.unwrap_model(head)
-    history = []
-    metrics = {}
-    t_step = time.perf_counter()
-    while step < total:
-        # per-step, seeded batch choice: deterministic and identical after a resume
+    backbone_src = src / "backbone"
+    rank, world = trainer.rank, trainer.num_processes
+
+    def loss(step: int):
+        # per-step, seeded choice of the global batch (deterministic, the same after a
+        # resume); each process takes every N-th sample of it, with that sample's noise
         g = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
         perm = torch.randperm(len(train_fs), generator=g)
         idx = perm[: cfg.batch_size * world][rank::world].tolist()
         feats, mask, state, chunk = train_fs.batch(idx, acc.device)
         noise_gen = torch.Generator(device=acc.device).manual_seed(cfg.run.seed + 7919 * step)
-        with acc.autocast():
-            loss = unwrapped.loss(feats, state, chunk, mask, generator=noise_gen) \
-                if world == 1 else _ddp_loss(head, feats, state, chunk, mask, noise_gen)
-            record = {}
-            if probe is not None:
-                l_loc, err = probe.loss(feats, unwrapped.token_grid, mask,
-                                        train_fs.scene[idx].numpy(),
-                                        None if points is None else points[idx])
-                loss = loss + cfg.localization_weight * l_loc
-                record = {"localization_error": err}
-        acc.backward(loss)
-        if cfg.max_grad_norm > 0:
-            acc.clip_grad_norm_(head.parameters(), cfg.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        step += 1
-        now = time.perf_counter()
-        history.append({"step": step, "loss": float(loss.detach()), "step_time": now - t_step,
-                        **record})
-        t_step = now
-        bar.update(1)
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        if tb is not None and step % cfg.run.log_every == 0:
-            tb.add_scalar("head/loss", float(loss.detach()), step)
-            tb.add_scalar("head/lr", sched.get_last_lr()[0], step)
-            if record:
-                tb.add_scalar("head/localization_error_m", record["localization_error"], step)
-        if cfg.eval_every and step % cfg.eval_every == 0 and "val" in sets:
-            metrics = evaluate(unwrapped, sets["val"], mean_chunk, acc.device, cfg.run.seed,
-                               cfg.eval_num_steps, cfg.batch_size, cfg.eval_samples)
-            if tb is not None:
-                tb.add_scalar("head/val_mse", metrics["mse"], step)
-                tb.add_scalar("head/val_baseline_mse", metrics["baseline_mse"], step)
-        if cfg.run.save_every and step % cfg.run.save_every == 0 and step < total:
-            checkpoint()
-    bar.close()
-    checkpoint()
+        value = flow_matching_loss(head, feats, state, chunk, mask, noise_gen, rank, world)
+        if probe is None:
+            return value, {}
+        l_loc, err = probe.loss(feats, unwrapped.token_grid, mask, train_fs.scene[idx].numpy(),
+                                None if points is None else points[idx])
+        return value + cfg.localization_weight * l_loc, {"localization_error": err}
+
+    evaluations = {}
+
+    def evaluate_val(step: int) -> dict:
+        evaluations[step] = evaluate(unwrapped, sets["val"], mean_chunk, acc.device,
+                                     cfg.run.seed, cfg.eval_num_steps, cfg.batch_size,
+                                     cfg.eval_samples)
+        return {"val_mse": evaluations[step]["mse"],
+                "val_baseline_mse": evaluations[step]["baseline_mse"]}
+
+    def save(path: Path):
+        if trainer.is_main:
+            policy.head = unwrapped
+            policy.save_pretrained(path, save_backbone=False)
+            link_tree(backbone_src, path / "backbone")
+        acc.wait_for_everyone()
+
+    trainer.fit(itertools.count(trainer.step), loss, total, save=save,
+                evaluate=evaluate_val if "val" in sets else None,
+                eval_every=cfg.eval_every or total)
+    metrics = {}
     if "val" in sets:
-        metrics = evaluate(unwrapped, sets["val"], mean_chunk, acc.device, cfg.run.seed,
-                           cfg.eval_num_steps, cfg.batch_size, cfg.eval_samples)
+        # the last step's evaluation (a run resumed at its end evaluates now)
+        metrics = evaluations.get(trainer.step) or evaluate(
+            unwrapped, sets["val"], mean_chunk, acc.device, cfg.run.seed, cfg.eval_num_steps,
+            cfg.batch_size, cfg.eval_samples)
         metrics["train_samples"] = len(train_fs)
-        log.info("head: held-out MSE %.4f vs mean-chunk baseline %.4f", metrics["mse"],
-                 metrics["baseline_mse"])
-        if tb is not None:
-            tb.add_scalar("head/val_mse", metrics["mse"], step)
-            tb.add_scalar("head/val_baseline_mse", metrics["baseline_mse"], step)
-    final = out_dir / FINAL_DIR
-    if acc.is_main_process and final.exists():
-        shutil.rmtree(final)
-    save(final)
-    if acc.is_main_process:
+        if trainer.is_main:
+            log.info("head: held-out MSE %.4f vs mean-chunk baseline %.4f", metrics["mse"],
+                     metrics["baseline_mse"])
+    final = trainer.finish(save)
+    if trainer.is_main:
         (out_dir / "head_metrics.json").write_text(json.dumps(metrics, indent=1))
-        (out_dir / "head_history.json").write_text(json.dumps(history))
-        if tb is not None:
-            tb.close()
     return final
 
 
-def _localization(cfg: HeadStageConfig, policy, head, readers, train_fs: FeatureSet, acc):
+def _localization(cfg: HeadStageConfig, policy, head, readers, train_fs: FeatureSet,
+                  trainer):
     """``(probe, token-grid points or None)`` of ``localization_weight`` (``(None, None)``: off).
 
     The probe's keypoint detector *is* the head's (shared module), so its loss shapes the
@@ -450,13 +402,14 @@ def _localization(cfg: HeadStageConfig, policy, head, readers, train_fs: Feature
     pc = policy.config
     if not pc.head.keypoints:
         raise ConfigError(f"{field}: the head has no keypoints (set head_overrides.keypoints)")
-    if acc.num_processes > 1:
-        raise ConfigError(f"{field}: runs in one process only (the probe is outside DDP)")
+    if trainer.num_processes > 1:
+        raise ConfigError(f"{field}: runs in one process only (the probe reads the head's "
+                          "keypoint detector outside its wrapped forward)")
     if train_fs.scene is None:
         raise ConfigError(f"{field}: the samples have no observation.environment_state "
                           "(record the dataset with `roboalign record bulk`, or "
                           "--set localization_weight=0)")
-    probe = localization_probe(readers, policy, pc.head.keypoints, field).to(acc.device)
+    probe = localization_probe(readers, policy, pc.head.keypoints, field).to(trainer.device)
     probe.logits = head.keypoint_logits
     points = None
     if cfg.localization_token_targets:
@@ -466,12 +419,17 @@ def _localization(cfg: HeadStageConfig, policy, head, readers, train_fs: Feature
     return probe, points
 
 
-def _ddp_loss(head, feats, state, chunk, mask, gen):
-    """Flow-matching loss through the DDP wrapper (so gradients are all-reduced)."""
+def flow_matching_loss(head, feats, state, chunk, mask, gen, rank: int = 0, world: int = 1):
+    """``FlowMatchingHead.loss`` through the (possibly wrapped) ``head``'s forward.
+
+    Through the forward, so that DDP averages the gradients. Noise and times are drawn for the
+    global batch (``world`` x this process's) and this process takes its share
+    (``[rank::world]``), so every sample gets the noise it gets on one process.
+    """
     x0 = chunk.float()
-    b = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=gen, device=x0.device)
-    sigma = torch.rand((b,), generator=gen, device=x0.device)
+    shape = (x0.shape[0] * world, *x0.shape[1:])
+    noise = torch.randn(shape, generator=gen, device=x0.device)[rank::world]
+    sigma = torch.rand((shape[0],), generator=gen, device=x0.device)[rank::world]
     s = sigma[:, None, None]
     inner = getattr(head, "module", head)
     pred = head((1 - s) * x0 + s * noise, sigma * inner.cfg.num_train_timesteps, feats, state,

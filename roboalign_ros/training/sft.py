@@ -12,38 +12,26 @@ token-mean cross-entropy. Options: freeze the vision tower (paper default), the 
 the lower N decoder layers (ReFineVLA: 24); LoRA (peft) on the language model's projections,
 merged into the saved backbone.
 
-Runs under ``accelerate launch`` (DDP / FSDP / DeepSpeed; see README.md). Checkpoints:
-``<output_dir>/checkpoint-<step>/`` (the ``VLAPolicy`` layout + ``trainer_state/`` for resume),
-final policy in ``<output_dir>/policy/``.
+Trains in the shared loop (:mod:`.loop`), so it runs under ``accelerate launch`` (DDP / FSDP /
+DeepSpeed; docs/training.md): ``batch_size`` is per process, and each span's token mean is taken
+over the global batch. Checkpoints: ``<output_dir>/checkpoint-<step>/`` (the ``VLAPolicy``
+layout + ``trainer_state/`` for resume), final policy in ``<output_dir>/policy/``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
-import shutil
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .build import PolicyInitConfig, load_or_build_policy
-from .common import (
-    FINAL_DIR,
-    mixed_precision,
-    progress,
-    read_checkpoint_step,
-    resolve_resume,
-    save_policy,
-    seed_everything,
-    summary_writer,
-    write_checkpoint,
-)
+from .common import save_policy
 from .config import DataConfig, RunConfig, check, load_config
 from .localization import localization_probe
+from .loop import Trainer
 from .samples import (
     FrameSamples,
     SeededSampler,
@@ -91,7 +79,7 @@ class SFTConfig:
             ``observation.environment_state`` (sim datasets; standardized by its stats). It
             is the signal a vision tower trained from scratch lacks: the action and
             reasoning losses say where objects are only through a few tokens. The probe is
-            training-only (not saved; a resumed run starts a fresh one).
+            training-only: not saved with the policy, kept in checkpoints for resume.
         localization_keypoints: keypoints per camera of that probe.
     """
 
@@ -218,32 +206,40 @@ def merged_backbone_state(model) -> dict:
 
 
 # ---------------------------------------------------------------------------- loss
-def split_losses(logits: torch.Tensor, labels: torch.Tensor, action_start_id: int):
+def split_losses(logits: torch.Tensor, labels: torch.Tensor, action_start_id: int,
+                 span_tokens=None):
     """Token-mean CE over the reasoning span and the action span (see module docstring).
 
-    Returns ``(loss_action, loss_reasoning, n_action_tokens, n_reasoning_tokens)``.
+    ``span_tokens(counts)``: what the spans' CE sums are divided by, from this batch's token
+    counts ``[action, reasoning]`` (default: the counts, at least 1; under N processes the
+    stage passes the global counts / N). Returns ``(loss_action, loss_reasoning,
+    n_action_tokens, n_reasoning_tokens)``.
     """
     logits, target = logits[:, :-1].float(), labels[:, 1:]
     valid = target != -100
     ce = F.cross_entropy(logits.transpose(1, 2), target.clamp(min=0), reduction="none")
     after = (target == action_start_id).long().cumsum(dim=1) > 0
     act, rea = valid & after, valid & ~after
-    n_act, n_rea = act.sum(), rea.sum()
-    l_act = (ce * act).sum() / n_act.clamp(min=1)
-    l_rea = (ce * rea).sum() / n_rea.clamp(min=1)
-    return l_act, l_rea, int(n_act), int(n_rea)
+    counts = torch.stack([act.sum(), rea.sum()])
+    denominator = counts.clamp(min=1) if span_tokens is None else span_tokens(counts)
+    l_act = (ce * act).sum() / denominator[0]
+    l_rea = (ce * rea).sum() / denominator[1]
+    return l_act, l_rea, int(counts[0]), int(counts[1])
 
 
 def sft_loss(model, policy, batch, lambda_reasoning: float, probe=None,
-             probe_weight: float = 0.0, token_grid=None):
-    """``(loss, metrics)`` of one batch of :class:`~.samples.Sample`."""
+             probe_weight: float = 0.0, token_grid=None, span_tokens=None):
+    """``(loss, metrics)`` of one batch of :class:`~.samples.Sample`.
+
+    ``span_tokens``: see :func:`split_losses`.
+    """
     inputs = policy.sft_inputs([s.observation for s in batch], [s.reasoning for s in batch],
                                [s.chunk for s in batch])
     labels = inputs.pop("labels")
     use_probe = probe is not None and probe_weight > 0
     out = model(**inputs, use_cache=False, output_hidden_states=use_probe)
     l_act, l_rea, n_act, n_rea = split_losses(out.logits, labels,
-                                              policy.token_ids["action_start"])
+                                              policy.token_ids["action_start"], span_tokens)
     loss = l_act + lambda_reasoning * l_rea
     metrics = {"loss_action": float(l_act.detach()), "loss_reasoning": float(l_rea.detach()),
                "tokens_action": n_act, "tokens_reasoning": n_rea}
@@ -259,30 +255,16 @@ def sft_loss(model, policy, batch, lambda_reasoning: float, probe=None,
 
 
 # ---------------------------------------------------------------------------- run
-def _scheduler(optimizer, name: str, warmup: int, total: int):
-    from transformers import get_scheduler
-
-    return get_scheduler(name if name != "constant" else "constant_with_warmup", optimizer,
-                         num_warmup_steps=warmup, num_training_steps=max(total, 1))
-
-
 def run_sft(config, overrides=()) -> Path:
     """Run SFT; returns the final policy directory (``<output_dir>/policy``)."""
-    from accelerate import Accelerator
-
     cfg = load_config(SFTConfig, config, overrides)
-    acc = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                      mixed_precision=mixed_precision(cfg.run))
-    seed_everything(cfg.run.seed)
-    out_dir = Path(cfg.run.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer("sft", cfg.run, cfg.gradient_accumulation_steps)
     readers = open_datasets(cfg.data.roots)
     splits = [split_episodes(len(r), cfg.data.val_fraction, cfg.data.episodes) for r in readers]
     train_eps = [s[0] for s in splits]
-    resume = resolve_resume(cfg.run)
-    init = cfg.policy if resume is None else dataclasses.replace(
-        cfg.policy, checkpoint=str(resume), backbone="")
-    policy = load_or_build_policy(init, readers, acc.device, cfg.run.seed, train_eps)
+    init = cfg.policy if trainer.resume is None else dataclasses.replace(
+        cfg.policy, checkpoint=str(trainer.resume), backbone="")
+    policy = load_or_build_policy(init, readers, trainer.device, cfg.run.seed, train_eps)
     pc = policy.config
     check_compatible(readers, cfg.data.roots, pc.action_dim, pc.state_dim, pc.camera_names)
     data = FrameSamples(readers, cfg.data.roots, pc.horizon, pc.camera_names, pc.state_dim,
@@ -298,96 +280,68 @@ def run_sft(config, overrides=()) -> Path:
         counts = count_parameters(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    log.info("sft: %d samples, trainable %d / %d parameters", len(data), counts["trainable"],
-             counts["total"])
+    if trainer.is_main:
+        log.info("sft: %d samples, trainable %d / %d parameters", len(data),
+                 counts["trainable"], counts["total"])
 
     sampler = SeededSampler(len(data), cfg.run.seed)
     loader = torch.utils.data.DataLoader(data, batch_size=cfg.batch_size, sampler=sampler,
                                          collate_fn=collate,
                                          num_workers=cfg.data.num_workers, drop_last=False)
-    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.gradient_accumulation_steps))
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total, steps_per_epoch = trainer.total_steps(len(loader), cfg.epochs, cfg.max_steps)
     probe = token_grid = None
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.localization_weight > 0:
-        probe = localization_probe(readers, policy, cfg.localization_keypoints).to(acc.device)
-        token_grid = policy.token_grid().to(acc.device)
+        probe = localization_probe(readers, policy, cfg.localization_keypoints).to(
+            trainer.device)
+        token_grid = policy.token_grid().to(trainer.device)
         params += list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                             betas=(0.9, cfg.adam_beta2))
-    sched = _scheduler(opt, cfg.lr_scheduler, int(cfg.warmup_ratio * total), total)
-    model, opt, loader, sched = acc.prepare(model, opt, loader, sched)
+    model, loader = trainer.prepare(model, opt, total, loader=loader,
+                                    extra=[probe] if probe is not None else [],
+                                    lr_scheduler=cfg.lr_scheduler,
+                                    warmup_ratio=cfg.warmup_ratio,
+                                    max_grad_norm=cfg.max_grad_norm)
 
-    step = 0
-    if resume is not None:
-        step = read_checkpoint_step(acc, resume)
-        log.info("sft: resumed from %s at step %d", resume, step)
+    def span_tokens(counts):
+        # divide each span's sum by the global token count / N: the gradient DDP averages over
+        # the N processes is then the token mean over the global batch, as on one process
+        if trainer.num_processes == 1:
+            return counts.clamp(min=1)
+        return trainer.acc.reduce(counts, "sum").clamp(min=1) / trainer.num_processes
+
+    def loss(batch):
+        return sft_loss(model, policy, batch, cfg.lambda_reasoning, probe,
+                        cfg.localization_weight, token_grid, span_tokens)
 
     def save(path: Path):
         if cfg.lora.enabled:
-            state = merged_backbone_state(acc.unwrap_model(model))
-            if acc.is_main_process:
+            state = merged_backbone_state(trainer.acc.unwrap_model(model))
+            if trainer.is_main:
                 policy.save_pretrained(path, save_backbone=False)
                 policy.backbone.save_pretrained(path / "backbone", state_dict=state)
                 policy.processor.save_pretrained(path / "backbone")
         else:
-            save_policy(policy, path, acc, model)
+            save_policy(policy, path, trainer.acc, model)
 
-    def checkpoint():
-        write_checkpoint(out_dir, step, save, acc, "sft", cfg.run.keep_checkpoints)
+    trainer.fit(epoch_batches(trainer, loader, sampler, steps_per_epoch), loss, total,
+                save=save)
+    return trainer.finish(save)
 
-    tb = summary_writer(cfg.run, acc.is_main_process)
-    bar = progress(total=total, desc="sft", enable=cfg.run.progress, initial=step)
-    history: list[dict] = []
-    epoch = step // steps_per_epoch
-    skip = (step % steps_per_epoch) * cfg.gradient_accumulation_steps
-    while step < total:
-        # a fresh, seeded permutation each epoch: reseed so resume reproduces the order
+
+def epoch_batches(trainer, loader, sampler: SeededSampler, steps_per_epoch: int):
+    """Micro-batches of ``loader`` from the trainer's step on, epoch after epoch.
+
+    Each epoch is a fresh permutation reseeded from its number, and a resumed run skips the
+    batches its steps used, so it sees the data in the uninterrupted run's order.
+    """
+    epoch, skip = divmod(trainer.step, steps_per_epoch)
+    skip *= trainer.acc.gradient_accumulation_steps
+    while True:
         sampler.select_epoch(epoch)
-        batches = acc.skip_first_batches(loader, skip) if skip else loader
-        skip = 0
-        t_step = time.perf_counter()
-        for batch in batches:
-            with acc.accumulate(model):
-                loss, metrics = sft_loss(model, policy, batch, cfg.lambda_reasoning, probe,
-                                         cfg.localization_weight, token_grid)
-                acc.backward(loss)
-                if acc.sync_gradients and cfg.max_grad_norm > 0:
-                    acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad()
-            if not acc.sync_gradients:
-                continue
-            step += 1
-            metrics["lr"] = sched.get_last_lr()[0]
-            now = time.perf_counter()
-            metrics["step_time"], t_step = now - t_step, now
-            history.append({"step": step, **metrics})
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-            if tb is not None and step % cfg.run.log_every == 0:
-                for k, v in metrics.items():
-                    tb.add_scalar(f"sft/{k}", v, step)
-            if cfg.run.save_every and step % cfg.run.save_every == 0 and step < total:
-                checkpoint()
-            if step >= total:
-                break
-        epoch += 1
-    bar.close()
-    checkpoint()
-    final = out_dir / FINAL_DIR
-    if acc.is_main_process:
-        if final.exists():
-            shutil.rmtree(final)
-    acc.wait_for_everyone()
-    save(final)
-    if acc.is_main_process:
-        (out_dir / "sft_history.json").write_text(json.dumps(history))
-        if tb is not None:
-            tb.close()
-    acc.wait_for_everyone()
-    return final
+        yield from trainer.acc.skip_first_batches(loader, skip) if skip else loader
+        epoch, skip = epoch + 1, 0
 
 
 def main(argv=None) -> int:

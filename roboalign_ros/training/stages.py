@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser, stage: str) -> None:
 def run_from_args(stage: str, args: argparse.Namespace) -> int:
     """Run ``stage`` with parsed options and print its result (a path or counts)."""
     result = STAGES[stage].run(args.config, args.set)
-    print(json.dumps(result) if isinstance(result, dict) else result)
+    if os.environ.get("RANK", "0") == "0":  # once, under accelerate launch
+        print(json.dumps(result) if isinstance(result, dict) else result)
     return 0
 
 
