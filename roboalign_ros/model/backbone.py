@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor, Qwen2_5_VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
@@ -192,3 +193,104 @@ def layer_hidden_states(model, inputs: dict, layer: int) -> torch.Tensor:
     finally:
         handle.remove()
     raise RuntimeError("backbone forward finished without reaching the feature layer")
+
+
+class StaticFeatures(nn.Module):
+    """``layer_hidden_states`` for one fixed image grid, traceable whole by ``torch.compile``.
+
+    Qwen2.5-VL's forward derives its vision layout (rotary positions, attention windows, their
+    lengths) from ``image_grid_thw`` with ``.tolist()`` / ``.item()`` and loops, and
+    ``layer_hidden_states`` stops the text stack with an exception from a hook: each is a
+    graph break. A fixed camera setup makes all of that constant, so it is computed here once
+    (buffers and Python ints) and :meth:`forward` runs the same modules on tensors alone.
+    ``position_ids`` (M-RoPE, ``[3, B, T]``) come with the inputs: they depend on the prompt's
+    layout, which the caller knows (``model.model.get_rope_index``).
+    """
+
+    def __init__(self, model, layer: int, image_grid_thw: torch.Tensor):
+        super().__init__()
+        from transformers.vision_utils import (
+            get_vision_attention_seqlens,
+            get_vision_position_ids,
+            get_vision_window_index,
+        )
+
+        kind = getattr(model.config, "model_type", None)
+        if kind != "qwen2_5_vl":
+            raise NotImplementedError(f"StaticFeatures supports Qwen2.5-VL backbones, not {kind}")
+        self.model, self.layer = model, layer
+        visual = model.model.visual
+        grid = image_grid_thw.to(visual.device)
+        self.grid = tuple(tuple(int(v) for v in row) for row in grid.tolist())
+        cu_full, _ = get_vision_attention_seqlens(grid, visual.config)
+        window, cu_window = get_vision_window_index(grid, visual.spatial_merge_size,
+                                                    visual.window_size, visual.patch_size)
+        self.full_sizes = tuple(cu_full.diff().tolist())      # attention segments (images)
+        self.window_sizes = tuple(cu_window.diff().tolist())  # attention windows
+        window = window.to(visual.device)
+        n = int(cu_full[-1])
+        positions = get_vision_position_ids(grid, visual.spatial_merge_size)
+        cos, sin = (visual.permute_input_for_window_attn(f, window, n)
+                    for f in visual.rotary_pos_emb(torch.empty(0, device=visual.device),
+                                                   positions.to(visual.device)))
+        self.register_buffer("window_index", window, persistent=False)
+        self.register_buffer("reverse_index", torch.argsort(window), persistent=False)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def vision(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The merged image tokens ``[N, hidden]`` (Qwen2.5-VL's ``get_image_features``)."""
+        visual = self.model.model.visual
+        h = visual.patch_embed(pixel_values.type(visual.dtype))
+        h = visual.permute_input_for_window_attn(h, self.window_index, h.shape[0])
+        for i, block in enumerate(visual.blocks):
+            sizes = self.full_sizes if i in visual.fullatt_block_indexes else self.window_sizes
+            h = h + self._attention(block.attn, block.norm1(h), sizes)
+            h = h + block.mlp(block.norm2(h))
+        return visual.merger(h)[self.reverse_index]
+
+    def _attention(self, attn, x: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+        # Qwen2_5_VLVisionAttention's non-flash branch, with the segment lengths as constants
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+            apply_rotary_pos_emb_vision,
+            eager_attention_forward,
+        )
+
+        n = x.shape[0]
+        q, k, v = attn.qkv(x).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k = apply_rotary_pos_emb_vision(q, k, self.cos, self.sin)
+        q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(attn.config._attn_implementation,
+                                                          eager_attention_forward)
+        out = [interface(attn, *qkv, attention_mask=None, scaling=attn.scaling, dropout=0.0,
+                         is_causal=False)[0]
+               for qkv in zip(*(t.split(sizes, dim=2) for t in (q, k, v)))]
+        return attn.proj(torch.cat(out, dim=1).reshape(n, -1))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[B, T, hidden]`` after decoder layer ``self.layer``."""
+        from transformers.masking_utils import (
+            create_causal_mask,
+            create_sliding_window_causal_mask,
+        )
+
+        text = self.model.model.language_model
+        embeds = text.embed_tokens(input_ids)
+        # the image tokens' embeddings, in order (masked_scatter as a gather: no host sync)
+        image = input_ids == self.model.config.image_token_id
+        index = (image.flatten().cumsum(0) - 1).clamp(min=0).view_as(image)
+        vision = self.vision(pixel_values).to(embeds.dtype)
+        embeds = torch.where(image[..., None], vision[index], embeds)
+        args = {"config": text.config, "inputs_embeds": embeds, "attention_mask": attention_mask,
+                "past_key_values": None}
+        masks = {"full_attention": create_causal_mask(**args)}
+        if text.has_sliding_layers:
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**args)
+        rope = text.rotary_emb(embeds, position_ids)
+        hidden = embeds
+        for i, layer in enumerate(text.layers[:self.layer]):
+            hidden = layer(hidden, attention_mask=masks[text.config.layer_types[i]],
+                           position_embeddings=rope)
+        return hidden

@@ -88,6 +88,9 @@ class VLAConfig:
         attn_implementation: "auto" (flash_attention_2 when installed on CUDA, else sdpa).
         static_cache: use ``cache_implementation="static"`` for generation on CUDA.
         compile_head: ``torch.compile`` the head's velocity network on CUDA.
+        compile_action_path: opt in to ``VLAPolicy.compile_action_path()`` at ``warmup``: the
+            action path's features + head as one compiled graph (CUDA graphs on CUDA). Off:
+            the eager path.
         trust_remote_code: passed to the Auto classes; off unless the user asks.
     """
 
@@ -115,6 +118,7 @@ class VLAConfig:
     attn_implementation: str = "auto"
     static_cache: bool = True
     compile_head: bool = True
+    compile_action_path: bool = False
     trust_remote_code: bool = False
     seed: int = 0
 

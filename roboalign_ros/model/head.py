@@ -24,7 +24,8 @@ from .config import HeadConfig
 
 def spatial_keypoints(logits: torch.Tensor, token_grid: torch.Tensor,
                       feature_mask: torch.Tensor | None = None,
-                      offsets: torch.Tensor | None = None) -> torch.Tensor:
+                      offsets: torch.Tensor | None = None,
+                      cameras: int | None = None) -> torch.Tensor:
     """Spatial-softmax keypoints: expected image position of each logit channel, per camera.
 
     Args:
@@ -35,15 +36,18 @@ def spatial_keypoints(logits: torch.Tensor, token_grid: torch.Tensor,
         offsets: [B, T, K, 2] in [-1, 1]: where in its cell each token puts the keypoint (in
             half cells). A merged Qwen2.5-VL token covers 28x28 pixels; the offsets give
             the keypoint the finer position the token's features know.
+        cameras: the number of cameras in ``token_grid`` when the caller knows it (None: read
+            from the grid, a host-device sync that ``torch.compile`` cannot trace).
     Returns ``[B, C * K, 2]``: for every camera ``c`` and keypoint ``k`` the softmax-weighted
     mean ``(x, y)`` of camera c's image tokens.
     """
-    cams = int(token_grid[:, 0].max().item()) + 1 if token_grid.numel() else 0
+    if cameras is None:
+        cameras = int(token_grid[:, 0].max().item()) + 1 if token_grid.numel() else 0
     xy = token_grid[:, 1:3].to(logits.dtype)[None, :, None]  # [1, T, 1, 2]
     if offsets is not None:
         xy = xy + offsets * token_grid[:, 3:5].to(logits.dtype)[None, :, None] / 2
     out = []
-    for c in range(cams):
+    for c in range(cameras):
         valid = (token_grid[:, 0] == c)[None].expand(logits.shape[0], -1)
         if feature_mask is not None:
             valid = valid & feature_mask.bool()
@@ -54,11 +58,12 @@ def spatial_keypoints(logits: torch.Tensor, token_grid: torch.Tensor,
 
 
 def keypoints_from_features(scores: torch.Tensor, grid: torch.Tensor,
-                            feature_mask: torch.Tensor | None) -> torch.Tensor:
+                            feature_mask: torch.Tensor | None,
+                            cameras: int | None = None) -> torch.Tensor:
     """Keypoints from per-token ``scores`` [B, T, 3K]: K logits, then K (dx, dy) offsets."""
     k = scores.shape[-1] // 3
     offsets = torch.tanh(scores[..., k:].float()).unflatten(-1, (k, 2)).to(scores.dtype)
-    return spatial_keypoints(scores[..., :k], grid, feature_mask, offsets)
+    return spatial_keypoints(scores[..., :k], grid, feature_mask, offsets, cameras)
 
 
 def pad_token_grid(grid: torch.Tensor, length: int) -> torch.Tensor:
@@ -100,6 +105,7 @@ class FlowMatchingHead(nn.Module):
             self.keypoint_id = nn.Parameter(torch.randn(1, 64 * cfg.keypoints, w) * 0.02)
         # (camera, x, y) of each feature token, set from the prompt layout by the policy
         self.register_buffer("token_grid", torch.zeros(0, 5), persistent=False)
+        self._grid_cameras, self._first_image_token = 0, None  # of token_grid, read on the host
         self.time = AdaLayerNormSingle(w)
         self.blocks = nn.ModuleList(
             BasicTransformerBlock(w, cfg.heads, w // cfg.heads, cross_attention_dim=w,
@@ -115,17 +121,24 @@ class FlowMatchingHead(nn.Module):
         self.scheduler = FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=cfg.num_train_timesteps, shift=cfg.shift)
         self._compiled = None
+        self._schedules: dict = {}
 
     def set_token_grid(self, grid: torch.Tensor) -> None:
         """Per-token ``(camera, x, y)`` of the feature sequence (``VLAPolicy.token_grid``)."""
         self.token_grid = grid.to(device=self.pos.device, dtype=torch.float32)
+        cameras = grid[:, 0].cpu()
+        images = (cameras >= 0).nonzero()
+        # kept as Python ints: reading them from the grid per call would break a compiled graph
+        self._grid_cameras = int(cameras.max()) + 1 if len(cameras) else 0
+        self._first_image_token = int(images[0, 0]) if len(images) else None
 
     def _keypoint_tokens(self, features: torch.Tensor, feature_mask) -> torch.Tensor:
         grid = pad_token_grid(self.token_grid, features.shape[1])
-        if not bool((grid[:, 0] >= 0).any()):
+        if self._first_image_token is None or self._first_image_token >= features.shape[1]:
             raise ValueError("FlowMatchingHead: keypoints need the token grid of the prompt "
                              "layout (VLAPolicy sets it); none of the feature tokens is an image")
-        points = keypoints_from_features(self.keypoint_logits(features), grid, feature_mask)
+        points = keypoints_from_features(self.keypoint_logits(features), grid, feature_mask,
+                                         self._grid_cameras)
         return self.keypoint_in(points) + self.keypoint_id[:, :points.shape[1]]
 
     def encode_context(self, features: torch.Tensor, feature_mask: torch.Tensor | None = None):
@@ -208,6 +221,37 @@ class FlowMatchingHead(nn.Module):
         """
         self._compiled = torch.compile(self.velocity, **kwargs)
 
+    def schedule(self, num_steps: int | None = None, device=None):
+        """``(timesteps [N], sigmas [N + 1])`` of the scheduler's ``num_steps`` Euler steps.
+
+        Computed once per (steps, device): ``set_timesteps`` runs numpy on the host.
+        """
+        num_steps = num_steps or self.cfg.num_steps
+        device = torch.device(device or self.pos.device)
+        key = (num_steps, device)
+        if key not in self._schedules:
+            self.scheduler.set_timesteps(num_steps, device=device)
+            self._schedules[key] = (self.scheduler.timesteps.clone(),
+                                    self.scheduler.sigmas.clone())
+        return self._schedules[key]
+
+    def denoise(self, noise: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None,
+                state: torch.Tensor | None, timesteps: torch.Tensor, sigmas: torch.Tensor,
+                velocity=None) -> torch.Tensor:
+        """The Euler loop from ``noise`` over a :meth:`schedule` (float32 [B, H, D]).
+
+        The scheduler's ``step`` written out (``x + (sigma_next - sigma) * v``, the same float
+        operations): tensors and a loop of fixed length only, so ``torch.compile`` unrolls it
+        into one graph. ``context``/``bias``: :meth:`encode_context`. ``velocity``: the network
+        to call (default :meth:`velocity`).
+        """
+        velocity = velocity or self.velocity
+        x, b = noise.float(), noise.shape[0]
+        for i in range(len(timesteps)):
+            v = velocity(x, timesteps[i].expand(b), context, bias, state).float()
+            x = x + (sigmas[i + 1] - sigmas[i]) * v
+        return x
+
     @torch.no_grad()
     def sample(self, features: torch.Tensor, state: torch.Tensor | None = None,
                feature_mask: torch.Tensor | None = None, num_steps: int | None = None,
@@ -216,18 +260,11 @@ class FlowMatchingHead(nn.Module):
         """Integrate the flow from noise to a normalized chunk [B, H, D] (float32).
 
         ``num_steps`` defaults to ``cfg.num_steps``. No host-device synchronisation happens in
-        the loop (the scheduler's step index is pre-set).
+        the loop (the schedule is computed once, see :meth:`denoise`).
         """
         b, device = features.shape[0], features.device
         x = noise if noise is not None else torch.randn(
             (b, self.horizon, self.action_dim), generator=generator, device=device)
-        x = x.float()
-        scheduler = self.scheduler
-        scheduler.set_timesteps(num_steps or self.cfg.num_steps, device=device)
-        scheduler.set_begin_index(0)
-        fn = self._compiled or self.velocity
+        timesteps, sigmas = self.schedule(num_steps, device)
         context, bias = self.encode_context(features, feature_mask)   # once for every step
-        for t in scheduler.timesteps:
-            v = fn(x, t.expand(b), context, bias, state)
-            x = scheduler.step(v.float(), t, x, return_dict=False)[0]
-        return x
+        return self.denoise(x, context, bias, state, timesteps, sigmas, self._compiled)

@@ -15,6 +15,9 @@ What training uses (all documented on the methods):
 * ``policy.backbone_features(inputs)`` -> (hidden states of the feature layer, mask);
 * ``policy.head.loss(features, state_normalized, chunk_normalized, feature_mask)``.
 
+``policy.compile_action_path()`` (or ``VLAConfig.compile_action_path``, applied by ``warmup``)
+runs the action path's features + head as one ``torch.compile`` graph: :class:`ActionCore`.
+
 Checkpoint directory layout (``save_pretrained``)::
 
     vla_config.json  normalization.json  head.safetensors
@@ -24,6 +27,7 @@ Checkpoint directory layout (``save_pretrained``)::
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -48,6 +52,8 @@ from .reasoning import (
     parse_generation,
 )
 from .reasoning import format_target as _format_target
+
+log = logging.getLogger(__name__)
 
 HEAD_WEIGHTS = "head.safetensors"
 BACKBONE_DIR = "backbone"
@@ -97,6 +103,31 @@ class PolicyOutput:
     generated_text: str | None = None
 
 
+class ActionCore(torch.nn.Module):
+    """The compilable core of :meth:`VLAPolicy.act`: features, then the head's Euler loop.
+
+    Inputs are tensors of fixed shapes for a fixed camera setup (the prompt padded to a fixed
+    length, see :meth:`VLAPolicy.action_core_inputs`); the noise comes in, so no generator is
+    traced. No host-device sync, no data-dependent branch: ``torch.compile(fullgraph=True)``
+    captures it as one graph, and CUDA graphs can replay it.
+    """
+
+    def __init__(self, features: bb.StaticFeatures, head: FlowMatchingHead, num_steps: int):
+        super().__init__()
+        self.features, self.head = features, head
+        timesteps, sigmas = head.schedule(num_steps)
+        self.register_buffer("timesteps", timesteps, persistent=False)
+        self.register_buffer("sigmas", sigmas, persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor, pixel_values: torch.Tensor,
+                state: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
+        """The normalized chunk ``[B, horizon, action_dim]`` (float32)."""
+        features = self.features(input_ids, attention_mask, position_ids, pixel_values)
+        context, bias = self.head.encode_context(features, attention_mask)
+        return self.head.denoise(noise, context, bias, state, self.timesteps, self.sigmas)
+
+
 class VLAPolicy:
     """Reasoning VLA policy. Build with :meth:`build` or :meth:`from_pretrained`."""
 
@@ -121,6 +152,9 @@ class VLAPolicy:
              if t.startswith("<|")}, key=len, reverse=True)
         self._calls = 0
         self._cache: Reasoning | None = None  # the newest generation of predict()
+        self._core: ActionCore | None = None
+        self._core_fn = None  # the compiled core act() runs; None: the eager path
+        self._core_tokens = 0
         if config.head.keypoints > 0:
             self.head.set_token_grid(self.token_grid())
         if self.device.type == "cuda" and config.compile_head:
@@ -278,10 +312,7 @@ class VLAPolicy:
         text gets ``(-1, 0, 0, 0, 0)``. The layout is fixed by the processor, the camera list
         and ``image_size``; text the head reads (reasoning) follows it.
         """
-        h, w = self.config.image_size or (224, 224)
-        obs = Observation({n: np.zeros((h, w, 3), np.uint8) for n in self.config.camera_names},
-                          np.zeros(self.config.state_dim, np.float32), "layout")
-        inputs = self.encode_observation(obs)
+        inputs = self.encode_observation(self._blank_observation("layout"))
         ids = inputs["input_ids"][0].cpu()
         image_id = getattr(self.backbone.config, "image_token_id", None)
         grid = torch.zeros(len(ids), 5)
@@ -414,11 +445,16 @@ class VLAPolicy:
     def warmup(self, calls: int = 2, reasoning: bool = True) -> None:
         """Run ``predict`` on a blank observation (compiles / captures CUDA graphs), then reset.
 
-        ``reasoning=False`` warms the action path alone (:meth:`act`, no generation).
+        ``reasoning=False`` warms the action path alone (:meth:`act`, no generation). With
+        ``config.compile_action_path`` the action path is compiled first, and at least 3 calls
+        run (compile, CUDA-graph warm-up, capture).
         """
-        h, w = self.config.image_size or (224, 224)
-        obs = Observation({n: np.zeros((h, w, 3), np.uint8) for n in self.config.camera_names},
-                          np.zeros(self.config.state_dim, np.float32), "warm up")
+        if self.config.compile_action_path and self._core_fn is None \
+                and self.config.action_source == "head":
+            self.compile_action_path()
+        if self._core_fn is not None:
+            calls = max(calls, 3)
+        obs = self._blank_observation("warm up")
         for _ in range(calls):
             if reasoning:
                 self.predict(obs, seed=0)
@@ -481,7 +517,9 @@ class VLAPolicy:
         It never generates. ``reasoning``: the newest finished one (None: none yet, or
         reasoning off); the head reads its text when ``config.head_context`` is "reasoning",
         and ``action_source: tokens`` decodes its FAST tokens (with None: an empty chunk's
-        problems). ``fresh`` marks the output's reasoning as generated for this call.
+        problems). ``fresh`` marks the output's reasoning as generated for this call. After
+        :meth:`compile_action_path` features and head run as one compiled graph (timed as
+        "features_head" instead of "features" and "head").
         """
         cfg, timings = self.config, {}
         t_start = time.perf_counter()
@@ -506,24 +544,26 @@ class VLAPolicy:
                 result = self.action_tokenizer.decode(parsed.action_tokens if parsed else [])
                 chunk_n, problems = result.chunk, problems + result.problems
         else:
+            compiled = self._core_fn is not None
             with timed("preprocess"):
                 context = text if cfg.head_context == "reasoning" else None
                 inputs = self.encode_observation(observation, self.feature_suffix(context))
-            with timed("features"):
-                features, mask = self.backbone_features(inputs)
-                if self.head._compiled is not None:  # few distinct shapes -> few CUDA graphs
-                    pad = -features.shape[1] % 64
-                    features = torch.nn.functional.pad(features, (0, 0, 0, pad))
-                    mask = torch.nn.functional.pad(mask, (0, pad))
-            with timed("head"):
-                state = None
-                if cfg.state_dim:
-                    state = torch.as_tensor(self.normalizer.normalize("state", observation.state),
-                                            device=self.device)[None]
-                gen = self._generator if seed is None else \
-                    torch.Generator(device=self.device).manual_seed(seed)
-                chunk_n = self.head.sample(features, state, mask, generator=gen)[0]
-                chunk_n = chunk_n.float().cpu().numpy()
+                if compiled:
+                    args = self._core_args(inputs, observation, seed)
+            if compiled:
+                with timed("features_head"):  # one graph
+                    chunk_n = self._core_fn(*args)[0].float().cpu().numpy()
+            else:
+                with timed("features"):
+                    features, mask = self.backbone_features(inputs)
+                    if self.head._compiled is not None:  # few distinct shapes -> few CUDA graphs
+                        pad = -features.shape[1] % 64
+                        features = torch.nn.functional.pad(features, (0, 0, 0, pad))
+                        mask = torch.nn.functional.pad(mask, (0, pad))
+                with timed("head"):
+                    chunk_n = self.head.sample(features, self._state(observation), mask,
+                                               generator=self._noise_source(seed))[0]
+                    chunk_n = chunk_n.float().cpu().numpy()
         chunk = self.normalizer.unnormalize("action", chunk_n).astype(np.float32)
         if not np.all(np.isfinite(chunk)):
             problems.append("chunk has non-finite values")
@@ -532,3 +572,97 @@ class VLAPolicy:
                             action_tokens=list(parsed.action_tokens) if parsed else [],
                             problems=problems, timings=timings, reasoning_fresh=fresh,
                             generated_text=reasoning.text if reasoning is not None else None)
+
+    def _state(self, observation: Observation) -> torch.Tensor | None:
+        if not self.config.state_dim:
+            return None
+        return torch.as_tensor(self.normalizer.normalize("state", observation.state),
+                               device=self.device)[None]
+
+    def _noise_source(self, seed: int | None) -> torch.Generator:
+        return self._generator if seed is None else \
+            torch.Generator(device=self.device).manual_seed(seed)
+
+    # ------------------------------------------------------------------ compiled action path
+    def action_core(self) -> ActionCore:
+        """The compilable core of :meth:`act` (eager; built on first use for this camera setup).
+
+        Its inputs: :meth:`action_core_inputs`. :meth:`compile_action_path` compiles it.
+        """
+        if self._core is None:
+            if self.config.action_source != "head":
+                raise ValueError("the action path has no head to compile: action_source is "
+                                 f"{self.config.action_source!r}")
+            if not self.config.image_size:
+                raise ValueError("a compiled action path needs a fixed camera setup: set "
+                                 "VLAConfig.image_size")
+            inputs = self.encode_observation(self._blank_observation("x"),
+                                             self.feature_suffix(None))
+            # a one-token instruction's prompt, room for 32 more instruction tokens and for the
+            # longest reasoning when the head reads it; rounded up, so a little more fits
+            cfg, n = self.config, inputs["input_ids"].shape[1]
+            reasoning = cfg.max_new_tokens if cfg.head_context == "reasoning" else 0
+            self._core_tokens = _round_up(n + 32 + reasoning)
+            features = bb.StaticFeatures(self.backbone, self.feature_layer,
+                                         inputs["image_grid_thw"])
+            self._core = ActionCore(features, self.head, cfg.head.num_steps)
+        return self._core
+
+    def action_core_inputs(self, observation: Observation, reasoning: Reasoning | None = None,
+                           seed: int | None = None) -> tuple:
+        """The arguments of :meth:`action_core` for one observation, as :meth:`act` makes them."""
+        self.action_core()
+        self.check_observation(observation)
+        text = reasoning.reasoning if reasoning is not None else None
+        context = text if self.config.head_context == "reasoning" else None
+        inputs = self.encode_observation(observation, self.feature_suffix(context))
+        return self._core_args(inputs, observation, seed)
+
+    def _core_args(self, inputs, observation: Observation, seed: int | None) -> tuple:
+        """Processor inputs padded on the right to the fixed length, M-RoPE positions, noise."""
+        grid = tuple(tuple(row) for row in inputs["image_grid_thw"].tolist())
+        if grid != self._core.features.grid:
+            raise ValueError(f"image grid {grid} differs from the compiled camera setup "
+                             f"{self._core.features.grid}")
+        n = inputs["input_ids"].shape[1]
+        if n > self._core_tokens:  # a new shape: compiled once more, then fixed again
+            log.warning("action path: a %d-token prompt exceeds the fixed length %d; padding "
+                        "to %d from now on (one recompile)", n, self._core_tokens, _round_up(n))
+            self._core_tokens = _round_up(n)
+        pad = (0, self._core_tokens - n)
+        ids = torch.nn.functional.pad(inputs["input_ids"], pad, value=self.tokenizer.pad_token_id)
+        mask = torch.nn.functional.pad(inputs["attention_mask"], pad)
+        types = inputs.get("mm_token_type_ids")
+        types = (torch.nn.functional.pad(types, pad) if types is not None else
+                 (ids == self.backbone.config.image_token_id).long())
+        positions, _ = self.backbone.model.get_rope_index(
+            ids, mm_token_type_ids=types, image_grid_thw=inputs["image_grid_thw"],
+            attention_mask=mask)
+        noise = torch.randn((1, self.config.horizon, self.config.action_dim),
+                            generator=self._noise_source(seed), device=self.device)
+        return ids, mask, positions, inputs["pixel_values"], self._state(observation), noise
+
+    def compile_action_path(self, mode: str | None = "auto", backend: str = "inductor") -> None:
+        """Make :meth:`act` run :meth:`action_core` under ``torch.compile``.
+
+        ``fullgraph=True, dynamic=False``: one graph of static shapes, no graph break. ``mode``
+        "auto": "reduce-overhead" (CUDA graphs) on CUDA, inductor's default elsewhere. The
+        prompt is padded to a fixed length (the layout's prompt + 32 instruction tokens + the
+        reasoning budget when the head reads reasoning, rounded up to 32); a longer one grows
+        it once (a recompile, logged). The first calls compile: :meth:`warmup`. Chunks match
+        the eager path to float tolerance (padding, fused kernels), not bit for bit; the noise
+        for a ``seed`` is the same.
+        """
+        if mode == "auto":
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+        self._core_fn = torch.compile(self.action_core(), fullgraph=True, dynamic=False,
+                                      mode=mode, backend=backend)
+
+    def _blank_observation(self, instruction: str) -> Observation:
+        h, w = self.config.image_size or (224, 224)
+        return Observation({n: np.zeros((h, w, 3), np.uint8) for n in self.config.camera_names},
+                           np.zeros(self.config.state_dim, np.float32), instruction)
+
+
+def _round_up(n: int, multiple: int = 32) -> int:
+    return -(-n // multiple) * multiple
