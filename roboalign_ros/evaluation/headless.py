@@ -77,7 +77,7 @@ class SimEvalConfig:
     image_size: tuple[int, int] | None = None  # (h, w); None: the policy's, else sim.yaml's
     torch_threads: int = 1              # CPU inference threads (0: torch's default)
     workers: int = 1                    # processes running episodes (a checkpoint path only)
-    token_file: str = ""                # a remote model's server token
+    token_file: str = default("policy_node", "token_file")  # a remote model's server token
     executor: dict[str, Any] = dataclasses.field(default_factory=dict)  # executor_node params
     progress: bool = True
 
