@@ -5,6 +5,7 @@ down or answers garbage, and recovers by itself."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -257,3 +258,43 @@ def test_eval_sim_runs_through_the_server(policy, served, tmp_path):
     assert result.ran == 1 and served.served > before, "no chunk came from the server"
     with pytest.raises(ValueError, match="set them on the server"):
         hl.load_model(model, hl.SimEvalConfig(reasoning_every=0, token_file=str(token)))
+
+
+def make_certificates(d) -> dict:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, signed by the CA."""
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "1", "-subj", "/CN=test-ca")
+    for name, extra in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "")):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.csr", "-subj", f"/CN={name}")
+        (d / f"{name}.ext").write_text(extra + "\n")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "1", "-extfile", f"{name}.ext")
+    return {n: str(d / n) for n in ("ca.pem", "server.pem", "server.key", "client.pem",
+                                    "client.key")}
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl command")
+def test_mutual_tls_admits_a_client_with_a_certificate_and_refuses_one_without(policy,
+                                                                              tmp_path):
+    from roboalign_ros.serving.remote import tls_context
+
+    c = make_certificates(tmp_path)
+    port = free_port()
+    server = PolicyServer(
+        policy, f"0.0.0.0:{port}", mutual_tls=True,   # off loopback: allowed with mutual TLS
+        ssl_context=tls_context(c["server.pem"], c["server.key"], c["ca.pem"], server=True))
+    server.start()
+    try:
+        client = RemotePolicy(f"127.0.0.1:{port}", ssl_context=tls_context(
+            c["client.pem"], c["client.key"], c["ca.pem"], server=False))
+        assert client.act(observation(client.config), seed=1).chunk.shape == \
+            (client.config.horizon, client.config.action_dim)
+        with pytest.raises(RemoteError, match=f"server 127.0.0.1:{port}"):
+            RemotePolicy(f"127.0.0.1:{port}", ssl_context=tls_context(
+                None, None, c["ca.pem"], server=False))          # no client certificate
+    finally:
+        server.shutdown()
