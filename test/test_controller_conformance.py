@@ -55,6 +55,11 @@ class Target:
         self.grip_pub = self.node.create_publisher(Float64MultiArray, self.robot.gripper_topic,
                                                    COMMAND_QOS)
         self.probe = Probe(self.node, self.robot, controller_state=False)
+        # the number of points of every trajectory on the controller's topic (ours too)
+        self.sent: list[int] = []
+        self.traj_sub = self.node.create_subscription(
+            JointTrajectory, self.robot.trajectory_topic,
+            lambda m: self.sent.append(len(m.points)), 100)
         if name == "sim":
             self.log_path = log_dir / "sim_node.log"
             self.nodes.start("sim_node", "sim.yaml", {"camera.enabled": "false"})
@@ -65,7 +70,8 @@ class Target:
                                       name.removeprefix("jtc_"))
             self.log_path = self.rig.log_path
             self.rig.activate(self.executor)
-        wait_matched(self.executor, self.traj_pub, self.grip_pub, self.probe.state_sub)
+        wait_matched(self.executor, self.traj_pub, self.grip_pub, self.probe.state_sub,
+                     self.traj_sub)
         assert spin_until(self.executor, lambda: self.probe.arm() is not None, 30)
         self.move(self.robot.home, 1.5)   # the mock starts at zeros
         self.executor_log = log_dir / "executor_node.log"
@@ -131,10 +137,15 @@ def target(request, tmp_path_factory):
 def at_home(target):
     """Each scenario starts with the arm at rest at home, the executor holding (an e-stop and
     its release flush whatever it was streaming) and the controller's log read from here on."""
+    before = len(target.sent)
     target.probe.estop(True)
     assert spin_until(target.executor, lambda: target.executor_log.read_text().count(
         "E-STOP engaged") > target.estops, 10), target.executor_log.read_text()[-800:]
     target.estops += 1
+    # the e-stop's stop (two points, braking to rest) comes from another process (the e-stop
+    # process or executor_node) and may still be on its way when the move home is sent, and
+    # replace it when it lands: let it arrive here first (an arm already held gets none)
+    spin_until(target.executor, lambda: 2 in target.sent[before:], 1.0)
     target.probe.estop(False)
     target.move(target.robot.home, 1.0)
     target.wait(0.3)
