@@ -53,24 +53,6 @@ def sensor_qos_for(reliability: str, depth: int) -> QoSProfile:
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 
 
-def _as_spec(spec) -> ParameterSpec:
-    if isinstance(spec, ParameterSpec):
-        return spec
-    if isinstance(spec, str):
-        return load_spec(spec)
-    # TRANSITION (removed once every node has its spec): a plain defaults dict
-    kinds = {bool: "bool", int: "int", float: "double", str: "string"}
-    params = []
-    for name, default in spec.items():
-        if isinstance(default, list):
-            first = default[0] if default else ""
-            kind = kinds[type(first)] + "_array"
-        else:
-            kind = kinds[type(default)]
-        params.append(Parameter(name, kind, default, name))
-    return ParameterSpec("node", params)
-
-
 def declare_parameters(node: Node, spec: ParameterSpec | str,
                        check: bool = True) -> dict[str, object]:
     """Declare every parameter of ``spec`` and return their values, checked against it.
@@ -85,7 +67,7 @@ def declare_parameters(node: Node, spec: ParameterSpec | str,
     from rcl_interfaces.msg import SetParametersResult
     from rclpy.parameter import Parameter as RosParameter
 
-    spec = _as_spec(spec)
+    spec = load_spec(spec) if isinstance(spec, str) else spec
     for p in spec:
         if p.default == []:  # ROS cannot type an empty list: declare the type, no value
             kind = getattr(RosParameter.Type, p.type.upper())
@@ -135,7 +117,7 @@ def parameter_values(node: Node, spec: ParameterSpec | str,
     """
     from rclpy.exceptions import ParameterUninitializedException
 
-    spec = _as_spec(spec)
+    spec = load_spec(spec) if isinstance(spec, str) else spec
     values = {}
     for p in spec:
         try:
